@@ -1,0 +1,218 @@
+//! The edge process, wired in one place.
+//!
+//! ```text
+//!  camera × N ──► FrameQueue (drop oldest) ──► prescreen (ModelRunner threads)
+//!                                               │ pass ───────────────────────────────┐
+//!                                               │ suspect / audit                      │
+//!                                               ▼                                      ▼
+//!                                  intake: outbox append (grouped commits) ──► decisions ──► sink (JSON lines)
+//!                                               │ wake                                 ▲
+//!                                               ▼                                      │
+//!                       uplink: outbox.due ──► MQTT publish (QoS 1)                    │
+//!  link: MQTT event loop ──► verdicts ──► acknowledge: decisions + outbox.ack ─────────┘
+//! ```
+//!
+//! Every arrow is a bounded channel. Shutdown: the token stops the cameras, the prescreen, the uplink and the
+//! link; the intake and acknowledgement stages then drain and close, which lets the decision stage decide
+//! whatever still waits (locally) and the sink flush.
+
+use crate::camera::{Camera, CameraError, FrameQueue};
+use crate::config::EdgeConfig;
+use crate::decisions::{self, Book};
+use crate::outbox::{Outbox, OutboxError};
+use crate::stats::EdgeStats;
+use crate::{intake, link, prescreen, sink, uplink};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tierline_shared::manifest::{Manifest, ManifestError};
+use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors that stop the edge.
+#[derive(Debug, Error)]
+pub enum EdgeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] tierline_shared::config::ConfigError),
+    /// The model manifest is unusable.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The model could not be started or fails its golden samples.
+    #[error(transparent)]
+    Model(#[from] RunnerError),
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// A camera could not be set up.
+    #[error(transparent)]
+    Camera(#[from] CameraError),
+    /// The decision sink failed.
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+}
+
+/// How often heartbeats are published.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Loads the prescreen model and checks it against its golden samples.
+pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ModelRunner>, EdgeError> {
+    let manifest = Manifest::load(&config.model.manifest)?;
+    let runner_config = RunnerConfig {
+        threads: config.model.threads,
+        max_batch: config.model.max_batch,
+        ..RunnerConfig::default()
+    };
+    let runner = tokio::task::spawn_blocking(move || -> Result<ModelRunner, RunnerError> {
+        let runner = ModelRunner::start(manifest, runner_config)?;
+        runner.check_golden_blocking()?;
+        Ok(runner)
+    })
+    .await
+    .map_err(|e| RunnerError::Session {
+        path: config.model.manifest.display().to_string(),
+        manifest: config.model.manifest.display().to_string(),
+        message: e.to_string(),
+    })??;
+    Ok(Arc::new(runner))
+}
+
+/// Runs the edge until `shutdown` is cancelled or every camera has finished and every frame is decided.
+pub async fn run(config: EdgeConfig, stats: Arc<EdgeStats>, shutdown: CancellationToken) -> Result<(), EdgeError> {
+    config.validate()?;
+    let addr = config.address().map_err(|e| tierline_shared::config::ConfigError::Field {
+        field: "edge".into(),
+        problem: e.to_string(),
+    })?;
+    let cameras = config
+        .cameras
+        .iter()
+        .map(Camera::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let runner = load_model(&config).await?;
+    let manifest = runner.manifest().clone();
+    let model_version = manifest.version.clone();
+    let threshold = config.model.suspect_threshold.unwrap_or(manifest.output.threshold);
+    let outbox = Outbox::open(&config.outbox).await?;
+    let backlog = outbox.backlog().await?;
+    tracing::info!(
+        edge_id = addr.edge_id(),
+        model = %manifest.name,
+        version = %model_version,
+        threshold,
+        backlog = backlog.frames,
+        "Edge starting."
+    );
+
+    let (client, eventloop) = rumqttc::AsyncClient::new(link::options(&config.mqtt, &addr, &model_version), 64);
+    let tasks = TaskTracker::new();
+    let stop = shutdown.child_token();
+    let queue = FrameQueue::new(2 * config.model.max_batch.get() * config.model.threads.get());
+    let (intake_tx, intake_rx) = mpsc::channel(256);
+    let (decision_tx, decision_rx) = mpsc::channel(1024);
+    let (sink_tx, sink_rx) = mpsc::channel(1024);
+    let (verdict_tx, verdict_rx) = mpsc::channel(256);
+    let (link_tx, link_rx) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+
+    let cameras_done = TaskTracker::new();
+    for cam in cameras {
+        cameras_done.spawn(cam.run(queue.clone(), stats.clone(), stop.clone()));
+    }
+    cameras_done.close();
+
+    let settings = prescreen::PrescreenSettings {
+        edge_id: addr.edge_id().into(),
+        threshold,
+        audit_rate: config.decision.audit_rate,
+        audit_seed: config.decision.audit_seed,
+        concurrency: 2 * config.model.max_batch.get() * config.model.threads.get(),
+        max_image_bytes: config.mqtt.max_message_bytes,
+    };
+    let frames = queue.receiver();
+    drop(queue);
+    let prescreen_stop = stop.clone();
+    let prescreen = tasks.spawn(prescreen::run(
+        settings,
+        runner,
+        prescreen::SeqAllocator::new(outbox.clone()),
+        frames,
+        intake_tx,
+        decision_tx.clone(),
+        stats.clone(),
+        prescreen_stop,
+    ));
+    tasks.spawn(intake::run(
+        outbox.clone(),
+        intake_rx,
+        decision_tx.clone(),
+        wake.clone(),
+        stats.clone(),
+        config.outbox.commit_batch.get(),
+    ));
+    let acks = tasks.spawn(uplink::acknowledge(outbox.clone(), verdict_rx, decision_tx));
+    tasks.spawn(decisions::run(
+        Book::new(config.decision.offline_policy, config.decision.deadline),
+        decision_rx,
+        sink_tx,
+        stats.clone(),
+        stop.clone(),
+    ));
+    let sink = tasks.spawn(sink::run(config.sink.clone(), sink_rx, client.clone()));
+    let uplink = tasks.spawn(uplink::run(
+        outbox.clone(),
+        client.clone(),
+        addr.clone(),
+        model_version.clone(),
+        config.outbox.clone(),
+        config.mqtt.max_message_bytes,
+        link_rx,
+        wake,
+        stats.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(link::heartbeats(
+        client.clone(),
+        addr.clone(),
+        outbox.clone(),
+        model_version.clone(),
+        stats.clone(),
+        HEARTBEAT_EVERY,
+        stop.clone(),
+    ));
+    let link_stop = CancellationToken::new();
+    let link_task = tokio::spawn(link::run(
+        eventloop,
+        client,
+        addr,
+        config.mqtt.clone(),
+        model_version,
+        verdict_tx,
+        link_tx,
+        stats.clone(),
+        link_stop.clone(),
+    ));
+    tasks.close();
+
+    // Stop on request, or on a stage failing.
+    let failure = tokio::select! {
+        _ = stop.cancelled() => None,
+        r = prescreen => r.ok().and_then(Result::err).map(EdgeError::from),
+        r = uplink => r.ok().and_then(Result::err).map(EdgeError::from),
+        r = acks => r.ok().and_then(Result::err).map(EdgeError::from),
+        r = sink => r.ok().and_then(Result::err).map(EdgeError::from),
+    };
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, "Edge stage failed; shutting down.");
+    }
+    stop.cancel();
+    cameras_done.wait().await;
+    link_stop.cancel();
+    let _ = link_task.await;
+    tasks.wait().await;
+    outbox.close().await;
+    tracing::info!("Edge stopped.");
+    failure.map_or(Ok(()), Err)
+}

@@ -1,0 +1,410 @@
+//! Edge configuration: a TOML file (see `deploy/edge.example.toml`) with `TIERLINE_EDGE__<SECTION>__<KEY>`
+//! environment overrides. Unknown keys are errors; every field has a documented default.
+
+use serde::Deserialize;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+use tierline_shared::config::{ByteSize, ConfigError};
+use tierline_shared::mqtt::MqttConfig;
+use tierline_shared::topics::{self, EdgeAddress};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TIERLINE_EDGE";
+
+/// Everything the edge needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Who this edge is.
+    pub edge: Identity,
+    /// Broker connection.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Prescreen model.
+    pub model: ModelConfig,
+    /// Camera sources.
+    #[serde(rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+    /// Decision policy.
+    #[serde(default)]
+    pub decision: DecisionConfig,
+    /// Durable outbox.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Where decisions go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+}
+
+/// Identity and placement of the edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Edge id, unique in the plant; one topic level (`[A-Za-z0-9_.-]`, ≤ 64).
+    pub id: String,
+    /// Site (plant) id.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Production line id.
+    #[serde(default = "default_line")]
+    pub line: String,
+}
+
+fn default_site() -> String {
+    "site".into()
+}
+fn default_line() -> String {
+    "line".into()
+}
+
+/// The prescreen model and how to run it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Path of the model manifest (TOML); relative paths are relative to the working directory.
+    pub manifest: PathBuf,
+    /// Suspect threshold on the defect score; defaults to the manifest's `output.threshold`.
+    #[serde(default)]
+    pub suspect_threshold: Option<f32>,
+    /// Inference threads (each with its own session).
+    #[serde(default = "default_threads")]
+    pub threads: NonZeroUsize,
+    /// Most frames per inference call.
+    #[serde(default = "default_batch")]
+    pub max_batch: NonZeroUsize,
+}
+
+fn default_threads() -> NonZeroUsize {
+    NonZeroUsize::MIN
+}
+fn default_batch() -> NonZeroUsize {
+    NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// One camera source.
+///
+/// No `deny_unknown_fields` here: serde cannot combine it with `flatten`. Unknown keys are still rejected,
+/// by the `deny_unknown_fields` of the flattened [`SourceConfig`] variant that receives every key not
+/// consumed here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CameraConfig {
+    /// Camera id (one topic level).
+    pub id: String,
+    /// Frames per second this camera delivers.
+    #[serde(default = "default_fps")]
+    pub fps: f64,
+    /// Stop after this many frames (unset: run until shut down).
+    #[serde(default)]
+    pub frames: Option<u64>,
+    /// Where frames come from.
+    #[serde(flatten)]
+    pub source: SourceConfig,
+}
+
+fn default_fps() -> f64 {
+    30.0
+}
+
+/// Kinds of camera sources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Deterministic synthetic surfaces with defects (see `models/SYNTHETIC.md`).
+    Synthetic {
+        /// RNG seed; the same seed gives the same frames.
+        #[serde(default = "default_seed")]
+        seed: u64,
+        /// Fraction of frames with a defect.
+        #[serde(default = "default_defect_rate")]
+        defect_rate: f64,
+        /// Frame width in pixels.
+        #[serde(default = "default_width")]
+        width: NonZeroU32,
+        /// Frame height in pixels.
+        #[serde(default = "default_height")]
+        height: NonZeroU32,
+        /// JPEG quality 1–100.
+        #[serde(default = "default_quality")]
+        jpeg_quality: u8,
+    },
+    /// Image files: a directory (every .jpg/.jpeg/.png in name order) or a glob pattern.
+    Files {
+        /// Directory or glob pattern, e.g. `/data/line1/*.jpg`.
+        path: String,
+        /// Start again at the first file after the last.
+        #[serde(default, rename = "loop")]
+        repeat: bool,
+    },
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_defect_rate() -> f64 {
+    0.05
+}
+fn default_width() -> NonZeroU32 {
+    NonZeroU32::new(640).unwrap_or(NonZeroU32::MIN)
+}
+fn default_height() -> NonZeroU32 {
+    NonZeroU32::new(480).unwrap_or(NonZeroU32::MIN)
+}
+fn default_quality() -> u8 {
+    90
+}
+
+/// What the edge does while the cloud is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfflinePolicy {
+    /// Fail safe: a suspect without a cloud verdict is rejected.
+    Reject,
+    /// Let the part pass but flag it for quarantine until the cloud verdict is in.
+    PassAndQuarantine,
+}
+
+/// How frames are decided.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// Time from capture by which every frame gets a line decision.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Local decision for a suspect whose verdict missed the deadline.
+    #[serde(default = "default_policy")]
+    pub offline_policy: OfflinePolicy,
+    /// Fraction of passed frames forwarded as audit samples.
+    #[serde(default = "default_audit_rate")]
+    pub audit_rate: f64,
+    /// Seed for audit sampling.
+    #[serde(default = "default_seed")]
+    pub audit_seed: u64,
+}
+
+fn default_deadline() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_policy() -> OfflinePolicy {
+    OfflinePolicy::Reject
+}
+fn default_audit_rate() -> f64 {
+    0.01
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        Self {
+            deadline: default_deadline(),
+            offline_policy: default_policy(),
+            audit_rate: default_audit_rate(),
+            audit_seed: default_seed(),
+        }
+    }
+}
+
+/// How often the outbox forces its writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// fsync every committed batch (survives power loss).
+    Full,
+    /// fsync at WAL checkpoints only (survives process crashes, may lose the last batches on power loss).
+    Normal,
+}
+
+/// The durable outbox of forwarded frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// SQLite database file.
+    #[serde(default = "default_outbox_path")]
+    pub path: PathBuf,
+    /// Disk budget for stored frames.
+    #[serde(default = "default_budget")]
+    pub max_bytes: ByteSize,
+    /// When writes reach the disk.
+    #[serde(default = "default_sync")]
+    pub sync: SyncPolicy,
+    /// Resend a frame when no verdict arrived this long after sending it (doubles per attempt, capped).
+    #[serde(default = "default_resend", with = "humantime_serde")]
+    pub resend_after: Duration,
+    /// Most frames sent and not yet acknowledged.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: NonZeroUsize,
+    /// Most frames per commit.
+    #[serde(default = "default_commit_batch")]
+    pub commit_batch: NonZeroUsize,
+}
+
+fn default_outbox_path() -> PathBuf {
+    "tierline-outbox.db".into()
+}
+fn default_budget() -> ByteSize {
+    ByteSize(1 << 30)
+}
+fn default_sync() -> SyncPolicy {
+    SyncPolicy::Full
+}
+fn default_resend() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_in_flight() -> NonZeroUsize {
+    NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_commit_batch() -> NonZeroUsize {
+    NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN)
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            path: default_outbox_path(),
+            max_bytes: default_budget(),
+            sync: default_sync(),
+            resend_after: default_resend(),
+            max_in_flight: default_in_flight(),
+            commit_batch: default_commit_batch(),
+        }
+    }
+}
+
+/// Where line decisions are written, as JSON lines.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File {
+        /// File path.
+        path: PathBuf,
+    },
+    /// Published on an MQTT topic (QoS 1).
+    Mqtt {
+        /// Topic.
+        topic: String,
+    },
+    /// Discarded (counted only).
+    Null,
+}
+
+impl EdgeConfig {
+    /// Loads the configuration from `path` plus environment overrides, and validates it.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let c: Self = tierline_shared::config::load(path, ENV_PREFIX)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that parsing cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |field: &str, problem: String| ConfigError::Field {
+            field: field.into(),
+            problem,
+        };
+        self.address().map_err(|e| field("edge", e.to_string()))?;
+        if self.cameras.is_empty() {
+            return Err(field("camera", "needs at least one [[camera]]".into()));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for c in &self.cameras {
+            topics::validate_id("camera id", &c.id).map_err(|e| field("camera.id", e.to_string()))?;
+            if !ids.insert(&c.id) {
+                return Err(field("camera.id", format!("{:?} is used twice", c.id)));
+            }
+            if !(c.fps > 0.0 && c.fps <= 10_000.0) {
+                return Err(field("camera.fps", format!("is {}, must be in (0, 10000]", c.fps)));
+            }
+            if let SourceConfig::Synthetic {
+                defect_rate,
+                jpeg_quality,
+                ..
+            } = &c.source
+            {
+                if !(0.0..=1.0).contains(defect_rate) {
+                    return Err(field("camera.defect_rate", "must be within [0, 1]".into()));
+                }
+                if !(1..=100).contains(jpeg_quality) {
+                    return Err(field("camera.jpeg_quality", "must be 1..=100".into()));
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.decision.audit_rate) {
+            return Err(field("decision.audit_rate", "must be within [0, 1]".into()));
+        }
+        if self.decision.deadline.is_zero() {
+            return Err(field("decision.deadline", "must be positive".into()));
+        }
+        if let Some(t) = self.model.suspect_threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(field("model.suspect_threshold", "must be within [0, 1]".into()));
+        }
+        Ok(())
+    }
+
+    /// The edge's validated topic address.
+    pub fn address(&self) -> Result<EdgeAddress, topics::TopicError> {
+        EdgeAddress::new(&self.edge.site, &self.edge.line, &self.edge.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[edge]
+id = "edge-1"
+[model]
+manifest = "models/prescreen.toml"
+[[camera]]
+id = "cam-0"
+kind = "synthetic"
+"#;
+
+    fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("edge.toml");
+        std::fs::write(&p, text).unwrap();
+        let c: EdgeConfig = tierline_shared::config::load_with_vars(Some(&p), ENV_PREFIX, &[])?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.decision.offline_policy, OfflinePolicy::Reject);
+        assert_eq!(c.outbox.sync, SyncPolicy::Full);
+        assert!(matches!(c.cameras[0].source, SourceConfig::Synthetic { seed: 1, .. }));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}\n[decision]\ndeadlin = \"1s\"\n")).unwrap_err().to_string();
+        assert!(err.contains("deadlin"), "{err}");
+    }
+
+    #[test]
+    fn unknown_camera_key_is_named() {
+        let err = parse(&MINIMAL.replace("kind = \"synthetic\"", "kind = \"synthetic\"\nsed = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sed"), "{err}");
+    }
+
+    #[test]
+    fn bad_edge_id_is_named() {
+        let err = parse(&MINIMAL.replace("edge-1", "edge/1")).unwrap_err().to_string();
+        assert!(err.contains("edge_id") && err.contains("edge/1"), "{err}");
+    }
+
+    #[test]
+    fn offline_policy_parses() {
+        let c = parse(&format!("{MINIMAL}\n[decision]\noffline_policy = \"pass-and-quarantine\"\n")).unwrap();
+        assert_eq!(c.decision.offline_policy, OfflinePolicy::PassAndQuarantine);
+    }
+}

@@ -1,0 +1,457 @@
+//! Line decisions: every frame gets exactly one decision within its deadline, and late cloud verdicts are
+//! reconciled, not lost.
+//!
+//! - A frame the prescreen passes is decided `pass` at once (`source: edge`). If it was also sent as an audit
+//!   sample, its verdict later produces an `audit` event that says whether the prescreen missed a defect.
+//! - A suspect waits for the cloud verdict until `capture + deadline`. If the verdict is in time, the decision
+//!   follows it (`source: cloud`). If not, the local offline policy decides (`source: local-fallback`,
+//!   `provisional: true`): fail-safe `reject`, or `quarantine` (pass and hold).
+//! - A verdict that arrives after a provisional decision produces a `reconciliation` event recording whether
+//!   the cloud agreed; when it did not, the event is a correction the line controller must act on.
+//!
+//! [`Book`] holds this state and does no I/O; [`run`] drives it with timers and channels.
+
+use crate::config::OfflinePolicy;
+use crate::stats::{self, EdgeStats};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tierline_shared::wire::Verdict;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+/// What the line does with a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let it through.
+    Pass,
+    /// Take it off the line.
+    Reject,
+    /// Let it through but hold it for review.
+    Quarantine,
+}
+
+/// Who took a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The prescreen passed the frame.
+    Edge,
+    /// The cloud verdict arrived in time.
+    Cloud,
+    /// The deadline passed without a verdict; the offline policy decided.
+    LocalFallback,
+    /// The frame could not be read; rejected as a precaution.
+    Unreadable,
+}
+
+/// One line of the decision sink.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A line decision.
+    Decision {
+        /// Sequence number.
+        seq: u64,
+        /// Frame id.
+        frame_id: String,
+        /// Camera id.
+        camera_id: String,
+        /// What to do.
+        action: Action,
+        /// Who decided.
+        source: Source,
+        /// True for local fallback decisions that a late verdict may correct.
+        provisional: bool,
+        /// Prescreen defect score.
+        edge_score: f32,
+        /// Cloud label, when the cloud decided.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cloud_label: Option<String>,
+        /// Ground truth, for synthetic frames.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        truth: Option<&'static str>,
+        /// Capture → decision, µs.
+        latency_us: u64,
+    },
+    /// A late verdict for a frame decided locally.
+    Reconciliation {
+        /// Sequence number.
+        seq: u64,
+        /// Frame id.
+        frame_id: String,
+        /// The provisional local action.
+        local_action: Action,
+        /// The action the cloud verdict implies.
+        cloud_action: Action,
+        /// Cloud label.
+        cloud_label: String,
+        /// Whether they agree; `false` is a correction.
+        agree: bool,
+        /// How long after the deadline the verdict came, µs.
+        late_by_us: u64,
+    },
+    /// The verdict on an audit sample of a passed frame.
+    Audit {
+        /// Sequence number.
+        seq: u64,
+        /// Frame id.
+        frame_id: String,
+        /// Prescreen defect score.
+        edge_score: f32,
+        /// Cloud label.
+        cloud_label: String,
+        /// The prescreen passed a frame the cloud found defective.
+        miss: bool,
+    },
+}
+
+/// A forwarded frame waiting for its verdict.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Sequence number.
+    pub seq: u64,
+    /// Frame id.
+    pub frame_id: String,
+    /// Camera id.
+    pub camera_id: String,
+    /// Capture instant.
+    pub captured_at: Instant,
+    /// Prescreen score.
+    pub edge_score: f32,
+    /// Ground truth if known.
+    pub truth: Option<&'static str>,
+    /// True for audit samples (already decided `pass`).
+    pub audit: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Suspect awaiting its verdict before the deadline.
+    Waiting(Pending),
+    /// Decided locally; waiting for the late verdict.
+    Provisional { pending: Pending, action: Action, deadline: Instant },
+    /// Audit sample awaiting its verdict.
+    Audit(Pending),
+}
+
+/// Decision state, free of I/O.
+#[derive(Debug)]
+pub struct Book {
+    policy: OfflinePolicy,
+    deadline: Duration,
+    frames: HashMap<u64, State>,
+}
+
+fn cloud_action(v: &Verdict) -> Action {
+    if v.defective || !v.error.is_empty() {
+        Action::Reject
+    } else {
+        Action::Pass
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Book {
+    /// An empty book.
+    pub fn new(policy: OfflinePolicy, deadline: Duration) -> Self {
+        Self {
+            policy,
+            deadline,
+            frames: HashMap::new(),
+        }
+    }
+
+    /// The deadline of a frame captured at `captured_at`.
+    pub fn deadline_of(&self, captured_at: Instant) -> Instant {
+        captured_at + self.deadline
+    }
+
+    /// Frames still waiting for a decision or a verdict.
+    pub fn open(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Registers a forwarded frame. Suspects wait; audits were decided `pass` by the caller.
+    pub fn insert(&mut self, p: Pending) {
+        let seq = p.seq;
+        let state = if p.audit { State::Audit(p) } else { State::Waiting(p) };
+        self.frames.insert(seq, state);
+    }
+
+    /// The deadline of `seq` passed at `now`: decide locally if still waiting.
+    pub fn expire(&mut self, seq: u64, now: Instant) -> Option<Event> {
+        if !matches!(self.frames.get(&seq), Some(State::Waiting(_))) {
+            return None;
+        }
+        let Some(State::Waiting(p)) = self.frames.remove(&seq) else {
+            return None;
+        };
+        let action = match self.policy {
+            OfflinePolicy::Reject => Action::Reject,
+            OfflinePolicy::PassAndQuarantine => Action::Quarantine,
+        };
+        let event = Event::Decision {
+            seq,
+            frame_id: p.frame_id.clone(),
+            camera_id: p.camera_id.clone(),
+            action,
+            source: Source::LocalFallback,
+            provisional: true,
+            edge_score: p.edge_score,
+            cloud_label: None,
+            truth: p.truth,
+            latency_us: micros(now.saturating_duration_since(p.captured_at)),
+        };
+        let deadline = self.deadline_of(p.captured_at);
+        self.frames.insert(seq, State::Provisional { pending: p, action, deadline });
+        Some(event)
+    }
+
+    /// A verdict arrived at `now`. Returns the event it causes (none for unknown or repeated verdicts).
+    pub fn verdict(&mut self, v: &Verdict, now: Instant) -> Option<Event> {
+        match self.frames.remove(&v.seq)? {
+            State::Waiting(p) => Some(Event::Decision {
+                seq: v.seq,
+                frame_id: p.frame_id,
+                camera_id: p.camera_id,
+                action: cloud_action(v),
+                source: Source::Cloud,
+                provisional: false,
+                edge_score: p.edge_score,
+                cloud_label: Some(v.label.clone()),
+                truth: p.truth,
+                latency_us: micros(now.saturating_duration_since(p.captured_at)),
+            }),
+            State::Provisional { pending, action, deadline } => {
+                let cloud = cloud_action(v);
+                // A quarantined part passed the line and is held: the cloud agrees if it finds it good.
+                let agree = match action {
+                    Action::Quarantine => cloud == Action::Pass,
+                    other => other == cloud,
+                };
+                Some(Event::Reconciliation {
+                    seq: v.seq,
+                    frame_id: pending.frame_id,
+                    local_action: action,
+                    cloud_action: cloud,
+                    cloud_label: v.label.clone(),
+                    agree,
+                    late_by_us: micros(now.saturating_duration_since(deadline)),
+                })
+            }
+            State::Audit(p) => Some(Event::Audit {
+                seq: v.seq,
+                frame_id: p.frame_id,
+                edge_score: p.edge_score,
+                cloud_label: v.label.clone(),
+                miss: cloud_action(v) == Action::Reject,
+            }),
+        }
+    }
+
+    /// Decides every frame still waiting, at shutdown. Provisional and audit entries are dropped.
+    pub fn drain(&mut self, now: Instant) -> Vec<Event> {
+        let waiting: Vec<u64> = self
+            .frames
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Waiting(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        waiting.into_iter().filter_map(|seq| self.expire(seq, now)).collect()
+    }
+}
+
+/// Inputs of the decision stage.
+#[derive(Debug)]
+pub enum Input {
+    /// A frame decided immediately (passed, or unreadable).
+    Immediate(Event),
+    /// A forwarded frame accepted by the outbox.
+    Forwarded(Pending),
+    /// A verdict from the cloud.
+    Verdict(Verdict),
+}
+
+/// Runs the decision stage until `inputs` closes, then decides whatever is still waiting.
+pub async fn run(
+    mut book: Book,
+    mut inputs: mpsc::Receiver<Input>,
+    sink: mpsc::Sender<Event>,
+    stats: Arc<EdgeStats>,
+    shutdown: CancellationToken,
+) {
+    let mut timers: DelayQueue<u64> = DelayQueue::new();
+    let mut keys: HashMap<u64, delay_queue::Key> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            // Inputs first: a verdict and its deadline firing in the same instant resolve in the verdict's favour.
+            biased;
+            input = inputs.recv() => match input {
+                None => break,
+                Some(Input::Immediate(e)) => Some(e),
+                Some(Input::Forwarded(p)) => {
+                    let deadline = book.deadline_of(p.captured_at);
+                    let (seq, audit) = (p.seq, p.audit);
+                    book.insert(p);
+                    if !audit {
+                        let key = timers.insert_at(seq, tokio::time::Instant::from_std(deadline));
+                        keys.insert(seq, key);
+                    }
+                    None
+                }
+                Some(Input::Verdict(v)) => {
+                    let now = Instant::now();
+                    if let Some(key) = keys.remove(&v.seq) {
+                        timers.remove(&key);
+                    }
+                    let e = book.verdict(&v, now);
+                    if e.is_none() {
+                        tracing::debug!(seq = v.seq, "Verdict for a frame already settled or from before a restart.");
+                    }
+                    e
+                }
+            },
+            // Only polled while timers exist: an empty DelayQueue would report completion.
+            Some(expired) = futures_next(&mut timers), if !timers.is_empty() => {
+                let seq = expired.into_inner();
+                keys.remove(&seq);
+                book.expire(seq, Instant::now())
+            }
+            _ = shutdown.cancelled(), if !shutdown.is_cancelled() => None,
+        };
+        if let Some(e) = event {
+            account(&stats, &e);
+            if sink.send(e).await.is_err() {
+                break;
+            }
+        }
+    }
+    for e in book.drain(Instant::now()) {
+        account(&stats, &e);
+        let _ = sink.send(e).await;
+    }
+}
+
+async fn futures_next(q: &mut DelayQueue<u64>) -> Option<delay_queue::Expired<u64>> {
+    std::future::poll_fn(|cx| q.poll_expired(cx)).await
+}
+
+fn account(stats: &EdgeStats, e: &Event) {
+    match e {
+        Event::Decision { source, latency_us, .. } => {
+            stats::inc(&stats.decisions);
+            match source {
+            Source::Cloud => {
+                stats::inc(&stats.decisions_cloud);
+                stats::record(&stats.decision_latency_us, *latency_us);
+            }
+            Source::LocalFallback => {
+                stats::inc(&stats.decisions_fallback);
+                stats::record(&stats.decision_latency_us, *latency_us);
+            }
+            Source::Edge | Source::Unreadable => {}
+            }
+        }
+        Event::Reconciliation { agree, .. } => {
+            stats::inc(&stats.reconciliations);
+            if !agree {
+                stats::inc(&stats.disagreements);
+            }
+        }
+        Event::Audit { miss, .. } => {
+            if *miss {
+                stats::inc(&stats.audit_misses);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(seq: u64, at: Instant, audit: bool) -> Pending {
+        Pending {
+            seq,
+            frame_id: format!("e-{seq}"),
+            camera_id: "c".into(),
+            captured_at: at,
+            edge_score: 0.9,
+            truth: None,
+            audit,
+        }
+    }
+
+    fn verdict(seq: u64, defective: bool) -> Verdict {
+        Verdict {
+            seq,
+            defective,
+            label: if defective { "spot" } else { "good" }.into(),
+            ..Verdict::default()
+        }
+    }
+
+    #[test]
+    fn verdict_in_time_decides_and_later_expiry_is_ignored() {
+        let t0 = Instant::now();
+        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
+        b.insert(pending(1, t0, false));
+        let e = b.verdict(&verdict(1, true), t0 + Duration::from_millis(10)).unwrap();
+        assert!(matches!(e, Event::Decision { action: Action::Reject, source: Source::Cloud, provisional: false, latency_us: 10_000, .. }));
+        assert!(b.expire(1, t0 + Duration::from_millis(100)).is_none());
+        assert!(b.verdict(&verdict(1, true), t0).is_none(), "a duplicate verdict causes nothing");
+        assert_eq!(b.open(), 0);
+    }
+
+    #[test]
+    fn late_verdict_reconciles_with_the_fallback() {
+        let t0 = Instant::now();
+        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
+        b.insert(pending(2, t0, false));
+        let e = b.expire(2, t0 + Duration::from_millis(100)).unwrap();
+        assert!(matches!(e, Event::Decision { action: Action::Reject, source: Source::LocalFallback, provisional: true, .. }));
+        let e = b.verdict(&verdict(2, false), t0 + Duration::from_millis(350)).unwrap();
+        assert_eq!(
+            e,
+            Event::Reconciliation {
+                seq: 2,
+                frame_id: "e-2".into(),
+                local_action: Action::Reject,
+                cloud_action: Action::Pass,
+                cloud_label: "good".into(),
+                agree: false,
+                late_by_us: 250_000,
+            }
+        );
+    }
+
+    #[test]
+    fn quarantine_policy_and_audits() {
+        let t0 = Instant::now();
+        let mut b = Book::new(OfflinePolicy::PassAndQuarantine, Duration::from_millis(1));
+        b.insert(pending(3, t0, false));
+        let e = b.expire(3, t0).unwrap();
+        assert!(matches!(e, Event::Decision { action: Action::Quarantine, .. }));
+        b.insert(pending(4, t0, true));
+        assert!(b.expire(4, t0).is_none(), "audits were decided already");
+        let e = b.verdict(&verdict(4, true), t0).unwrap();
+        assert!(matches!(e, Event::Audit { miss: true, .. }));
+    }
+
+    #[test]
+    fn drain_decides_everything_waiting() {
+        let t0 = Instant::now();
+        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_secs(60));
+        for s in 0..5 {
+            b.insert(pending(s, t0, s == 4));
+        }
+        assert_eq!(b.drain(t0).len(), 4);
+    }
+}

@@ -1,0 +1,490 @@
+//! The durable outbox: every frame the edge forwards lives here until the cloud has acknowledged it.
+//!
+//! # Spec
+//!
+//! **Storage.** One SQLite database in WAL mode (`migrations/`). A record is a row of `outbox` keyed by the
+//! edge's sequence number `seq`; it holds the frame metadata, the encoded image and its length (`bytes`), the
+//! number of send attempts and the earliest time of the next attempt (`next_attempt_us`, 0 = due now).
+//!
+//! **Sequence numbers** are reserved in blocks: `meta.seq_reserved` is raised (and committed) before any number
+//! of the block is used, so after a crash numbers are never reused, only skipped.
+//!
+//! **When data is synced.** Appends are grouped: the writer stage commits up to `commit_batch` records in one
+//! transaction. With `sync = "full"` every commit is fsynced (one fsync per batch) and survives power loss; with
+//! `sync = "normal"` the WAL is fsynced at checkpoints, which survives process crashes but may lose the last
+//! commits on power loss. A frame counts as *accepted* once its commit returned; only then is it published.
+//!
+//! **When a record may be deleted.** Only when the cloud acknowledged it at application level: its verdict
+//! for `(edge_id, seq)` arrived ([`Outbox::ack`]), or the eviction policy below removed it. A successful
+//! publish or an MQTT PUBACK never deletes anything (brokers PUBACK messages they drop).
+//!
+//! **Redelivery.** A sent record becomes due again after `resend_after × 2^(attempts-1)` (capped at 64×), with
+//! jitter. After a reconnect and at startup every unacknowledged record is due at once.
+//!
+//! **Disk budget.** Stored image bytes never exceed `max_bytes`. An append that would exceed it first evicts,
+//! in this order: audit samples (lowest score first), then suspects by lowest prescreen score, oldest first
+//! among equals. Each eviction is counted (`meta.evicted`), logged with its seq and score, and reported to the
+//! caller. A record larger than the whole budget is refused with an error.
+//!
+//! **Invariants the tests check.** (1) An appended record is returned by [`Outbox::due`] until acked or
+//! evicted, across close and reopen. (2) `ack` removes exactly the named records. (3) The stored bytes never
+//! exceed the budget. (4) Eviction follows the priority above. (5) Sequence numbers handed out are strictly
+//! increasing across reopen.
+
+use crate::config::{OutboxConfig, SyncPolicy};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+use tierline_shared::wire::ForwardReason;
+
+/// How many sequence numbers one reservation covers.
+const SEQ_BLOCK: u64 = 1024;
+
+/// Errors from the outbox.
+#[derive(Debug, Error)]
+pub enum OutboxError {
+    /// The database failed.
+    #[error(
+        "outbox database {path} failed during {op}: {source}; check free disk space and permissions of its directory"
+    )]
+    Db {
+        /// Database path.
+        path: String,
+        /// What was being done.
+        op: &'static str,
+        /// Database error.
+        source: sqlx::Error,
+    },
+    /// Schema migration failed.
+    #[error("outbox database {path} cannot be migrated: {source}; it may belong to a newer Tierline version")]
+    Migrate {
+        /// Database path.
+        path: String,
+        /// Migration error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A single record is larger than the whole budget.
+    #[error("frame of {len} bytes is larger than the outbox budget of {budget} bytes; raise outbox.max_bytes")]
+    RecordTooLarge {
+        /// Record size.
+        len: u64,
+        /// Budget.
+        budget: u64,
+    },
+}
+
+/// A frame held for the cloud.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Per-edge sequence.
+    pub seq: u64,
+    /// Frame id.
+    pub frame_id: String,
+    /// Camera id.
+    pub camera_id: String,
+    /// Capture time, µs since the epoch.
+    pub capture_time_us: i64,
+    /// Why it is forwarded.
+    pub reason: ForwardReason,
+    /// Prescreen defect score.
+    pub score: f32,
+    /// Wire image encoding.
+    pub encoding: i32,
+    /// Encoded image.
+    pub image: Vec<u8>,
+    /// Sends so far.
+    pub attempts: u32,
+}
+
+/// A record removed to stay within the disk budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    /// Evicted seq.
+    pub seq: u64,
+    /// Its reason.
+    pub reason: ForwardReason,
+    /// Its score.
+    pub score: f32,
+}
+
+/// Backlog figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Records held.
+    pub frames: u64,
+    /// Image bytes held.
+    pub bytes: u64,
+    /// Capture time of the oldest record, if any.
+    pub oldest_capture_us: Option<i64>,
+}
+
+/// The outbox. Cheap to clone; clones share the database and counters.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: SqlitePool,
+    path: Arc<str>,
+    budget: u64,
+    stored_bytes: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    /// Opens (creating if needed) and migrates the outbox, and makes every held record due now.
+    pub async fn open(cfg: &OutboxConfig) -> Result<Self, OutboxError> {
+        let path: Arc<str> = cfg.path.display().to_string().into();
+        let db_err = |op: &'static str| {
+            let path = path.to_string();
+            move |source| OutboxError::Db { path, op, source }
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(&cfg.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match cfg.sync {
+                SyncPolicy::Full => SqliteSynchronous::Full,
+                SyncPolicy::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(db_err("open"))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| OutboxError::Migrate {
+                path: path.to_string(),
+                source,
+            })?;
+        let stored: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(bytes), 0) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_err("open"))?;
+        sqlx::query("UPDATE outbox SET next_attempt_us = 0 WHERE next_attempt_us != 0")
+            .execute(&pool)
+            .await
+            .map_err(db_err("open"))?;
+        Ok(Self {
+            pool,
+            path,
+            budget: cfg.max_bytes.0,
+            stored_bytes: Arc::new(AtomicU64::new(stored as u64)),
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> OutboxError + use<> {
+        let path = self.path.to_string();
+        move |source| OutboxError::Db { path, op, source }
+    }
+
+    /// Reserves the next block of sequence numbers, durably.
+    pub async fn reserve_seqs(&self) -> Result<Range<u64>, OutboxError> {
+        let mut tx = self.pool.begin().await.map_err(self.err("reserve seq"))?;
+        let start: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'seq_reserved'")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.err("reserve seq"))?
+            .unwrap_or(0);
+        let end = start as u64 + SEQ_BLOCK;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('seq_reserved', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(end as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err("reserve seq"))?;
+        tx.commit().await.map_err(self.err("reserve seq"))?;
+        Ok(start as u64..end)
+    }
+
+    /// Appends records in one transaction, evicting by the budget policy first if needed.
+    /// Returns the evictions it made.
+    pub async fn append(&self, records: &[Record]) -> Result<Vec<Eviction>, OutboxError> {
+        let incoming: u64 = records.iter().map(|r| r.image.len() as u64).sum();
+        if let Some(r) = records.iter().find(|r| r.image.len() as u64 > self.budget) {
+            return Err(OutboxError::RecordTooLarge {
+                len: r.image.len() as u64,
+                budget: self.budget,
+            });
+        }
+        let mut tx = self.pool.begin().await.map_err(self.err("append"))?;
+        let mut stored = self.stored_bytes.load(Ordering::Acquire);
+        let mut evicted = Vec::new();
+        let mut freed = 0u64;
+        while stored + incoming > self.budget {
+            let victim = sqlx::query(
+                "DELETE FROM outbox WHERE seq = (SELECT seq FROM outbox ORDER BY reason DESC, score ASC, seq ASC LIMIT 1) RETURNING seq, reason, score, bytes",
+            )
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.err("evict"))?;
+            let Some(row) = victim else { break };
+            let bytes = row.get::<i64, _>("bytes") as u64;
+            stored -= bytes.min(stored);
+            freed += bytes;
+            evicted.push(Eviction {
+                seq: row.get::<i64, _>("seq") as u64,
+                reason: ForwardReason::try_from(row.get::<i64, _>("reason") as i32)
+                    .unwrap_or(ForwardReason::Unspecified),
+                score: row.get::<f64, _>("score") as f32,
+            });
+        }
+        if stored + incoming > self.budget {
+            // Only the incoming batch itself is left to blame; refuse it as a whole.
+            return Err(OutboxError::RecordTooLarge {
+                len: incoming,
+                budget: self.budget,
+            });
+        }
+        for r in records {
+            sqlx::query(
+                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.seq as i64)
+            .bind(&r.frame_id)
+            .bind(&r.camera_id)
+            .bind(r.capture_time_us)
+            .bind(r.reason as i32)
+            .bind(f64::from(r.score))
+            .bind(r.encoding)
+            .bind(&r.image)
+            .bind(r.image.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err("append"))?;
+        }
+        if !evicted.is_empty() {
+            sqlx::query("INSERT INTO meta (key, value) VALUES ('evicted', ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")
+                .bind(evicted.len() as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("evict"))?;
+        }
+        tx.commit().await.map_err(self.err("append"))?;
+        self.stored_bytes.fetch_add(incoming, Ordering::AcqRel);
+        self.stored_bytes.fetch_sub(freed, Ordering::AcqRel);
+        Ok(evicted)
+    }
+
+    /// Records due for (re)sending at `now_us`: up to `newest` of the most recent, then up to `oldest` of the
+    /// oldest, so live frames go first while the backlog still drains.
+    pub async fn due(&self, now_us: i64, newest: usize, oldest: usize) -> Result<Vec<Record>, OutboxError> {
+        let mut out = self.due_ordered(now_us, "DESC", newest).await?;
+        if oldest > 0 {
+            for r in self.due_ordered(now_us, "ASC", oldest + newest).await? {
+                if out.len() >= newest + oldest {
+                    break;
+                }
+                if !out.iter().any(|o| o.seq == r.seq) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn due_ordered(&self, now_us: i64, order: &str, limit: usize) -> Result<Vec<Record>, OutboxError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, attempts FROM outbox WHERE next_attempt_us <= ? ORDER BY seq {order} LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now_us)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("read due"))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Record {
+                seq: row.get::<i64, _>("seq") as u64,
+                frame_id: row.get("frame_id"),
+                camera_id: row.get("camera_id"),
+                capture_time_us: row.get("capture_time_us"),
+                reason: ForwardReason::try_from(row.get::<i64, _>("reason") as i32)
+                    .unwrap_or(ForwardReason::Unspecified),
+                score: row.get::<f64, _>("score") as f32,
+                encoding: row.get::<i64, _>("encoding") as i32,
+                image: row.get("image"),
+                attempts: row.get::<i64, _>("attempts") as u32,
+            })
+            .collect())
+    }
+
+    /// Records that `seqs` were sent and when each becomes due again.
+    pub async fn mark_sent(&self, sent: &[(u64, i64)]) -> Result<(), OutboxError> {
+        let mut tx = self.pool.begin().await.map_err(self.err("mark sent"))?;
+        for (seq, next) in sent {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_us = ? WHERE seq = ?")
+                .bind(next)
+                .bind(*seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("mark sent"))?;
+        }
+        tx.commit().await.map_err(self.err("mark sent"))
+    }
+
+    /// Records sent and waiting for their verdict at `now_us`.
+    pub async fn in_flight(&self, now_us: i64) -> Result<usize, OutboxError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE next_attempt_us > ?")
+            .bind(now_us)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("count in flight"))?;
+        Ok(n as usize)
+    }
+
+    /// Makes every sent-but-unacknowledged record due now (after a reconnect).
+    pub async fn resend_all(&self) -> Result<(), OutboxError> {
+        sqlx::query("UPDATE outbox SET next_attempt_us = 0 WHERE next_attempt_us != 0")
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("reset in flight"))?;
+        Ok(())
+    }
+
+    /// Deletes acknowledged records; returns how many existed.
+    pub async fn ack(&self, seqs: &[u64]) -> Result<usize, OutboxError> {
+        let mut tx = self.pool.begin().await.map_err(self.err("ack"))?;
+        let mut freed = 0u64;
+        let mut found = 0usize;
+        for seq in seqs {
+            let bytes: Option<i64> = sqlx::query_scalar("DELETE FROM outbox WHERE seq = ? RETURNING bytes")
+                .bind(*seq as i64)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(self.err("ack"))?;
+            if let Some(b) = bytes {
+                freed += b as u64;
+                found += 1;
+            }
+        }
+        tx.commit().await.map_err(self.err("ack"))?;
+        self.stored_bytes.fetch_sub(freed, Ordering::AcqRel);
+        Ok(found)
+    }
+
+    /// Current backlog.
+    pub async fn backlog(&self) -> Result<Backlog, OutboxError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(capture_time_us) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("read backlog"))?;
+        Ok(Backlog {
+            frames: row.get::<i64, _>("n") as u64,
+            bytes: self.stored_bytes.load(Ordering::Acquire),
+            oldest_capture_us: row.get("oldest"),
+        })
+    }
+
+    /// Total evictions ever made by this outbox.
+    pub async fn evicted_total(&self) -> Result<u64, OutboxError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'evicted'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.err("read evictions"))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Closes the database cleanly.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tierline_shared::config::ByteSize;
+
+    fn cfg(dir: &std::path::Path, budget: u64) -> OutboxConfig {
+        OutboxConfig {
+            path: dir.join("outbox.db"),
+            max_bytes: ByteSize(budget),
+            ..OutboxConfig::default()
+        }
+    }
+
+    fn rec(seq: u64, reason: ForwardReason, score: f32, len: usize) -> Record {
+        Record {
+            seq,
+            frame_id: format!("e-{seq}"),
+            camera_id: "cam".into(),
+            capture_time_us: seq as i64,
+            reason,
+            score,
+            encoding: 1,
+            image: vec![seq as u8; len],
+            attempts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        ob.append(&[rec(1, ForwardReason::Suspect, 0.9, 10), rec(2, ForwardReason::Audit, 0.1, 10)])
+            .await
+            .unwrap();
+        ob.mark_sent(&[(1, i64::MAX)]).await.unwrap();
+        assert_eq!(ob.in_flight(0).await.unwrap(), 1);
+        ob.close().await;
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        // Reopen makes everything due again.
+        let due = ob.due(0, 10, 10).await.unwrap();
+        assert_eq!(due.len(), 2);
+        let first = due.iter().find(|r| r.seq == 1).unwrap();
+        assert_eq!(first.attempts, 1, "attempts survive reopen");
+        assert_eq!(ob.ack(&[1, 99]).await.unwrap(), 1);
+        let left: Vec<u64> = ob.due(0, 10, 10).await.unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(left, vec![2]);
+        assert_eq!(ob.backlog().await.unwrap().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn sequence_blocks_never_repeat_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let a = ob.reserve_seqs().await.unwrap();
+        ob.close().await;
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let b = ob.reserve_seqs().await.unwrap();
+        assert!(b.start >= a.end);
+    }
+
+    #[tokio::test]
+    async fn eviction_takes_audits_then_lowest_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 40)).await.unwrap();
+        ob.append(&[
+            rec(1, ForwardReason::Suspect, 0.9, 10),
+            rec(2, ForwardReason::Suspect, 0.6, 10),
+            rec(3, ForwardReason::Audit, 0.1, 10),
+            rec(4, ForwardReason::Suspect, 0.7, 10),
+        ])
+        .await
+        .unwrap();
+        let ev = ob.append(&[rec(5, ForwardReason::Suspect, 0.8, 20)]).await.unwrap();
+        let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![3, 2]);
+        assert_eq!(ob.evicted_total().await.unwrap(), 2);
+        assert_eq!(ob.backlog().await.unwrap().bytes, 40);
+        let err = ob.append(&[rec(6, ForwardReason::Suspect, 0.8, 41)]).await.unwrap_err();
+        assert!(matches!(err, OutboxError::RecordTooLarge { len: 41, budget: 40 }));
+    }
+
+    #[tokio::test]
+    async fn due_serves_newest_then_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let recs: Vec<Record> = (1..=10).map(|s| rec(s, ForwardReason::Suspect, 0.9, 1)).collect();
+        ob.append(&recs).await.unwrap();
+        let seqs: Vec<u64> = ob.due(0, 2, 2).await.unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![10, 9, 1, 2]);
+    }
+}

@@ -1,0 +1,191 @@
+//! The prescreen stage: scores camera frames with the edge model and routes them.
+//!
+//! - defect score ≥ threshold → suspect: to the outbox intake (forwarded, decision waits for the cloud);
+//! - below → pass: decided at once; with probability `audit_rate` also forwarded as an audit sample;
+//! - unreadable image → rejected at once as a precaution, logged with the camera and file, counted.
+//!
+//! Every frame taken from the queue gets the next sequence number. Scoring runs on the model runner's
+//! threads; up to `concurrency` frames are in flight so the runner can batch.
+
+use crate::camera::CapturedFrame;
+use crate::decisions::{Action, Event, Input, Pending, Source};
+use crate::intake::Forward;
+use crate::outbox::{Outbox, OutboxError, Record};
+use crate::stats::{self, EdgeStats};
+use rand::{Rng, SeedableRng};
+use std::ops::Range;
+use std::sync::Arc;
+use tierline_shared::runner::{InferError, ModelRunner, Score};
+use tierline_shared::wire::{self, ForwardReason};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Hands out sequence numbers from durable reservations.
+pub struct SeqAllocator {
+    outbox: Outbox,
+    block: Range<u64>,
+}
+
+impl SeqAllocator {
+    /// An allocator that reserves from `outbox`.
+    pub fn new(outbox: Outbox) -> Self {
+        Self { outbox, block: 0..0 }
+    }
+
+    /// The next sequence number.
+    pub async fn next(&mut self) -> Result<u64, OutboxError> {
+        if self.block.is_empty() {
+            self.block = self.outbox.reserve_seqs().await?;
+        }
+        Ok(self.block.next().unwrap_or_default())
+    }
+}
+
+/// Settings of the prescreen stage.
+pub struct PrescreenSettings {
+    /// Edge id.
+    pub edge_id: String,
+    /// Suspect threshold.
+    pub threshold: f32,
+    /// Audit sampling rate.
+    pub audit_rate: f64,
+    /// Audit sampling seed.
+    pub audit_seed: u64,
+    /// Frames scored concurrently.
+    pub concurrency: usize,
+    /// Largest image the wire accepts.
+    pub max_image_bytes: usize,
+}
+
+/// Runs the stage until shutdown (or the camera queue closes), finishing frames already being scored.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    settings: PrescreenSettings,
+    runner: Arc<ModelRunner>,
+    mut seqs: SeqAllocator,
+    frames: flume::Receiver<CapturedFrame>,
+    intake: mpsc::Sender<Forward>,
+    decisions: mpsc::Sender<Input>,
+    stats: Arc<EdgeStats>,
+    shutdown: CancellationToken,
+) -> Result<(), OutboxError> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(settings.audit_seed);
+    let mut scoring: JoinSet<(CapturedFrame, Result<Score, InferError>)> = JoinSet::new();
+    let mut open = true;
+    while open || !scoring.is_empty() {
+        tokio::select! {
+            // Finish scored frames before taking new ones.
+            biased;
+            Some(done) = scoring.join_next(), if !scoring.is_empty() => {
+                let Ok((frame, result)) = done else { continue };
+                let seq = seqs.next().await?;
+                route(&settings, &mut rng, seq, frame, result, &intake, &decisions, &stats).await;
+            }
+            frame = frames.recv_async(), if open && scoring.len() < settings.concurrency => match frame {
+                Ok(frame) => {
+                    let runner = runner.clone();
+                    scoring.spawn(async move {
+                        let r = runner.score(frame.image.clone()).await;
+                        (frame, r)
+                    });
+                }
+                Err(_) => open = false,
+            },
+            _ = shutdown.cancelled(), if open => open = false,
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    s: &PrescreenSettings,
+    rng: &mut rand::rngs::SmallRng,
+    seq: u64,
+    frame: CapturedFrame,
+    result: Result<Score, InferError>,
+    intake: &mpsc::Sender<Forward>,
+    decisions: &mpsc::Sender<Input>,
+    stats: &EdgeStats,
+) {
+    let frame_id = wire::frame_id(&s.edge_id, seq);
+    let truth = frame.truth.map(|t| t.as_str());
+    let immediate = |action, source, edge_score| {
+        Input::Immediate(Event::Decision {
+            seq,
+            frame_id: frame_id.clone(),
+            camera_id: frame.camera_id.to_string(),
+            action,
+            source,
+            provisional: false,
+            edge_score,
+            cloud_label: None,
+            truth,
+            latency_us: u64::try_from(frame.captured_at.elapsed().as_micros()).unwrap_or(u64::MAX),
+        })
+    };
+    let score = match result {
+        Ok(score) => score,
+        Err(e) => {
+            stats::inc(&stats.frames_unreadable);
+            tracing::warn!(
+                camera = %frame.camera_id,
+                file = frame.origin.as_deref().unwrap_or("-"),
+                seq,
+                error = %e,
+                "Frame could not be scored; rejecting it as a precaution. Check the camera's image output."
+            );
+            let _ = decisions.send(immediate(Action::Reject, Source::Unreadable, 1.0)).await;
+            return;
+        }
+    };
+    let suspect = score.defect_score >= s.threshold;
+    let audit = !suspect && s.audit_rate > 0.0 && rng.random_bool(s.audit_rate);
+    if !suspect {
+        stats::inc(&stats.frames_passed);
+        let _ = decisions.send(immediate(Action::Pass, Source::Edge, score.defect_score)).await;
+        if !audit {
+            return;
+        }
+    }
+    if frame.image.len() + 4096 > s.max_image_bytes {
+        // Checked before the frame is accepted, so nothing unsendable enters the outbox.
+        tracing::error!(
+            camera = %frame.camera_id,
+            seq,
+            bytes = frame.image.len(),
+            limit = s.max_image_bytes,
+            "Frame too large to forward; it is decided locally. Lower the camera resolution or JPEG quality, or raise mqtt.max_message_bytes."
+        );
+        stats::inc(&stats.outbox_errors);
+        if suspect {
+            let _ = decisions.send(immediate(Action::Reject, Source::LocalFallback, score.defect_score)).await;
+        }
+        return;
+    }
+    let reason = if suspect { ForwardReason::Suspect } else { ForwardReason::Audit };
+    let forward = Forward {
+        record: Record {
+            seq,
+            frame_id: frame_id.clone(),
+            camera_id: frame.camera_id.to_string(),
+            capture_time_us: frame.capture_time_us,
+            reason,
+            score: score.defect_score,
+            encoding: frame.encoding as i32,
+            image: frame.image.to_vec(),
+            attempts: 0,
+        },
+        pending: Pending {
+            seq,
+            frame_id,
+            camera_id: frame.camera_id.to_string(),
+            captured_at: frame.captured_at,
+            edge_score: score.defect_score,
+            truth,
+            audit,
+        },
+    };
+    let _ = intake.send(forward).await;
+}

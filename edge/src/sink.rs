@@ -1,0 +1,68 @@
+//! The decision sink: one JSON object per line, to stdout, a file, or an MQTT topic.
+
+use crate::config::SinkConfig;
+use crate::decisions::Event;
+use rumqttc::{AsyncClient, QoS};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+/// Errors from the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink file cannot be opened or written.
+    #[error("decision sink {path}: {source}; check the sink path and free disk space")]
+    Io {
+        /// Path or "stdout".
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Writes events until `rx` closes.
+pub async fn run(cfg: SinkConfig, mut rx: mpsc::Receiver<Event>, client: AsyncClient) -> Result<(), SinkError> {
+    match cfg {
+        SinkConfig::Stdout => write_lines(BufWriter::new(tokio::io::stdout()), "stdout", rx).await,
+        SinkConfig::File { path } => {
+            let name = path.display().to_string();
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+                .map_err(|source| SinkError::Io { path: name.clone(), source })?;
+            write_lines(BufWriter::new(file), &name, rx).await
+        }
+        SinkConfig::Mqtt { topic } => {
+            while let Some(e) = rx.recv().await {
+                let line = serde_json::to_vec(&e).unwrap_or_default();
+                if client.publish(topic.clone(), QoS::AtLeastOnce, false, line).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        SinkConfig::Null => {
+            while rx.recv().await.is_some() {}
+            Ok(())
+        }
+    }
+}
+
+async fn write_lines<W: AsyncWrite + Unpin>(
+    mut w: BufWriter<W>,
+    name: &str,
+    mut rx: mpsc::Receiver<Event>,
+) -> Result<(), SinkError> {
+    let io = |source| SinkError::Io { path: name.to_string(), source };
+    while let Some(e) = rx.recv().await {
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        w.write_all(&line).await.map_err(io)?;
+        // Flush whenever the queue is momentarily empty: low latency when quiet, batching when busy.
+        if rx.is_empty() {
+            w.flush().await.map_err(io)?;
+        }
+    }
+    w.flush().await.map_err(io)
+}

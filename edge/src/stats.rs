@@ -1,0 +1,115 @@
+//! Counters and latency histograms the edge keeps about itself, for the live summary, heartbeats and tests.
+
+use hdrhistogram::Histogram;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Live edge figures. All counters only grow.
+#[derive(Debug)]
+pub struct EdgeStats {
+    /// Frames delivered by cameras.
+    pub frames_captured: AtomicU64,
+    /// Frames dropped because the prescreen fell behind (oldest first).
+    pub frames_dropped: AtomicU64,
+    /// Encoded bytes delivered by cameras.
+    pub bytes_captured: AtomicU64,
+    /// Frames the prescreen could not read.
+    pub frames_unreadable: AtomicU64,
+    /// Frames passed locally (not forwarded, or forwarded only as audit).
+    pub frames_passed: AtomicU64,
+    /// Frames accepted into the outbox as suspects.
+    pub frames_suspect: AtomicU64,
+    /// Passed frames accepted into the outbox as audit samples.
+    pub frames_audit: AtomicU64,
+    /// Bytes accepted into the outbox.
+    pub bytes_forwarded: AtomicU64,
+    /// Publishes handed to the MQTT client (including resends).
+    pub publishes: AtomicU64,
+    /// Verdicts received for frames in this edge.
+    pub verdicts: AtomicU64,
+    /// Line decisions emitted, of every kind (one per frame).
+    pub decisions: AtomicU64,
+    /// Suspect decisions taken from a cloud verdict within the deadline.
+    pub decisions_cloud: AtomicU64,
+    /// Suspect decisions taken locally because the deadline passed.
+    pub decisions_fallback: AtomicU64,
+    /// Late verdicts matched to a provisional decision.
+    pub reconciliations: AtomicU64,
+    /// Reconciliations where the cloud disagreed with the local decision.
+    pub disagreements: AtomicU64,
+    /// Audit samples the cloud found defective (prescreen misses).
+    pub audit_misses: AtomicU64,
+    /// Records evicted from the outbox to stay within budget.
+    pub evictions: AtomicU64,
+    /// Frames that could not be written to the outbox.
+    pub outbox_errors: AtomicU64,
+    /// Whether the MQTT link is up.
+    pub link_up: AtomicBool,
+    /// Capture → line decision for suspects, µs.
+    pub decision_latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for EdgeStats {
+    fn default() -> Self {
+        // Bounds 1 µs ..= 1 h at 3 significant digits are valid constants.
+        #[allow(clippy::unwrap_used)]
+        let hist = || Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap());
+        Self {
+            frames_captured: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            bytes_captured: AtomicU64::new(0),
+            frames_unreadable: AtomicU64::new(0),
+            frames_passed: AtomicU64::new(0),
+            frames_suspect: AtomicU64::new(0),
+            frames_audit: AtomicU64::new(0),
+            bytes_forwarded: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
+            verdicts: AtomicU64::new(0),
+            decisions: AtomicU64::new(0),
+            decisions_cloud: AtomicU64::new(0),
+            decisions_fallback: AtomicU64::new(0),
+            reconciliations: AtomicU64::new(0),
+            disagreements: AtomicU64::new(0),
+            audit_misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            outbox_errors: AtomicU64::new(0),
+            link_up: AtomicBool::new(false),
+            decision_latency_us: hist(),
+        }
+    }
+}
+
+/// Adds one to a counter.
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Reads a counter.
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Records a latency in µs.
+pub fn record(h: &Mutex<Histogram<u64>>, us: u64) {
+    if let Ok(mut h) = h.lock() {
+        h.saturating_record(us.max(1));
+    }
+}
+
+/// p50, p99 and max of a histogram in milliseconds (zeros when empty).
+pub fn percentiles_ms(h: &Mutex<Histogram<u64>>) -> (f64, f64, f64, u64) {
+    match h.lock() {
+        Ok(h) if !h.is_empty() => (
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+            h.len(),
+        ),
+        _ => (0.0, 0.0, 0.0, 0),
+    }
+}

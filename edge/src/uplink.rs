@@ -1,0 +1,127 @@
+//! Publishes due outbox records to the cloud, keeping at most `max_in_flight` sent and unacknowledged.
+//!
+//! Order: each round fills half the free window with the newest due records and half with the oldest, so
+//! live suspects are not stuck behind a backlog and the backlog still drains. A sent record becomes due
+//! again after `resend_after × 2^(attempts)` (capped at 64×, ±20 % jitter) unless its verdict deletes it.
+//! Publishing returning `Ok` means only that the MQTT client queued the message; nothing is deleted here.
+
+use crate::config::OutboxConfig;
+use crate::outbox::{Outbox, OutboxError, Record};
+use crate::stats::{self, EdgeStats};
+use rand::{Rng, SeedableRng};
+use rumqttc::{AsyncClient, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tierline_shared::topics::{EdgeAddress, TopicKind};
+use tierline_shared::wire::{self, FrameEnvelope};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How often due records are checked without a wake-up.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Builds the wire envelope of a record.
+pub fn envelope(addr: &EdgeAddress, model_version: &str, r: &Record) -> FrameEnvelope {
+    FrameEnvelope {
+        protocol_version: wire::PROTOCOL_VERSION,
+        edge_id: addr.edge_id().into(),
+        camera_id: r.camera_id.clone(),
+        seq: r.seq,
+        frame_id: r.frame_id.clone(),
+        capture_time_us: r.capture_time_us,
+        edge_model_version: model_version.into(),
+        edge_score: r.score.clamp(0.0, 1.0),
+        reason: r.reason as i32,
+        encoding: r.encoding,
+        image: r.image.clone(),
+        site: addr.site().into(),
+        line: addr.line().into(),
+    }
+}
+
+/// Runs until shutdown.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    outbox: Outbox,
+    client: AsyncClient,
+    addr: EdgeAddress,
+    model_version: String,
+    cfg: OutboxConfig,
+    max_message_bytes: usize,
+    mut link: watch::Receiver<bool>,
+    wake: Arc<Notify>,
+    stats: Arc<EdgeStats>,
+    shutdown: CancellationToken,
+) -> Result<(), OutboxError> {
+    let topic = addr.topic(TopicKind::Frames);
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            changed = link.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                if *link.borrow_and_update() {
+                    // Whatever was in flight when the link dropped may be gone: send it again now.
+                    outbox.resend_all().await?;
+                }
+            }
+        }
+        if !*link.borrow() {
+            continue;
+        }
+        let now = tierline_shared::time::now_us();
+        let room = cfg.max_in_flight.get().saturating_sub(outbox.in_flight(now).await?);
+        if room == 0 {
+            continue;
+        }
+        let due = outbox.due(now, room.div_ceil(2), room / 2).await?;
+        let mut sent = Vec::with_capacity(due.len());
+        for r in &due {
+            let bytes = match wire::encode(&envelope(&addr, &model_version, r), max_message_bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Cannot happen for records accepted under the same limit; if the limit was lowered since,
+                    // retrying forever would block nothing but fill logs, so back off hard.
+                    tracing::error!(seq = r.seq, error = %e, "Outbox record cannot be sent under the current size limit.");
+                    sent.push((r.seq, now + 3_600_000_000));
+                    continue;
+                }
+            };
+            let publish = client.publish(topic.clone(), QoS::AtLeastOnce, false, bytes);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                res = publish => if res.is_err() { return Ok(()) },
+            }
+            stats::inc(&stats.publishes);
+            let factor = 1u32 << r.attempts.min(6);
+            let jitter = rng.random_range(0.8..1.2);
+            let wait = cfg.resend_after.saturating_mul(factor).mul_f64(jitter);
+            sent.push((r.seq, now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2)));
+        }
+        if !sent.is_empty() {
+            outbox.mark_sent(&sent).await?;
+        }
+    }
+}
+
+/// Deletes acknowledged records and passes verdicts on to the decision stage. Runs until `rx` closes.
+pub async fn acknowledge(
+    outbox: Outbox,
+    mut rx: tokio::sync::mpsc::Receiver<tierline_shared::wire::Verdict>,
+    decisions: tokio::sync::mpsc::Sender<crate::decisions::Input>,
+) -> Result<(), OutboxError> {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        let seqs: Vec<u64> = batch.iter().map(|v| v.seq).collect();
+        // Decide first (the line is waiting), then forget the records.
+        for v in batch.drain(..) {
+            let _ = decisions.send(crate::decisions::Input::Verdict(v)).await;
+        }
+        outbox.ack(&seqs).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Code shared by Tierline's edge and cloud tiers.
+//!
+//! - [`config`]: TOML configuration with environment overrides and byte sizes.
+//! - [`wire`]: the protobuf wire contract, size limits and protocol versioning.
+//! - [`topics`]: the MQTT topic scheme (`tierline/v1/<site>/<line>/<edge>/<kind>`), formatting and parsing.
+//! - [`manifest`]: model manifests (input spec, normalization, output meaning, checksum, golden samples).
+//! - [`onnx`]: locating and loading the ONNX Runtime library.
+//! - [`preprocess`]: image decoding, resizing and normalization into model tensors.
+//! - [`runner`]: a model runner on dedicated threads behind a bounded queue, with batching.
+//! - [`mqtt`]: MQTT connection settings common to both tiers.
+//! - [`telemetry`]: logging setup.
+//! - [`time`]: wall-clock helpers.
+
+pub mod config;
+pub mod manifest;
+pub mod mqtt;
+pub mod onnx;
+pub mod preprocess;
+pub mod runner;
+pub mod telemetry;
+pub mod time;
+pub mod topics;
+pub mod wire;

@@ -1,0 +1,142 @@
+//! MQTT connection settings shared by edge and cloud.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Where the broker is and how to talk to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Broker TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Keep-alive interval; the broker declares the client gone after 1.5× this.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Largest message this client sends or accepts, in bytes (must match on edge and cloud and fit the
+    /// broker's `message_size_limit`).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Optional user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Optional password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Delay before reconnecting after the connection drops (doubled up to 30 s, with jitter).
+    #[serde(default = "default_reconnect_delay", with = "humantime_serde")]
+    pub reconnect_delay: Duration,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    1883
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_message_bytes() -> usize {
+    crate::wire::DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_reconnect_delay() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: default_host(),
+            port: default_port(),
+            keep_alive: default_keep_alive(),
+            max_message_bytes: default_max_message_bytes(),
+            username: None,
+            password: None,
+            reconnect_delay: default_reconnect_delay(),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// rumqttc options for a client with `client_id`. Incoming and outgoing packets may be as large as the
+    /// message limit plus room for the topic and header.
+    pub fn options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(client_id, &self.host, self.port);
+        o.set_keep_alive(self.keep_alive);
+        let packet = self.max_message_bytes + 1024;
+        o.set_max_packet_size(packet, packet);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            o.set_credentials(u, p);
+        }
+        o
+    }
+}
+
+/// Exponential backoff with full jitter, for reconnects and retries.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    /// Backoff starting at `base`, capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        Self {
+            base,
+            max,
+            attempt: 0,
+            seed,
+        }
+    }
+
+    /// The next delay: uniform in [cap/2, cap] where cap = min(max, base × 2^attempt).
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        // xorshift64: jitter does not need a cryptographic generator.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let frac = (self.seed % 1000) as f64 / 1000.0;
+        cap.mul_f64(0.5 + 0.5 * frac)
+    }
+
+    /// Call after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(late >= Duration::from_millis(500) && late <= Duration::from_secs(1));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

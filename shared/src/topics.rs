@@ -1,0 +1,228 @@
+//! The MQTT topic scheme. Pure: no I/O.
+//!
+//! ```text
+//! tierline/v1/<site>/<line>/<edge_id>/frames      edge → cloud   FrameEnvelope, QoS 1
+//! tierline/v1/<site>/<line>/<edge_id>/verdicts    cloud → edge   Verdict, QoS 1
+//! tierline/v1/<site>/<line>/<edge_id>/presence    edge → all     Presence, QoS 1, retained (birth + last will)
+//! tierline/v1/<site>/<line>/<edge_id>/heartbeat   edge → cloud   Heartbeat, QoS 0
+//! ```
+//!
+//! Every edge publishes only under its own prefix `tierline/v1/<site>/<line>/<edge_id>/`, which is what broker
+//! ACLs key on; the cloud additionally checks that a frame's envelope names the same edge as its topic. Cloud
+//! workers subscribe through the shared subscription `$share/<group>/tierline/v1/+/+/+/frames` so several
+//! processes split the load.
+//!
+//! Site, line and edge ids are single topic levels: 1 to 64 characters from `[A-Za-z0-9_.-]`.
+
+use std::fmt;
+use thiserror::Error;
+
+/// Root of every Tierline topic, including the protocol major version.
+pub const ROOT: &str = "tierline/v1";
+
+/// Maximum length of one id level.
+pub const MAX_ID_LEN: usize = 64;
+
+/// What a topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicKind {
+    /// Forwarded frames, edge → cloud.
+    Frames,
+    /// Verdicts, cloud → edge.
+    Verdicts,
+    /// Retained presence (birth / last will).
+    Presence,
+    /// Periodic heartbeats.
+    Heartbeat,
+}
+
+impl TopicKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TopicKind::Frames => "frames",
+            TopicKind::Verdicts => "verdicts",
+            TopicKind::Presence => "presence",
+            TopicKind::Heartbeat => "heartbeat",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "frames" => TopicKind::Frames,
+            "verdicts" => TopicKind::Verdicts,
+            "presence" => TopicKind::Presence,
+            "heartbeat" => TopicKind::Heartbeat,
+            _ => return None,
+        })
+    }
+}
+
+/// Errors from ids and topics.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TopicError {
+    /// An id is not usable as a topic level.
+    #[error("{what} {value:?} is not a valid id: use 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ . -")]
+    InvalidId {
+        /// Which id (site, line, edge id).
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// A topic does not follow the scheme.
+    #[error("topic {0:?} does not match tierline/v1/<site>/<line>/<edge_id>/<frames|verdicts|presence|heartbeat>")]
+    Unrecognized(String),
+}
+
+/// Checks that `value` can be one topic level.
+pub fn validate_id(what: &'static str, value: &str) -> Result<(), TopicError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TopicError::InvalidId {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Where an edge sits: site, line and edge id, all validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EdgeAddress {
+    site: String,
+    line: String,
+    edge_id: String,
+}
+
+impl EdgeAddress {
+    /// Builds an address, validating each level.
+    pub fn new(site: &str, line: &str, edge_id: &str) -> Result<Self, TopicError> {
+        validate_id("site", site)?;
+        validate_id("line", line)?;
+        validate_id("edge_id", edge_id)?;
+        Ok(Self {
+            site: site.into(),
+            line: line.into(),
+            edge_id: edge_id.into(),
+        })
+    }
+
+    /// The site id.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// The line id.
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    /// The edge id.
+    pub fn edge_id(&self) -> &str {
+        &self.edge_id
+    }
+
+    /// The topic of the given kind for this edge.
+    pub fn topic(&self, kind: TopicKind) -> String {
+        format!(
+            "{ROOT}/{}/{}/{}/{}",
+            self.site,
+            self.line,
+            self.edge_id,
+            kind.as_str()
+        )
+    }
+}
+
+impl fmt::Display for EdgeAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.site, self.line, self.edge_id)
+    }
+}
+
+/// Parses a concrete topic into the edge address and kind.
+pub fn parse(topic: &str) -> Result<(EdgeAddress, TopicKind), TopicError> {
+    let unrecognized = || TopicError::Unrecognized(topic.chars().take(200).collect());
+    let rest = topic
+        .strip_prefix(ROOT)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(unrecognized)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [site, line, edge, kind] = parts.as_slice() else {
+        return Err(unrecognized());
+    };
+    let kind = TopicKind::parse(kind).ok_or_else(unrecognized)?;
+    let addr = EdgeAddress::new(site, line, edge)?;
+    Ok((addr, kind))
+}
+
+/// The filter matching one kind of topic from every edge.
+pub fn all_edges_filter(kind: TopicKind) -> String {
+    format!("{ROOT}/+/+/+/{}", kind.as_str())
+}
+
+/// The shared-subscription filter through which cloud workers in `group` split the frames.
+pub fn shared_frames_filter(group: &str) -> String {
+    format!("$share/{group}/{}", all_edges_filter(TopicKind::Frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn formats_and_parses() {
+        let a = EdgeAddress::new("plant-7", "line_2", "edge.a").unwrap();
+        let t = a.topic(TopicKind::Frames);
+        assert_eq!(t, "tierline/v1/plant-7/line_2/edge.a/frames");
+        assert_eq!(parse(&t).unwrap(), (a, TopicKind::Frames));
+    }
+
+    #[test]
+    fn rejects_wildcards_and_separators_in_ids() {
+        for bad in ["", "a/b", "+", "#", "a b", &"x".repeat(65)] {
+            assert!(EdgeAddress::new("s", "l", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_foreign_topics() {
+        for t in [
+            "tierline/v2/s/l/e/frames",
+            "tierline/v1/s/l/e/other",
+            "tierline/v1/s/l/frames",
+            "tierline/v1/s/l/e/x/frames",
+            "x/tierline/v1/s/l/e/frames",
+        ] {
+            assert!(parse(t).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn shared_filter_has_group_prefix() {
+        assert_eq!(
+            shared_frames_filter("cloud"),
+            "$share/cloud/tierline/v1/+/+/+/frames"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,120}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn valid_addresses_round_trip(site in "[A-Za-z0-9_.-]{1,64}", line in "[a-z0-9]{1,8}", edge in "[a-z0-9-]{1,20}") {
+            let a = EdgeAddress::new(&site, &line, &edge).unwrap();
+            for k in [TopicKind::Frames, TopicKind::Verdicts, TopicKind::Presence, TopicKind::Heartbeat] {
+                prop_assert_eq!(parse(&a.topic(k)).unwrap(), (a.clone(), k));
+            }
+        }
+    }
+}

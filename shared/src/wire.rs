@@ -1,0 +1,297 @@
+//! The wire contract between edge and cloud: protobuf messages (see `proto/tierline/v1/wire.proto`), the protocol
+//! version, and a size limit that is checked before anything is sent and before anything is decoded.
+
+use prost::Message;
+use thiserror::Error;
+
+/// Messages generated from `proto/tierline/v1/wire.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/tierline.v1.rs"));
+}
+
+pub use pb::{
+    ClassScore, ForwardReason, FrameEnvelope, Heartbeat, ImageEncoding, Presence, Verdict,
+    presence::State as PresenceState,
+};
+
+/// The protocol major version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Protocol major versions this build accepts from peers.
+pub const SUPPORTED_PROTOCOL_VERSIONS: std::ops::RangeInclusive<u32> = 1..=1;
+
+/// Default limit for one encoded message (4 MiB): a 1080p JPEG fits several times over.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Errors from encoding or decoding wire messages.
+#[derive(Debug, Error)]
+pub enum WireError {
+    /// The encoded message is larger than the configured limit.
+    #[error(
+        "{kind} message is {len} bytes, over the {limit}-byte limit; lower the camera resolution or JPEG quality, or raise `max_message_bytes` on both edge and cloud (and the broker's message_size_limit)"
+    )]
+    TooLarge {
+        /// Which message.
+        kind: &'static str,
+        /// Encoded length.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The bytes are not a valid protobuf message of the expected type.
+    #[error("malformed {kind} message ({len} bytes): {source}")]
+    Malformed {
+        /// Which message.
+        kind: &'static str,
+        /// Payload length.
+        len: usize,
+        /// Decoder error.
+        source: prost::DecodeError,
+    },
+    /// The peer speaks a protocol major version this build does not know.
+    #[error(
+        "{kind} message uses protocol version {version}, this build supports {min}..={max}; upgrade the older side"
+    )]
+    UnsupportedVersion {
+        /// Which message.
+        kind: &'static str,
+        /// Version found in the message.
+        version: u32,
+        /// Lowest supported version.
+        min: u32,
+        /// Highest supported version.
+        max: u32,
+    },
+    /// A required field is missing or out of range.
+    #[error("invalid {kind} message: {reason}")]
+    Invalid {
+        /// Which message.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A wire message: knows its name and its protocol version field.
+pub trait WireMessage: Message + Default + Sized {
+    /// Human-readable message name used in errors.
+    const KIND: &'static str;
+    /// The message's protocol version field.
+    fn protocol_version(&self) -> u32;
+    /// Checks required fields after decoding.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl WireMessage for FrameEnvelope {
+    const KIND: &'static str = "frame";
+    fn protocol_version(&self) -> u32 {
+        self.protocol_version
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.edge_id.is_empty() {
+            return Err("edge_id is empty".into());
+        }
+        if self.image.is_empty() {
+            return Err("image is empty".into());
+        }
+        if !(0.0..=1.0).contains(&self.edge_score) {
+            return Err(format!("edge_score {} is outside [0, 1]", self.edge_score));
+        }
+        Ok(())
+    }
+}
+
+impl WireMessage for Verdict {
+    const KIND: &'static str = "verdict";
+    fn protocol_version(&self) -> u32 {
+        self.protocol_version
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.edge_id.is_empty() {
+            return Err("edge_id is empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl WireMessage for Presence {
+    const KIND: &'static str = "presence";
+    fn protocol_version(&self) -> u32 {
+        self.protocol_version
+    }
+}
+
+impl WireMessage for Heartbeat {
+    const KIND: &'static str = "heartbeat";
+    fn protocol_version(&self) -> u32 {
+        self.protocol_version
+    }
+}
+
+/// Encodes `msg`, refusing to produce more than `limit` bytes.
+pub fn encode<M: WireMessage>(msg: &M, limit: usize) -> Result<Vec<u8>, WireError> {
+    let len = msg.encoded_len();
+    if len > limit {
+        return Err(WireError::TooLarge {
+            kind: M::KIND,
+            len,
+            limit,
+        });
+    }
+    Ok(msg.encode_to_vec())
+}
+
+/// Decodes a message, checking the size limit first, then the protocol version and required fields.
+pub fn decode<M: WireMessage>(bytes: &[u8], limit: usize) -> Result<M, WireError> {
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            kind: M::KIND,
+            len: bytes.len(),
+            limit,
+        });
+    }
+    let msg = M::decode(bytes).map_err(|source| WireError::Malformed {
+        kind: M::KIND,
+        len: bytes.len(),
+        source,
+    })?;
+    let version = msg.protocol_version();
+    if !SUPPORTED_PROTOCOL_VERSIONS.contains(&version) {
+        return Err(WireError::UnsupportedVersion {
+            kind: M::KIND,
+            version,
+            min: *SUPPORTED_PROTOCOL_VERSIONS.start(),
+            max: *SUPPORTED_PROTOCOL_VERSIONS.end(),
+        });
+    }
+    msg.validate().map_err(|reason| WireError::Invalid {
+        kind: M::KIND,
+        reason,
+    })?;
+    Ok(msg)
+}
+
+/// The globally unique id of a frame: `<edge_id>-<seq>`.
+pub fn frame_id(edge_id: &str, seq: u64) -> String {
+    format!("{edge_id}-{seq}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn envelope(image: Vec<u8>) -> FrameEnvelope {
+        FrameEnvelope {
+            protocol_version: PROTOCOL_VERSION,
+            edge_id: "edge-1".into(),
+            camera_id: "cam-0".into(),
+            seq: 7,
+            frame_id: frame_id("edge-1", 7),
+            capture_time_us: 1_700_000_000_000_000,
+            edge_model_version: "0.1.0".into(),
+            edge_score: 0.8,
+            reason: ForwardReason::Suspect as i32,
+            encoding: ImageEncoding::Jpeg as i32,
+            image,
+            site: "plant".into(),
+            line: "l1".into(),
+        }
+    }
+
+    #[test]
+    fn oversized_message_is_refused_before_sending() {
+        let err = encode(&envelope(vec![0; 2000]), 1000).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { len, limit: 1000, .. } if len > 2000));
+        assert!(err.to_string().contains("max_message_bytes"));
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_before_decoding() {
+        let err = decode::<FrameEnvelope>(&[0u8; 50], 10).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { len: 50, .. }));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let err = decode::<FrameEnvelope>(&[0xff, 0xff, 0xff, 0xff], 1024).unwrap_err();
+        assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_major_version_is_rejected() {
+        let mut msg = envelope(vec![1, 2, 3]);
+        msg.protocol_version = 2;
+        let bytes = msg.encode_to_vec();
+        let err = decode::<FrameEnvelope>(&bytes, 1024).unwrap_err();
+        assert!(matches!(err, WireError::UnsupportedVersion { version: 2, .. }));
+    }
+
+    #[test]
+    fn missing_required_fields_are_invalid() {
+        let bytes = envelope(vec![]).encode_to_vec();
+        let err = decode::<FrameEnvelope>(&bytes, 1024).unwrap_err();
+        assert!(err.to_string().contains("image is empty"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_from_a_newer_peer_are_ignored() {
+        // Field 99 (varint 5) appended: a newer minor revision's addition must not break this build.
+        let mut bytes = envelope(vec![9]).encode_to_vec();
+        bytes.extend_from_slice(&[0x98, 0x06, 0x05]);
+        let msg = decode::<FrameEnvelope>(&bytes, 1024).unwrap();
+        assert_eq!(msg.seq, 7);
+    }
+
+    proptest! {
+        #[test]
+        fn envelope_round_trips(
+            edge in "[a-z0-9-]{1,16}",
+            seq in any::<u64>(),
+            score in 0.0f32..=1.0,
+            image in proptest::collection::vec(any::<u8>(), 1..512),
+            t in any::<i64>(),
+            audit in any::<bool>(),
+        ) {
+            let mut msg = envelope(image);
+            msg.edge_id = edge.clone();
+            msg.seq = seq;
+            msg.frame_id = frame_id(&edge, seq);
+            msg.edge_score = score;
+            msg.capture_time_us = t;
+            msg.reason = if audit { ForwardReason::Audit } else { ForwardReason::Suspect } as i32;
+            let bytes = encode(&msg, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+            let back: FrameEnvelope = decode(&bytes, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+            prop_assert_eq!(back, msg);
+        }
+
+        #[test]
+        fn verdict_round_trips(seq in any::<u64>(), p in 0.0f32..=1.0, label in "[a-z]{1,10}") {
+            let msg = Verdict {
+                protocol_version: PROTOCOL_VERSION,
+                edge_id: "e".into(),
+                seq,
+                frame_id: frame_id("e", seq),
+                cloud_model_version: "1".into(),
+                scores: vec![ClassScore { class_name: label.clone(), probability: p }],
+                label,
+                defective: p > 0.5,
+                defect_score: p,
+                verdict_time_us: 1,
+                error: String::new(),
+                redelivery: false,
+            };
+            let back: Verdict = decode(&encode(&msg, 1 << 20).unwrap(), 1 << 20).unwrap();
+            prop_assert_eq!(back, msg);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<FrameEnvelope>(&bytes, 1024);
+            let _ = decode::<Verdict>(&bytes, 1024);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The committed model pair loads through its manifests on real ONNX Runtime, passes its golden samples,
+//! and classifies the committed labeled samples; broken model files are refused with clear errors.
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use tierline_shared::manifest::Manifest;
+use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+fn start(name: &str) -> ModelRunner {
+    let m = Manifest::load(&models().join(name)).expect("manifest");
+    ModelRunner::start(m, RunnerConfig::default()).expect("runner")
+}
+
+fn samples() -> Vec<(Bytes, String)> {
+    let dir = models().join("samples");
+    let csv = std::fs::read_to_string(dir.join("labels.csv")).expect("labels.csv");
+    csv.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (file, label) = l.split_once(',').expect("file,label");
+            (Bytes::from(std::fs::read(dir.join(file)).expect("sample")), label.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn prescreen_passes_golden_and_flags_every_defective_sample() {
+    let r = start("prescreen.toml");
+    r.check_golden_blocking().expect("golden samples");
+    for (img, label) in samples() {
+        let s = r.score_blocking(img).unwrap();
+        assert_eq!(s.defective, label != "good", "label {label}, score {}", s.defect_score);
+    }
+}
+
+#[test]
+fn full_model_names_the_defect_class() {
+    let r = start("full.toml");
+    r.check_golden_blocking().expect("golden samples");
+    for (img, label) in samples() {
+        assert_eq!(r.score_blocking(img).unwrap().label, label);
+    }
+}
+
+#[test]
+fn batches_give_the_same_scores_as_single_images() {
+    let m = Manifest::load(&models().join("full.toml")).unwrap();
+    let cfg = RunnerConfig {
+        max_wait: std::time::Duration::from_millis(20),
+        ..RunnerConfig::default()
+    };
+    let r = std::sync::Arc::new(ModelRunner::start(m, cfg).unwrap());
+    let imgs = samples();
+    let single: Vec<f32> = imgs.iter().map(|(i, _)| r.score_blocking(i.clone()).unwrap().defect_score).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batched: Vec<f32> = rt.block_on(async {
+        let futs: Vec<_> = imgs.iter().map(|(i, _)| r.score(i.clone())).collect();
+        let mut out = Vec::new();
+        for f in futs {
+            out.push(f.await.unwrap().defect_score);
+        }
+        out
+    });
+    for (a, b) in single.iter().zip(&batched) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn corrupt_image_fails_alone_without_stopping_the_runner() {
+    let r = start("prescreen.toml");
+    let err = r.score_blocking(Bytes::from_static(b"\xff\xd8\xff garbage")).unwrap_err();
+    assert!(err.to_string().contains("cannot be decoded"), "{err}");
+    let (img, _) = samples().remove(0);
+    assert!(r.score_blocking(img).is_ok());
+}
+
+#[test]
+fn tampered_model_fails_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(models().join("prescreen.toml")).unwrap();
+    let manifest_path = dir.path().join("prescreen.toml");
+    std::fs::write(&manifest_path, &text).unwrap();
+    let mut model = std::fs::read(models().join("prescreen-0.1.0.onnx")).unwrap();
+    let last = model.len() - 1;
+    model[last] ^= 0x01;
+    std::fs::write(dir.path().join("prescreen-0.1.0.onnx"), &model).unwrap();
+    let m = Manifest::load(&manifest_path).unwrap();
+    let err = ModelRunner::start(m, RunnerConfig::default()).err().expect("must refuse");
+    let msg = err.to_string();
+    assert!(msg.contains("fails its checksum") && msg.contains("prescreen-0.1.0.onnx"), "{msg}");
+}
+
+#[test]
+fn model_that_answers_wrong_fails_golden_check() {
+    // The full model's manifest pointed at swapped goldens: a good sample labelled as a spot.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["full-0.1.0.onnx"] {
+        std::fs::copy(models().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("golden")).unwrap();
+    std::fs::copy(models().join("golden/good-0.png"), dir.path().join("golden/good-0.png")).unwrap();
+    let text = std::fs::read_to_string(models().join("full.toml")).unwrap();
+    let head = text.split("[[golden]]").next().unwrap();
+    let text = format!("{head}[[golden]]\nfile = \"golden/good-0.png\"\nexpect = \"spot\"\n");
+    let path = dir.path().join("full.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = ModelRunner::start(Manifest::load(&path).unwrap(), RunnerConfig::default()).unwrap();
+    let err = r.check_golden_blocking().unwrap_err();
+    assert!(matches!(err, RunnerError::Golden { .. }));
+    assert!(err.to_string().contains("good-0.png"), "{err}");
+}
+
+#[test]
+fn wrong_input_name_in_manifest_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(models().join("prescreen-0.1.0.onnx"), dir.path().join("prescreen-0.1.0.onnx")).unwrap();
+    let text = std::fs::read_to_string(models().join("prescreen.toml"))
+        .unwrap()
+        .replacen("name = \"image\"", "name = \"pixels\"", 1);
+    let path = dir.path().join("prescreen.toml");
+    std::fs::write(&path, text).unwrap();
+    let err = ModelRunner::start(Manifest::load(&path).unwrap(), RunnerConfig::default()).err().unwrap();
+    assert!(err.to_string().contains("pixels"), "{err}");
+}
