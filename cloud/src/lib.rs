@@ -1,1 +1,16 @@
-//! placeholder
+//! Tierline cloud: takes suspect frames from MQTT, runs the full ONNX model, stores exactly one verdict per
+//! frame, and sends it back to the edge.
+//!
+//! The data flow is drawn and wired in [`app`].
+
+pub mod acks;
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod process;
+pub mod stats;
+pub mod store;
+
+pub use app::{CloudError, run};
+pub use config::CloudConfig;
+pub use stats::CloudStats;

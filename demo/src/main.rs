@@ -1,1 +1,183 @@
-fn main(){}
+//! `tierline-demo`: runs an embedded broker, a cloud worker on SQLite and an edge with synthetic cameras in
+//! one process, prints a live summary every second, and a report at the end.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tierline_cloud::{CloudConfig, CloudStats};
+use tierline_demo::{broker::EmbeddedBroker, summary};
+use tierline_edge::stats::get;
+use tierline_edge::{EdgeConfig, EdgeStats};
+use tokio_util::sync::CancellationToken;
+
+/// Tierline demo: the whole edge + cloud pipeline on embedded defaults.
+///
+/// Starts an in-process MQTT broker (or uses --broker), a cloud worker with the full model on SQLite, and an
+/// edge whose synthetic cameras show surfaces with spots and scratches. Runs until --frames are captured or
+/// Ctrl-C, then prints a report. Decisions are written as JSON lines to <data-dir>/decisions.jsonl.
+#[derive(Parser, Debug)]
+#[command(name = "tierline-demo", version)]
+struct Args {
+    /// Total frames to capture across all cameras (0 = until Ctrl-C).
+    #[arg(long, default_value_t = 1200)]
+    frames: u64,
+    /// Number of synthetic cameras.
+    #[arg(long, default_value_t = 2)]
+    cameras: u32,
+    /// Frames per second per camera.
+    #[arg(long, default_value_t = 30.0)]
+    fps: f64,
+    /// Fraction of frames with a defect.
+    #[arg(long, default_value_t = 0.05)]
+    defect_rate: f64,
+    /// Use this MQTT broker (host:port) instead of the embedded one, e.g. a local Mosquitto.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Directory for the outbox, the verdict store and the decision log (default: a fresh temporary directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Directory holding the model manifests.
+    #[arg(long, default_value_os_t = default_models())]
+    models: PathBuf,
+}
+
+fn default_models() -> PathBuf {
+    let local = PathBuf::from("models");
+    if local.join("prescreen.toml").is_file() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+}
+
+fn configs(
+    args: &Args,
+    host: &str,
+    port: u16,
+    dir: &Path,
+) -> anyhow::Result<(EdgeConfig, CloudConfig)> {
+    let per_camera =
+        (args.frames > 0).then(|| args.frames.div_ceil(u64::from(args.cameras.max(1))));
+    let cameras: String = (0..args.cameras.max(1))
+        .map(|i| {
+            format!(
+                "[[camera]]\nid = \"cam-{i}\"\nkind = \"synthetic\"\nseed = {}\nfps = {}\ndefect_rate = {}\n{}\n",
+                1000 + i,
+                args.fps,
+                args.defect_rate,
+                per_camera.map(|n| format!("frames = {n}")).unwrap_or_default()
+            )
+        })
+        .collect();
+    let edge = format!(
+        "[edge]\nid = \"edge-demo\"\nsite = \"demo-plant\"\nline = \"line-1\"\n\
+         [mqtt]\nhost = \"{host}\"\nport = {port}\n\
+         [model]\nmanifest = {:?}\n\
+         [decision]\ndeadline = \"500ms\"\naudit_rate = 0.01\n\
+         [outbox]\npath = {:?}\n\
+         [sink]\nkind = \"file\"\npath = {:?}\n{cameras}",
+        args.models.join("prescreen.toml"),
+        dir.join("outbox.db"),
+        dir.join("decisions.jsonl"),
+    );
+    let cloud = format!(
+        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n",
+        args.models.join("full.toml"),
+        dir.join("cloud.db").display(),
+    );
+    let edge: EdgeConfig = toml::from_str(&edge).context("demo edge config")?;
+    let cloud: CloudConfig = toml::from_str(&cloud).context("demo cloud config")?;
+    Ok((edge, cloud))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tierline_shared::telemetry::init_logging(
+        "warn,tierline_edge=info,tierline_cloud=info,rumqttd=off",
+    );
+    let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (host, port) = match &args.broker {
+        Some(hp) => {
+            let (h, p) = hp.rsplit_once(':').context("--broker must be host:port")?;
+            (h.to_string(), p.parse().context("--broker port")?)
+        }
+        None => {
+            let b = EmbeddedBroker::start(tierline_shared::wire::DEFAULT_MAX_MESSAGE_BYTES)?;
+            ("127.0.0.1".to_string(), b.port())
+        }
+    };
+    let (edge_cfg, cloud_cfg) = configs(&args, &host, port, &dir)?;
+    eprintln!(
+        "Tierline demo: broker {host}:{port}, data in {}",
+        dir.display()
+    );
+
+    let shutdown = CancellationToken::new();
+    let cloud_stop = CancellationToken::new();
+    let edge_stats = Arc::new(EdgeStats::default());
+    let cloud_stats = Arc::new(CloudStats::default());
+    let cloud = tokio::spawn(tierline_cloud::run(
+        cloud_cfg.clone(),
+        cloud_stats.clone(),
+        cloud_stop.clone(),
+    ));
+    let mut edge = tokio::spawn(tierline_edge::run(
+        edge_cfg,
+        edge_stats.clone(),
+        shutdown.clone(),
+    ));
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut settled_at: Option<Instant> = None;
+    let edge_result = loop {
+        tokio::select! {
+            r = &mut edge => break r,
+            _ = tokio::signal::ctrl_c() => { eprintln!("\nCtrl-C: draining."); shutdown.cancel(); }
+            _ = tick.tick() => {
+                println!("{}", summary::line(started.elapsed(), &edge_stats, &cloud_stats));
+                // With a frame limit: stop once every frame is decided and every forwarded frame has its verdict.
+                let captured = get(&edge_stats.frames_captured);
+                let done = args.frames > 0
+                    && captured >= args.frames
+                    && get(&edge_stats.decisions) + get(&edge_stats.frames_dropped) >= captured
+                    && get(&edge_stats.verdicts) >= get(&edge_stats.frames_suspect) + get(&edge_stats.frames_audit);
+                if done && settled_at.is_none() {
+                    settled_at = Some(Instant::now());
+                    shutdown.cancel();
+                }
+                if cloud.is_finished() {
+                    eprintln!("cloud worker stopped unexpectedly");
+                    shutdown.cancel();
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    cloud_stop.cancel();
+    let cloud_result = cloud.await;
+    let stored = match tierline_cloud::store::Store::open(&cloud_cfg.store.url, true).await {
+        Ok(s) => s.verdict_count().await.unwrap_or(0),
+        Err(_) => 0,
+    };
+    println!(
+        "{}",
+        summary::report(elapsed, &edge_stats, &cloud_stats, stored)
+    );
+    println!("decisions: {}", dir.join("decisions.jsonl").display());
+    if args.data_dir.is_none() {
+        println!("(temporary data directory removed; pass --data-dir to keep it)");
+    }
+    edge_result.context("edge task")??;
+    cloud_result.context("cloud task")??;
+    Ok(())
+}

@@ -52,6 +52,19 @@ pub enum EdgeError {
     /// The decision sink failed.
     #[error(transparent)]
     Sink(#[from] sink::SinkError),
+    /// A stage panicked.
+    #[error("edge stage panicked: {0}")]
+    Panicked(String),
+}
+
+/// Completes only if the stage fails (error or panic); a stage that finishes normally (e.g. the prescreen
+/// after the cameras reached their frame limits) leaves the rest running.
+async fn failure_of<E: Into<EdgeError>>(task: tokio::task::JoinHandle<Result<(), E>>) -> EdgeError {
+    match task.await {
+        Ok(Err(e)) => e.into(),
+        Err(e) if e.is_panic() => EdgeError::Panicked(e.to_string()),
+        _ => std::future::pending().await,
+    }
 }
 
 /// How often heartbeats are published.
@@ -80,12 +93,18 @@ pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ModelRunner>, EdgeErr
 }
 
 /// Runs the edge until `shutdown` is cancelled or every camera has finished and every frame is decided.
-pub async fn run(config: EdgeConfig, stats: Arc<EdgeStats>, shutdown: CancellationToken) -> Result<(), EdgeError> {
+pub async fn run(
+    config: EdgeConfig,
+    stats: Arc<EdgeStats>,
+    shutdown: CancellationToken,
+) -> Result<(), EdgeError> {
     config.validate()?;
-    let addr = config.address().map_err(|e| tierline_shared::config::ConfigError::Field {
-        field: "edge".into(),
-        problem: e.to_string(),
-    })?;
+    let addr = config
+        .address()
+        .map_err(|e| tierline_shared::config::ConfigError::Field {
+            field: "edge".into(),
+            problem: e.to_string(),
+        })?;
     let cameras = config
         .cameras
         .iter()
@@ -94,7 +113,10 @@ pub async fn run(config: EdgeConfig, stats: Arc<EdgeStats>, shutdown: Cancellati
     let runner = load_model(&config).await?;
     let manifest = runner.manifest().clone();
     let model_version = manifest.version.clone();
-    let threshold = config.model.suspect_threshold.unwrap_or(manifest.output.threshold);
+    let threshold = config
+        .model
+        .suspect_threshold
+        .unwrap_or(manifest.output.threshold);
     let outbox = Outbox::open(&config.outbox).await?;
     let backlog = outbox.backlog().await?;
     tracing::info!(
@@ -106,7 +128,8 @@ pub async fn run(config: EdgeConfig, stats: Arc<EdgeStats>, shutdown: Cancellati
         "Edge starting."
     );
 
-    let (client, eventloop) = rumqttc::AsyncClient::new(link::options(&config.mqtt, &addr, &model_version), 64);
+    let (client, eventloop) =
+        tierline_shared::mqtt::client(link::options(&config.mqtt, &addr, &model_version), 64);
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
     let queue = FrameQueue::new(2 * config.model.max_batch.get() * config.model.threads.get());
@@ -199,10 +222,10 @@ pub async fn run(config: EdgeConfig, stats: Arc<EdgeStats>, shutdown: Cancellati
     // Stop on request, or on a stage failing.
     let failure = tokio::select! {
         _ = stop.cancelled() => None,
-        r = prescreen => r.ok().and_then(Result::err).map(EdgeError::from),
-        r = uplink => r.ok().and_then(Result::err).map(EdgeError::from),
-        r = acks => r.ok().and_then(Result::err).map(EdgeError::from),
-        r = sink => r.ok().and_then(Result::err).map(EdgeError::from),
+        e = failure_of(prescreen) => Some(e),
+        e = failure_of(uplink) => Some(e),
+        e = failure_of(acks) => Some(e),
+        e = failure_of(sink) => Some(e),
     };
     if let Some(e) = &failure {
         tracing::error!(error = %e, "Edge stage failed; shutting down.");

@@ -28,7 +28,9 @@ pub enum CameraError {
         message: String,
     },
     /// No image files matched.
-    #[error("camera {camera}: no .jpg, .jpeg or .png files found at {pattern:?}; check the camera's `path`")]
+    #[error(
+        "camera {camera}: no .jpg, .jpeg or .png files found at {pattern:?}; check the camera's `path`"
+    )]
     NoFiles {
         /// Camera id.
         camera: String,
@@ -149,7 +151,12 @@ impl Camera {
     }
 
     /// Delivers frames into `queue` at the camera's rate until its limit, its files run out, or shutdown.
-    pub async fn run(mut self, queue: FrameQueue, stats: Arc<EdgeStats>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        queue: FrameQueue,
+        stats: Arc<EdgeStats>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut delivered = 0u64;
@@ -182,7 +189,8 @@ impl Camera {
                 quality,
                 index,
             } => {
-                let (seed, rate, w, h, q, i) = (*seed, *defect_rate, *width, *height, *quality, *index);
+                let (seed, rate, w, h, q, i) =
+                    (*seed, *defect_rate, *width, *height, *quality, *index);
                 *index += 1;
                 let rendered = tokio::task::spawn_blocking(move || {
                     let f = synth::render(seed, i, w, h, rate);
@@ -190,7 +198,9 @@ impl Camera {
                 })
                 .await;
                 match rendered {
-                    Ok(Ok((jpeg, truth))) => Some(self.frame(jpeg.into(), ImageEncoding::Jpeg, Some(truth), None)),
+                    Ok(Ok((jpeg, truth))) => {
+                        Some(self.frame(jpeg.into(), ImageEncoding::Jpeg, Some(truth), None))
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(camera = %self.id, error = %e, "Synthetic frame could not be encoded.");
                         None
@@ -198,7 +208,11 @@ impl Camera {
                     Err(_) => None,
                 }
             }
-            Source::Files { files, repeat, next } => loop {
+            Source::Files {
+                files,
+                repeat,
+                next,
+            } => loop {
                 if *next >= files.len() {
                     if !*repeat {
                         return None;
@@ -254,7 +268,10 @@ fn encoding_of(path: &std::path::Path) -> ImageEncoding {
 
 fn is_image(path: &std::path::Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("jpg" | "jpeg" | "png")
     )
 }
@@ -324,7 +341,9 @@ mod tests {
     #[test]
     fn empty_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = list_files("cam-9", dir.path().to_str().unwrap()).unwrap_err().to_string();
+        let err = list_files("cam-9", dir.path().to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cam-9") && err.contains("no .jpg"), "{err}");
     }
 }

@@ -310,12 +310,16 @@ impl EdgeConfig {
         }
         let mut ids = std::collections::HashSet::new();
         for c in &self.cameras {
-            topics::validate_id("camera id", &c.id).map_err(|e| field("camera.id", e.to_string()))?;
+            topics::validate_id("camera id", &c.id)
+                .map_err(|e| field("camera.id", e.to_string()))?;
             if !ids.insert(&c.id) {
                 return Err(field("camera.id", format!("{:?} is used twice", c.id)));
             }
             if !(c.fps > 0.0 && c.fps <= 10_000.0) {
-                return Err(field("camera.fps", format!("is {}, must be in (0, 10000]", c.fps)));
+                return Err(field(
+                    "camera.fps",
+                    format!("is {}, must be in (0, 10000]", c.fps),
+                ));
             }
             if let SourceConfig::Synthetic {
                 defect_rate,
@@ -340,7 +344,10 @@ impl EdgeConfig {
         if let Some(t) = self.model.suspect_threshold
             && !(0.0..=1.0).contains(&t)
         {
-            return Err(field("model.suspect_threshold", "must be within [0, 1]".into()));
+            return Err(field(
+                "model.suspect_threshold",
+                "must be within [0, 1]".into(),
+            ));
         }
         Ok(())
     }
@@ -379,12 +386,17 @@ kind = "synthetic"
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.decision.offline_policy, OfflinePolicy::Reject);
         assert_eq!(c.outbox.sync, SyncPolicy::Full);
-        assert!(matches!(c.cameras[0].source, SourceConfig::Synthetic { seed: 1, .. }));
+        assert!(matches!(
+            c.cameras[0].source,
+            SourceConfig::Synthetic { seed: 1, .. }
+        ));
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse(&format!("{MINIMAL}\n[decision]\ndeadlin = \"1s\"\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MINIMAL}\n[decision]\ndeadlin = \"1s\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("deadlin"), "{err}");
     }
 
@@ -398,13 +410,18 @@ kind = "synthetic"
 
     #[test]
     fn bad_edge_id_is_named() {
-        let err = parse(&MINIMAL.replace("edge-1", "edge/1")).unwrap_err().to_string();
+        let err = parse(&MINIMAL.replace("edge-1", "edge/1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("edge_id") && err.contains("edge/1"), "{err}");
     }
 
     #[test]
     fn offline_policy_parses() {
-        let c = parse(&format!("{MINIMAL}\n[decision]\noffline_policy = \"pass-and-quarantine\"\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}\n[decision]\noffline_policy = \"pass-and-quarantine\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.decision.offline_policy, OfflinePolicy::PassAndQuarantine);
     }
 }

@@ -76,6 +76,9 @@ pub enum Event {
         truth: Option<&'static str>,
         /// Capture → decision, µs.
         latency_us: u64,
+        /// Why the frame could not be judged (unreadable frames), naming the file when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// A late verdict for a frame decided locally.
     Reconciliation {
@@ -133,7 +136,11 @@ enum State {
     /// Suspect awaiting its verdict before the deadline.
     Waiting(Pending),
     /// Decided locally; waiting for the late verdict.
-    Provisional { pending: Pending, action: Action, deadline: Instant },
+    Provisional {
+        pending: Pending,
+        action: Action,
+        deadline: Instant,
+    },
     /// Audit sample awaiting its verdict.
     Audit(Pending),
 }
@@ -181,7 +188,11 @@ impl Book {
     /// Registers a forwarded frame. Suspects wait; audits were decided `pass` by the caller.
     pub fn insert(&mut self, p: Pending) {
         let seq = p.seq;
-        let state = if p.audit { State::Audit(p) } else { State::Waiting(p) };
+        let state = if p.audit {
+            State::Audit(p)
+        } else {
+            State::Waiting(p)
+        };
         self.frames.insert(seq, state);
     }
 
@@ -208,9 +219,17 @@ impl Book {
             cloud_label: None,
             truth: p.truth,
             latency_us: micros(now.saturating_duration_since(p.captured_at)),
+            detail: None,
         };
         let deadline = self.deadline_of(p.captured_at);
-        self.frames.insert(seq, State::Provisional { pending: p, action, deadline });
+        self.frames.insert(
+            seq,
+            State::Provisional {
+                pending: p,
+                action,
+                deadline,
+            },
+        );
         Some(event)
     }
 
@@ -228,8 +247,13 @@ impl Book {
                 cloud_label: Some(v.label.clone()),
                 truth: p.truth,
                 latency_us: micros(now.saturating_duration_since(p.captured_at)),
+                detail: None,
             }),
-            State::Provisional { pending, action, deadline } => {
+            State::Provisional {
+                pending,
+                action,
+                deadline,
+            } => {
                 let cloud = cloud_action(v);
                 // A quarantined part passed the line and is held: the cloud agrees if it finds it good.
                 let agree = match action {
@@ -264,7 +288,10 @@ impl Book {
             .filter(|(_, s)| matches!(s, State::Waiting(_)))
             .map(|(k, _)| *k)
             .collect();
-        waiting.into_iter().filter_map(|seq| self.expire(seq, now)).collect()
+        waiting
+            .into_iter()
+            .filter_map(|seq| self.expire(seq, now))
+            .collect()
     }
 }
 
@@ -345,18 +372,20 @@ async fn futures_next(q: &mut DelayQueue<u64>) -> Option<delay_queue::Expired<u6
 
 fn account(stats: &EdgeStats, e: &Event) {
     match e {
-        Event::Decision { source, latency_us, .. } => {
+        Event::Decision {
+            source, latency_us, ..
+        } => {
             stats::inc(&stats.decisions);
             match source {
-            Source::Cloud => {
-                stats::inc(&stats.decisions_cloud);
-                stats::record(&stats.decision_latency_us, *latency_us);
-            }
-            Source::LocalFallback => {
-                stats::inc(&stats.decisions_fallback);
-                stats::record(&stats.decision_latency_us, *latency_us);
-            }
-            Source::Edge | Source::Unreadable => {}
+                Source::Cloud => {
+                    stats::inc(&stats.decisions_cloud);
+                    stats::record(&stats.decision_latency_us, *latency_us);
+                }
+                Source::LocalFallback => {
+                    stats::inc(&stats.decisions_fallback);
+                    stats::record(&stats.decision_latency_us, *latency_us);
+                }
+                Source::Edge | Source::Unreadable => {}
             }
         }
         Event::Reconciliation { agree, .. } => {
@@ -403,10 +432,24 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
         b.insert(pending(1, t0, false));
-        let e = b.verdict(&verdict(1, true), t0 + Duration::from_millis(10)).unwrap();
-        assert!(matches!(e, Event::Decision { action: Action::Reject, source: Source::Cloud, provisional: false, latency_us: 10_000, .. }));
+        let e = b
+            .verdict(&verdict(1, true), t0 + Duration::from_millis(10))
+            .unwrap();
+        assert!(matches!(
+            e,
+            Event::Decision {
+                action: Action::Reject,
+                source: Source::Cloud,
+                provisional: false,
+                latency_us: 10_000,
+                ..
+            }
+        ));
         assert!(b.expire(1, t0 + Duration::from_millis(100)).is_none());
-        assert!(b.verdict(&verdict(1, true), t0).is_none(), "a duplicate verdict causes nothing");
+        assert!(
+            b.verdict(&verdict(1, true), t0).is_none(),
+            "a duplicate verdict causes nothing"
+        );
         assert_eq!(b.open(), 0);
     }
 
@@ -416,8 +459,18 @@ mod tests {
         let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
         b.insert(pending(2, t0, false));
         let e = b.expire(2, t0 + Duration::from_millis(100)).unwrap();
-        assert!(matches!(e, Event::Decision { action: Action::Reject, source: Source::LocalFallback, provisional: true, .. }));
-        let e = b.verdict(&verdict(2, false), t0 + Duration::from_millis(350)).unwrap();
+        assert!(matches!(
+            e,
+            Event::Decision {
+                action: Action::Reject,
+                source: Source::LocalFallback,
+                provisional: true,
+                ..
+            }
+        ));
+        let e = b
+            .verdict(&verdict(2, false), t0 + Duration::from_millis(350))
+            .unwrap();
         assert_eq!(
             e,
             Event::Reconciliation {
@@ -438,7 +491,13 @@ mod tests {
         let mut b = Book::new(OfflinePolicy::PassAndQuarantine, Duration::from_millis(1));
         b.insert(pending(3, t0, false));
         let e = b.expire(3, t0).unwrap();
-        assert!(matches!(e, Event::Decision { action: Action::Quarantine, .. }));
+        assert!(matches!(
+            e,
+            Event::Decision {
+                action: Action::Quarantine,
+                ..
+            }
+        ));
         b.insert(pending(4, t0, true));
         assert!(b.expire(4, t0).is_none(), "audits were decided already");
         let e = b.verdict(&verdict(4, true), t0).unwrap();

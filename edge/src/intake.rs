@@ -43,6 +43,13 @@ pub async fn run(
                     stats::add(&stats.bytes_forwarded, f.record.image.len() as u64);
                 }
                 uplink.notify_one();
+                if let Some(f) = batch.first() {
+                    tracing::debug!(
+                        frames = batch.len(),
+                        age_us = f.pending.captured_at.elapsed().as_micros() as u64,
+                        "Outbox commit done."
+                    );
+                }
                 true
             }
             Err(e) => {

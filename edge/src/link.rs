@@ -71,7 +71,11 @@ pub async fn run(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
-                tracing::info!(edge_id = addr.edge_id(), session_present = ack.session_present, "Connected to the broker.");
+                tracing::info!(
+                    edge_id = addr.edge_id(),
+                    session_present = ack.session_present,
+                    "Connected to the broker."
+                );
                 let _ = client.try_subscribe(verdict_topic.clone(), QoS::AtLeastOnce);
                 let _ = client.try_publish(
                     addr.topic(TopicKind::Presence),
@@ -86,13 +90,18 @@ pub async fn run(
                 match wire::decode::<Verdict>(&p.payload, mqtt.max_message_bytes) {
                     Ok(v) if v.edge_id == addr.edge_id() => {
                         stats::inc(&stats.verdicts);
+                        tracing::debug!(seq = v.seq, label = %v.label, "Verdict received.");
                         // Bounded: while the stage is busy the broker holds further verdicts.
                         if verdicts.send(v).await.is_err() {
                             break;
                         }
                     }
-                    Ok(v) => tracing::warn!(edge_id = addr.edge_id(), verdict_edge = %v.edge_id, seq = v.seq, "Ignoring a verdict addressed to another edge."),
-                    Err(e) => tracing::warn!(edge_id = addr.edge_id(), error = %e, "Ignoring a malformed verdict."),
+                    Ok(v) => {
+                        tracing::warn!(edge_id = addr.edge_id(), verdict_edge = %v.edge_id, seq = v.seq, "Ignoring a verdict addressed to another edge.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(edge_id = addr.edge_id(), error = %e, "Ignoring a malformed verdict.")
+                    }
                 }
             }
             Ok(_) => {}
@@ -146,7 +155,9 @@ pub async fn heartbeats(
         if !stats.link_up.load(Ordering::Relaxed) {
             continue;
         }
-        let Ok(backlog) = outbox.backlog().await else { continue };
+        let Ok(backlog) = outbox.backlog().await else {
+            continue;
+        };
         let now = tierline_shared::time::now_us();
         let hb = Heartbeat {
             protocol_version: wire::PROTOCOL_VERSION,
@@ -162,7 +173,12 @@ pub async fn heartbeats(
             edge_model_version: model_version.clone(),
         };
         if let Ok(bytes) = wire::encode(&hb, usize::MAX) {
-            let _ = client.try_publish(addr.topic(TopicKind::Heartbeat), QoS::AtMostOnce, false, bytes);
+            let _ = client.try_publish(
+                addr.topic(TopicKind::Heartbeat),
+                QoS::AtMostOnce,
+                false,
+                bytes,
+            );
         }
     }
 }

@@ -40,7 +40,11 @@ async fn main() -> ExitCode {
     if args.check {
         return match tierline_edge::app::load_model(&config).await {
             Ok(r) => {
-                println!("configuration and model {} {} are OK", r.manifest().name, r.manifest().version);
+                println!(
+                    "configuration and model {} {} are OK",
+                    r.manifest().name,
+                    r.manifest().version
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

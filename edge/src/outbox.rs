@@ -60,7 +60,9 @@ pub enum OutboxError {
         source: sqlx::Error,
     },
     /// Schema migration failed.
-    #[error("outbox database {path} cannot be migrated: {source}; it may belong to a newer Tierline version")]
+    #[error(
+        "outbox database {path} cannot be migrated: {source}; it may belong to a newer Tierline version"
+    )]
     Migrate {
         /// Database path.
         path: String,
@@ -68,7 +70,9 @@ pub enum OutboxError {
         source: sqlx::migrate::MigrateError,
     },
     /// A single record is larger than the whole budget.
-    #[error("frame of {len} bytes is larger than the outbox budget of {budget} bytes; raise outbox.max_bytes")]
+    #[error(
+        "frame of {len} bytes is larger than the outbox budget of {budget} bytes; raise outbox.max_bytes"
+    )]
     RecordTooLarge {
         /// Record size.
         len: u64,
@@ -270,7 +274,12 @@ impl Outbox {
 
     /// Records due for (re)sending at `now_us`: up to `newest` of the most recent, then up to `oldest` of the
     /// oldest, so live frames go first while the backlog still drains.
-    pub async fn due(&self, now_us: i64, newest: usize, oldest: usize) -> Result<Vec<Record>, OutboxError> {
+    pub async fn due(
+        &self,
+        now_us: i64,
+        newest: usize,
+        oldest: usize,
+    ) -> Result<Vec<Record>, OutboxError> {
         let mut out = self.due_ordered(now_us, "DESC", newest).await?;
         if oldest > 0 {
             for r in self.due_ordered(now_us, "ASC", oldest + newest).await? {
@@ -285,7 +294,12 @@ impl Outbox {
         Ok(out)
     }
 
-    async fn due_ordered(&self, now_us: i64, order: &str, limit: usize) -> Result<Vec<Record>, OutboxError> {
+    async fn due_ordered(
+        &self,
+        now_us: i64,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<Record>, OutboxError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -319,12 +333,14 @@ impl Outbox {
     pub async fn mark_sent(&self, sent: &[(u64, i64)]) -> Result<(), OutboxError> {
         let mut tx = self.pool.begin().await.map_err(self.err("mark sent"))?;
         for (seq, next) in sent {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_us = ? WHERE seq = ?")
-                .bind(next)
-                .bind(*seq as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.err("mark sent"))?;
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_us = ? WHERE seq = ?",
+            )
+            .bind(next)
+            .bind(*seq as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err("mark sent"))?;
         }
         tx.commit().await.map_err(self.err("mark sent"))
     }
@@ -354,11 +370,12 @@ impl Outbox {
         let mut freed = 0u64;
         let mut found = 0usize;
         for seq in seqs {
-            let bytes: Option<i64> = sqlx::query_scalar("DELETE FROM outbox WHERE seq = ? RETURNING bytes")
-                .bind(*seq as i64)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(self.err("ack"))?;
+            let bytes: Option<i64> =
+                sqlx::query_scalar("DELETE FROM outbox WHERE seq = ? RETURNING bytes")
+                    .bind(*seq as i64)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(self.err("ack"))?;
             if let Some(b) = bytes {
                 freed += b as u64;
                 found += 1;
@@ -428,9 +445,12 @@ mod tests {
     async fn records_survive_reopen_until_acked() {
         let dir = tempfile::tempdir().unwrap();
         let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
-        ob.append(&[rec(1, ForwardReason::Suspect, 0.9, 10), rec(2, ForwardReason::Audit, 0.1, 10)])
-            .await
-            .unwrap();
+        ob.append(&[
+            rec(1, ForwardReason::Suspect, 0.9, 10),
+            rec(2, ForwardReason::Audit, 0.1, 10),
+        ])
+        .await
+        .unwrap();
         ob.mark_sent(&[(1, i64::MAX)]).await.unwrap();
         assert_eq!(ob.in_flight(0).await.unwrap(), 1);
         ob.close().await;
@@ -441,7 +461,13 @@ mod tests {
         let first = due.iter().find(|r| r.seq == 1).unwrap();
         assert_eq!(first.attempts, 1, "attempts survive reopen");
         assert_eq!(ob.ack(&[1, 99]).await.unwrap(), 1);
-        let left: Vec<u64> = ob.due(0, 10, 10).await.unwrap().iter().map(|r| r.seq).collect();
+        let left: Vec<u64> = ob
+            .due(0, 10, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(left, vec![2]);
         assert_eq!(ob.backlog().await.unwrap().bytes, 10);
     }
@@ -469,22 +495,42 @@ mod tests {
         ])
         .await
         .unwrap();
-        let ev = ob.append(&[rec(5, ForwardReason::Suspect, 0.8, 20)]).await.unwrap();
+        let ev = ob
+            .append(&[rec(5, ForwardReason::Suspect, 0.8, 20)])
+            .await
+            .unwrap();
         let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![3, 2]);
         assert_eq!(ob.evicted_total().await.unwrap(), 2);
         assert_eq!(ob.backlog().await.unwrap().bytes, 40);
-        let err = ob.append(&[rec(6, ForwardReason::Suspect, 0.8, 41)]).await.unwrap_err();
-        assert!(matches!(err, OutboxError::RecordTooLarge { len: 41, budget: 40 }));
+        let err = ob
+            .append(&[rec(6, ForwardReason::Suspect, 0.8, 41)])
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            OutboxError::RecordTooLarge {
+                len: 41,
+                budget: 40
+            }
+        ));
     }
 
     #[tokio::test]
     async fn due_serves_newest_then_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
-        let recs: Vec<Record> = (1..=10).map(|s| rec(s, ForwardReason::Suspect, 0.9, 1)).collect();
+        let recs: Vec<Record> = (1..=10)
+            .map(|s| rec(s, ForwardReason::Suspect, 0.9, 1))
+            .collect();
         ob.append(&recs).await.unwrap();
-        let seqs: Vec<u64> = ob.due(0, 2, 2).await.unwrap().iter().map(|r| r.seq).collect();
+        let seqs: Vec<u64> = ob
+            .due(0, 2, 2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(seqs, vec![10, 9, 1, 2]);
     }
 }

@@ -30,7 +30,10 @@ pub struct SeqAllocator {
 impl SeqAllocator {
     /// An allocator that reserves from `outbox`.
     pub fn new(outbox: Outbox) -> Self {
-        Self { outbox, block: 0..0 }
+        Self {
+            outbox,
+            block: 0..0,
+        }
     }
 
     /// The next sequence number.
@@ -111,7 +114,7 @@ async fn route(
 ) {
     let frame_id = wire::frame_id(&s.edge_id, seq);
     let truth = frame.truth.map(|t| t.as_str());
-    let immediate = |action, source, edge_score| {
+    let immediate = |action, source, edge_score, detail: Option<String>| {
         Input::Immediate(Event::Decision {
             seq,
             frame_id: frame_id.clone(),
@@ -123,6 +126,7 @@ async fn route(
             cloud_label: None,
             truth,
             latency_us: u64::try_from(frame.captured_at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            detail,
         })
     };
     let score = match result {
@@ -136,7 +140,15 @@ async fn route(
                 error = %e,
                 "Frame could not be scored; rejecting it as a precaution. Check the camera's image output."
             );
-            let _ = decisions.send(immediate(Action::Reject, Source::Unreadable, 1.0)).await;
+            let detail = format!("{}: {e}", frame.origin.as_deref().unwrap_or("camera frame"));
+            let _ = decisions
+                .send(immediate(
+                    Action::Reject,
+                    Source::Unreadable,
+                    1.0,
+                    Some(detail),
+                ))
+                .await;
             return;
         }
     };
@@ -144,7 +156,14 @@ async fn route(
     let audit = !suspect && s.audit_rate > 0.0 && rng.random_bool(s.audit_rate);
     if !suspect {
         stats::inc(&stats.frames_passed);
-        let _ = decisions.send(immediate(Action::Pass, Source::Edge, score.defect_score)).await;
+        let _ = decisions
+            .send(immediate(
+                Action::Pass,
+                Source::Edge,
+                score.defect_score,
+                None,
+            ))
+            .await;
         if !audit {
             return;
         }
@@ -160,11 +179,26 @@ async fn route(
         );
         stats::inc(&stats.outbox_errors);
         if suspect {
-            let _ = decisions.send(immediate(Action::Reject, Source::LocalFallback, score.defect_score)).await;
+            let detail = format!(
+                "frame of {} bytes exceeds the message limit",
+                frame.image.len()
+            );
+            let _ = decisions
+                .send(immediate(
+                    Action::Reject,
+                    Source::LocalFallback,
+                    score.defect_score,
+                    Some(detail),
+                ))
+                .await;
         }
         return;
     }
-    let reason = if suspect { ForwardReason::Suspect } else { ForwardReason::Audit };
+    let reason = if suspect {
+        ForwardReason::Suspect
+    } else {
+        ForwardReason::Audit
+    };
     let forward = Forward {
         record: Record {
             seq,

@@ -20,7 +20,11 @@ pub enum SinkError {
 }
 
 /// Writes events until `rx` closes.
-pub async fn run(cfg: SinkConfig, mut rx: mpsc::Receiver<Event>, client: AsyncClient) -> Result<(), SinkError> {
+pub async fn run(
+    cfg: SinkConfig,
+    mut rx: mpsc::Receiver<Event>,
+    client: AsyncClient,
+) -> Result<(), SinkError> {
     match cfg {
         SinkConfig::Stdout => write_lines(BufWriter::new(tokio::io::stdout()), "stdout", rx).await,
         SinkConfig::File { path } => {
@@ -30,13 +34,20 @@ pub async fn run(cfg: SinkConfig, mut rx: mpsc::Receiver<Event>, client: AsyncCl
                 .append(true)
                 .open(&path)
                 .await
-                .map_err(|source| SinkError::Io { path: name.clone(), source })?;
+                .map_err(|source| SinkError::Io {
+                    path: name.clone(),
+                    source,
+                })?;
             write_lines(BufWriter::new(file), &name, rx).await
         }
         SinkConfig::Mqtt { topic } => {
             while let Some(e) = rx.recv().await {
                 let line = serde_json::to_vec(&e).unwrap_or_default();
-                if client.publish(topic.clone(), QoS::AtLeastOnce, false, line).await.is_err() {
+                if client
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, line)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -54,7 +65,10 @@ async fn write_lines<W: AsyncWrite + Unpin>(
     name: &str,
     mut rx: mpsc::Receiver<Event>,
 ) -> Result<(), SinkError> {
-    let io = |source| SinkError::Io { path: name.to_string(), source };
+    let io = |source| SinkError::Io {
+        path: name.to_string(),
+        source,
+    };
     while let Some(e) = rx.recv().await {
         let mut line = serde_json::to_vec(&e).unwrap_or_default();
         line.push(b'\n');

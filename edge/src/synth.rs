@@ -68,8 +68,16 @@ pub struct Frame {
 
 enum Defect {
     None,
-    Spot { cx: f64, cy: f64, r: f64 },
-    Scratch { p0: (f64, f64), d: (f64, f64), w: f64 },
+    Spot {
+        cx: f64,
+        cy: f64,
+        r: f64,
+    },
+    Scratch {
+        p0: (f64, f64),
+        d: (f64, f64),
+        w: f64,
+    },
 }
 
 /// Renders frame `index` of the stream `seed`.

@@ -74,7 +74,10 @@ pub async fn run(
             continue;
         }
         let now = tierline_shared::time::now_us();
-        let room = cfg.max_in_flight.get().saturating_sub(outbox.in_flight(now).await?);
+        let room = cfg
+            .max_in_flight
+            .get()
+            .saturating_sub(outbox.in_flight(now).await?);
         if room == 0 {
             continue;
         }
@@ -97,10 +100,19 @@ pub async fn run(
                 res = publish => if res.is_err() { return Ok(()) },
             }
             stats::inc(&stats.publishes);
+            tracing::debug!(
+                seq = r.seq,
+                attempt = r.attempts + 1,
+                age_us = tierline_shared::time::now_us() - r.capture_time_us,
+                "Frame published."
+            );
             let factor = 1u32 << r.attempts.min(6);
             let jitter = rng.random_range(0.8..1.2);
             let wait = cfg.resend_after.saturating_mul(factor).mul_f64(jitter);
-            sent.push((r.seq, now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2)));
+            sent.push((
+                r.seq,
+                now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2),
+            ));
         }
         if !sent.is_empty() {
             outbox.mark_sent(&sent).await?;

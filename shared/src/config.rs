@@ -178,7 +178,9 @@ mod tests {
     }
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -189,7 +191,11 @@ mod tests {
         let c: Cfg = load_with_vars(
             Some(&p),
             "T",
-            &vars(&[("T__MQTT__PORT", "1884"), ("T__MQTT__HOST", "broker.local"), ("OTHER", "x")]),
+            &vars(&[
+                ("T__MQTT__PORT", "1884"),
+                ("T__MQTT__HOST", "broker.local"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!((c.mqtt.port, c.mqtt.host.as_str()), (1884, "broker.local"));
@@ -200,15 +206,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[mqtt]\nport = 1\nprot = 2\n").unwrap();
-        let err = load_with_vars::<Cfg>(Some(&p), "T", &[]).unwrap_err().to_string();
+        let err = load_with_vars::<Cfg>(Some(&p), "T", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prot") && err.contains("c.toml"), "{err}");
     }
 
     #[test]
     fn unknown_key_from_env_is_named() {
-        let err = load_with_vars::<Cfg>(None, "T", &vars(&[("T__MQTT__PORT", "1"), ("T__MQTT__HOTS", "x")]))
-            .unwrap_err()
-            .to_string();
+        let err = load_with_vars::<Cfg>(
+            None,
+            "T",
+            &vars(&[("T__MQTT__PORT", "1"), ("T__MQTT__HOTS", "x")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("hots"), "{err}");
     }
 

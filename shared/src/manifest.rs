@@ -212,7 +212,10 @@ impl Manifest {
     fn validate(&self) -> Result<(), ManifestError> {
         let i = &self.input;
         if !matches!(i.channels, 1 | 3) {
-            return Err(self.field("input.channels", format!("is {}, must be 1 or 3", i.channels)));
+            return Err(self.field(
+                "input.channels",
+                format!("is {}, must be 1 or 3", i.channels),
+            ));
         }
         if i.width == 0 || i.height == 0 || i.width > 4096 || i.height > 4096 {
             return Err(self.field("input.width/height", "must be between 1 and 4096"));
@@ -221,10 +224,7 @@ impl Manifest {
             return Err(self.field("input.mean", format!("needs {} values", i.channels)));
         }
         if i.std.len() != i.channels as usize || i.std.iter().any(|s| *s <= 0.0) {
-            return Err(self.field(
-                "input.std",
-                format!("needs {} positive values", i.channels),
-            ));
+            return Err(self.field("input.std", format!("needs {} positive values", i.channels)));
         }
         let o = &self.output;
         if o.classes.len() < 2 {
@@ -239,7 +239,11 @@ impl Manifest {
         if o.good_class >= o.classes.len() {
             return Err(self.field(
                 "output.good_class",
-                format!("is {}, but there are {} classes", o.good_class, o.classes.len()),
+                format!(
+                    "is {}, but there are {} classes",
+                    o.good_class,
+                    o.classes.len()
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&o.threshold) {

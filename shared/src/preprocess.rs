@@ -87,7 +87,12 @@ fn normalize(spec: &InputSpec, pixels: &[u8], out: &mut [f32]) {
     let channels = spec.channels as usize;
     let plane = (spec.width * spec.height) as usize;
     let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let offset: Vec<f32> = spec.mean.iter().zip(&spec.std).map(|(m, s)| m / s).collect();
+    let offset: Vec<f32> = spec
+        .mean
+        .iter()
+        .zip(&spec.std)
+        .map(|(m, s)| m / s)
+        .collect();
     for (i, px) in pixels.chunks_exact(channels).enumerate() {
         for (c, &v) in px.iter().enumerate() {
             let x = f32::from(v) * scale[c] - offset[c];

@@ -67,7 +67,9 @@ pub enum RunnerError {
         message: String,
     },
     /// The model does not have the input or output the manifest names.
-    #[error("model {path} has no {what} named {name:?} (it has {found:?}); fix the manifest {manifest}")]
+    #[error(
+        "model {path} has no {what} named {name:?} (it has {found:?}); fix the manifest {manifest}"
+    )]
     Signature {
         /// Model file.
         path: String,
@@ -81,7 +83,9 @@ pub enum RunnerError {
         found: Vec<String>,
     },
     /// A golden sample was misclassified or could not be scored.
-    #[error("model {model} {version} fails golden sample {sample}: {problem}; the model file does not behave as its manifest promises")]
+    #[error(
+        "model {model} {version} fails golden sample {sample}: {problem}; the model file does not behave as its manifest promises"
+    )]
     Golden {
         /// Model name.
         model: String,
@@ -255,12 +259,20 @@ fn build_session(
     check(
         "input",
         &manifest.input.name,
-        session.inputs().iter().map(|o| o.name().to_string()).collect(),
+        session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect(),
     )?;
     check(
         "output",
         &manifest.output.name,
-        session.outputs().iter().map(|o| o.name().to_string()).collect(),
+        session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect(),
     )?;
     Ok(session)
 }
@@ -341,8 +353,12 @@ impl Worker {
     fn infer(&mut self, n: usize) -> Result<Vec<Score>, InferError> {
         let i = &self.manifest.input;
         let shape = match i.layout {
-            crate::manifest::Layout::Nchw => [n, i.channels as usize, i.height as usize, i.width as usize],
-            crate::manifest::Layout::Nhwc => [n, i.height as usize, i.width as usize, i.channels as usize],
+            crate::manifest::Layout::Nchw => {
+                [n, i.channels as usize, i.height as usize, i.width as usize]
+            }
+            crate::manifest::Layout::Nhwc => {
+                [n, i.height as usize, i.width as usize, i.channels as usize]
+            }
         };
         let tensor = TensorRef::from_array_view((shape, &self.buffer[..]))
             .map_err(|e| InferError::Model(e.to_string()))?;
@@ -350,9 +366,9 @@ impl Worker {
             .session
             .run(ort::inputs![i.name.as_str() => tensor])
             .map_err(|e| InferError::Model(e.to_string()))?;
-        let out = outputs
-            .get(&self.manifest.output.name)
-            .ok_or_else(|| InferError::Output(format!("no output {:?}", self.manifest.output.name)))?;
+        let out = outputs.get(&self.manifest.output.name).ok_or_else(|| {
+            InferError::Output(format!("no output {:?}", self.manifest.output.name))
+        })?;
         let (_, values) = out
             .try_extract_tensor::<f32>()
             .map_err(|e| InferError::Output(e.to_string()))?;

@@ -61,7 +61,9 @@ impl TopicKind {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TopicError {
     /// An id is not usable as a topic level.
-    #[error("{what} {value:?} is not a valid id: use 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ . -")]
+    #[error(
+        "{what} {value:?} is not a valid id: use 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ . -"
+    )]
     InvalidId {
         /// Which id (site, line, edge id).
         what: &'static str,
@@ -69,7 +71,9 @@ pub enum TopicError {
         value: String,
     },
     /// A topic does not follow the scheme.
-    #[error("topic {0:?} does not match tierline/v1/<site>/<line>/<edge_id>/<frames|verdicts|presence|heartbeat>")]
+    #[error(
+        "topic {0:?} does not match tierline/v1/<site>/<line>/<edge_id>/<frames|verdicts|presence|heartbeat>"
+    )]
     Unrecognized(String),
 }
 

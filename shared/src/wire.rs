@@ -227,7 +227,10 @@ mod tests {
         msg.protocol_version = 2;
         let bytes = msg.encode_to_vec();
         let err = decode::<FrameEnvelope>(&bytes, 1024).unwrap_err();
-        assert!(matches!(err, WireError::UnsupportedVersion { version: 2, .. }));
+        assert!(matches!(
+            err,
+            WireError::UnsupportedVersion { version: 2, .. }
+        ));
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn samples() -> Vec<(Bytes, String)> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let (file, label) = l.split_once(',').expect("file,label");
-            (Bytes::from(std::fs::read(dir.join(file)).expect("sample")), label.trim().to_string())
+            (
+                Bytes::from(std::fs::read(dir.join(file)).expect("sample")),
+                label.trim().to_string(),
+            )
         })
         .collect()
 }
@@ -34,7 +37,12 @@ fn prescreen_passes_golden_and_flags_every_defective_sample() {
     r.check_golden_blocking().expect("golden samples");
     for (img, label) in samples() {
         let s = r.score_blocking(img).unwrap();
-        assert_eq!(s.defective, label != "good", "label {label}, score {}", s.defect_score);
+        assert_eq!(
+            s.defective,
+            label != "good",
+            "label {label}, score {}",
+            s.defect_score
+        );
     }
 }
 
@@ -56,7 +64,10 @@ fn batches_give_the_same_scores_as_single_images() {
     };
     let r = std::sync::Arc::new(ModelRunner::start(m, cfg).unwrap());
     let imgs = samples();
-    let single: Vec<f32> = imgs.iter().map(|(i, _)| r.score_blocking(i.clone()).unwrap().defect_score).collect();
+    let single: Vec<f32> = imgs
+        .iter()
+        .map(|(i, _)| r.score_blocking(i.clone()).unwrap().defect_score)
+        .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let batched: Vec<f32> = rt.block_on(async {
         let futs: Vec<_> = imgs.iter().map(|(i, _)| r.score(i.clone())).collect();
@@ -74,7 +85,9 @@ fn batches_give_the_same_scores_as_single_images() {
 #[test]
 fn corrupt_image_fails_alone_without_stopping_the_runner() {
     let r = start("prescreen.toml");
-    let err = r.score_blocking(Bytes::from_static(b"\xff\xd8\xff garbage")).unwrap_err();
+    let err = r
+        .score_blocking(Bytes::from_static(b"\xff\xd8\xff garbage"))
+        .unwrap_err();
     assert!(err.to_string().contains("cannot be decoded"), "{err}");
     let (img, _) = samples().remove(0);
     assert!(r.score_blocking(img).is_ok());
@@ -91,9 +104,14 @@ fn tampered_model_fails_its_checksum() {
     model[last] ^= 0x01;
     std::fs::write(dir.path().join("prescreen-0.1.0.onnx"), &model).unwrap();
     let m = Manifest::load(&manifest_path).unwrap();
-    let err = ModelRunner::start(m, RunnerConfig::default()).err().expect("must refuse");
+    let err = ModelRunner::start(m, RunnerConfig::default())
+        .err()
+        .expect("must refuse");
     let msg = err.to_string();
-    assert!(msg.contains("fails its checksum") && msg.contains("prescreen-0.1.0.onnx"), "{msg}");
+    assert!(
+        msg.contains("fails its checksum") && msg.contains("prescreen-0.1.0.onnx"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -104,7 +122,11 @@ fn model_that_answers_wrong_fails_golden_check() {
         std::fs::copy(models().join(f), dir.path().join(f)).unwrap();
     }
     std::fs::create_dir(dir.path().join("golden")).unwrap();
-    std::fs::copy(models().join("golden/good-0.png"), dir.path().join("golden/good-0.png")).unwrap();
+    std::fs::copy(
+        models().join("golden/good-0.png"),
+        dir.path().join("golden/good-0.png"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(models().join("full.toml")).unwrap();
     let head = text.split("[[golden]]").next().unwrap();
     let text = format!("{head}[[golden]]\nfile = \"golden/good-0.png\"\nexpect = \"spot\"\n");
@@ -119,12 +141,18 @@ fn model_that_answers_wrong_fails_golden_check() {
 #[test]
 fn wrong_input_name_in_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(models().join("prescreen-0.1.0.onnx"), dir.path().join("prescreen-0.1.0.onnx")).unwrap();
+    std::fs::copy(
+        models().join("prescreen-0.1.0.onnx"),
+        dir.path().join("prescreen-0.1.0.onnx"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(models().join("prescreen.toml"))
         .unwrap()
         .replacen("name = \"image\"", "name = \"pixels\"", 1);
     let path = dir.path().join("prescreen.toml");
     std::fs::write(&path, text).unwrap();
-    let err = ModelRunner::start(Manifest::load(&path).unwrap(), RunnerConfig::default()).err().unwrap();
+    let err = ModelRunner::start(Manifest::load(&path).unwrap(), RunnerConfig::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("pixels"), "{err}");
 }

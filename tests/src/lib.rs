@@ -1,1 +1,9 @@
-//! placeholder
+//! Harnesses for Tierline's end-to-end tests: a real Mosquitto process on a free port (stoppable, killable,
+//! restartable), the embedded broker, edge and cloud builders on temporary directories, and an oracle over
+//! what the edge decided and what the cloud stored.
+
+pub mod mosquitto;
+pub mod oracle;
+pub mod pipeline;
+
+pub use mosquitto::Mosquitto;

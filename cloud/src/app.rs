@@ -1,0 +1,133 @@
+//! The cloud worker, wired in one place.
+//!
+//! ```text
+//!  MQTT ($share/<group>/tierline/v1/+/+/+/frames, manual acks)
+//!    └─► ingest: topic, size, version, edge-id checks ─► bounded queue ─► process × concurrency:
+//!            dedup (store lookup) ─► infer (ModelRunner, batched) ─► store (idempotent on edge_id, seq)
+//!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
+//! ```
+//!
+//! Shutdown: stop accepting new messages, finish the frames in flight (their verdicts and acks still go out
+//! through the event loop), then disconnect.
+
+use crate::config::CloudConfig;
+use crate::process::{self, Processor};
+use crate::stats::CloudStats;
+use crate::store::{Store, StoreError};
+use crate::{acks, ingest};
+use std::sync::Arc;
+use thiserror::Error;
+use tierline_shared::manifest::{Manifest, ManifestError};
+use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Errors that stop the cloud worker.
+#[derive(Debug, Error)]
+pub enum CloudError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] tierline_shared::config::ConfigError),
+    /// The model manifest is unusable.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The model could not be started or fails its golden samples.
+    #[error(transparent)]
+    Model(#[from] RunnerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Loads the full model and checks it against its golden samples.
+pub async fn load_model(config: &CloudConfig) -> Result<Arc<ModelRunner>, CloudError> {
+    let manifest = Manifest::load(&config.model.manifest)?;
+    let runner_config = RunnerConfig {
+        threads: config.model.threads,
+        max_batch: config.model.max_batch,
+        max_wait: config.model.max_wait,
+        queue: config.cloud.concurrency,
+    };
+    let path = config.model.manifest.display().to_string();
+    let runner = tokio::task::spawn_blocking(move || -> Result<ModelRunner, RunnerError> {
+        let runner = ModelRunner::start(manifest, runner_config)?;
+        runner.check_golden_blocking()?;
+        Ok(runner)
+    })
+    .await
+    .map_err(|e| RunnerError::Session {
+        path: path.clone(),
+        manifest: path,
+        message: e.to_string(),
+    })??;
+    Ok(Arc::new(runner))
+}
+
+/// Runs the cloud worker until `shutdown` is cancelled.
+pub async fn run(
+    config: CloudConfig,
+    stats: Arc<CloudStats>,
+    shutdown: CancellationToken,
+) -> Result<(), CloudError> {
+    config.validate()?;
+    let runner = load_model(&config).await?;
+    let store = Store::open(&config.store.url, config.store.keep_images).await?;
+    tracing::info!(
+        worker = %config.cloud.worker_id,
+        group = %config.cloud.group,
+        model = %runner.manifest().name,
+        version = %runner.manifest().version,
+        store = %config.store.url,
+        "Cloud worker starting."
+    );
+    let mut options = config
+        .mqtt
+        .options(&format!("tierline-cloud-{}", config.cloud.worker_id));
+    options.set_manual_acks(true);
+    // A clean session: a worker that goes away must not hoard frames at the broker. Frames it held
+    // unacknowledged are delivered again by the edges' resend timers.
+    options.set_clean_session(true);
+    let (client, eventloop) = tierline_shared::mqtt::client(options, 256);
+    let concurrency = config.cloud.concurrency.get();
+    let (job_tx, job_rx) = mpsc::channel(concurrency);
+    let (ack_tx, ack_rx) = mpsc::channel(acks::CHANNEL);
+    let processor = Arc::new(Processor {
+        runner,
+        store: store.clone(),
+        client: client.clone(),
+        max_message_bytes: config.mqtt.max_message_bytes,
+        stats: stats.clone(),
+        acks: ack_tx.clone(),
+    });
+    let acker = tokio::spawn(acks::run(client.clone(), ack_rx));
+    let drained = CancellationToken::new();
+    let ingest = tokio::spawn(ingest::run(
+        eventloop,
+        client,
+        config.mqtt.clone(),
+        config.cloud.group.clone(),
+        job_tx,
+        ack_tx,
+        stats,
+        shutdown.clone(),
+        drained.clone(),
+    ));
+    // Processing ends when ingest stops accepting (on shutdown) and the queue is empty.
+    let processing = tokio::spawn(process::run(processor, job_rx, concurrency));
+    shutdown.cancelled().await;
+    // Ingest has dropped its queue sender: processing finishes what is queued, within a grace period.
+    let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
+    tokio::pin!(grace);
+    let mut processing = processing;
+    tokio::select! {
+        _ = &mut processing => {}
+        _ = &mut grace => {}
+    }
+    drained.cancel();
+    let _ = ingest.await;
+    processing.abort();
+    acker.abort();
+    store.close().await;
+    tracing::info!("Cloud worker stopped.");
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Processing: for each checked frame, dedup → infer → store → publish verdict → acknowledge the MQTT message.
+//!
+//! - Dedup: a frame that already has a stored verdict is answered with that verdict (so the edge gets its
+//!   acknowledgement) and counted as a duplicate; the model does not run again.
+//! - Infer: the full model, batched by the runner. An unreadable image gets an error verdict (`label =
+//!   "unreadable"`), which is stored and sent like any other, so the edge can let go of the frame.
+//! - Store: idempotent on `(edge_id, seq)`; if another worker stored first, its verdict wins and is sent.
+//! - Acknowledge: only after the verdict is stored. If inference or storage fails, the message is left
+//!   unacknowledged and counted; the edge resends it after its timeout.
+
+use crate::acks::Ticket;
+use crate::ingest::Job;
+use crate::stats::{self, CloudStats};
+use crate::store::{Store, Stored};
+use rumqttc::{AsyncClient, QoS};
+use std::sync::Arc;
+use tierline_shared::runner::{InferError, ModelRunner};
+use tierline_shared::topics::TopicKind;
+use tierline_shared::wire::{self, ClassScore, Verdict};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+/// Label of verdicts on frames that could not be read.
+pub const UNREADABLE: &str = "unreadable";
+
+/// Shared state of the processing stage.
+pub struct Processor {
+    /// The full model.
+    pub runner: Arc<ModelRunner>,
+    /// Verdict store.
+    pub store: Store,
+    /// MQTT client for verdicts and acks.
+    pub client: AsyncClient,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// Counters.
+    pub stats: Arc<CloudStats>,
+    /// Finished messages, acknowledged in arrival order.
+    pub acks: mpsc::Sender<(Ticket, rumqttc::Publish)>,
+}
+
+/// Processes jobs with at most `concurrency` in flight until `jobs` closes, then waits for them.
+pub async fn run(processor: Arc<Processor>, mut jobs: mpsc::Receiver<Job>, concurrency: usize) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let tracker = TaskTracker::new();
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let p = processor.clone();
+        tracker.spawn(async move {
+            p.handle(job).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+impl Processor {
+    async fn handle(&self, job: Job) {
+        let Job {
+            publish,
+            ticket,
+            addr,
+            frame,
+        } = job;
+        let started = std::time::Instant::now();
+        let (edge_id, seq) = (frame.edge_id.clone(), frame.seq);
+        tracing::debug!(edge_id = %edge_id, seq, age_us = tierline_shared::time::now_us() - frame.capture_time_us, "Frame processing starts.");
+        if let Some(verdict) = self.verdict_for(&frame).await {
+            tracing::debug!(edge_id = %edge_id, seq, age_us = tierline_shared::time::now_us() - frame.capture_time_us, "Verdict stored.");
+            match wire::encode(&verdict, self.max_message_bytes) {
+                Ok(bytes) => {
+                    if self
+                        .client
+                        .publish(
+                            addr.topic(TopicKind::Verdicts),
+                            QoS::AtLeastOnce,
+                            false,
+                            bytes,
+                        )
+                        .await
+                        .is_ok()
+                    {
+                        stats::inc(&self.stats.verdicts_published);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(edge_id = %edge_id, seq, error = %e, "Verdict cannot be encoded.")
+                }
+            }
+        }
+        // Released in arrival order, also after a failure (see `acks`): the edge resends what failed.
+        let _ = self.acks.send((ticket, publish)).await;
+        tracing::debug!(edge_id = %edge_id, seq, took_us = started.elapsed().as_micros() as u64, "Frame done.");
+    }
+
+    /// The stored verdict for a frame: the existing one for a duplicate, else a new one. `None` when
+    /// inference or storage failed (logged and counted).
+    async fn verdict_for(&self, frame: &wire::FrameEnvelope) -> Option<Verdict> {
+        let (edge_id, seq) = (frame.edge_id.as_str(), frame.seq);
+        match self.store.lookup(edge_id, seq).await {
+            Ok(Some(existing)) => {
+                stats::inc(&self.stats.duplicates);
+                tracing::debug!(
+                    edge_id,
+                    seq,
+                    "Duplicate delivery; re-sending the stored verdict."
+                );
+                Some(existing)
+            }
+            Ok(None) => {
+                let v = self.judge(frame).await?;
+                match self.store.store(frame, &v).await {
+                    Ok(Stored::New(v)) => {
+                        stats::inc(&self.stats.verdicts_stored);
+                        Some(v)
+                    }
+                    Ok(Stored::Existing(v)) => {
+                        stats::inc(&self.stats.duplicates);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        self.fail(edge_id, seq, &e.to_string());
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                self.fail(edge_id, seq, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Runs the model. `None` when the model failed (already logged and counted).
+    async fn judge(&self, frame: &wire::FrameEnvelope) -> Option<Verdict> {
+        let manifest = self.runner.manifest();
+        let mut v = Verdict {
+            protocol_version: wire::PROTOCOL_VERSION,
+            edge_id: frame.edge_id.clone(),
+            seq: frame.seq,
+            frame_id: frame.frame_id.clone(),
+            cloud_model_version: manifest.version.clone(),
+            verdict_time_us: tierline_shared::time::now_us(),
+            ..Verdict::default()
+        };
+        match self.runner.score(frame.image.clone().into()).await {
+            Ok(score) => {
+                v.label = score.label;
+                v.defective = score.defective;
+                v.defect_score = score.defect_score;
+                v.scores = score
+                    .class_scores
+                    .into_iter()
+                    .map(|(class_name, probability)| ClassScore {
+                        class_name,
+                        probability,
+                    })
+                    .collect();
+            }
+            Err(InferError::Image(e)) => {
+                stats::inc(&self.stats.unreadable);
+                tracing::warn!(edge_id = %frame.edge_id, seq = frame.seq, error = %e, "Frame image unreadable; storing an error verdict.");
+                v.label = UNREADABLE.into();
+                v.defective = true;
+                v.defect_score = 1.0;
+                v.error = e.to_string();
+            }
+            Err(e) => {
+                self.fail(&frame.edge_id, frame.seq, &e.to_string());
+                return None;
+            }
+        }
+        v.verdict_time_us = tierline_shared::time::now_us();
+        Some(v)
+    }
+
+    fn fail(&self, edge_id: &str, seq: u64, error: &str) {
+        stats::inc(&self.stats.failures);
+        tracing::error!(
+            edge_id,
+            seq,
+            error,
+            "Frame not processed; left unacknowledged for redelivery."
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Builders that run a cloud worker and an edge in-process against a broker, on a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tierline_cloud::{CloudConfig, CloudStats};
+use tierline_edge::{EdgeConfig, EdgeStats};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The committed models.
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+/// A cloud worker config for a broker on `port`, storing in `dir/cloud.db`.
+pub fn cloud_config(port: u16, dir: &Path, worker: &str) -> CloudConfig {
+    let text = format!(
+        "[cloud]\nworker_id = \"{worker}\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n",
+        models_dir().join("full.toml"),
+        dir.join("cloud.db").display()
+    );
+    toml::from_str(&text).expect("cloud config")
+}
+
+/// An edge config for a broker on `port` in `dir`, with `cameras` as `[[camera]]` TOML and `extra` TOML
+/// appended (sections that are not set here).
+pub fn edge_config(port: u16, dir: &Path, cameras: &str, decision: &str) -> EdgeConfig {
+    let text = format!(
+        "[edge]\nid = \"edge-t\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
+         [model]\nmanifest = {:?}\n[decision]\n{decision}\n[outbox]\npath = {:?}\nresend_after = \"2s\"\n\
+         [sink]\nkind = \"file\"\npath = {:?}\n{cameras}",
+        models_dir().join("prescreen.toml"),
+        dir.join("outbox.db"),
+        dir.join("decisions.jsonl"),
+    );
+    toml::from_str(&text).expect("edge config")
+}
+
+/// `n` synthetic cameras of `frames` frames each.
+pub fn synthetic_cameras(n: u32, frames: u64, fps: f64, defect_rate: f64) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[camera]]\nid = \"cam-{i}\"\nkind = \"synthetic\"\nseed = {}\nfps = {fps}\ndefect_rate = {defect_rate}\nframes = {frames}\n",
+                7 + i
+            )
+        })
+        .collect()
+}
+
+/// A running in-process component.
+pub struct Running<S> {
+    /// Its counters.
+    pub stats: Arc<S>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl<S> Running<S> {
+    /// Asks it to stop and waits for it, returning its result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}
+
+/// Starts a cloud worker.
+pub fn start_cloud(config: CloudConfig) -> Running<CloudStats> {
+    tierline_shared::telemetry::init_logging("warn");
+    let stats = Arc::new(CloudStats::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (stats, stop) = (stats.clone(), stop.clone());
+        async move { Ok(tierline_cloud::run(config, stats, stop).await?) }
+    });
+    Running { stats, stop, task }
+}
+
+/// Starts an edge.
+pub fn start_edge(config: EdgeConfig) -> Running<EdgeStats> {
+    let stats = Arc::new(EdgeStats::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (stats, stop) = (stats.clone(), stop.clone());
+        async move { Ok(tierline_edge::run(config, stats, stop).await?) }
+    });
+    Running { stats, stop, task }
+}
+
+/// Waits until `done` holds, polling every 50 ms; after `timeout` panics with `what` and the `state` then.
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; state: {}",
+            state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counters of an edge and a cloud worker, for failure messages.
+pub fn describe(e: &EdgeStats, c: &CloudStats) -> String {
+    use tierline_edge::stats::get;
+    format!(
+        "edge: captured {} dropped {} decisions {} suspects {} audits {} publishes {} verdicts {} fallback {} link {}; cloud: received {} stored {} duplicates {} published {} failures {} rejected {}",
+        get(&e.frames_captured),
+        get(&e.frames_dropped),
+        get(&e.decisions),
+        get(&e.frames_suspect),
+        get(&e.frames_audit),
+        get(&e.publishes),
+        get(&e.verdicts),
+        get(&e.decisions_fallback),
+        e.link_up.load(std::sync::atomic::Ordering::Relaxed),
+        get(&c.frames_received),
+        get(&c.verdicts_stored),
+        get(&c.duplicates),
+        get(&c.verdicts_published),
+        get(&c.failures),
+        get(&c.rejected_malformed) + get(&c.rejected_forged),
+    )
+}
