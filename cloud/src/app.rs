@@ -37,6 +37,9 @@ pub enum CloudError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stage ended unexpectedly.
+    #[error("cloud stage {0} ended unexpectedly; restarting the worker is the recovery")]
+    Stage(&'static str),
 }
 
 /// Loads the full model and checks it against its golden samples.
@@ -99,9 +102,10 @@ pub async fn run(
         stats: stats.clone(),
         acks: ack_tx.clone(),
     });
-    let acker = tokio::spawn(acks::run(client.clone(), ack_rx));
+    let mut acker = tokio::spawn(acks::run(client.clone(), ack_rx));
     let drained = CancellationToken::new();
-    let ingest = tokio::spawn(ingest::run(
+    let stop = shutdown.child_token();
+    let mut ingest = tokio::spawn(ingest::run(
         eventloop,
         client,
         config.mqtt.clone(),
@@ -109,12 +113,21 @@ pub async fn run(
         job_tx,
         ack_tx,
         stats,
-        shutdown.clone(),
+        stop.clone(),
         drained.clone(),
     ));
     // Processing ends when ingest stops accepting (on shutdown) and the queue is empty.
     let processing = tokio::spawn(process::run(processor, job_rx, concurrency));
-    shutdown.cancelled().await;
+    // Run until asked to stop; a stage that ends on its own is a failure the supervisor must see.
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        _ = &mut ingest => Some(CloudError::Stage("ingest")),
+        _ = &mut acker => Some(CloudError::Stage("acknowledgement")),
+    };
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, "Cloud worker failing.");
+        stop.cancel();
+    }
     // Ingest has dropped its queue sender: processing finishes what is queued, within a grace period.
     let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
     tokio::pin!(grace);
@@ -124,10 +137,12 @@ pub async fn run(
         _ = &mut grace => {}
     }
     drained.cancel();
-    let _ = ingest.await;
+    if !ingest.is_finished() {
+        let _ = ingest.await;
+    }
     processing.abort();
     acker.abort();
     store.close().await;
     tracing::info!("Cloud worker stopped.");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

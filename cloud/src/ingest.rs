@@ -117,8 +117,12 @@ pub async fn run(
                 tickets.new_connection();
                 overflow.clear();
                 let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                tracing::info!(filter = %filter, "Connected to the broker; subscribing.");
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                // Only now do frames reach this worker.
                 stats.link_up.store(true, Ordering::Relaxed);
-                tracing::info!(filter = %filter, "Connected to the broker; subscribed.");
+                tracing::info!(filter = %filter, "Subscribed; receiving frames.");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(queue) = &jobs else {

@@ -21,7 +21,7 @@ pub struct CloudStats {
     pub rejected_forged: AtomicU64,
     /// Frames left unacknowledged because inference or storage failed (the edge will resend).
     pub failures: AtomicU64,
-    /// Whether the MQTT link is up.
+    /// Whether the worker is connected and subscribed.
     pub link_up: AtomicBool,
 }
 

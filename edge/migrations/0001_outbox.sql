@@ -15,6 +15,15 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (next_attempt_us, seq);
 CREATE INDEX outbox_eviction ON outbox (reason DESC, score, seq);
 
+-- Every eviction, for audit: which frame left without a verdict, and why it was chosen.
+CREATE TABLE evicted (
+    seq        INTEGER PRIMARY KEY,
+    reason     INTEGER NOT NULL,
+    score      REAL    NOT NULL,
+    bytes      INTEGER NOT NULL,
+    evicted_us INTEGER NOT NULL
+);
+
 -- Small durable counters: the sequence reservation and the eviction count.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

@@ -18,13 +18,13 @@
 //! for `(edge_id, seq)` arrived ([`Outbox::ack`]), or the eviction policy below removed it. A successful
 //! publish or an MQTT PUBACK never deletes anything (brokers PUBACK messages they drop).
 //!
-//! **Redelivery.** A sent record becomes due again after `resend_after × 2^(attempts-1)` (capped at 64×), with
-//! jitter. After a reconnect and at startup every unacknowledged record is due at once.
+//! **Redelivery.** A record sent for the n-th time becomes due again after `resend_after × 2^(n-1)` (capped
+//! at 8×), with jitter. After a reconnect and at startup every unacknowledged record is due at once.
 //!
 //! **Disk budget.** Stored image bytes never exceed `max_bytes`. An append that would exceed it first evicts,
 //! in this order: audit samples (lowest score first), then suspects by lowest prescreen score, oldest first
-//! among equals. Each eviction is counted (`meta.evicted`), logged with its seq and score, and reported to the
-//! caller. A record larger than the whole budget is refused with an error.
+//! among equals. Each eviction is counted (`meta.evicted`), recorded in the `evicted` table (seq, reason,
+//! score, size, time), logged with its seq and score, and reported to the caller. A record larger than the whole budget is refused with an error.
 //!
 //! **Invariants the tests check.** (1) An appended record is returned by [`Outbox::due`] until acked or
 //! evicted, across close and reopen. (2) `ack` removes exactly the named records. (3) The stored bytes never
@@ -139,6 +139,13 @@ impl Outbox {
     /// Opens (creating if needed) and migrates the outbox, and makes every held record due now.
     pub async fn open(cfg: &OutboxConfig) -> Result<Self, OutboxError> {
         let path: Arc<str> = cfg.path.display().to_string().into();
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| OutboxError::Db {
+                path: path.to_string(),
+                op: "create directory",
+                source: sqlx::Error::Io(e),
+            })?;
+        }
         let db_err = |op: &'static str| {
             let path = path.to_string();
             move |source| OutboxError::Db { path, op, source }
@@ -226,6 +233,15 @@ impl Outbox {
             .map_err(self.err("evict"))?;
             let Some(row) = victim else { break };
             let bytes = row.get::<i64, _>("bytes") as u64;
+            sqlx::query("INSERT OR REPLACE INTO evicted (seq, reason, score, bytes, evicted_us) VALUES (?, ?, ?, ?, ?)")
+                .bind(row.get::<i64, _>("seq"))
+                .bind(row.get::<i64, _>("reason"))
+                .bind(row.get::<f64, _>("score"))
+                .bind(bytes as i64)
+                .bind(tierline_shared::time::now_us())
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("evict"))?;
             stored -= bytes.min(stored);
             freed += bytes;
             evicted.push(Eviction {

@@ -29,15 +29,27 @@ pub async fn run(
         SinkConfig::Stdout => write_lines(BufWriter::new(tokio::io::stdout()), "stdout", rx).await,
         SinkConfig::File { path } => {
             let name = path.display().to_string();
-            let file = tokio::fs::OpenOptions::new()
+            let io = |source| SinkError::Io {
+                path: name.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir).await.map_err(io)?;
+            }
+            // After a crash the last line may be cut short: start on a fresh line so it stays one bad line.
+            let ends_cleanly = match tokio::fs::read(&path).await {
+                Ok(bytes) => bytes.last().is_none_or(|b| *b == b'\n'),
+                Err(_) => true,
+            };
+            let mut file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .await
-                .map_err(|source| SinkError::Io {
-                    path: name.clone(),
-                    source,
-                })?;
+                .map_err(io)?;
+            if !ends_cleanly {
+                file.write_all(b"\n").await.map_err(io)?;
+            }
             write_lines(BufWriter::new(file), &name, rx).await
         }
         SinkConfig::Mqtt { topic } => {

@@ -2,7 +2,7 @@
 //!
 //! Order: each round fills half the free window with the newest due records and half with the oldest, so
 //! live suspects are not stuck behind a backlog and the backlog still drains. A sent record becomes due
-//! again after `resend_after × 2^(attempts)` (capped at 64×, ±20 % jitter) unless its verdict deletes it.
+//! again after `resend_after × 2^(attempts)` (capped at 8×, ±20 % jitter) unless its verdict deletes it.
 //! Publishing returning `Ok` means only that the MQTT client queued the message; nothing is deleted here.
 
 use crate::config::OutboxConfig;
@@ -106,7 +106,7 @@ pub async fn run(
                 age_us = tierline_shared::time::now_us() - r.capture_time_us,
                 "Frame published."
             );
-            let factor = 1u32 << r.attempts.min(6);
+            let factor = 1u32 << r.attempts.min(3);
             let jitter = rng.random_range(0.8..1.2);
             let wait = cfg.resend_after.saturating_mul(factor).mul_f64(jitter);
             sent.push((

@@ -253,9 +253,7 @@ impl Manifest {
             return Err(self.field("sha256", "must be 64 hex digits"));
         }
         for g in &self.golden {
-            let known = g.expect == "good"
-                || g.expect == "defect"
-                || o.classes.iter().any(|c| *c == g.expect);
+            let known = g.expect == "good" || g.expect == "defect" || o.classes.contains(&g.expect);
             if !known {
                 return Err(self.field(
                     "golden.expect",

@@ -17,7 +17,7 @@ pub struct MqttConfig {
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Largest message this client sends or accepts, in bytes (must match on edge and cloud and fit the
-    /// broker's `message_size_limit`).
+    /// broker's `max_packet_size`).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Optional user name.

@@ -54,6 +54,7 @@ impl Preprocessor {
 
     /// Decodes `encoded` and writes its normalized tensor into `out` (length [`Self::tensor_len`]).
     pub fn run(&mut self, encoded: &[u8], out: &mut [f32]) -> Result<(), PreprocessError> {
+        check_complete(encoded)?;
         let decoded = image::load_from_memory(encoded).map_err(|e| PreprocessError::Decode {
             len: encoded.len(),
             message: e.to_string(),
@@ -80,6 +81,22 @@ impl Preprocessor {
         normalize(&self.spec, dst.buffer(), out);
         Ok(())
     }
+}
+
+/// Refuses a JPEG without its end-of-image marker: the decoder would otherwise fill the missing part
+/// with grey and the model would judge a picture the camera never took.
+fn check_complete(encoded: &[u8]) -> Result<(), PreprocessError> {
+    let is_jpeg = encoded.starts_with(&[0xFF, 0xD8]);
+    if is_jpeg {
+        let tail = &encoded[encoded.len().saturating_sub(64)..];
+        if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+            return Err(PreprocessError::Decode {
+                len: encoded.len(),
+                message: "JPEG is truncated (no end-of-image marker)".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes interleaved 8-bit pixels into `out` as normalized floats in the spec's layout.
@@ -146,6 +163,19 @@ mod tests {
             p.run(&png(8, 4, 0), &mut out).unwrap();
             assert!(out.iter().all(|v| (v + 2.0).abs() < 1e-5), "{layout:?}");
         }
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused() {
+        let img = image::GrayImage::from_pixel(32, 32, image::Luma([90]));
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
+        let mut p = Preprocessor::new(spec(1, Layout::Nchw));
+        let mut out = vec![0.0; p.tensor_len()];
+        p.run(&jpeg, &mut out).unwrap();
+        let err = p.run(&jpeg[..jpeg.len() - 10], &mut out).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]

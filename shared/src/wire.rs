@@ -29,7 +29,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub enum WireError {
     /// The encoded message is larger than the configured limit.
     #[error(
-        "{kind} message is {len} bytes, over the {limit}-byte limit; lower the camera resolution or JPEG quality, or raise `max_message_bytes` on both edge and cloud (and the broker's message_size_limit)"
+        "{kind} message is {len} bytes, over the {limit}-byte limit; lower the camera resolution or JPEG quality, or raise `max_message_bytes` on both edge and cloud (and the broker's max_packet_size)"
     )]
     TooLarge {
         /// Which message.

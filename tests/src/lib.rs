@@ -5,5 +5,6 @@
 pub mod mosquitto;
 pub mod oracle;
 pub mod pipeline;
+pub mod process;
 
 pub use mosquitto::Mosquitto;

@@ -8,19 +8,23 @@ use std::path::Path;
 pub struct Decisions {
     /// Every line, in order.
     pub events: Vec<Value>,
+    /// Lines that did not parse: a process killed mid-write leaves one cut-short line.
+    pub torn_lines: usize,
 }
 
 impl Decisions {
     /// Reads a JSON-lines decision log.
     pub fn read(path: &Path) -> Self {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let events = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad decision line {l:?}: {e}"))
-            })
-            .collect();
-        Self { events }
+        let mut events = Vec::new();
+        let mut torn_lines = 0;
+        for l in text.lines().filter(|l| !l.is_empty()) {
+            match serde_json::from_str(l) {
+                Ok(v) => events.push(v),
+                Err(_) => torn_lines += 1,
+            }
+        }
+        Self { events, torn_lines }
     }
 
     /// Decision events only.

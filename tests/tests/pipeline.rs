@@ -2,6 +2,8 @@
 //! full ONNX model, and an edge with synthetic cameras and the prescreen model. The oracle checks that every
 //! frame got exactly one line decision, every suspect exactly one stored verdict, and nothing was left behind.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::Duration;
 use tierline_edge::outbox::Outbox;

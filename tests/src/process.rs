@@ -1,0 +1,89 @@
+//! Running the edge binary as a separate process, so tests can `kill -9` it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A workspace binary, built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the workspace tests (cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Starts `tierline-edge --config <config>`, logging to `log` (appended).
+pub fn spawn_edge(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("edge log");
+    Command::new(binary("tierline-edge"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn,tierline_edge=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tierline-edge")
+}
+
+/// Sends SIGTERM and waits.
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// A small seeded generator for fault timing (xorshift64*); the seed is printed by the tests that use it.
+pub struct Rng(u64);
+
+impl Rng {
+    /// From `TIERLINE_TEST_SEED` if set, else from the clock. Prints the seed.
+    pub fn from_env(test: &str) -> Self {
+        let seed = std::env::var("TIERLINE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{test}: seed {seed} (rerun with TIERLINE_TEST_SEED={seed})");
+        Self(seed | 1)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo).max(1)
+    }
+}
+
+/// Seqs currently held in an edge outbox (the edge must not be running, or must be between commits).
+pub async fn outbox_seqs(db: &Path) -> Vec<u64> {
+    if !db.exists() {
+        return Vec::new();
+    }
+    let url = format!("sqlite://{}", db.display());
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return Vec::new();
+    };
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+    pool.close().await;
+    seqs.into_iter().map(|s| s as u64).collect()
+}

@@ -1,0 +1,122 @@
+//! Crash loop: the edge process is killed with SIGKILL at random moments while frames flow, and restarted.
+//! After each kill the outbox is read: what it holds was accepted and not yet acknowledged, so it is at risk.
+//! A final run drains the outbox. The oracle: every frame ever at risk, and every suspect the edge decided,
+//! has exactly one stored verdict in the cloud; duplicates were delivered but never stored twice.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tierline_tests::oracle::{Decisions, Stored};
+use tierline_tests::process::{self, Rng};
+use tierline_tests::{Mosquitto, pipeline};
+
+fn edge_toml(port: u16, dir: &Path, camera: &str) -> String {
+    format!(
+        "[edge]\nid = \"edge-k\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
+         [model]\nmanifest = {:?}\n[decision]\ndeadline = \"300ms\"\naudit_rate = 0.1\n\
+         [outbox]\npath = {:?}\nresend_after = \"1s\"\n[sink]\nkind = \"file\"\npath = {:?}\n{camera}",
+        pipeline::models_dir().join("prescreen.toml"),
+        dir.join("outbox.db"),
+        dir.join("decisions.jsonl"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_frame_is_lost_across_kill_9() {
+    let cycles: u64 = std::env::var("TIERLINE_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let mut rng = Rng::from_env("crash loop");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let config = dir.path().join("edge.toml");
+    let log = dir.path().join("edge.log");
+    let db = dir.path().join("outbox.db");
+
+    let mut at_risk: BTreeSet<u64> = BTreeSet::new();
+    let mut killed_holding = 0usize;
+    for cycle in 0..cycles {
+        let camera = format!(
+            "[[camera]]\nid = \"cam-0\"\nkind = \"synthetic\"\nseed = {cycle}\nfps = 60\ndefect_rate = 0.5\n"
+        );
+        std::fs::write(&config, edge_toml(broker.port(), dir.path(), &camera)).unwrap();
+        let mut edge = process::spawn_edge(&config, &log);
+        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000))).await;
+        edge.kill().unwrap();
+        edge.wait().unwrap();
+        let held = process::outbox_seqs(&db).await;
+        killed_holding += usize::from(!held.is_empty());
+        at_risk.extend(held);
+    }
+
+    // Drain: no camera frames, just the backlog.
+    std::fs::write(
+        &config,
+        edge_toml(
+            broker.port(),
+            dir.path(),
+            "[[camera]]\nid = \"cam-0\"\nkind = \"synthetic\"\nframes = 0\n",
+        ),
+    )
+    .unwrap();
+    let mut edge = process::spawn_edge(&config, &log);
+    let started = Instant::now();
+    loop {
+        if process::outbox_seqs(&db).await.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "outbox did not drain; edge log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    process::terminate(&mut edge);
+    cloud.stop().await.unwrap();
+
+    let log = Decisions::read(&dir.path().join("decisions.jsonl"));
+    let stored = Stored::read(&dir.path().join("cloud.db")).await;
+    let key = |seq: u64| ("edge-k".to_string(), seq);
+    let mut accepted = at_risk.clone();
+    accepted.extend(log.suspect_seqs());
+    accepted.extend(log.of("audit").map(|a| a["seq"].as_u64().unwrap()));
+    let missing: Vec<u64> = accepted
+        .iter()
+        .copied()
+        .filter(|s| !stored.verdicts.contains_key(&key(*s)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "accepted frames without a stored verdict: {missing:?}"
+    );
+    assert!(
+        stored.verdicts.values().all(|&n| n == 1),
+        "a frame was stored twice"
+    );
+    assert_eq!(
+        stored.deliveries.len(),
+        stored.verdicts.len(),
+        "every received frame has exactly one verdict"
+    );
+    assert!(
+        log.torn_lines as u64 <= cycles,
+        "more torn decision lines than kills"
+    );
+    assert!(
+        killed_holding > 0,
+        "no kill happened while the outbox held frames; the test exercised nothing"
+    );
+    eprintln!(
+        "crash loop: {cycles} kills ({killed_holding} with frames at risk), {} frames at risk, {} accepted frames known, {} verdicts stored, {} duplicate deliveries, {} torn log lines",
+        at_risk.len(),
+        accepted.len(),
+        stored.verdicts.len(),
+        stored.duplicate_deliveries(),
+        log.torn_lines
+    );
+}
