@@ -103,3 +103,73 @@ impl Stored {
         self.deliveries.values().map(|n| n.saturating_sub(1)).sum()
     }
 }
+
+/// The end-to-end oracle for one edge: every frame taken got exactly one line decision; every provisional
+/// decision was reconciled by its late verdict; every accepted frame has exactly one stored verdict; and the
+/// placeholder models' exactness holds (defects rejected, good frames passed). Returns what it saw.
+pub async fn check_pipeline(
+    dir: &Path,
+    edge_id: &str,
+    stats: &tierline_edge::EdgeStats,
+    total: u64,
+) -> (Decisions, Stored) {
+    use tierline_edge::stats::get;
+    let log = Decisions::read(&dir.join("decisions.jsonl"));
+    let stored = Stored::read(&dir.join("cloud.db")).await;
+    let per_seq = log.per_seq();
+    assert!(
+        per_seq.values().all(|&n| n == 1),
+        "a frame was decided twice"
+    );
+    assert_eq!(
+        per_seq.len() as u64,
+        total - get(&stats.frames_dropped),
+        "every frame taken gets a decision"
+    );
+    let reconciled: BTreeSet<u64> = log
+        .of("reconciliation")
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    for d in log.decisions().filter(|d| d["provisional"] == true) {
+        let seq = d["seq"].as_u64().unwrap_or_default();
+        assert!(
+            reconciled.contains(&seq),
+            "unreconciled provisional decision {d}"
+        );
+    }
+    let forwarded = get(&stats.frames_suspect) + get(&stats.frames_audit);
+    assert_eq!(
+        stored.verdicts.len() as u64,
+        forwarded,
+        "one stored verdict per accepted frame"
+    );
+    assert!(stored.verdicts.values().all(|&n| n == 1));
+    for seq in log.suspect_seqs() {
+        assert!(
+            stored.verdicts.contains_key(&(edge_id.to_string(), seq)),
+            "suspect {seq} has no stored verdict"
+        );
+    }
+    for d in log.decisions() {
+        match d["truth"].as_str() {
+            Some("good") => assert_eq!(d["action"], "pass", "{d}"),
+            Some(_) => assert_ne!(d["action"], "pass", "{d}"),
+            None => {}
+        }
+    }
+    assert!(
+        get(&stats.frames_suspect) > 0,
+        "the run must exercise suspects"
+    );
+    eprintln!(
+        "oracle: {total} frames, {} suspects, {} audits, {} stored verdicts, {} duplicate deliveries, {} local fallbacks, {} reconciliations ({} disagreements)",
+        get(&stats.frames_suspect),
+        get(&stats.frames_audit),
+        stored.verdicts.len(),
+        stored.duplicate_deliveries(),
+        get(&stats.decisions_fallback),
+        get(&stats.reconciliations),
+        get(&stats.disagreements),
+    );
+    (log, stored)
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tierline_edge::outbox::Outbox;
 use tierline_edge::stats::get;
 use tierline_tests::Mosquitto;
-use tierline_tests::oracle::{Decisions, Stored};
 use tierline_tests::pipeline;
 
 const CAMERAS: u32 = 2;
@@ -43,7 +42,7 @@ async fn run_pipeline(port: u16, dir: &Path) {
     let edge_stats = edge.stats.clone();
     edge.stop().await.expect("edge stops cleanly");
     cloud.stop().await.expect("cloud stops cleanly");
-    check_oracle(dir, &edge_stats, total).await;
+    tierline_tests::oracle::check_pipeline(dir, "edge-t", &edge_stats, total).await;
     let backlog = Outbox::open(&outbox_cfg)
         .await
         .unwrap()
@@ -53,65 +52,6 @@ async fn run_pipeline(port: u16, dir: &Path) {
     assert_eq!(
         backlog.frames, 0,
         "every acknowledged frame left the outbox"
-    );
-}
-
-async fn check_oracle(dir: &Path, stats: &tierline_edge::EdgeStats, total: u64) {
-    let log = Decisions::read(&dir.join("decisions.jsonl"));
-    let stored = Stored::read(&dir.join("cloud.db")).await;
-    let per_seq = log.per_seq();
-    assert!(
-        per_seq.values().all(|&n| n == 1),
-        "a frame was decided twice"
-    );
-    assert_eq!(
-        per_seq.len() as u64,
-        total - get(&stats.frames_dropped),
-        "every frame taken gets a decision"
-    );
-    // Provisional decisions must have been reconciled by the late verdict.
-    let reconciled: std::collections::BTreeSet<u64> = log
-        .of("reconciliation")
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
-    for d in log.decisions().filter(|d| d["provisional"] == true) {
-        assert!(
-            reconciled.contains(&d["seq"].as_u64().unwrap()),
-            "unreconciled provisional decision {d}"
-        );
-    }
-    // Every suspect has exactly one stored verdict; every stored verdict is a frame the edge accepted.
-    let forwarded = get(&stats.frames_suspect) + get(&stats.frames_audit);
-    assert_eq!(
-        stored.verdicts.len() as u64,
-        forwarded,
-        "one stored verdict per accepted frame"
-    );
-    assert!(stored.verdicts.values().all(|&n| n == 1));
-    for seq in log.suspect_seqs() {
-        assert!(
-            stored.verdicts.contains_key(&("edge-t".to_string(), seq)),
-            "suspect {seq} has no stored verdict"
-        );
-    }
-    // The placeholder models are exact on synthetic surfaces: every defect is rejected, every good frame passed.
-    for d in log.decisions() {
-        match d["truth"].as_str() {
-            Some("good") => assert_eq!(d["action"], "pass", "{d}"),
-            Some(_) => assert_ne!(d["action"], "pass", "{d}"),
-            None => {}
-        }
-    }
-    assert!(
-        get(&stats.frames_suspect) > 0,
-        "the run must exercise suspects"
-    );
-    eprintln!(
-        "oracle: {total} frames, {} suspects, {} audits, {} stored verdicts, {} duplicate deliveries",
-        get(&stats.frames_suspect),
-        get(&stats.frames_audit),
-        stored.verdicts.len(),
-        stored.duplicate_deliveries()
     );
 }
 
