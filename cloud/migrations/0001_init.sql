@@ -14,6 +14,7 @@ CREATE TABLE frames (
     image              BLOB,
     received_us        INTEGER NOT NULL,
     deliveries         INTEGER NOT NULL DEFAULT 1,  -- how often the frame arrived (QoS 1 and edge resends)
+    edge_local_action  TEXT    NOT NULL DEFAULT '', -- the edge's local decision when the verdict was late
     PRIMARY KEY (edge_id, seq)
 );
 
@@ -32,3 +33,10 @@ CREATE TABLE verdicts (
     FOREIGN KEY (edge_id, seq) REFERENCES frames (edge_id, seq)
 );
 CREATE INDEX verdicts_time ON verdicts (verdict_time_us);
+
+-- Frames the edge decided locally where the cloud's verdict says otherwise: a rejected part the cloud
+-- finds good, or a passed (quarantined) part the cloud finds defective.
+CREATE VIEW disagreements AS
+SELECT f.edge_id, f.seq, f.frame_id, f.edge_local_action, v.label, v.defective, v.verdict_time_us
+FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
+WHERE f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != (v.defective != 0));

@@ -100,7 +100,11 @@ impl Processor {
     /// inference or storage failed (logged and counted).
     async fn verdict_for(&self, frame: &wire::FrameEnvelope) -> Option<Verdict> {
         let (edge_id, seq) = (frame.edge_id.as_str(), frame.seq);
-        match self.store.lookup(edge_id, seq).await {
+        match self
+            .store
+            .lookup(edge_id, seq, &frame.edge_local_action)
+            .await
+        {
             Ok(Some(existing)) => {
                 stats::inc(&self.stats.duplicates);
                 tracing::debug!(

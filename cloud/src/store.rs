@@ -90,15 +90,25 @@ impl Store {
     }
 
     /// The stored verdict of `(edge_id, seq)`, counting this delivery.
-    pub async fn lookup(&self, edge_id: &str, seq: u64) -> Result<Option<Verdict>, StoreError> {
+    /// A non-empty `edge_local_action` (the edge decided locally meanwhile) is recorded too.
+    pub async fn lookup(
+        &self,
+        edge_id: &str,
+        seq: u64,
+        edge_local_action: &str,
+    ) -> Result<Option<Verdict>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.err("lookup"))?;
         let found = fetch(&mut tx, edge_id, seq)
             .await
             .map_err(self.err("lookup"))?;
         if found.is_some() {
             sqlx::query(
-                "UPDATE frames SET deliveries = deliveries + 1 WHERE edge_id = ? AND seq = ?",
+                "UPDATE frames SET deliveries = deliveries + 1,
+                 edge_local_action = CASE WHEN ? != '' THEN ? ELSE edge_local_action END
+                 WHERE edge_id = ? AND seq = ?",
             )
+            .bind(edge_local_action)
+            .bind(edge_local_action)
             .bind(edge_id)
             .bind(seq as i64)
             .execute(&mut *tx)
@@ -117,9 +127,10 @@ impl Store {
     ) -> Result<Stored, StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.err("store"))?;
         let inserted = sqlx::query(
-            "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, received_us)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (edge_id, seq) DO UPDATE SET deliveries = deliveries + 1",
+            "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, received_us, edge_local_action)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (edge_id, seq) DO UPDATE SET deliveries = deliveries + 1,
+               edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END",
         )
         .bind(&frame.edge_id)
         .bind(frame.seq as i64)
@@ -134,6 +145,7 @@ impl Store {
         .bind(frame.encoding)
         .bind(self.keep_images.then_some(&frame.image))
         .bind(tierline_shared::time::now_us())
+        .bind(&frame.edge_local_action)
         .execute(&mut *tx)
         .await
         .map_err(self.err("store"))?;
@@ -259,6 +271,7 @@ mod tests {
             seq,
             frame_id: wire::frame_id("e1", seq),
             label: label.into(),
+            defective: label != "good",
             scores: vec![ClassScore {
                 class_name: label.into(),
                 probability: 0.9,
@@ -284,13 +297,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(s.lookup("e1", 1).await.unwrap().is_some());
-        assert!(s.lookup("e1", 2).await.unwrap().is_none());
+        assert!(s.lookup("e1", 1, "reject").await.unwrap().is_some());
+        assert!(s.lookup("e1", 2, "").await.unwrap().is_none());
         assert_eq!(s.verdict_count().await.unwrap(), 1);
         let deliveries: i64 = sqlx::query_scalar("SELECT deliveries FROM frames WHERE seq = 1")
             .fetch_one(s.pool())
             .await
             .unwrap();
         assert_eq!(deliveries, 3);
+        // The edge rejected seq 1 locally and the cloud found a spot: agreement, no disagreement row.
+        let count = |s: &Store| {
+            let pool = s.pool().clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM disagreements")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(count(&s).await, 0);
+        let mut f = frame(2);
+        f.edge_local_action = "reject".into();
+        s.store(&f, &verdict(2, "good")).await.unwrap();
+        assert_eq!(
+            count(&s).await,
+            1,
+            "a local reject of a good part is a disagreement"
+        );
     }
 }

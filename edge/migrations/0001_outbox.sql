@@ -10,7 +10,8 @@ CREATE TABLE outbox (
     image           BLOB    NOT NULL,
     bytes           INTEGER NOT NULL,      -- length of `image`, what the disk budget counts
     attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_us INTEGER NOT NULL DEFAULT 0  -- not sent before this time; 0 = due now
+    next_attempt_us INTEGER NOT NULL DEFAULT 0, -- not sent before this time; 0 = due now
+    local_action    TEXT                        -- provisional line decision taken at the deadline, if any
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_us, seq);
 CREATE INDEX outbox_eviction ON outbox (reason DESC, score, seq);

@@ -119,6 +119,8 @@ pub async fn run(
         .unwrap_or(manifest.output.threshold);
     let outbox = Outbox::open(&config.outbox).await?;
     let backlog = outbox.backlog().await?;
+    // Read before any stage runs, so no live frame can be mistaken for one a crash left undecided.
+    let undecided = outbox.undecided_suspects().await?;
     tracing::info!(
         edge_id = addr.edge_id(),
         model = %manifest.name,
@@ -139,6 +141,7 @@ pub async fn run(
     let (verdict_tx, verdict_rx) = mpsc::channel(256);
     let (link_tx, link_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
+    let (local_tx, local_rx) = mpsc::channel(1024);
 
     let cameras_done = TaskTracker::new();
     for cam in cameras {
@@ -175,14 +178,37 @@ pub async fn run(
         stats.clone(),
         config.outbox.commit_batch.get(),
     ));
+    let restart_tx = decision_tx.clone();
     let acks = tasks.spawn(uplink::acknowledge(outbox.clone(), verdict_rx, decision_tx));
+    tasks.spawn(decisions::record_local(outbox.clone(), local_rx));
     tasks.spawn(decisions::run(
         Book::new(config.decision.offline_policy, config.decision.deadline),
         decision_rx,
         sink_tx,
+        local_tx,
         stats.clone(),
         stop.clone(),
     ));
+    // Suspects a crash left undecided (read before any stage started) are decided now, and the decision is
+    // recorded before it is emitted: their deadline is past, and their verdict must find it.
+    let restart_action = decisions::local_action(config.decision.offline_policy);
+    let recorded: Vec<(u64, &str)> = undecided
+        .iter()
+        .map(|r| (r.seq, restart_action.as_str()))
+        .collect();
+    outbox.record_local(&recorded).await?;
+    for r in undecided {
+        let e = decisions::decided_at_restart(&r, config.decision.offline_policy);
+        tracing::warn!(
+            seq = r.seq,
+            "Suspect left undecided by a restart; decided locally now."
+        );
+        restart_tx
+            .send(decisions::Input::Immediate(e))
+            .await
+            .map_err(|_| EdgeError::Panicked("decision stage closed".into()))?;
+    }
+    drop(restart_tx);
     let sink = tasks.spawn(sink::run(config.sink.clone(), sink_rx, client.clone()));
     let uplink = tasks.spawn(uplink::run(
         outbox.clone(),

@@ -12,6 +12,7 @@
 //! [`Book`] holds this state and does no I/O; [`run`] drives it with timers and channels.
 
 use crate::config::OfflinePolicy;
+use crate::outbox::{Acked, Outbox};
 use crate::stats::{self, EdgeStats};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -165,6 +166,43 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+impl Action {
+    /// The action as written to the outbox and the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Reject => "reject",
+            Action::Quarantine => "quarantine",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pass" => Action::Pass,
+            "reject" => Action::Reject,
+            "quarantine" => Action::Quarantine,
+            _ => return None,
+        })
+    }
+}
+
+/// The provisional action the offline policy prescribes for a suspect without a verdict.
+pub fn local_action(policy: OfflinePolicy) -> Action {
+    match policy {
+        OfflinePolicy::Reject => Action::Reject,
+        OfflinePolicy::PassAndQuarantine => Action::Quarantine,
+    }
+}
+
+/// Whether the cloud's action confirms a provisional local one. A quarantined part passed the line and is
+/// held: the cloud agrees if it finds it good.
+fn agrees(local: Action, cloud: Action) -> bool {
+    match local {
+        Action::Quarantine => cloud == Action::Pass,
+        other => other == cloud,
+    }
+}
+
 impl Book {
     /// An empty book.
     pub fn new(policy: OfflinePolicy, deadline: Duration) -> Self {
@@ -204,10 +242,7 @@ impl Book {
         let Some(State::Waiting(p)) = self.frames.remove(&seq) else {
             return None;
         };
-        let action = match self.policy {
-            OfflinePolicy::Reject => Action::Reject,
-            OfflinePolicy::PassAndQuarantine => Action::Quarantine,
-        };
+        let action = local_action(self.policy);
         let event = Event::Decision {
             seq,
             frame_id: p.frame_id.clone(),
@@ -233,9 +268,25 @@ impl Book {
         Some(event)
     }
 
-    /// A verdict arrived at `now`. Returns the event it causes (none for unknown or repeated verdicts).
-    pub fn verdict(&mut self, v: &Verdict, now: Instant) -> Option<Event> {
-        match self.frames.remove(&v.seq)? {
+    /// A verdict arrived at `now`. Returns the event it causes: none for repeated verdicts, and for frames
+    /// from before a restart a reconciliation if the outbox remembered a local decision (`known`).
+    pub fn verdict(&mut self, v: &Verdict, now: Instant, known: Option<&Acked>) -> Option<Event> {
+        let Some(state) = self.frames.remove(&v.seq) else {
+            let known = known?;
+            let local = Action::parse(known.local_action.as_deref()?)?;
+            let cloud = cloud_action(v);
+            let deadline_us = known.capture_time_us + micros(self.deadline) as i64;
+            return Some(Event::Reconciliation {
+                seq: v.seq,
+                frame_id: v.frame_id.clone(),
+                local_action: local,
+                cloud_action: cloud,
+                cloud_label: v.label.clone(),
+                agree: agrees(local, cloud),
+                late_by_us: (tierline_shared::time::now_us() - deadline_us).max(0) as u64,
+            });
+        };
+        match state {
             State::Waiting(p) => Some(Event::Decision {
                 seq: v.seq,
                 frame_id: p.frame_id,
@@ -255,11 +306,7 @@ impl Book {
                 deadline,
             } => {
                 let cloud = cloud_action(v);
-                // A quarantined part passed the line and is held: the cloud agrees if it finds it good.
-                let agree = match action {
-                    Action::Quarantine => cloud == Action::Pass,
-                    other => other == cloud,
-                };
+                let agree = agrees(action, cloud);
                 Some(Event::Reconciliation {
                     seq: v.seq,
                     frame_id: pending.frame_id,
@@ -302,8 +349,40 @@ pub enum Input {
     Immediate(Event),
     /// A forwarded frame accepted by the outbox.
     Forwarded(Pending),
-    /// A verdict from the cloud.
-    Verdict(Verdict),
+    /// A verdict from the cloud, with what the outbox remembered about the frame.
+    Verdict(Verdict, Option<Acked>),
+}
+
+/// Writes provisional local decisions into the outbox (batched) until `rx` closes.
+pub async fn record_local(outbox: Outbox, mut rx: mpsc::Receiver<(u64, Action)>) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        let decided: Vec<(u64, &str)> = batch
+            .drain(..)
+            .map(|(s, a): (u64, Action)| (s, a.as_str()))
+            .collect();
+        if let Err(e) = outbox.record_local(&decided).await {
+            tracing::error!(error = %e, frames = decided.len(), "Could not record local decisions in the outbox; a restart would not reconcile them.");
+        }
+    }
+}
+
+/// The decision for a suspect that a crash left undecided past its deadline.
+pub fn decided_at_restart(r: &crate::outbox::Record, policy: OfflinePolicy) -> Event {
+    let action = local_action(policy);
+    Event::Decision {
+        seq: r.seq,
+        frame_id: r.frame_id.clone(),
+        camera_id: r.camera_id.clone(),
+        action,
+        source: Source::LocalFallback,
+        provisional: true,
+        edge_score: r.score,
+        cloud_label: None,
+        truth: None,
+        latency_us: (tierline_shared::time::now_us() - r.capture_time_us).max(0) as u64,
+        detail: Some("decided at restart: the edge stopped before this frame's deadline".into()),
+    }
 }
 
 /// Runs the decision stage until `inputs` closes, then decides whatever is still waiting.
@@ -311,6 +390,7 @@ pub async fn run(
     mut book: Book,
     mut inputs: mpsc::Receiver<Input>,
     sink: mpsc::Sender<Event>,
+    local: mpsc::Sender<(u64, Action)>,
     stats: Arc<EdgeStats>,
     shutdown: CancellationToken,
 ) {
@@ -333,12 +413,12 @@ pub async fn run(
                     }
                     None
                 }
-                Some(Input::Verdict(v)) => {
+                Some(Input::Verdict(v, known)) => {
                     let now = Instant::now();
                     if let Some(key) = keys.remove(&v.seq) {
                         timers.remove(&key);
                     }
-                    let e = book.verdict(&v, now);
+                    let e = book.verdict(&v, now, known.as_ref());
                     if e.is_none() {
                         tracing::debug!(seq = v.seq, "Verdict for a frame already settled or from before a restart.");
                     }
@@ -354,6 +434,15 @@ pub async fn run(
             _ = shutdown.cancelled(), if !shutdown.is_cancelled() => None,
         };
         if let Some(e) = event {
+            if let Event::Decision {
+                seq,
+                action,
+                provisional: true,
+                ..
+            } = &e
+            {
+                let _ = local.try_send((*seq, *action));
+            }
             account(&stats, &e);
             if sink.send(e).await.is_err() {
                 break;
@@ -433,7 +522,7 @@ mod tests {
         let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
         b.insert(pending(1, t0, false));
         let e = b
-            .verdict(&verdict(1, true), t0 + Duration::from_millis(10))
+            .verdict(&verdict(1, true), t0 + Duration::from_millis(10), None)
             .unwrap();
         assert!(matches!(
             e,
@@ -447,7 +536,7 @@ mod tests {
         ));
         assert!(b.expire(1, t0 + Duration::from_millis(100)).is_none());
         assert!(
-            b.verdict(&verdict(1, true), t0).is_none(),
+            b.verdict(&verdict(1, true), t0, None).is_none(),
             "a duplicate verdict causes nothing"
         );
         assert_eq!(b.open(), 0);
@@ -469,7 +558,7 @@ mod tests {
             }
         ));
         let e = b
-            .verdict(&verdict(2, false), t0 + Duration::from_millis(350))
+            .verdict(&verdict(2, false), t0 + Duration::from_millis(350), None)
             .unwrap();
         assert_eq!(
             e,
@@ -500,8 +589,38 @@ mod tests {
         ));
         b.insert(pending(4, t0, true));
         assert!(b.expire(4, t0).is_none(), "audits were decided already");
-        let e = b.verdict(&verdict(4, true), t0).unwrap();
+        let e = b.verdict(&verdict(4, true), t0, None).unwrap();
         assert!(matches!(e, Event::Audit { miss: true, .. }));
+    }
+
+    #[test]
+    fn verdict_after_a_restart_reconciles_from_the_outbox() {
+        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
+        let known = Acked {
+            seq: 9,
+            local_action: Some("reject".into()),
+            capture_time_us: 0,
+        };
+        let e = b
+            .verdict(&verdict(9, false), Instant::now(), Some(&known))
+            .unwrap();
+        assert!(matches!(
+            e,
+            Event::Reconciliation {
+                local_action: Action::Reject,
+                cloud_action: Action::Pass,
+                agree: false,
+                ..
+            }
+        ));
+        let undecided = Acked {
+            local_action: None,
+            ..known
+        };
+        assert!(
+            b.verdict(&verdict(9, false), Instant::now(), Some(&undecided))
+                .is_none()
+        );
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! `sync = "normal"` the WAL is fsynced at checkpoints, which survives process crashes but may lose the last
 //! commits on power loss. A frame counts as *accepted* once its commit returned; only then is it published.
 //!
+//! **Local decisions.** When a suspect's verdict misses its deadline, the provisional line decision is written
+//! to the record (`local_action`). It goes to the cloud with the frame, and when the verdict finally deletes
+//! the record it is returned, so the reconciliation survives an edge restart. Suspects found without one at
+//! startup were caught by a crash before their deadline: they are decided locally then.
+//!
 //! **When a record may be deleted.** Only when the cloud acknowledged it at application level: its verdict
 //! for `(edge_id, seq)` arrived ([`Outbox::ack`]), or the eviction policy below removed it. A successful
 //! publish or an MQTT PUBACK never deletes anything (brokers PUBACK messages they drop).
@@ -102,6 +107,19 @@ pub struct Record {
     pub image: Vec<u8>,
     /// Sends so far.
     pub attempts: u32,
+    /// The provisional line decision taken when the verdict missed its deadline, if any.
+    pub local_action: Option<String>,
+}
+
+/// What the outbox still knew about a record when its verdict deleted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    /// Sequence number.
+    pub seq: u64,
+    /// The provisional local decision, if one was taken.
+    pub local_action: Option<String>,
+    /// Capture time, µs since the epoch.
+    pub capture_time_us: i64,
 }
 
 /// A record removed to stay within the disk budget.
@@ -320,7 +338,7 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, attempts FROM outbox WHERE next_attempt_us <= ? ORDER BY seq {order} LIMIT ?"
+            "SELECT seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, attempts, local_action FROM outbox WHERE next_attempt_us <= ? ORDER BY seq {order} LIMIT ?"
         );
         let rows = sqlx::query(&sql)
             .bind(now_us)
@@ -341,6 +359,7 @@ impl Outbox {
                 encoding: row.get::<i64, _>("encoding") as i32,
                 image: row.get("image"),
                 attempts: row.get::<i64, _>("attempts") as u32,
+                local_action: row.get("local_action"),
             })
             .collect())
     }
@@ -380,26 +399,76 @@ impl Outbox {
         Ok(())
     }
 
-    /// Deletes acknowledged records; returns how many existed.
-    pub async fn ack(&self, seqs: &[u64]) -> Result<usize, OutboxError> {
+    /// Deletes acknowledged records; returns what was known about those that existed.
+    pub async fn ack(&self, seqs: &[u64]) -> Result<Vec<Acked>, OutboxError> {
         let mut tx = self.pool.begin().await.map_err(self.err("ack"))?;
         let mut freed = 0u64;
-        let mut found = 0usize;
+        let mut found = Vec::new();
         for seq in seqs {
-            let bytes: Option<i64> =
-                sqlx::query_scalar("DELETE FROM outbox WHERE seq = ? RETURNING bytes")
-                    .bind(*seq as i64)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(self.err("ack"))?;
-            if let Some(b) = bytes {
-                freed += b as u64;
-                found += 1;
+            let row = sqlx::query(
+                "DELETE FROM outbox WHERE seq = ? RETURNING bytes, local_action, capture_time_us",
+            )
+            .bind(*seq as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.err("ack"))?;
+            if let Some(row) = row {
+                freed += row.get::<i64, _>("bytes") as u64;
+                found.push(Acked {
+                    seq: *seq,
+                    local_action: row.get("local_action"),
+                    capture_time_us: row.get("capture_time_us"),
+                });
             }
         }
         tx.commit().await.map_err(self.err("ack"))?;
         self.stored_bytes.fetch_sub(freed, Ordering::AcqRel);
         Ok(found)
+    }
+
+    /// Records provisional local decisions (`seq`, action) taken at the deadline.
+    pub async fn record_local(&self, decided: &[(u64, &str)]) -> Result<(), OutboxError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.err("record local decision"))?;
+        for (seq, action) in decided {
+            sqlx::query("UPDATE outbox SET local_action = ? WHERE seq = ?")
+                .bind(*action)
+                .bind(*seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("record local decision"))?;
+        }
+        tx.commit().await.map_err(self.err("record local decision"))
+    }
+
+    /// Suspects held without a local decision: after a crash, frames whose deadline passed while the edge was
+    /// down. Few (those within one deadline of the crash), so they are read at once.
+    pub async fn undecided_suspects(&self) -> Result<Vec<Record>, OutboxError> {
+        let rows = sqlx::query(
+            "SELECT seq, frame_id, camera_id, capture_time_us, score FROM outbox WHERE local_action IS NULL AND reason = ? ORDER BY seq",
+        )
+        .bind(ForwardReason::Suspect as i32)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("read undecided"))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Record {
+                seq: row.get::<i64, _>("seq") as u64,
+                frame_id: row.get("frame_id"),
+                camera_id: row.get("camera_id"),
+                capture_time_us: row.get("capture_time_us"),
+                reason: ForwardReason::Suspect,
+                score: row.get::<f64, _>("score") as f32,
+                encoding: 0,
+                image: Vec::new(),
+                attempts: 0,
+                local_action: None,
+            })
+            .collect())
     }
 
     /// Current backlog.
@@ -454,6 +523,7 @@ mod tests {
             encoding: 1,
             image: vec![seq as u8; len],
             attempts: 0,
+            local_action: None,
         }
     }
 
@@ -476,7 +546,14 @@ mod tests {
         assert_eq!(due.len(), 2);
         let first = due.iter().find(|r| r.seq == 1).unwrap();
         assert_eq!(first.attempts, 1, "attempts survive reopen");
-        assert_eq!(ob.ack(&[1, 99]).await.unwrap(), 1);
+        ob.record_local(&[(1, "reject")]).await.unwrap();
+        let acked = ob.ack(&[1, 99]).await.unwrap();
+        assert_eq!(acked.len(), 1);
+        assert_eq!(
+            acked[0].local_action.as_deref(),
+            Some("reject"),
+            "local decisions survive until the ack"
+        );
         let left: Vec<u64> = ob
             .due(0, 10, 10)
             .await

@@ -210,6 +210,7 @@ async fn route(
             encoding: frame.encoding as i32,
             image: frame.image.to_vec(),
             attempts: 0,
+            local_action: None,
         },
         pending: Pending {
             seq,

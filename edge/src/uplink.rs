@@ -36,6 +36,7 @@ pub fn envelope(addr: &EdgeAddress, model_version: &str, r: &Record) -> FrameEnv
         image: r.image.clone(),
         site: addr.site().into(),
         line: addr.line().into(),
+        edge_local_action: r.local_action.clone().unwrap_or_default(),
     }
 }
 
@@ -129,11 +130,19 @@ pub async fn acknowledge(
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
         let seqs: Vec<u64> = batch.iter().map(|v| v.seq).collect();
-        // Decide first (the line is waiting), then forget the records.
+        // Forget the records first: what they knew (a local decision taken before a restart) goes along.
+        let mut acked: std::collections::HashMap<u64, crate::outbox::Acked> = outbox
+            .ack(&seqs)
+            .await?
+            .into_iter()
+            .map(|a| (a.seq, a))
+            .collect();
         for v in batch.drain(..) {
-            let _ = decisions.send(crate::decisions::Input::Verdict(v)).await;
+            let known = acked.remove(&v.seq);
+            let _ = decisions
+                .send(crate::decisions::Input::Verdict(v, known))
+                .await;
         }
-        outbox.ack(&seqs).await?;
     }
     Ok(())
 }

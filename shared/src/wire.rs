@@ -199,6 +199,7 @@ mod tests {
             image,
             site: "plant".into(),
             line: "l1".into(),
+            edge_local_action: String::new(),
         }
     }
 
@@ -266,6 +267,7 @@ mod tests {
             msg.edge_score = score;
             msg.capture_time_us = t;
             msg.reason = if audit { ForwardReason::Audit } else { ForwardReason::Suspect } as i32;
+            msg.edge_local_action = if audit { String::new() } else { "reject".into() };
             let bytes = encode(&msg, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
             let back: FrameEnvelope = decode(&bytes, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
             prop_assert_eq!(back, msg);

@@ -73,6 +73,15 @@ impl Rng {
 
 /// Seqs currently held in an edge outbox (the edge must not be running, or must be between commits).
 pub async fn outbox_seqs(db: &Path) -> Vec<u64> {
+    held(db, "SELECT seq FROM outbox").await
+}
+
+/// Seqs of suspects (not audit samples) currently held in an edge outbox.
+pub async fn outbox_suspects(db: &Path) -> Vec<u64> {
+    held(db, "SELECT seq FROM outbox WHERE reason = 1").await
+}
+
+async fn held(db: &Path, sql: &str) -> Vec<u64> {
     if !db.exists() {
         return Vec::new();
     }
@@ -80,7 +89,7 @@ pub async fn outbox_seqs(db: &Path) -> Vec<u64> {
     let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
         return Vec::new();
     };
-    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM outbox")
+    let seqs: Vec<i64> = sqlx::query_scalar(sql)
         .fetch_all(&pool)
         .await
         .unwrap_or_default();

@@ -38,6 +38,7 @@ async fn no_accepted_frame_is_lost_across_kill_9() {
     let db = dir.path().join("outbox.db");
 
     let mut at_risk: BTreeSet<u64> = BTreeSet::new();
+    let mut suspects_at_risk: BTreeSet<u64> = BTreeSet::new();
     let mut killed_holding = 0usize;
     for cycle in 0..cycles {
         let camera = format!(
@@ -49,6 +50,7 @@ async fn no_accepted_frame_is_lost_across_kill_9() {
         edge.kill().unwrap();
         edge.wait().unwrap();
         let held = process::outbox_seqs(&db).await;
+        suspects_at_risk.extend(process::outbox_suspects(&db).await);
         killed_holding += usize::from(!held.is_empty());
         at_risk.extend(held);
     }
@@ -107,16 +109,63 @@ async fn no_accepted_frame_is_lost_across_kill_9() {
         log.torn_lines as u64 <= cycles,
         "more torn decision lines than kills"
     );
+    // Every suspect at risk got a line decision, even when the crash came before its deadline (decided at
+    // restart). A torn line may have taken one decision record with it.
+    let per_seq = log.per_seq();
+    let undecided: Vec<u64> = suspects_at_risk
+        .iter()
+        .copied()
+        .filter(|s| !per_seq.contains_key(s))
+        .collect();
+    assert!(
+        undecided.len() <= log.torn_lines,
+        "suspects at risk without a line decision: {undecided:?}"
+    );
+    // A frame is decided twice only when a crash hit between its local decision and recording it; the second
+    // decision says so.
+    let restart_decisions: BTreeSet<u64> = log
+        .decisions()
+        .filter(|d| {
+            d["detail"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("decided at restart"))
+        })
+        .filter_map(|d| d["seq"].as_u64())
+        .collect();
+    for (seq, n) in &per_seq {
+        assert!(
+            *n == 1 || restart_decisions.contains(seq),
+            "frame {seq} decided {n} times"
+        );
+    }
+    // Provisional decisions are reconciled, across restarts too (the outbox keeps the local decision).
+    let reconciled: BTreeSet<u64> = log
+        .of("reconciliation")
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    let unreconciled: Vec<u64> = log
+        .decisions()
+        .filter(|d| d["provisional"] == true)
+        .filter_map(|d| d["seq"].as_u64())
+        .filter(|s| !reconciled.contains(s))
+        .collect();
+    assert!(
+        unreconciled.len() <= log.torn_lines,
+        "provisional decisions never reconciled: {unreconciled:?}"
+    );
     assert!(
         killed_holding > 0,
         "no kill happened while the outbox held frames; the test exercised nothing"
     );
     eprintln!(
-        "crash loop: {cycles} kills ({killed_holding} with frames at risk), {} frames at risk, {} accepted frames known, {} verdicts stored, {} duplicate deliveries, {} torn log lines",
+        "crash loop: {cycles} kills ({killed_holding} with frames at risk), {} frames at risk ({} suspects), {} accepted frames known, {} verdicts stored, {} duplicate deliveries, {} torn log lines, {} decided at restart, {} reconciliations",
         at_risk.len(),
+        suspects_at_risk.len(),
         accepted.len(),
         stored.verdicts.len(),
         stored.duplicate_deliveries(),
-        log.torn_lines
+        log.torn_lines,
+        restart_decisions.len(),
+        reconciled.len()
     );
 }
