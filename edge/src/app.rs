@@ -121,6 +121,7 @@ pub async fn run(
     let backlog = outbox.backlog().await?;
     // Read before any stage runs, so no live frame can be mistaken for one a crash left undecided.
     let undecided = outbox.undecided_suspects().await?;
+    let rules = decisions::OfflineRules::from_config(&config.decision);
     tracing::info!(
         edge_id = addr.edge_id(),
         model = %manifest.name,
@@ -182,7 +183,7 @@ pub async fn run(
     let acks = tasks.spawn(uplink::acknowledge(outbox.clone(), verdict_rx, decision_tx));
     tasks.spawn(decisions::record_local(outbox.clone(), local_rx));
     tasks.spawn(decisions::run(
-        Book::new(config.decision.offline_policy, config.decision.deadline),
+        Book::new(rules.clone(), config.decision.deadline),
         decision_rx,
         sink_tx,
         local_tx,
@@ -191,14 +192,13 @@ pub async fn run(
     ));
     // Suspects a crash left undecided (read before any stage started) are decided now, and the decision is
     // recorded before it is emitted: their deadline is past, and their verdict must find it.
-    let restart_action = decisions::local_action(config.decision.offline_policy);
     let recorded: Vec<(u64, &str)> = undecided
         .iter()
-        .map(|r| (r.seq, restart_action.as_str()))
+        .map(|r| (r.seq, rules.action(r.score).as_str()))
         .collect();
     outbox.record_local(&recorded).await?;
     for r in undecided {
-        let e = decisions::decided_at_restart(&r, config.decision.offline_policy);
+        let e = decisions::decided_at_restart(&r, &rules);
         tracing::warn!(
             seq = r.seq,
             "Suspect left undecided by a restart; decided locally now."

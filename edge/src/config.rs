@@ -180,6 +180,20 @@ pub struct DecisionConfig {
     /// Seed for audit sampling.
     #[serde(default = "default_seed")]
     pub audit_seed: u64,
+    /// Offline policies by prescreen score band: the first band whose `below` exceeds the score applies;
+    /// scores above every band use `offline_policy`.
+    #[serde(default, rename = "score_band")]
+    pub score_bands: Vec<ScoreBand>,
+}
+
+/// A prescreen score band with its own offline policy, e.g. quarantine rather than reject the weak suspects.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreBand {
+    /// Upper bound (exclusive) of the band's scores.
+    pub below: f32,
+    /// Policy for suspects in the band.
+    pub policy: OfflinePolicy,
 }
 
 fn default_deadline() -> Duration {
@@ -199,6 +213,7 @@ impl Default for DecisionConfig {
             offline_policy: default_policy(),
             audit_rate: default_audit_rate(),
             audit_seed: default_seed(),
+            score_bands: Vec::new(),
         }
     }
 }
@@ -338,6 +353,19 @@ impl EdgeConfig {
         if !(0.0..=1.0).contains(&self.decision.audit_rate) {
             return Err(field("decision.audit_rate", "must be within [0, 1]".into()));
         }
+        let mut previous = 0.0f32;
+        for band in &self.decision.score_bands {
+            if !(band.below > previous && band.below <= 1.0) {
+                return Err(field(
+                    "decision.score_band.below",
+                    format!(
+                        "{} must be above the previous band ({previous}) and at most 1",
+                        band.below
+                    ),
+                ));
+            }
+            previous = band.below;
+        }
         if self.decision.deadline.is_zero() {
             return Err(field("decision.deadline", "must be positive".into()));
         }
@@ -414,6 +442,24 @@ kind = "synthetic"
             .unwrap_err()
             .to_string();
         assert!(err.contains("edge_id") && err.contains("edge/1"), "{err}");
+    }
+
+    #[test]
+    fn score_bands_parse_and_must_increase() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[[decision.score_band]]\nbelow = 0.7\npolicy = \"pass-and-quarantine\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.decision.score_bands[0].policy,
+            OfflinePolicy::PassAndQuarantine
+        );
+        let err = parse(&format!(
+            "{MINIMAL}\n[[decision.score_band]]\nbelow = 0.7\npolicy = \"reject\"\n[[decision.score_band]]\nbelow = 0.5\npolicy = \"reject\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("score_band"), "{err}");
     }
 
     #[test]

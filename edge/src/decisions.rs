@@ -149,7 +149,7 @@ enum State {
 /// Decision state, free of I/O.
 #[derive(Debug)]
 pub struct Book {
-    policy: OfflinePolicy,
+    rules: OfflineRules,
     deadline: Duration,
     frames: HashMap<u64, State>,
 }
@@ -186,11 +186,42 @@ impl Action {
     }
 }
 
-/// The provisional action the offline policy prescribes for a suspect without a verdict.
-pub fn local_action(policy: OfflinePolicy) -> Action {
-    match policy {
-        OfflinePolicy::Reject => Action::Reject,
-        OfflinePolicy::PassAndQuarantine => Action::Quarantine,
+/// The offline policy: what a suspect without a verdict gets at its deadline, by prescreen score band.
+#[derive(Debug, Clone)]
+pub struct OfflineRules {
+    default: OfflinePolicy,
+    bands: Vec<(f32, OfflinePolicy)>,
+}
+
+impl OfflineRules {
+    /// Rules from the decision config (bands validated there: increasing `below`).
+    pub fn from_config(c: &crate::config::DecisionConfig) -> Self {
+        Self {
+            default: c.offline_policy,
+            bands: c.score_bands.iter().map(|b| (b.below, b.policy)).collect(),
+        }
+    }
+
+    /// The provisional action for a suspect with prescreen score `score`.
+    pub fn action(&self, score: f32) -> Action {
+        let policy = self
+            .bands
+            .iter()
+            .find(|(below, _)| score < *below)
+            .map_or(self.default, |(_, p)| *p);
+        match policy {
+            OfflinePolicy::Reject => Action::Reject,
+            OfflinePolicy::PassAndQuarantine => Action::Quarantine,
+        }
+    }
+}
+
+impl From<OfflinePolicy> for OfflineRules {
+    fn from(default: OfflinePolicy) -> Self {
+        Self {
+            default,
+            bands: Vec::new(),
+        }
     }
 }
 
@@ -205,9 +236,9 @@ fn agrees(local: Action, cloud: Action) -> bool {
 
 impl Book {
     /// An empty book.
-    pub fn new(policy: OfflinePolicy, deadline: Duration) -> Self {
+    pub fn new(rules: impl Into<OfflineRules>, deadline: Duration) -> Self {
         Self {
-            policy,
+            rules: rules.into(),
             deadline,
             frames: HashMap::new(),
         }
@@ -242,7 +273,7 @@ impl Book {
         let Some(State::Waiting(p)) = self.frames.remove(&seq) else {
             return None;
         };
-        let action = local_action(self.policy);
+        let action = self.rules.action(p.edge_score);
         let event = Event::Decision {
             seq,
             frame_id: p.frame_id.clone(),
@@ -368,8 +399,8 @@ pub async fn record_local(outbox: Outbox, mut rx: mpsc::Receiver<(u64, Action)>)
 }
 
 /// The decision for a suspect that a crash left undecided past its deadline.
-pub fn decided_at_restart(r: &crate::outbox::Record, policy: OfflinePolicy) -> Event {
-    let action = local_action(policy);
+pub fn decided_at_restart(r: &crate::outbox::Record, rules: &OfflineRules) -> Event {
+    let action = rules.action(r.score);
     Event::Decision {
         seq: r.seq,
         frame_id: r.frame_id.clone(),
@@ -620,6 +651,20 @@ mod tests {
         assert!(
             b.verdict(&verdict(9, false), Instant::now(), Some(&undecided))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn score_bands_choose_the_policy() {
+        let rules = OfflineRules {
+            default: OfflinePolicy::Reject,
+            bands: vec![(0.7, OfflinePolicy::PassAndQuarantine)],
+        };
+        assert_eq!(rules.action(0.6), Action::Quarantine);
+        assert_eq!(rules.action(0.7), Action::Reject);
+        assert_eq!(
+            OfflineRules::from(OfflinePolicy::PassAndQuarantine).action(0.99),
+            Action::Quarantine
         );
     }
 
