@@ -32,10 +32,11 @@ pub struct TicketCounter {
 }
 
 impl TicketCounter {
-    /// Starts a new connection epoch.
-    pub fn new_connection(&mut self) {
+    /// Starts a new connection epoch and returns it.
+    pub fn new_connection(&mut self) -> u64 {
         self.epoch += 1;
         self.next = 0;
+        self.epoch
     }
 
     /// The ticket of the next received message.
@@ -87,6 +88,11 @@ impl<T> Sequencer<T> {
         out
     }
 
+    /// The connection epoch the sequencer is releasing for.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Messages held back.
     pub fn held(&self) -> usize {
         self.waiting.len()
@@ -96,11 +102,20 @@ impl<T> Sequencer<T> {
 /// Capacity of the channel into the sequencer. What it holds is bounded by the broker's in-flight window.
 pub const CHANNEL: usize = 4096;
 
-/// Acknowledges finished messages in order until `rx` closes.
-pub async fn run(client: AsyncClient, mut rx: mpsc::Receiver<(Ticket, Publish)>) {
+/// Acknowledges finished messages in order until `rx` closes. `connection` is the current connection epoch
+/// (set by ingest on each CONNACK): acknowledgements released for an older connection are dropped, never sent
+/// with a packet id that now names another message.
+pub async fn run(
+    client: AsyncClient,
+    mut rx: mpsc::Receiver<(Ticket, Publish)>,
+    connection: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut seq = Sequencer::default();
     while let Some((ticket, publish)) = rx.recv().await {
         for p in seq.finished(ticket, publish) {
+            if seq.epoch() != connection.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
             if client.ack(&p).await.is_err() {
                 return;
             }

@@ -102,7 +102,8 @@ pub async fn run(
         stats: stats.clone(),
         acks: ack_tx.clone(),
     });
-    let mut acker = tokio::spawn(acks::run(client.clone(), ack_rx));
+    let connection = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut acker = tokio::spawn(acks::run(client.clone(), ack_rx, connection.clone()));
     let drained = CancellationToken::new();
     let stop = shutdown.child_token();
     let mut ingest = tokio::spawn(ingest::run(
@@ -112,6 +113,7 @@ pub async fn run(
         config.cloud.group.clone(),
         job_tx,
         ack_tx,
+        connection,
         stats,
         stop.clone(),
         drained.clone(),

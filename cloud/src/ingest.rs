@@ -85,6 +85,7 @@ pub async fn run(
     group: String,
     jobs: mpsc::Sender<Job>,
     acks: mpsc::Sender<(Ticket, Publish)>,
+    connection: Arc<std::sync::atomic::AtomicU64>,
     stats: Arc<CloudStats>,
     stop: CancellationToken,
     drained: CancellationToken,
@@ -114,7 +115,7 @@ pub async fn run(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                tickets.new_connection();
+                connection.store(tickets.new_connection(), Ordering::Release);
                 overflow.clear();
                 let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                 tracing::info!(filter = %filter, "Connected to the broker; subscribing.");

@@ -5,8 +5,11 @@
 //! - Infer: the full model, batched by the runner. An unreadable image gets an error verdict (`label =
 //!   "unreadable"`), which is stored and sent like any other, so the edge can let go of the frame.
 //! - Store: idempotent on `(edge_id, seq)`; if another worker stored first, its verdict wins and is sent.
-//! - Acknowledge: only after the verdict is stored. If inference or storage fails, the message is left
-//!   unacknowledged and counted; the edge resends it after its timeout.
+//! - Acknowledge: after the verdict is stored, in arrival order. If inference or storage fails, no verdict is
+//!   stored or sent and the failure is counted; the message is still acknowledged in its turn (holding it
+//!   would stall every later acknowledgement), and the edge, which has no verdict, resends the frame after its
+//!   timeout. Two deliveries of one frame processed at the same moment may both run the model; the store
+//!   keeps the first verdict and both replies carry it.
 
 use crate::acks::Ticket;
 use crate::ingest::Job;
@@ -187,7 +190,7 @@ impl Processor {
             edge_id,
             seq,
             error,
-            "Frame not processed; left unacknowledged for redelivery."
+            "Frame not processed; no verdict sent, the edge will resend it."
         );
     }
 }

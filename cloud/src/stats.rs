@@ -19,7 +19,7 @@ pub struct CloudStats {
     pub rejected_malformed: AtomicU64,
     /// Messages rejected because the envelope's edge does not match the topic.
     pub rejected_forged: AtomicU64,
-    /// Frames left unacknowledged because inference or storage failed (the edge will resend).
+    /// Frames without a verdict because inference or storage failed (the edge will resend them).
     pub failures: AtomicU64,
     /// Whether the worker is connected and subscribed.
     pub link_up: AtomicBool,

@@ -179,6 +179,8 @@ pub async fn run(
         stats.clone(),
         config.outbox.commit_batch.get(),
     ));
+    // The sink first: everything after it may produce decisions.
+    let sink = tasks.spawn(sink::run(config.sink.clone(), sink_rx, client.clone()));
     let restart_tx = decision_tx.clone();
     let acks = tasks.spawn(uplink::acknowledge(outbox.clone(), verdict_rx, decision_tx));
     tasks.spawn(decisions::record_local(outbox.clone(), local_rx));
@@ -209,7 +211,6 @@ pub async fn run(
             .map_err(|_| EdgeError::Panicked("decision stage closed".into()))?;
     }
     drop(restart_tx);
-    let sink = tasks.spawn(sink::run(config.sink.clone(), sink_rx, client.clone()));
     let uplink = tasks.spawn(uplink::run(
         outbox.clone(),
         client.clone(),

@@ -212,26 +212,32 @@ impl Camera {
                 files,
                 repeat,
                 next,
-            } => loop {
-                if *next >= files.len() {
-                    if !*repeat {
-                        return None;
+            } => {
+                // At most one pass over the files per frame: if none can be read, the camera stops instead
+                // of spinning.
+                for _ in 0..files.len() {
+                    if *next >= files.len() {
+                        if !*repeat {
+                            return None;
+                        }
+                        *next = 0;
                     }
-                    *next = 0;
+                    let path = files[*next].clone();
+                    *next += 1;
+                    match tokio::fs::read(&path).await {
+                        Ok(bytes) => {
+                            let encoding = encoding_of(&path);
+                            let origin: Arc<str> = path.display().to_string().into();
+                            return Some(self.frame(bytes.into(), encoding, None, Some(origin)));
+                        }
+                        Err(e) => {
+                            tracing::warn!(camera = %self.id, file = %path.display(), error = %e, "Skipping unreadable image file.");
+                        }
+                    }
                 }
-                let path = files[*next].clone();
-                *next += 1;
-                match tokio::fs::read(&path).await {
-                    Ok(bytes) => {
-                        let encoding = encoding_of(&path);
-                        let origin: Arc<str> = path.display().to_string().into();
-                        return Some(self.frame(bytes.into(), encoding, None, Some(origin)));
-                    }
-                    Err(e) => {
-                        tracing::warn!(camera = %self.id, file = %path.display(), error = %e, "Skipping unreadable image file.");
-                    }
-                }
-            },
+                tracing::error!(camera = %self.id, "No file of this camera could be read; stopping it.");
+                None
+            }
         }
     }
 

@@ -429,8 +429,7 @@ pub async fn run(
     let mut keys: HashMap<u64, delay_queue::Key> = HashMap::new();
     loop {
         let event = tokio::select! {
-            // Inputs first: a verdict and its deadline firing in the same instant resolve in the verdict's favour.
-            biased;
+            // Not biased: under a flood of inputs (backlog verdicts after a partition) deadlines must still fire.
             input = inputs.recv() => match input {
                 None => break,
                 Some(Input::Immediate(e)) => Some(e),
@@ -472,7 +471,7 @@ pub async fn run(
                 ..
             } = &e
             {
-                let _ = local.try_send((*seq, *action));
+                let _ = local.send((*seq, *action)).await;
             }
             account(&stats, &e);
             if sink.send(e).await.is_err() {
@@ -481,6 +480,9 @@ pub async fn run(
         }
     }
     for e in book.drain(Instant::now()) {
+        if let Event::Decision { seq, action, .. } = &e {
+            let _ = local.send((*seq, *action)).await;
+        }
         account(&stats, &e);
         let _ = sink.send(e).await;
     }

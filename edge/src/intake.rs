@@ -28,14 +28,22 @@ pub async fn run(
 ) {
     let mut batch: Vec<Forward> = Vec::with_capacity(commit_batch);
     while rx.recv_many(&mut batch, commit_batch).await > 0 {
+        // Register with the decision stage first: the deadline runs from capture whatever the disk does, and
+        // a verdict (which can only follow the commit and the publish) never overtakes its registration.
+        for f in &batch {
+            let _ = decisions.send(Input::Forwarded(f.pending.clone())).await;
+        }
         let records: Vec<Record> = batch.iter().map(|f| f.record.clone()).collect();
-        let stored = match outbox.append(&records).await {
+        match outbox.append(&records).await {
             Ok(evicted) => {
                 for e in &evicted {
                     tracing::warn!(seq = e.seq, reason = ?e.reason, score = e.score, "Outbox budget reached; evicted a frame by policy (audits first, then lowest scores).");
                 }
                 stats::add(&stats.evictions, evicted.len() as u64);
                 for f in &batch {
+                    if evicted.iter().any(|e| e.seq == f.record.seq) {
+                        continue;
+                    }
                     match f.record.reason {
                         ForwardReason::Audit => stats::inc(&stats.frames_audit),
                         _ => stats::inc(&stats.frames_suspect),
@@ -43,26 +51,13 @@ pub async fn run(
                     stats::add(&stats.bytes_forwarded, f.record.image.len() as u64);
                 }
                 uplink.notify_one();
-                if let Some(f) = batch.first() {
-                    tracing::debug!(
-                        frames = batch.len(),
-                        age_us = f.pending.captured_at.elapsed().as_micros() as u64,
-                        "Outbox commit done."
-                    );
-                }
-                true
             }
             Err(e) => {
                 // The frames cannot be kept: suspects still get their decision locally at the deadline.
                 tracing::error!(frames = batch.len(), error = %e, "Outbox refused frames; they are decided locally and not forwarded.");
                 stats::add(&stats.outbox_errors, batch.len() as u64);
-                false
-            }
-        };
-        for f in batch.drain(..) {
-            if stored || !f.pending.audit {
-                let _ = decisions.send(Input::Forwarded(f.pending)).await;
             }
         }
+        batch.clear();
     }
 }

@@ -26,9 +26,11 @@
 //! **Redelivery.** A record sent for the n-th time becomes due again after `resend_after × 2^(n-1)` (capped
 //! at 8×), with jitter. After a reconnect and at startup every unacknowledged record is due at once.
 //!
-//! **Disk budget.** Stored image bytes never exceed `max_bytes`. An append that would exceed it first evicts,
-//! in this order: audit samples (lowest score first), then suspects by lowest prescreen score, oldest first
-//! among equals. Each eviction is counted (`meta.evicted`), recorded in the `evicted` table (seq, reason,
+//! **Disk budget.** Stored image bytes never exceed `max_bytes`. Over the budget, an arriving record competes
+//! with the stored ones in this order: audit samples (lowest score first), then suspects by lowest prescreen
+//! score, oldest first among equals. The lowest-ranked record leaves: a stored one is deleted, or the
+//! arriving one is refused (an arriving audit sample never displaces a stored suspect). Suspects keep their
+//! line decision either way: it is taken at the deadline, from memory. Each eviction is counted (`meta.evicted`), recorded in the `evicted` table (seq, reason,
 //! score, size, time), logged with its seq and score, and reported to the caller. A record larger than the whole budget is refused with an error.
 //!
 //! **Invariants the tests check.** (1) An appended record is returned by [`Outbox::due`] until acked or
@@ -45,6 +47,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use tierline_shared::wire::ForwardReason;
+
+/// Whether a record ranks below another in the eviction order: audit samples below suspects, then lower
+/// scores below higher ones. Among equals the stored (older) record goes first, so `false`.
+pub fn ranks_below(
+    reason: ForwardReason,
+    score: f32,
+    other_reason: ForwardReason,
+    other_score: f32,
+) -> bool {
+    let audit = reason == ForwardReason::Audit;
+    let other_audit = other_reason == ForwardReason::Audit;
+    (audit && !other_audit) || (audit == other_audit && score < other_score)
+}
+
+async fn record_eviction(
+    conn: &mut sqlx::SqliteConnection,
+    e: &Eviction,
+    bytes: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT OR REPLACE INTO evicted (seq, reason, score, bytes, evicted_us) VALUES (?, ?, ?, ?, ?)")
+        .bind(e.seq as i64)
+        .bind(e.reason as i32)
+        .bind(f64::from(e.score))
+        .bind(bytes as i64)
+        .bind(tierline_shared::time::now_us())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 /// How many sequence numbers one reservation covers.
 const SEQ_BLOCK: u64 = 1024;
@@ -212,26 +243,23 @@ impl Outbox {
 
     /// Reserves the next block of sequence numbers, durably.
     pub async fn reserve_seqs(&self) -> Result<Range<u64>, OutboxError> {
-        let mut tx = self.pool.begin().await.map_err(self.err("reserve seq"))?;
-        let start: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'seq_reserved'")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(self.err("reserve seq"))?
-            .unwrap_or(0);
-        let end = start as u64 + SEQ_BLOCK;
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('seq_reserved', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .bind(end as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.err("reserve seq"))?;
-        tx.commit().await.map_err(self.err("reserve seq"))?;
-        Ok(start as u64..end)
+        // One statement, so the write lock is taken at once (a read-then-write transaction could fail with
+        // SQLITE_BUSY_SNAPSHOT when another connection commits in between).
+        let end: i64 = sqlx::query_scalar(
+            "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?1) ON CONFLICT(key) DO UPDATE SET value = value + ?1 RETURNING value",
+        )
+        .bind(SEQ_BLOCK as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.err("reserve seq"))?;
+        let end = end as u64;
+        Ok(end - SEQ_BLOCK..end)
     }
 
-    /// Appends records in one transaction, evicting by the budget policy first if needed.
-    /// Returns the evictions it made.
+    /// Appends records in one transaction. Over the budget, each arriving record competes with the stored ones
+    /// by the eviction priority: it displaces the lowest-ranked stored record, or is itself refused (and
+    /// recorded as evicted) if it ranks lowest. Returns every eviction, stored or arriving.
     pub async fn append(&self, records: &[Record]) -> Result<Vec<Eviction>, OutboxError> {
-        let incoming: u64 = records.iter().map(|r| r.image.len() as u64).sum();
         if let Some(r) = records.iter().find(|r| r.image.len() as u64 > self.budget) {
             return Err(OutboxError::RecordTooLarge {
                 len: r.image.len() as u64,
@@ -240,43 +268,56 @@ impl Outbox {
         }
         let mut tx = self.pool.begin().await.map_err(self.err("append"))?;
         let mut stored = self.stored_bytes.load(Ordering::Acquire);
+        let start = stored;
         let mut evicted = Vec::new();
-        let mut freed = 0u64;
-        while stored + incoming > self.budget {
-            let victim = sqlx::query(
-                "DELETE FROM outbox WHERE seq = (SELECT seq FROM outbox ORDER BY reason DESC, score ASC, seq ASC LIMIT 1) RETURNING seq, reason, score, bytes",
-            )
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(self.err("evict"))?;
-            let Some(row) = victim else { break };
-            let bytes = row.get::<i64, _>("bytes") as u64;
-            sqlx::query("INSERT OR REPLACE INTO evicted (seq, reason, score, bytes, evicted_us) VALUES (?, ?, ?, ?, ?)")
-                .bind(row.get::<i64, _>("seq"))
-                .bind(row.get::<i64, _>("reason"))
-                .bind(row.get::<f64, _>("score"))
-                .bind(bytes as i64)
-                .bind(tierline_shared::time::now_us())
-                .execute(&mut *tx)
+        for r in records {
+            let len = r.image.len() as u64;
+            let mut admitted = true;
+            while stored + len > self.budget {
+                let victim = sqlx::query(
+                    "SELECT seq, reason, score, bytes FROM outbox ORDER BY reason DESC, score ASC, seq ASC LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(self.err("evict"))?;
-            stored -= bytes.min(stored);
-            freed += bytes;
-            evicted.push(Eviction {
-                seq: row.get::<i64, _>("seq") as u64,
-                reason: ForwardReason::try_from(row.get::<i64, _>("reason") as i32)
-                    .unwrap_or(ForwardReason::Unspecified),
-                score: row.get::<f64, _>("score") as f32,
-            });
-        }
-        if stored + incoming > self.budget {
-            // Only the incoming batch itself is left to blame; refuse it as a whole.
-            return Err(OutboxError::RecordTooLarge {
-                len: incoming,
-                budget: self.budget,
-            });
-        }
-        for r in records {
+                let Some(v) = victim else {
+                    admitted = false;
+                    break;
+                };
+                let bytes = v.get::<i64, _>("bytes");
+                let v = Eviction {
+                    seq: v.get::<i64, _>("seq") as u64,
+                    reason: ForwardReason::try_from(v.get::<i64, _>("reason") as i32)
+                        .unwrap_or(ForwardReason::Unspecified),
+                    score: v.get::<f64, _>("score") as f32,
+                };
+                if ranks_below(r.reason, r.score, v.reason, v.score) {
+                    admitted = false;
+                    break;
+                }
+                sqlx::query("DELETE FROM outbox WHERE seq = ?")
+                    .bind(v.seq as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err("evict"))?;
+                record_eviction(&mut tx, &v, bytes as u64)
+                    .await
+                    .map_err(self.err("evict"))?;
+                stored -= (bytes as u64).min(stored);
+                evicted.push(v);
+            }
+            if !admitted {
+                let e = Eviction {
+                    seq: r.seq,
+                    reason: r.reason,
+                    score: r.score,
+                };
+                record_eviction(&mut tx, &e, len)
+                    .await
+                    .map_err(self.err("evict"))?;
+                evicted.push(e);
+                continue;
+            }
             sqlx::query(
                 "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
@@ -288,10 +329,11 @@ impl Outbox {
             .bind(f64::from(r.score))
             .bind(r.encoding)
             .bind(&r.image)
-            .bind(r.image.len() as i64)
+            .bind(len as i64)
             .execute(&mut *tx)
             .await
             .map_err(self.err("append"))?;
+            stored += len;
         }
         if !evicted.is_empty() {
             sqlx::query("INSERT INTO meta (key, value) VALUES ('evicted', ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")
@@ -301,8 +343,13 @@ impl Outbox {
                 .map_err(self.err("evict"))?;
         }
         tx.commit().await.map_err(self.err("append"))?;
-        self.stored_bytes.fetch_add(incoming, Ordering::AcqRel);
-        self.stored_bytes.fetch_sub(freed, Ordering::AcqRel);
+        if stored >= start {
+            self.stored_bytes
+                .fetch_add(stored - start, Ordering::AcqRel);
+        } else {
+            self.stored_bytes
+                .fetch_sub(start - stored, Ordering::AcqRel);
+        }
         Ok(evicted)
     }
 
@@ -607,6 +654,47 @@ mod tests {
                 budget: 40
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn an_arriving_audit_never_displaces_a_stored_suspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 20)).await.unwrap();
+        ob.append(&[
+            rec(1, ForwardReason::Suspect, 0.6, 10),
+            rec(2, ForwardReason::Suspect, 0.9, 10),
+        ])
+        .await
+        .unwrap();
+        let ev = ob
+            .append(&[rec(3, ForwardReason::Audit, 0.1, 10)])
+            .await
+            .unwrap();
+        assert_eq!(
+            ev.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3],
+            "the audit itself is refused"
+        );
+        let ev = ob
+            .append(&[rec(4, ForwardReason::Suspect, 0.5, 10)])
+            .await
+            .unwrap();
+        assert_eq!(
+            ev.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![4],
+            "a weaker suspect is refused"
+        );
+        let ev = ob
+            .append(&[rec(5, ForwardReason::Suspect, 0.7, 10)])
+            .await
+            .unwrap();
+        assert_eq!(
+            ev.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1],
+            "a stronger one displaces the weakest"
+        );
+        assert_eq!(ob.evicted_total().await.unwrap(), 3);
+        assert_eq!(ob.backlog().await.unwrap().bytes, 20);
     }
 
     #[tokio::test]

@@ -37,10 +37,7 @@ pub async fn run(
                 tokio::fs::create_dir_all(dir).await.map_err(io)?;
             }
             // After a crash the last line may be cut short: start on a fresh line so it stays one bad line.
-            let ends_cleanly = match tokio::fs::read(&path).await {
-                Ok(bytes) => bytes.last().is_none_or(|b| *b == b'\n'),
-                Err(_) => true,
-            };
+            let ends_cleanly = last_byte(&path).await.is_none_or(|b| b == b'\n');
             let mut file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -53,14 +50,19 @@ pub async fn run(
             write_lines(BufWriter::new(file), &name, rx).await
         }
         SinkConfig::Mqtt { topic } => {
+            // Best effort and never blocking: awaiting the client would stall line decisions while the broker
+            // is away (and could wait on the event loop, which waits on this stage). Drops are logged.
+            let mut dropped = 0u64;
             while let Some(e) = rx.recv().await {
                 let line = serde_json::to_vec(&e).unwrap_or_default();
                 if client
-                    .publish(topic.clone(), QoS::AtLeastOnce, false, line)
-                    .await
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, line)
                     .is_err()
                 {
-                    break;
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(topic = %topic, dropped, "Decision sink topic unreachable; decisions not published there (the line must not rely on an MQTT sink during broker outages).");
+                    }
                 }
             }
             Ok(())
@@ -70,6 +72,16 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The last byte of a file, reading only that byte.
+async fn last_byte(path: &std::path::Path) -> Option<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    f.seek(std::io::SeekFrom::End(-1)).await.ok()?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).await.ok()?;
+    Some(b[0])
 }
 
 async fn write_lines<W: AsyncWrite + Unpin>(

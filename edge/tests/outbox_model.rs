@@ -60,32 +60,37 @@ impl Model {
         self.held.values().map(|h| h.len).sum()
     }
 
-    /// Appends a batch; returns the evicted seqs in order, or None if the batch is refused.
+    /// Appends a batch; returns the evicted seqs in order (stored ones displaced, or arriving ones refused),
+    /// or None if the batch is refused as a whole (a record larger than the budget).
     fn append(&mut self, batch: &[(u64, Held)]) -> Option<Vec<u64>> {
-        let incoming: u64 = batch.iter().map(|(_, h)| h.len).sum();
         if batch.iter().any(|(_, h)| h.len > BUDGET) {
             return None;
         }
-        let mut trial = self.held.clone();
-        let mut stored: u64 = trial.values().map(|h| h.len).sum();
+        // The spec's order: audits before suspects, then lower scores, then older seqs.
+        let rank = |seq: u64, h: &Held| (!h.audit, h.score, seq);
         let mut evicted = Vec::new();
-        while stored + incoming > BUDGET {
-            let Some((&victim, _)) = trial.iter().min_by(|(sa, a), (sb, b)| {
-                b.audit
-                    .cmp(&a.audit)
-                    .then(a.score.total_cmp(&b.score))
-                    .then(sa.cmp(sb))
-            }) else {
-                break;
-            };
-            stored -= trial.remove(&victim).unwrap().len;
-            evicted.push(victim);
+        for &(seq, h) in batch {
+            let mut admitted = true;
+            while self.bytes() + h.len > BUDGET {
+                let (&victim, held) = self
+                    .held
+                    .iter()
+                    .min_by(|(sa, a), (sb, b)| rank(**sa, a).partial_cmp(&rank(**sb, b)).unwrap())
+                    .unwrap();
+                // The arriving record leaves instead if it ranks strictly lower (it is the newest among equals).
+                if (!h.audit, h.score) < (!held.audit, held.score) {
+                    admitted = false;
+                    break;
+                }
+                self.held.remove(&victim);
+                evicted.push(victim);
+            }
+            if admitted {
+                self.held.insert(seq, h);
+            } else {
+                evicted.push(seq);
+            }
         }
-        if stored + incoming > BUDGET {
-            return None;
-        }
-        trial.extend(batch.iter().copied());
-        self.held = trial;
         Some(evicted)
     }
 }

@@ -72,10 +72,17 @@ fn batches_give_the_same_scores_as_single_images() {
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let batched: Vec<f32> = rt.block_on(async {
-        let futs: Vec<_> = imgs.iter().map(|(i, _)| r.score(i.clone())).collect();
+        // Submitted together, so the runner (max_wait 20 ms) takes them in batches.
+        let tasks: Vec<_> = imgs
+            .iter()
+            .map(|(i, _)| {
+                let (r, i) = (r.clone(), i.clone());
+                tokio::spawn(async move { r.score(i).await })
+            })
+            .collect();
         let mut out = Vec::new();
-        for f in futs {
-            out.push(f.await.unwrap().defect_score);
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap().defect_score);
         }
         out
     });

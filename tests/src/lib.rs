@@ -4,6 +4,7 @@
 
 pub mod mosquitto;
 pub mod oracle;
+pub mod outage;
 pub mod pipeline;
 pub mod process;
 

@@ -64,6 +64,8 @@ pub struct Stored {
     pub verdicts: BTreeMap<(String, u64), u64>,
     /// Deliveries per (edge_id, seq), as counted by the cloud.
     pub deliveries: BTreeMap<(String, u64), u64>,
+    /// Stored label per (edge_id, seq).
+    pub labels: BTreeMap<(String, u64), String>,
 }
 
 impl Stored {
@@ -91,10 +93,39 @@ impl Stored {
             .into_iter()
             .map(|(e, s, n)| ((e, s as u64), n as u64))
             .collect();
+        let rows: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT edge_id, seq, label FROM verdicts")
+                .fetch_all(&pool)
+                .await
+                .expect("labels");
+        let labels = rows
+            .into_iter()
+            .map(|(e, s, l)| ((e, s as u64), l))
+            .collect();
         pool.close().await;
         Self {
             verdicts,
             deliveries,
+            labels,
+        }
+    }
+
+    /// Checks that every cloud decision, reconciliation and audit in the log acted on the verdict stored for
+    /// that frame (the edge never acts on a verdict the cloud did not keep).
+    pub fn check_labels(&self, edge_id: &str, log: &Decisions) {
+        let acted = log
+            .decisions()
+            .filter(|d| d["source"] == "cloud")
+            .chain(log.of("reconciliation"))
+            .chain(log.of("audit"));
+        for e in acted {
+            let seq = e["seq"].as_u64().expect("seq");
+            let stored = self.labels.get(&(edge_id.to_string(), seq));
+            assert_eq!(
+                stored.map(String::as_str),
+                e["cloud_label"].as_str(),
+                "edge acted on a label the cloud did not store: {e}"
+            );
         }
     }
 
@@ -143,7 +174,7 @@ pub async fn check_pipeline(
         forwarded,
         "one stored verdict per accepted frame"
     );
-    assert!(stored.verdicts.values().all(|&n| n == 1));
+    stored.check_labels(edge_id, &log);
     for seq in log.suspect_seqs() {
         assert!(
             stored.verdicts.contains_key(&(edge_id.to_string(), seq)),

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// A workspace binary, built by `cargo test --workspace`.
+/// A workspace binary, built by `cargo test --workspace` (cargo builds a package's binaries when that package
+/// has integration tests: `tierline-edge` does, in `edge/tests/`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");

@@ -1,128 +1,16 @@
-//! Bad input gets a clear error that names the thing, and loses nothing else.
+//! Bad input gets a clear error that names the thing, and loses nothing else. (The binaries' own checks of
+//! configuration and model files are in `edge/tests/cli.rs` and `cloud/tests/cli.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tierline_edge::stats::get;
 use tierline_shared::wire::{self, FrameEnvelope};
 use tierline_tests::oracle::{Decisions, Stored};
 use tierline_tests::{Mosquitto, pipeline};
 
-/// A workspace binary, built by `cargo test --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run the workspace tests (cargo test --workspace)",
-        path.display()
-    );
-    path
-}
-
-fn run(bin: &str, config: &Path, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(binary(bin))
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn models() -> PathBuf {
+fn models() -> std::path::PathBuf {
     pipeline::models_dir()
-}
-
-#[test]
-fn unknown_config_key_is_named_and_exits_with_config_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("edge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[edge]\nid = \"e\"\n[model]\nmanifest = {:?}\nthreshhold = 0.3\n[[camera]]\nid = \"c\"\nkind = \"synthetic\"\n",
-            models().join("prescreen.toml")
-        ),
-    )
-    .unwrap();
-    let (code, err) = run("tierline-edge", &cfg, &["--check"]);
-    assert_eq!(code, 78, "{err}");
-    assert!(
-        err.contains("threshhold") && err.contains("edge.toml"),
-        "{err}"
-    );
-}
-
-#[test]
-fn missing_model_file_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = std::fs::read_to_string(models().join("full.toml")).unwrap();
-    std::fs::write(dir.path().join("full.toml"), manifest).unwrap();
-    let cfg = dir.path().join("cloud.toml");
-    std::fs::write(
-        &cfg,
-        format!("[model]\nmanifest = {:?}\n", dir.path().join("full.toml")),
-    )
-    .unwrap();
-    let (code, err) = run("tierline-cloud", &cfg, &["--check"]);
-    assert_eq!(code, 78, "{err}");
-    assert!(
-        err.contains("full-0.1.0.onnx") && err.contains("cannot read model file"),
-        "{err}"
-    );
-}
-
-#[test]
-fn model_failing_its_checksum_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        models().join("prescreen.toml"),
-        dir.path().join("prescreen.toml"),
-    )
-    .unwrap();
-    let mut onnx = std::fs::read(models().join("prescreen-0.1.0.onnx")).unwrap();
-    onnx.truncate(onnx.len() - 8);
-    std::fs::write(dir.path().join("prescreen-0.1.0.onnx"), onnx).unwrap();
-    let cfg = dir.path().join("edge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[edge]\nid = \"e\"\n[model]\nmanifest = {:?}\n[[camera]]\nid = \"c\"\nkind = \"synthetic\"\n",
-            dir.path().join("prescreen.toml")
-        ),
-    )
-    .unwrap();
-    let (code, err) = run("tierline-edge", &cfg, &["--check"]);
-    assert_eq!(code, 78, "{err}");
-    assert!(
-        err.contains("prescreen-0.1.0.onnx") && err.contains("fails its checksum"),
-        "{err}"
-    );
-}
-
-#[test]
-fn good_config_passes_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cloud.toml");
-    std::fs::write(
-        &cfg,
-        format!("[model]\nmanifest = {:?}\n", models().join("full.toml")),
-    )
-    .unwrap();
-    let (code, err) = run("tierline-cloud", &cfg, &["--check"]);
-    assert_eq!(code, 0, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
