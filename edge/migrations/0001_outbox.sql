@@ -7,14 +7,19 @@ CREATE TABLE outbox (
     reason          INTEGER NOT NULL,      -- wire ForwardReason: 1 suspect, 2 audit
     score           REAL    NOT NULL,      -- prescreen defect score
     encoding        INTEGER NOT NULL,      -- wire ImageEncoding
-    image           BLOB    NOT NULL,
-    bytes           INTEGER NOT NULL,      -- length of `image`, what the disk budget counts
+    bytes           INTEGER NOT NULL,      -- length of the image, what the disk budget counts
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_us INTEGER NOT NULL DEFAULT 0, -- not sent before this time; 0 = due now
     local_action    TEXT                        -- provisional line decision taken at the deadline, if any
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_us, seq);
 CREATE INDEX outbox_eviction ON outbox (reason DESC, score, seq);
+
+-- Image bytes, apart from the metadata: scans of `outbox` (budget, backlog, startup) never read images.
+CREATE TABLE outbox_image (
+    seq   INTEGER PRIMARY KEY REFERENCES outbox (seq),
+    image BLOB    NOT NULL
+);
 
 -- Every eviction, for audit: which frame left without a verdict, and why it was chosen.
 CREATE TABLE evicted (

@@ -199,12 +199,14 @@ pub async fn run(
         .map(|r| (r.seq, rules.action(r.score).as_str()))
         .collect();
     outbox.record_local(&recorded).await?;
+    if !undecided.is_empty() {
+        tracing::warn!(
+            frames = undecided.len(),
+            "Suspects left undecided by a restart (the edge stopped before their deadline); decided locally now."
+        );
+    }
     for r in undecided {
         let e = decisions::decided_at_restart(&r, &rules);
-        tracing::warn!(
-            seq = r.seq,
-            "Suspect left undecided by a restart; decided locally now."
-        );
         restart_tx
             .send(decisions::Input::Immediate(e))
             .await

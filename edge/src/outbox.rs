@@ -3,8 +3,10 @@
 //! # Spec
 //!
 //! **Storage.** One SQLite database in WAL mode (`migrations/`). A record is a row of `outbox` keyed by the
-//! edge's sequence number `seq`; it holds the frame metadata, the encoded image and its length (`bytes`), the
-//! number of send attempts and the earliest time of the next attempt (`next_attempt_us`, 0 = due now).
+//! edge's sequence number `seq`, with the frame metadata, the image length (`bytes`), the number of send
+//! attempts and the earliest time of the next attempt (`next_attempt_us`, 0 = due now), plus a row of
+//! `outbox_image` with the encoded image. Keeping images apart keeps every metadata scan (the budget at open,
+//! the backlog, the startup checks) small however large the backlog: a restart reads no image.
 //!
 //! **Sequence numbers** are reserved in blocks: `meta.seq_reserved` is raised (and committed) before any number
 //! of the block is used, so after a crash numbers are never reused, only skipped.
@@ -59,6 +61,18 @@ pub fn ranks_below(
     let audit = reason == ForwardReason::Audit;
     let other_audit = other_reason == ForwardReason::Audit;
     (audit && !other_audit) || (audit == other_audit && score < other_score)
+}
+
+async fn delete(conn: &mut sqlx::SqliteConnection, seq: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM outbox_image WHERE seq = ?")
+        .bind(seq as i64)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM outbox WHERE seq = ?")
+        .bind(seq as i64)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 async fn record_eviction(
@@ -295,11 +309,7 @@ impl Outbox {
                     admitted = false;
                     break;
                 }
-                sqlx::query("DELETE FROM outbox WHERE seq = ?")
-                    .bind(v.seq as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.err("evict"))?;
+                delete(&mut tx, v.seq).await.map_err(self.err("evict"))?;
                 record_eviction(&mut tx, &v, bytes as u64)
                     .await
                     .map_err(self.err("evict"))?;
@@ -319,7 +329,7 @@ impl Outbox {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.seq as i64)
             .bind(&r.frame_id)
@@ -328,11 +338,16 @@ impl Outbox {
             .bind(r.reason as i32)
             .bind(f64::from(r.score))
             .bind(r.encoding)
-            .bind(&r.image)
             .bind(len as i64)
             .execute(&mut *tx)
             .await
             .map_err(self.err("append"))?;
+            sqlx::query("INSERT INTO outbox_image (seq, image) VALUES (?, ?)")
+                .bind(r.seq as i64)
+                .bind(&r.image)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("append"))?;
             stored += len;
         }
         if !evicted.is_empty() {
@@ -385,7 +400,7 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT seq, frame_id, camera_id, capture_time_us, reason, score, encoding, image, attempts, local_action FROM outbox WHERE next_attempt_us <= ? ORDER BY seq {order} LIMIT ?"
+            "SELECT o.seq, o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.attempts, o.local_action FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.next_attempt_us <= ? ORDER BY o.seq {order} LIMIT ?"
         );
         let rows = sqlx::query(&sql)
             .bind(now_us)
@@ -452,6 +467,11 @@ impl Outbox {
         let mut freed = 0u64;
         let mut found = Vec::new();
         for seq in seqs {
+            sqlx::query("DELETE FROM outbox_image WHERE seq = ?")
+                .bind(*seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("ack"))?;
             let row = sqlx::query(
                 "DELETE FROM outbox WHERE seq = ? RETURNING bytes, local_action, capture_time_us",
             )
