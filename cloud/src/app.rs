@@ -17,7 +17,7 @@ use crate::store::{Store, StoreError};
 use crate::{acks, ingest};
 use std::sync::Arc;
 use thiserror::Error;
-use tierline_shared::manifest::{Manifest, ManifestError};
+use tierline_shared::manifest::ManifestError;
 use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,26 +44,13 @@ pub enum CloudError {
 
 /// Loads the full model and checks it against its golden samples.
 pub async fn load_model(config: &CloudConfig) -> Result<Arc<ModelRunner>, CloudError> {
-    let manifest = Manifest::load(&config.model.manifest)?;
     let runner_config = RunnerConfig {
         threads: config.model.threads,
         max_batch: config.model.max_batch,
         max_wait: config.model.max_wait,
         queue: config.cloud.concurrency,
     };
-    let path = config.model.manifest.display().to_string();
-    let runner = tokio::task::spawn_blocking(move || -> Result<ModelRunner, RunnerError> {
-        let runner = ModelRunner::start(manifest, runner_config)?;
-        runner.check_golden_blocking()?;
-        Ok(runner)
-    })
-    .await
-    .map_err(|e| RunnerError::Session {
-        path: path.clone(),
-        manifest: path,
-        message: e.to_string(),
-    })??;
-    Ok(Arc::new(runner))
+    Ok(ModelRunner::load_checked(&config.model.manifest, runner_config).await?)
 }
 
 /// Runs the cloud worker until `shutdown` is cancelled.

@@ -179,15 +179,7 @@ pub async fn run(
             }
         }
     }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Ok(ev) = eventloop.poll().await {
-            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    tierline_shared::mqtt::disconnect(&client, &mut eventloop).await;
     stats.link_up.store(false, Ordering::Relaxed);
 }
 

@@ -25,7 +25,7 @@ use crate::{intake, link, prescreen, sink, uplink};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tierline_shared::manifest::{Manifest, ManifestError};
+use tierline_shared::manifest::ManifestError;
 use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -72,24 +72,12 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Loads the prescreen model and checks it against its golden samples.
 pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ModelRunner>, EdgeError> {
-    let manifest = Manifest::load(&config.model.manifest)?;
     let runner_config = RunnerConfig {
         threads: config.model.threads,
         max_batch: config.model.max_batch,
         ..RunnerConfig::default()
     };
-    let runner = tokio::task::spawn_blocking(move || -> Result<ModelRunner, RunnerError> {
-        let runner = ModelRunner::start(manifest, runner_config)?;
-        runner.check_golden_blocking()?;
-        Ok(runner)
-    })
-    .await
-    .map_err(|e| RunnerError::Session {
-        path: config.model.manifest.display().to_string(),
-        manifest: config.model.manifest.display().to_string(),
-        message: e.to_string(),
-    })??;
-    Ok(Arc::new(runner))
+    Ok(ModelRunner::load_checked(&config.model.manifest, runner_config).await?)
 }
 
 /// Runs the edge until `shutdown` is cancelled or every camera has finished and every frame is decided.

@@ -89,6 +89,19 @@ pub fn client(
     (client, eventloop)
 }
 
+/// Disconnects cleanly: queues DISCONNECT and polls the event loop until it is sent (at most 500 ms).
+pub async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut rumqttc::EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Exponential backoff with full jitter, for reconnects and retries.
 #[derive(Debug, Clone)]
 pub struct Backoff {

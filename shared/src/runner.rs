@@ -162,6 +162,27 @@ impl ModelRunner {
         Ok(Self { tx, manifest })
     }
 
+    /// Loads the manifest at `path`, verifies and starts the model, and checks its golden samples, on a
+    /// blocking thread. The one way both tiers load a model.
+    pub async fn load_checked(
+        path: &std::path::Path,
+        config: RunnerConfig,
+    ) -> Result<Arc<Self>, RunnerError> {
+        let path = path.to_path_buf();
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let runner = Self::start(Manifest::load(&path)?, config)?;
+            runner.check_golden_blocking()?;
+            Ok(Arc::new(runner))
+        })
+        .await
+        .map_err(|e| RunnerError::Session {
+            path: shown.clone(),
+            manifest: shown,
+            message: format!("model loading stopped unexpectedly: {e}"),
+        })?
+    }
+
     /// The manifest of the running model.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
