@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tierline_cloud::{CloudConfig, CloudStats};
-use tokio_util::sync::CancellationToken;
 
 /// Tierline cloud worker: judge forwarded frames with the full model, store one verdict per frame, reply.
 ///
@@ -24,48 +23,23 @@ struct Args {
     check: bool,
 }
 
-/// Exit code for usage and configuration errors (sysexits EX_CONFIG).
-const EX_CONFIG: u8 = 78;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     tierline_shared::telemetry::init_logging("info");
-    let config = match CloudConfig::load(Some(&args.config)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tierline-cloud: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    if args.check {
-        return match tierline_cloud::app::load_model(&config).await {
-            Ok(r) => {
-                println!(
-                    "configuration and model {} {} are OK",
-                    r.manifest().name,
-                    r.manifest().version
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tierline-cloud: {e}");
-                ExitCode::from(EX_CONFIG)
-            }
-        };
-    }
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tierline_shared::telemetry::shutdown_signal().await;
-        tracing::info!("Shutdown requested; finishing frames in flight.");
-        on_signal.cancel();
-    });
-    match tierline_cloud::run(config, Arc::new(CloudStats::default()), shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tierline-cloud: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tierline_shared::service::main(
+        "tierline-cloud",
+        CloudConfig::load(Some(&args.config)),
+        args.check,
+        |config| async move {
+            let r = tierline_cloud::app::load_model(&config).await?;
+            let m = r.manifest();
+            Ok::<_, tierline_cloud::app::CloudError>(format!(
+                "configuration and model {} {} are OK",
+                m.name, m.version
+            ))
+        },
+        |config, shutdown| tierline_cloud::run(config, Arc::new(CloudStats::default()), shutdown),
+    )
+    .await
 }

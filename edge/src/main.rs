@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tierline_edge::{EdgeConfig, EdgeStats};
-use tokio_util::sync::CancellationToken;
 
 /// Tierline edge: prescreen camera frames, forward suspects to the cloud, decide every frame in time.
 ///
@@ -23,48 +22,23 @@ struct Args {
     check: bool,
 }
 
-/// Exit code for usage and configuration errors (sysexits EX_CONFIG).
-const EX_CONFIG: u8 = 78;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     tierline_shared::telemetry::init_logging("info");
-    let config = match EdgeConfig::load(Some(&args.config)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tierline-edge: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    if args.check {
-        return match tierline_edge::app::load_model(&config).await {
-            Ok(r) => {
-                println!(
-                    "configuration and model {} {} are OK",
-                    r.manifest().name,
-                    r.manifest().version
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tierline-edge: {e}");
-                ExitCode::from(EX_CONFIG)
-            }
-        };
-    }
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tierline_shared::telemetry::shutdown_signal().await;
-        tracing::info!("Shutdown requested; draining.");
-        on_signal.cancel();
-    });
-    match tierline_edge::run(config, Arc::new(EdgeStats::default()), shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tierline-edge: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tierline_shared::service::main(
+        "tierline-edge",
+        EdgeConfig::load(Some(&args.config)),
+        args.check,
+        |config| async move {
+            let r = tierline_edge::app::load_model(&config).await?;
+            let m = r.manifest();
+            Ok::<_, tierline_edge::app::EdgeError>(format!(
+                "configuration and model {} {} are OK",
+                m.name, m.version
+            ))
+        },
+        |config, shutdown| tierline_edge::run(config, Arc::new(EdgeStats::default()), shutdown),
+    )
+    .await
 }

@@ -8,6 +8,7 @@
 //! - [`preprocess`]: image decoding, resizing and normalization into model tensors.
 //! - [`runner`]: a model runner on dedicated threads behind a bounded queue, with batching.
 //! - [`mqtt`]: MQTT connection settings common to both tiers.
+//! - [`service`]: the binaries' shared skeleton (exit codes, `--check`, signals).
 //! - [`telemetry`]: logging setup.
 //! - [`time`]: wall-clock helpers.
 
@@ -17,6 +18,7 @@ pub mod mqtt;
 pub mod onnx;
 pub mod preprocess;
 pub mod runner;
+pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod topics;
