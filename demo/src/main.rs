@@ -83,7 +83,7 @@ fn configs(
         dir.join("decisions.jsonl"),
     );
     let cloud = format!(
-        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n",
+        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[api]\nenabled = false\n",
         args.models.join("full.toml"),
         dir.join("cloud.db").display(),
     );
