@@ -477,12 +477,12 @@ pub async fn serve(
     if token.is_none() {
         tracing::warn!(addr = %addr, "Review API runs without a token: anyone who can reach it can read frames and label them.");
     }
-    let review = ReviewServer::with_interceptor(
-        ReviewService::new(store),
+    let review = tonic::service::interceptor::InterceptedService::new(
+        ReviewServer::new(ReviewService::new(store))
+            .max_decoding_message_size(1 << 20)
+            .max_encoding_message_size(64 << 20),
         BearerAuth::new(token.as_deref()),
-    )
-    .max_decoding_message_size(1 << 20)
-    .max_encoding_message_size(64 << 20);
+    );
     let result = builder
         .add_service(health_service)
         .add_service(reflection)

@@ -65,6 +65,7 @@ pub async fn run_retention(
                 tracing::warn!(error = %e, "Retention lease could not be renewed.");
             }
         }
+        let mut fenced = false;
         if let Some(lease) = &held
             && last_run.is_none_or(|t| t.elapsed() >= config.interval)
         {
@@ -83,11 +84,15 @@ pub async fn run_retention(
                 }
                 Err(e @ StoreError::Fenced { .. }) => {
                     tracing::warn!(error = %e, "Retention pass refused; another worker leads now.");
-                    held = None;
-                    stats.leader.store(false, Ordering::Relaxed);
+                    fenced = true;
                 }
                 Err(e) => tracing::warn!(error = %e, "Retention pass failed; retrying next interval."),
             }
+        }
+        if fenced {
+            held = None;
+            stats.leader.store(false, Ordering::Relaxed);
+            stats.lease_token.store(0, Ordering::Relaxed);
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -140,7 +140,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<String>| {
         let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+        for (i, (c, &w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
@@ -196,12 +196,20 @@ const FRAME_HEADER: [&str; 11] = [
     "REVIEW",
 ];
 
-type Client = ReviewClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = ReviewClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
 async fn connect(args: &Args) -> anyhow::Result<Client> {
     let mut endpoint = Endpoint::from_shared(args.server.clone())
@@ -229,15 +237,7 @@ async fn connect(args: &Args) -> anyhow::Result<Client> {
         ),
         None => None,
     };
-    let auth: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut req: tonic::Request<()>| {
-        if let Some(h) = &header {
-            req.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(req)
-    });
-    Ok(ReviewClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20))
+    Ok(ReviewClient::with_interceptor(channel, Auth(header)).max_decoding_message_size(64 << 20))
 }
 
 #[derive(Debug)]
