@@ -261,7 +261,10 @@ impl CloudConfig {
             ));
         }
         if matches!(&self.api.token, Some(t) if t.trim().is_empty()) {
-            return Err(field("api.token", "is empty; set a token or remove the key".into()));
+            return Err(field(
+                "api.token",
+                "is empty; set a token or remove the key".into(),
+            ));
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return Err(field(

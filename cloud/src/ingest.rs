@@ -101,7 +101,10 @@ pub async fn run(
         rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce),
         // Heartbeats are recorded once per group; presence is retained, so every worker reads it directly.
         rumqttc::SubscribeFilter::new(
-            format!("$share/{group}/{}", topics::all_edges_filter(TopicKind::Heartbeat)),
+            format!(
+                "$share/{group}/{}",
+                topics::all_edges_filter(TopicKind::Heartbeat)
+            ),
             QoS::AtMostOnce,
         ),
         rumqttc::SubscribeFilter::new(

@@ -75,18 +75,23 @@ pub async fn run_retention(
                 .await
             {
                 Ok(p) => {
-                    stats
-                        .images_pruned
-                        .fetch_add(p.images, Ordering::Relaxed);
+                    stats.images_pruned.fetch_add(p.images, Ordering::Relaxed);
                     if p.images > 0 {
-                        tracing::info!(images = p.images, bytes = p.bytes, token = lease.token, "Retention removed old images; verdicts kept.");
+                        tracing::info!(
+                            images = p.images,
+                            bytes = p.bytes,
+                            token = lease.token,
+                            "Retention removed old images; verdicts kept."
+                        );
                     }
                 }
                 Err(e @ StoreError::Fenced { .. }) => {
                     tracing::warn!(error = %e, "Retention pass refused; another worker leads now.");
                     fenced = true;
                 }
-                Err(e) => tracing::warn!(error = %e, "Retention pass failed; retrying next interval."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Retention pass failed; retrying next interval.")
+                }
             }
         }
         if fenced {

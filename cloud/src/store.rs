@@ -65,7 +65,9 @@ pub enum StoreError {
         token: i64,
     },
     /// The frame does not exist.
-    #[error("frame {edge_id}/{seq} is not stored; check the edge id and seq (tierline-review list)")]
+    #[error(
+        "frame {edge_id}/{seq} is not stored; check the edge id and seq (tierline-review list)"
+    )]
     NotFound {
         /// Edge id.
         edge_id: String,
@@ -300,7 +302,8 @@ const COUNT_DELIVERY: &str = "UPDATE frames SET deliveries = deliveries + 1,
      edge_local_action = CASE WHEN $1 != '' THEN $1 ELSE edge_local_action END
      WHERE edge_id = $2 AND seq = $3";
 
-const INSERT_MODEL_VERSION: &str = "INSERT INTO model_versions (tier, version, first_seen_us) VALUES ($1, $2, $3)
+const INSERT_MODEL_VERSION: &str =
+    "INSERT INTO model_versions (tier, version, first_seen_us) VALUES ($1, $2, $3)
      ON CONFLICT (tier, version) DO NOTHING";
 
 /// Takes or renews a lease; returns the row only if `$2` holds it afterwards.
@@ -538,10 +541,12 @@ impl Store {
 
     /// Number of stored verdicts.
     pub async fn verdict_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = on_pool!(self, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM verdicts")
-            .fetch_one(pool)
-            .await
-            .map_err(self.err("count"))?);
+        let n: i64 = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM verdicts"
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(self.err("count"))?);
         Ok(n as u64)
     }
 
@@ -722,13 +727,15 @@ impl Store {
 
     /// All known edges, by id.
     pub async fn list_edges(&self) -> Result<Vec<EdgeRow>, StoreError> {
-        on_pool!(self, |pool| sqlx::query_as(
+        on_pool!(self, |pool| {
+            sqlx::query_as(
             "SELECT edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms,
                     edge_model_version FROM edges ORDER BY edge_id"
         )
         .fetch_all(pool)
         .await
-        .map_err(self.err("list edges")))
+        .map_err(self.err("list edges"))
+        })
     }
 
     /// Model versions seen per tier (`edge` or `cloud`), in first-seen order.
@@ -795,9 +802,9 @@ impl Store {
             name: lease.name.clone(),
             token: lease.token,
         };
-        let cutoff = policy.max_age.map(|age| {
-            now_us.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
-        });
+        let cutoff = policy
+            .max_age
+            .map(|age| now_us.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX)));
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("retention"))?;
             let current = sqlx::query(CHECK_FENCE)
@@ -947,10 +954,7 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@db/t"), "postgres://u@db/t");
         assert_eq!(backend_of("sqlite://x.db").unwrap(), Backend::Sqlite);
-        assert_eq!(
-            backend_of("postgresql://h/d").unwrap(),
-            Backend::Postgres
-        );
+        assert_eq!(backend_of("postgresql://h/d").unwrap(), Backend::Postgres);
         let e = backend_of("mysql://a:pw@h/d").unwrap_err().to_string();
         assert!(e.contains("mysql://a:***@h/d") && !e.contains("pw"), "{e}");
     }

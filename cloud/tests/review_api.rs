@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use tierline_cloud::CloudStats;
 use tierline_cloud::api::pb::{self, review_client::ReviewClient};
 use tierline_cloud::config::ApiConfig;
 use tierline_cloud::store::Store;
-use tierline_cloud::CloudStats;
 use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Presence, Verdict};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -118,7 +118,10 @@ async fn start() -> Server {
         if let Some(a) = stats.api_addr.get() {
             break *a;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "API did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "API did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     Server {
@@ -167,8 +170,7 @@ async fn calls_without_the_right_token_are_unauthenticated() {
     assert_eq!(ok.edges.len(), 1);
     assert!(ok.edges[0].online);
     // Health is open to probes and follows the database.
-    let mut health =
-        tonic_health::pb::health_client::HealthClient::new(channel(s.addr).await);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(s.addr).await);
     let started = std::time::Instant::now();
     loop {
         let r = health
@@ -177,21 +179,25 @@ async fn calls_without_the_right_token_are_unauthenticated() {
             })
             .await;
         if let Ok(r) = r
-            && r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            && r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "health never SERVING");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "health never SERVING"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_review_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let s = start().await;
     let mut client = ServerReflectionClient::new(channel(s.addr).await);
     let req = ServerReflectionRequest {
@@ -347,7 +353,10 @@ async fn frames_are_listed_shown_reviewed_and_watched() {
         .expect("a watched verdict within 10 s")
         .unwrap()
         .unwrap();
-    assert_eq!((got.edge_id.as_str(), got.seq, got.label.as_str()), ("edge-b", 7, "dent"));
+    assert_eq!(
+        (got.edge_id.as_str(), got.seq, got.label.as_str()),
+        ("edge-b", 7, "dent")
+    );
 }
 
 fn cli(addr: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
@@ -375,14 +384,26 @@ async fn the_cli_lists_shows_labels_and_lists_edges() {
     let out = tokio::task::spawn_blocking(move || {
         let (code, _, err) = cli(addr, None, &["list"]);
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("Unauthenticated") && err.contains("TIERLINE_REVIEW_TOKEN"), "{err}");
+        assert!(
+            err.contains("Unauthenticated") && err.contains("TIERLINE_REVIEW_TOKEN"),
+            "{err}"
+        );
 
         let (code, table, err) = cli(addr, Some(TOKEN), &["list", "--limit", "3"]);
         assert_eq!(code, 0, "{err}");
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].starts_with("EDGE") && lines[0].contains("LABEL"), "{table}");
-        assert!(lines[1].starts_with("edge-a") && lines[1].contains("scratch"), "{table}");
-        assert!(table.contains("3 frames") && table.contains("more: --page-token"), "{table}");
+        assert!(
+            lines[0].starts_with("EDGE") && lines[0].contains("LABEL"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("edge-a") && lines[1].contains("scratch"),
+            "{table}"
+        );
+        assert!(
+            table.contains("3 frames") && table.contains("more: --page-token"),
+            "{table}"
+        );
 
         let (code, json, err) = cli(addr, Some(TOKEN), &["--json", "list", "--disagreement"]);
         assert_eq!(code, 0, "{err}");
@@ -393,7 +414,16 @@ async fn the_cli_lists_shows_labels_and_lists_edges() {
         let (code, out, err) = cli(
             addr,
             Some(TOKEN),
-            &["label", "edge-a", "3", "good", "--reviewer", "bo", "--note", "glare"],
+            &[
+                "label",
+                "edge-a",
+                "3",
+                "good",
+                "--reviewer",
+                "bo",
+                "--note",
+                "glare",
+            ],
         );
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("labelled edge-a/3 as good"), "{out}");
@@ -407,7 +437,10 @@ async fn the_cli_lists_shows_labels_and_lists_edges() {
 
         let (code, out, err) = cli(addr, Some(TOKEN), &["show", "edge-a", "42"]);
         assert_eq!(code, 1, "{out}");
-        assert!(err.contains("NotFound") && err.contains("edge-a/42"), "{err}");
+        assert!(
+            err.contains("NotFound") && err.contains("edge-a/42"),
+            "{err}"
+        );
 
         let (code, out, err) = cli(addr, Some(TOKEN), &["edges"]);
         assert_eq!(code, 0, "{err}");

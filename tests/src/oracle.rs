@@ -104,7 +104,7 @@ macro_rules! read_stored {
             deliveries,
             labels,
         }
-        }};
+    }};
 }
 
 impl Stored {

@@ -72,7 +72,10 @@ impl Drop for Worker {
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -91,9 +94,11 @@ async fn three_workers_on_postgres_survive_a_kill_9_with_one_verdict_per_frame()
         })
         .collect();
     for w in &workers {
-        wait_for(&format!("{} subscribed", w.id), Duration::from_secs(60), || {
-            w.logged("Subscribed; receiving frames.") >= 1
-        })
+        wait_for(
+            &format!("{} subscribed", w.id),
+            Duration::from_secs(60),
+            || w.logged("Subscribed; receiving frames.") >= 1,
+        )
         .await;
     }
     // The edge: 2 cameras × 150 frames at 30 fps, 30 % defects; deadline long enough for a failover.
@@ -141,9 +146,17 @@ async fn three_workers_on_postgres_survive_a_kill_9_with_one_verdict_per_frame()
     let edge_stats = edge.stats.clone();
     edge.stop().await.expect("edge stops cleanly");
     let stored = tierline_tests::oracle::Stored::read_postgres(&db.url).await;
-    let (_, stored) =
-        tierline_tests::oracle::check_pipeline_against(dir.path(), "edge-t", &edge_stats, total, stored);
-    assert!(stored.verdicts.values().all(|&n| n == 1), "exactly one verdict row per frame");
+    let (_, stored) = tierline_tests::oracle::check_pipeline_against(
+        dir.path(),
+        "edge-t",
+        &edge_stats,
+        total,
+        stored,
+    );
+    assert!(
+        stored.verdicts.values().all(|&n| n == 1),
+        "exactly one verdict row per frame"
+    );
     let backlog = tierline_edge::outbox::Outbox::open(&outbox_cfg)
         .await
         .unwrap()
@@ -153,11 +166,12 @@ async fn three_workers_on_postgres_survive_a_kill_9_with_one_verdict_per_frame()
     assert_eq!(backlog.frames, 0, "every forwarded frame was answered");
     // How the load was shared, and how long frames waited around the kill.
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let per_worker: Vec<(String, i64)> =
-        sqlx::query_as("SELECT worker_id, COUNT(*) FROM verdicts GROUP BY worker_id ORDER BY worker_id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let per_worker: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT worker_id, COUNT(*) FROM verdicts GROUP BY worker_id ORDER BY worker_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let latency: (i64, i64) = sqlx::query_as(
         "SELECT CAST(MAX(v.verdict_time_us - f.capture_time_us) AS BIGINT),
                 CAST(percentile_cont(0.5) WITHIN GROUP (ORDER BY v.verdict_time_us - f.capture_time_us) AS BIGINT)
@@ -210,15 +224,20 @@ async fn a_killed_leader_is_replaced_and_its_fenced_write_refused() {
         if let Some(row) = lease_row(&pool).await {
             break row;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no worker took the lease");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no worker took the lease"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let leader_ix = workers.iter().position(|w| w.id == leader).unwrap();
     let other = workers[1 - leader_ix].id.clone();
     // Wait until the leader has actually run a pass with its token, then kill it.
-    wait_for("the leader's first retention pass", Duration::from_secs(30), || {
-        workers[leader_ix].logged("Retention leader lease taken.") >= 1
-    })
+    wait_for(
+        "the leader's first retention pass",
+        Duration::from_secs(30),
+        || workers[leader_ix].logged("Retention leader lease taken.") >= 1,
+    )
     .await;
     let killed_at = Instant::now();
     workers[leader_ix].kill9();
@@ -235,7 +254,10 @@ async fn a_killed_leader_is_replaced_and_its_fenced_write_refused() {
     };
     let failover = killed_at.elapsed();
     assert_eq!(holder, other);
-    assert!(new_token > old_token, "a new leader gets a larger token ({new_token} > {old_token})");
+    assert!(
+        new_token > old_token,
+        "a new leader gets a larger token ({new_token} > {old_token})"
+    );
     // The old leader, had it only paused, would now write with its old token: refused.
     let store = Store::open(&db.url, true).await.unwrap();
     let stale = Lease {
@@ -252,18 +274,27 @@ async fn a_killed_leader_is_replaced_and_its_fenced_write_refused() {
         .prune_images(&stale, &policy, tierline_shared::time::now_us())
         .await
         .unwrap_err();
-    assert!(matches!(refused, StoreError::Fenced { token, .. } if token == old_token), "{refused}");
+    assert!(
+        matches!(refused, StoreError::Fenced { token, .. } if token == old_token),
+        "{refused}"
+    );
     // The restarted old leader becomes a candidate again and does not take the lease from a live leader.
     workers[leader_ix].restart();
-    wait_for("the old leader to start again", Duration::from_secs(60), || {
-        workers[leader_ix].logged("Cloud worker starting.") >= 2
-    })
+    wait_for(
+        "the old leader to start again",
+        Duration::from_secs(60),
+        || workers[leader_ix].logged("Cloud worker starting.") >= 2,
+    )
     .await;
     // Longer than a TTL passes while the old leader competes: the live leader keeps renewing.
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         let row = lease_row(&pool).await.unwrap();
-        assert_eq!(row, (other.clone(), new_token), "the live leader keeps its lease");
+        assert_eq!(
+            row,
+            (other.clone(), new_token),
+            "the live leader keeps its lease"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(

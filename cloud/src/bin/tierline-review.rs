@@ -26,7 +26,12 @@ struct Args {
     )]
     server: String,
     /// Bearer token (the server's api.token). Prefer the environment variable.
-    #[arg(long, env = "TIERLINE_REVIEW_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "TIERLINE_REVIEW_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// PEM CA certificate to verify the server with (for https:// servers with a private CA).
     #[arg(long, global = true)]
@@ -213,7 +218,12 @@ type Client = ReviewClient<tonic::service::interceptor::InterceptedService<Chann
 
 async fn connect(args: &Args) -> anyhow::Result<Client> {
     let mut endpoint = Endpoint::from_shared(args.server.clone())
-        .with_context(|| format!("--server {:?} is not a URL like http://host:50051", args.server))?
+        .with_context(|| {
+            format!(
+                "--server {:?} is not a URL like http://host:50051",
+                args.server
+            )
+        })?
         .connect_timeout(Duration::from_secs(5));
     if args.server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
@@ -486,7 +496,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .collect();
                 table(
                     &[
-                        "EDGE", "SITE", "LINE", "STATE", "LAST SEEN", "BACKLOG", "OLDEST", "MODEL",
+                        "EDGE",
+                        "SITE",
+                        "LINE",
+                        "STATE",
+                        "LAST SEEN",
+                        "BACKLOG",
+                        "OLDEST",
+                        "MODEL",
                     ],
                     &rows,
                 );
@@ -529,11 +546,7 @@ async fn main() -> ExitCode {
                     tonic::Code::NotFound => " (list frames with: tierline-review list)",
                     _ => "",
                 };
-                eprintln!(
-                    "error: {:?}: {}{hint}",
-                    status.code(),
-                    status.message()
-                );
+                eprintln!("error: {:?}: {}{hint}", status.code(), status.message());
                 ExitCode::from(1)
             } else if e.downcast_ref::<Unreachable>().is_some() {
                 eprintln!("error: {e:#}");
