@@ -96,7 +96,9 @@ pub async fn run(
         config.mqtt.max_message_bytes,
         stats.clone(),
     ));
-    let background = shutdown.child_token();
+    // Not a child of `shutdown`: background stages stop after the frames in hand are finished, and their
+    // ending must not look like a failure to the select below.
+    let background = CancellationToken::new();
     let retention = tokio::spawn(crate::leader::run_retention(
         store.clone(),
         config.retention.clone(),
@@ -143,6 +145,7 @@ pub async fn run(
     let processing = tokio::spawn(process::run(processor, job_rx, concurrency));
     // Run until asked to stop; a stage that ends on its own is a failure the supervisor must see.
     let failure = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => None,
         _ = &mut ingest => Some(CloudError::Stage("ingest")),
         _ = &mut acker => Some(CloudError::Stage("acknowledgement")),

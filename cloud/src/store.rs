@@ -198,6 +198,9 @@ impl FrameRow {
     }
 }
 
+/// A frame with its image bytes (`None` when pruned or not kept) and its reviews, oldest first.
+pub type FrameDetail = (FrameRow, Option<Vec<u8>>, Vec<ReviewRow>);
+
 /// A human review.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct ReviewRow {
@@ -497,7 +500,7 @@ impl Store {
                 .bind(&verdict.label)
                 .bind(verdict.defective)
                 .bind(f64::from(verdict.defect_score))
-                .bind(&scores)
+                .bind(scores.as_str())
                 .bind(&verdict.error)
                 .bind(verdict.verdict_time_us)
                 .bind(&self.worker)
@@ -575,7 +578,7 @@ impl Store {
             .bind(f.unreviewed)
             .bind(f.after.is_some())
             .bind(after_t)
-            .bind(&after_edge)
+            .bind(after_edge.as_str())
             .bind(after_seq as i64)
             .bind(limit)
             .fetch_all(pool)
@@ -588,7 +591,7 @@ impl Store {
         &self,
         edge_id: &str,
         seq: u64,
-    ) -> Result<Option<(FrameRow, Option<Vec<u8>>, Vec<ReviewRow>)>, StoreError> {
+    ) -> Result<Option<FrameDetail>, StoreError> {
         let sql = format!(
             "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
              WHERE f.edge_id = $1 AND f.seq = $2"
