@@ -103,7 +103,7 @@ async fn main() {
         port: broker.port(),
         ..Default::default()
     };
-    let (watcher, mut events) = tierline_shared::mqtt::client(mqtt.options("watcher"), 16);
+    let (watcher, mut events) = tierline_shared::mqtt::client(mqtt.options("watcher").unwrap(), 16);
     watcher
         .subscribe("tierline/v1/+/+/+/frames", rumqttc::QoS::AtMostOnce)
         .await
@@ -126,7 +126,7 @@ async fn main() {
         &config,
         format!(
             "[edge]\nid = \"edge-r\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {}\n[model]\nmanifest = {:?}\n\
-             [outbox]\npath = {:?}\nmax_bytes = \"100 GiB\"\nmax_in_flight = 512\n[sink]\nkind = \"null\"\n\
+             [outbox]\npath = {:?}\nmax_bytes = \"100 GiB\"\nmax_in_flight = 512\n[sink]\nkind = \"null\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [[camera]]\nid = \"cam-0\"\nkind = \"synthetic\"\nframes = 0\n",
             broker.port(),
             pipeline::models_dir().join("prescreen.toml"),

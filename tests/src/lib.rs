@@ -2,11 +2,13 @@
 //! restartable), the embedded broker, edge and cloud builders on temporary directories, and an oracle over
 //! what the edge decided and what the cloud stored, and a fresh PostgreSQL database per test.
 
+pub mod http;
 pub mod mosquitto;
 pub mod oracle;
 pub mod outage;
 pub mod pg;
 pub mod pipeline;
 pub mod process;
+pub mod shipped;
 
 pub use mosquitto::Mosquitto;

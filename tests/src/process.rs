@@ -103,7 +103,7 @@ async fn held(db: &Path, sql: &str) -> Vec<u64> {
 pub fn cloud_worker_toml(port: u16, worker: &str, db_url: &str, extra: &str) -> String {
     format!(
         "[cloud]\nworker_id = \"{worker}\"\nconcurrency = 16\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
-         [model]\nmanifest = {:?}\nmax_wait = \"2ms\"\n[store]\nurl = \"{db_url}\"\n[api]\nenabled = false\n{extra}",
+         [model]\nmanifest = {:?}\nmax_wait = \"2ms\"\n[store]\nurl = \"{db_url}\"\n[api]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
         crate::pipeline::models_dir().join("full.toml"),
     )
 }
