@@ -33,6 +33,8 @@ pub struct Machine {
     pub core_peak_gflops: f64,
     /// 1-minute load average when the description was taken (other work on the machine skews results).
     pub load_average: f64,
+    /// Cargo profile of the harness binary (`release` or `debug`).
+    pub build_profile: String,
 }
 
 fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
@@ -122,6 +124,11 @@ pub fn describe(repo: &Path) -> Machine {
             .ok()
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .unwrap_or(0.0),
+        build_profile: if cfg!(debug_assertions) {
+            "debug".into()
+        } else {
+            "release".into()
+        },
     }
 }
 
