@@ -84,11 +84,7 @@ pub struct EdgeResults {
 }
 
 /// Runs measurement 1 with `frames` frames per configuration.
-pub async fn run(
-    models: &Path,
-    frames: u64,
-    core_peak_gflops: f64,
-) -> anyhow::Result<EdgeResults> {
+pub async fn run(models: &Path, frames: u64, core_peak_gflops: f64) -> anyhow::Result<EdgeResults> {
     let (manifest, model) = load_model(models, "prescreen.toml")?;
     let flops = crate::flops::count(&model).context("counting the prescreen model's FLOPs")?;
     eprintln!("edge: rendering 720p frames");

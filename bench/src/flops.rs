@@ -225,10 +225,7 @@ pub fn count(bytes: &[u8]) -> anyhow::Result<ModelFlops> {
             "Flatten" => {
                 let x = need(0)?;
                 let axis = attr_i(node, "axis", 1).rem_euclid(x.len().max(1) as i64) as usize;
-                vec![vec![
-                    x[..axis].iter().product(),
-                    x[axis..].iter().product(),
-                ]]
+                vec![vec![x[..axis].iter().product(), x[axis..].iter().product()]]
             }
             "Gemm" => {
                 let (a, b) = (need(0)?, need(1)?);
@@ -279,8 +276,8 @@ pub fn count(bytes: &[u8]) -> anyhow::Result<ModelFlops> {
             }
             "Transpose" => {
                 let x = need(0)?;
-                let perm = attr_ints(node, "perm")
-                    .unwrap_or_else(|| (0..x.len() as i64).rev().collect());
+                let perm =
+                    attr_ints(node, "perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
                 vec![perm.iter().map(|&p| x[p as usize]).collect()]
             }
             "Concat" => {

@@ -93,7 +93,10 @@ pub async fn run(seconds: f64) -> anyhow::Result<LatencyResults> {
         let edge = pipeline::start_edge(config);
         let e = edge.stats.clone();
         let total = per_camera * u64::from(cameras);
-        eprintln!("latency: {load}: {total} frames at {} frames/s", fps * f64::from(cameras));
+        eprintln!(
+            "latency: {load}: {total} frames at {} frames/s",
+            fps * f64::from(cameras)
+        );
         pipeline::wait_until(
             "every frame decided",
             Duration::from_secs_f64(seconds * 3.0 + 60.0),

@@ -195,7 +195,8 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
     std::fs::write(&json, serde_json::to_string_pretty(&r)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let md = markdown_path(&opts.out_dir);
-    std::fs::write(&md, report::markdown(&r)).with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&md, report::markdown(&r))
+        .with_context(|| format!("writing {}", md.display()))?;
     eprintln!("wrote {} and {}", json.display(), md.display());
     Ok(r)
 }

@@ -62,7 +62,12 @@ pub fn flops_per_cycle(flags: &str) -> (&'static str, f64) {
 /// The nominal clock in a model name such as `Intel(R) Xeon(R) CPU @ 2.20GHz`.
 fn nominal_ghz(model: &str) -> Option<f64> {
     let at = model.rfind('@')?;
-    model[at + 1..].trim().strip_suffix("GHz")?.trim().parse().ok()
+    model[at + 1..]
+        .trim()
+        .strip_suffix("GHz")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn git(repo: &Path, args: &[&str]) -> Option<String> {
@@ -101,7 +106,8 @@ pub fn describe(repo: &Path) -> Machine {
     let library = tierline_shared::onnx::locate()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|e| e.to_string());
-    let commit = git(repo, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let commit =
+        git(repo, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(repo, &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
     Machine {
@@ -109,11 +115,12 @@ pub fn describe(repo: &Path) -> Machine {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory_mib,
         kernel,
-        onnxruntime: format!(
-            "{} ({library})",
-            tierline_shared::onnx::ONNXRUNTIME_VERSION
-        ),
-        git_commit: if dirty { format!("{commit}-dirty") } else { commit },
+        onnxruntime: format!("{} ({library})", tierline_shared::onnx::ONNXRUNTIME_VERSION),
+        git_commit: if dirty {
+            format!("{commit}-dirty")
+        } else {
+            commit
+        },
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         simd: simd.into(),
         flops_per_cycle: per_cycle,

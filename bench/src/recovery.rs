@@ -127,13 +127,7 @@ struct Edge {
 }
 
 impl Edge {
-    fn spawn(
-        dir: &Path,
-        name: &str,
-        port: u16,
-        frames: &Path,
-        db: &Path,
-    ) -> anyhow::Result<Self> {
+    fn spawn(dir: &Path, name: &str, port: u16, frames: &Path, db: &Path) -> anyhow::Result<Self> {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,

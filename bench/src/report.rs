@@ -49,7 +49,11 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "| ONNX Runtime | {} |", m.onnxruntime);
     let _ = writeln!(s, "| commit | `{}` |", m.git_commit);
     let _ = writeln!(s, "| date | {} |", m.date);
-    let _ = writeln!(s, "| command | `{}` ({} build) |", r.command, m.build_profile);
+    let _ = writeln!(
+        s,
+        "| command | `{}` ({} build) |",
+        r.command, m.build_profile
+    );
     let _ = writeln!(
         s,
         "| load average at start / end | {:.2} / {:.2} (other work on the machine skews the numbers) |",

@@ -6,7 +6,9 @@ use std::process::Command;
 
 fn numbers(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
     match v {
-        serde_json::Value::Number(n) => out.push((path.to_string(), n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::Number(n) => {
+            out.push((path.to_string(), n.as_f64().unwrap_or(f64::NAN)))
+        }
         serde_json::Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
                 numbers(x, &format!("{path}[{i}]"), out);
@@ -40,9 +42,12 @@ fn quick_run_writes_every_section() {
         .expect("run tierline-bench");
     assert!(status.success(), "tierline-bench --quick failed: {status}");
 
-    let text = std::fs::read_to_string(dir.path().join("benchmarks/results.json")).expect("results.json");
+    let text =
+        std::fs::read_to_string(dir.path().join("benchmarks/results.json")).expect("results.json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
-    for section in ["machine", "edge", "latency", "outbox", "recovery", "cloud", "memory"] {
+    for section in [
+        "machine", "edge", "latency", "outbox", "recovery", "cloud", "memory",
+    ] {
         assert!(v[section].is_object(), "section {section} missing: {text}");
     }
     let mut all = Vec::new();
@@ -74,7 +79,16 @@ fn quick_run_writes_every_section() {
     }
     assert_eq!(v["quick"], true);
     let md = std::fs::read_to_string(dir.path().join("benchmarks.md")).expect("benchmarks.md");
-    for heading in ["## Machine", "## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."] {
+    for heading in [
+        "## Machine",
+        "## Targets",
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+    ] {
         assert!(md.contains(heading), "benchmarks.md lacks {heading}");
     }
 }
