@@ -156,14 +156,14 @@ pub async fn run(models: &Path, frames: u64, core_peak_gflops: f64) -> anyhow::R
     })
 }
 
-/// Runs `work(thread, sessions…)` on `threads` threads after each has set up, and returns the wall time
-/// from the common start to the last finish.
+/// Runs `work(thread, state)` on `threads` threads after each has set up its state, and returns the wall
+/// time from the first thread starting its work to the last finishing.
 fn timed_threads<S: Send>(
     threads: usize,
     setup: impl Fn() -> anyhow::Result<S> + Sync,
     work: impl Fn(usize, &mut S) -> anyhow::Result<()> + Sync,
 ) -> anyhow::Result<Duration> {
-    let barrier = Arc::new(Barrier::new(threads + 1));
+    let barrier = Arc::new(Barrier::new(threads));
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -173,21 +173,21 @@ fn timed_threads<S: Send>(
                     let state = setup();
                     barrier.wait();
                     let mut state = state?;
+                    let start = Instant::now();
                     work(t, &mut state)?;
-                    anyhow::Ok(Instant::now())
+                    anyhow::Ok((start, Instant::now()))
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let mut end = start;
+        let mut span: Option<(Instant, Instant)> = None;
         for h in handles {
-            let finished = h
+            let (start, end) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
-            end = end.max(finished);
+            span = Some(span.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         }
-        Ok(end - start)
+        let (start, end) = span.ok_or_else(|| anyhow::anyhow!("no benchmark threads"))?;
+        Ok((end - start).max(Duration::from_nanos(1)))
     })
 }
 

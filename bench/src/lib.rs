@@ -130,14 +130,14 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
 
     if wants(Section::Edge) {
         r.edge = Some(
-            edge::run(&models, if q { 16 } else { 2000 }, peak)
+            edge::run(&models, if q { 16 } else { 1000 }, peak)
                 .await
                 .context("measurement 1 (edge pipeline)")?,
         );
     }
     if wants(Section::Latency) {
         r.latency = Some(
-            latency::run(if q { 1.0 } else { 20.0 })
+            latency::run(if q { 1.0 } else { 15.0 })
                 .await
                 .context("measurement 2 (decision latency)")?,
         );
@@ -162,7 +162,7 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
                 restart_queued: 100_000,
                 drain_queued: 20_000,
                 watch: Duration::from_secs(8),
-                drain_limit: Duration::from_secs(150),
+                drain_limit: Duration::from_secs(90),
             }
         };
         let (rec, mem) = recovery::run(sizes)
