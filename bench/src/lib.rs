@@ -58,6 +58,8 @@ pub struct Options {
     pub quick: bool,
     /// Directory that receives `benchmarks.md` and `benchmarks/results.json`.
     pub out_dir: PathBuf,
+    /// Measure nothing: rewrite `benchmarks.md` from the existing `results.json`.
+    pub render_only: bool,
 }
 
 /// Everything a run measured. Sections not run keep their previous values.
@@ -115,6 +117,19 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
     let previous: Option<Results> = std::fs::read_to_string(json_path(&opts.out_dir))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
+    if opts.render_only {
+        let r = previous.with_context(|| {
+            format!(
+                "--render needs {}; run the benchmarks first",
+                json_path(&opts.out_dir).display()
+            )
+        })?;
+        let md = markdown_path(&opts.out_dir);
+        std::fs::write(&md, report::markdown(&r))
+            .with_context(|| format!("writing {}", md.display()))?;
+        eprintln!("wrote {}", md.display());
+        return Ok(r);
+    }
     let mut r = previous.unwrap_or_else(|| Results {
         machine: machine::describe(&root),
         quick: q,

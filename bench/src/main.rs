@@ -19,6 +19,9 @@ struct Args {
     /// Tiny sizes: checks the harness end to end in well under a minute; the numbers mean nothing.
     #[arg(long)]
     quick: bool,
+    /// Measure nothing: rewrite benchmarks.md from the existing benchmarks/results.json.
+    #[arg(long)]
+    render: bool,
     /// Directory that receives benchmarks.md and benchmarks/results.json.
     #[arg(long, default_value_os_t = tierline_bench::repo_root().join("docs"))]
     out_dir: PathBuf,
@@ -55,6 +58,7 @@ async fn main() -> ExitCode {
         only,
         quick: args.quick,
         out_dir: args.out_dir,
+        render_only: args.render,
     };
     match tierline_bench::run(opts, command).await {
         Ok(_) => ExitCode::SUCCESS,

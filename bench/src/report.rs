@@ -40,6 +40,19 @@ pub fn markdown(r: &Results) -> String {
             "> **These numbers come from a `--quick` smoke run with tiny sizes. They are not measurements.**\n"
         );
     }
+    let busiest = r.load_at_start.max(m.load_average);
+    if busiest > m.cores as f64 {
+        let _ = writeln!(
+            s,
+            "> **The machine was busy with other work during this run** (load average {:.1} / {:.1} at start / end on \
+             {} logical CPUs, so this run had roughly {:.0} % of the CPU). Every throughput and latency figure below \
+             understates what the code does on an idle machine of this kind; rerun before quoting a number.\n",
+            r.load_at_start,
+            m.load_average,
+            m.cores,
+            100.0 * (m.cores as f64 / (busiest + 1.0)).min(1.0)
+        );
+    }
     let _ = writeln!(s, "## Machine\n");
     let _ = writeln!(s, "| | |\n|---|---|");
     let _ = writeln!(s, "| CPU | {} |", m.cpu_model);
