@@ -25,7 +25,7 @@ use tierline_edge::decisions::{self, Book, OfflineRules};
 use tierline_edge::outbox::Outbox;
 use tierline_edge::{EdgeStats, intake, prescreen};
 use tierline_shared::preprocess::Preprocessor;
-use tierline_shared::runner::{ModelRunner, RunnerConfig};
+use tierline_shared::runner::RunnerConfig;
 use tierline_shared::wire::ImageEncoding;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -264,14 +264,18 @@ async fn pipeline(
     let defaults: tierline_edge::config::ModelConfig =
         serde_json::from_value(serde_json::json!({ "manifest": models.join("prescreen.toml") }))?;
     let max_batch = defaults.max_batch;
-    let runner = Arc::new(ModelRunner::start(
-        m.clone(),
+    // The edge serves its model through the supervisor wrapper; the supervisor itself is not started here
+    // (its probes would compete with the measurement).
+    let runner = tierline_shared::serving::ServedModel::load(
+        &m.path,
         RunnerConfig {
             threads: std::num::NonZeroUsize::new(threads).context("threads")?,
             max_batch,
             ..RunnerConfig::default()
         },
-    )?);
+        tierline_shared::serving::ProbeConfig::default(),
+    )
+    .await?;
     for j in jpegs.iter().take(4) {
         runner.score(j.clone()).await?; // warm-up
     }
@@ -310,7 +314,7 @@ async fn pipeline(
     tasks.spawn(decisions::record_local(outbox.clone(), local_rx));
     let settings = prescreen::PrescreenSettings {
         edge_id: "edge-bench".into(),
-        threshold: m.output.threshold,
+        threshold: None,
         audit_rate: decision.audit_rate,
         audit_seed: decision.audit_seed,
         concurrency,

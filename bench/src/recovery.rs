@@ -133,7 +133,7 @@ impl Edge {
             &config,
             format!(
                 "[edge]\nid = \"{name}\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n\
-                 [outbox]\npath = {:?}\nmax_bytes = \"100 GiB\"\n[sink]\nkind = \"file\"\npath = {:?}\n\
+                 [outbox]\npath = {:?}\nmax_bytes = \"100 GiB\"\n[sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                  [[camera]]\nid = \"cam-0\"\nkind = \"files\"\npath = {:?}\nloop = true\nfps = 30\n",
                 pipeline::models_dir().join("prescreen.toml"),
                 db,
@@ -176,7 +176,7 @@ async fn watch_frames(port: u16) -> anyhow::Result<tokio::sync::mpsc::Receiver<I
         ..Default::default()
     };
     let (watcher, mut events) =
-        tierline_shared::mqtt::client(mqtt.options(&format!("watcher-{port}")), 16);
+        tierline_shared::mqtt::client(mqtt.options(&format!("watcher-{port}"))?, 16);
     watcher
         .subscribe("tierline/v1/+/+/+/frames", rumqttc::QoS::AtMostOnce)
         .await?;

@@ -109,9 +109,11 @@ pub async fn run(
     client: AsyncClient,
     mut rx: mpsc::Receiver<(Ticket, Publish)>,
     connection: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    lag: std::sync::Arc<crate::stats::CloudStats>,
 ) {
     let mut seq = Sequencer::default();
     while let Some((ticket, publish)) = rx.recv().await {
+        lag.lag.finished(ticket);
         for p in seq.finished(ticket, publish) {
             if seq.epoch() != connection.load(std::sync::atomic::Ordering::Acquire) {
                 continue;

@@ -7,6 +7,10 @@
 //!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
 //! ```
 //!
+//! Beside the flow: the model supervisor (golden probes, watchdog, hot reload; `tierline_shared::serving`),
+//! the health watcher (link, database; `health`) and the admin endpoint serving `/healthz`, `/readyz` and
+//! `/metrics`.
+//!
 //! Shutdown: stop accepting new messages, finish the frames in flight (their verdicts and acks still go out
 //! through the event loop), then disconnect.
 
@@ -14,11 +18,13 @@ use crate::config::CloudConfig;
 use crate::process::{self, Processor};
 use crate::stats::CloudStats;
 use crate::store::{Store, StoreError};
-use crate::{acks, ingest};
+use crate::{acks, health, ingest};
 use std::sync::Arc;
 use thiserror::Error;
+use tierline_shared::admin::{self, Admin, Readiness};
 use tierline_shared::manifest::ManifestError;
-use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
+use tierline_shared::runner::{RunnerConfig, RunnerError};
+use tierline_shared::serving::ServedModel;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -37,20 +43,31 @@ pub enum CloudError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The admin endpoint could not start.
+    #[error("admin endpoint: {0}")]
+    Admin(std::io::Error),
+    /// The TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] tierline_shared::tls::TlsError),
     /// A stage ended unexpectedly.
     #[error("cloud stage {0} ended unexpectedly; restarting the worker is the recovery")]
     Stage(&'static str),
 }
 
 /// Loads the full model and checks it against its golden samples.
-pub async fn load_model(config: &CloudConfig) -> Result<Arc<ModelRunner>, CloudError> {
+pub async fn load_model(config: &CloudConfig) -> Result<Arc<ServedModel>, CloudError> {
     let runner_config = RunnerConfig {
         threads: config.model.threads,
         max_batch: config.model.max_batch,
         max_wait: config.model.max_wait,
         queue: config.cloud.concurrency,
     };
-    Ok(ModelRunner::load_checked(&config.model.manifest, runner_config).await?)
+    Ok(ServedModel::load(
+        &config.model.manifest,
+        runner_config,
+        config.model.probe.clone(),
+    )
+    .await?)
 }
 
 /// Runs the cloud worker until `shutdown` is cancelled.
@@ -72,7 +89,7 @@ pub async fn run(
     );
     let mut options = config
         .mqtt
-        .options(&format!("tierline-cloud-{}", config.cloud.worker_id));
+        .options(&format!("tierline-cloud-{}", config.cloud.worker_id))?;
     options.set_manual_acks(true);
     // A clean session: a worker that goes away must not hoard frames at the broker. Frames it held
     // unacknowledged are delivered again by the edges' resend timers.
@@ -89,8 +106,55 @@ pub async fn run(
         stats: stats.clone(),
         acks: ack_tx.clone(),
     });
+    // Health: the model supervisor, the link and database watcher, and the admin endpoint.
+    let readiness = Arc::new(Readiness::expecting(&[
+        (tierline_shared::serving::CHECK, true),
+        (health::LINK, true),
+        (health::DATABASE, true),
+    ]));
+    let admin_stop = CancellationToken::new();
+    let _admin_guard = admin_stop.clone().drop_guard();
+    let watchers = shutdown.child_token();
+    let _watchers_guard = watchers.clone().drop_guard();
+    tokio::spawn(
+        processor
+            .runner
+            .clone()
+            .supervise(readiness.clone(), watchers.clone()),
+    );
+    tokio::spawn(health::watch(
+        store.clone(),
+        stats.clone(),
+        readiness.clone(),
+        config.admin.check_every,
+        watchers.clone(),
+    ));
+    if config.admin.enabled {
+        let (s, m) = (stats.clone(), processor.runner.clone());
+        let samples = Arc::new(move || health::samples(&s, &m));
+        let (bound, _task) = admin::serve(
+            config.admin.listen,
+            Admin {
+                readiness: readiness.clone(),
+                samples,
+            },
+            admin_stop.clone(),
+        )
+        .await
+        .map_err(CloudError::Admin)?;
+        let _ = stats.admin_addr.set(bound);
+    }
+    tokio::spawn(tierline_shared::systemd::notify(
+        readiness.clone(),
+        watchers.clone(),
+    ));
     let connection = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut acker = tokio::spawn(acks::run(client.clone(), ack_rx, connection.clone()));
+    let mut acker = tokio::spawn(acks::run(
+        client.clone(),
+        ack_rx,
+        connection.clone(),
+        stats.clone(),
+    ));
     let drained = CancellationToken::new();
     let stop = shutdown.child_token();
     let mut ingest = tokio::spawn(ingest::run(

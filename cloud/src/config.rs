@@ -5,8 +5,10 @@ use serde::Deserialize;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
+use tierline_shared::admin::AdminConfig;
 use tierline_shared::config::ConfigError;
 use tierline_shared::mqtt::MqttConfig;
+use tierline_shared::serving::ProbeConfig;
 use tierline_shared::topics;
 
 /// Prefix of environment overrides.
@@ -27,6 +29,14 @@ pub struct CloudConfig {
     /// Where verdicts are stored.
     #[serde(default)]
     pub store: StoreConfig,
+    /// HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default = "default_admin")]
+    pub admin: AdminConfig,
+}
+
+/// The cloud worker's admin endpoint listens on 127.0.0.1:9465 unless configured otherwise.
+pub fn default_admin() -> AdminConfig {
+    AdminConfig::on(std::net::SocketAddr::from(([127, 0, 0, 1], 9465)))
 }
 
 /// Identity of this worker and its group.
@@ -79,6 +89,9 @@ pub struct ModelConfig {
     /// How long a worker waits to fill a batch.
     #[serde(default = "default_wait", with = "humantime_serde")]
     pub max_wait: Duration,
+    /// Golden-sample probes, watchdog and hot reload.
+    #[serde(default)]
+    pub probe: ProbeConfig,
 }
 
 fn default_threads() -> NonZeroUsize {
@@ -137,6 +150,13 @@ impl CloudConfig {
             .map_err(|e| field("cloud.worker_id", e.to_string()))?;
         topics::validate_id("group", &self.cloud.group)
             .map_err(|e| field("cloud.group", e.to_string()))?;
+        if self.model.probe.interval.is_zero() {
+            return Err(field("model.probe.interval", "must be positive".into()));
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            tls.client_config()
+                .map_err(|e| field("mqtt.tls", e.to_string()))?;
+        }
         if !self.store.url.starts_with("sqlite:") {
             return Err(field(
                 "store.url",

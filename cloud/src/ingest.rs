@@ -115,14 +115,36 @@ pub async fn run(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                connection.store(tickets.new_connection(), Ordering::Release);
+                let epoch = tickets.new_connection();
+                connection.store(epoch, Ordering::Release);
                 overflow.clear();
+                stats.lag.forget_before(epoch);
                 let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                 tracing::info!(filter = %filter, "Connected to the broker; subscribing.");
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    let why = format!(
+                        "broker {}:{} refused the subscription {filter}: check the broker's ACL for this \
+                         worker's login ({}); see deploy/mosquitto/acl",
+                        mqtt.host,
+                        mqtt.port,
+                        mqtt.username.as_deref().unwrap_or("anonymous")
+                    );
+                    if stats.link_error.set(why.clone()) {
+                        tracing::error!(error = %why, action = "retrying the subscription with backoff", "No frames can arrive.");
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    continue;
+                }
                 // Only now do frames reach this worker.
                 stats.link_up.store(true, Ordering::Relaxed);
+                stats.link_error.clear();
                 tracing::info!(filter = %filter, "Subscribed; receiving frames.");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -132,6 +154,7 @@ pub async fn run(
                 };
                 stats::inc(&stats.frames_received);
                 let ticket = tickets.take();
+                stats.lag.received(ticket);
                 match check(&p.topic, &p.payload, mqtt.max_message_bytes) {
                     Ok((addr, frame)) => {
                         let job = Job {
@@ -169,8 +192,10 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                if stats.link_up.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "Broker connection lost; reconnecting.");
+                let why = mqtt.explain(&e);
+                let was_up = stats.link_up.swap(false, Ordering::Relaxed);
+                if stats.link_error.set(why.clone()) || was_up {
+                    tracing::warn!(error = %why, action = "reconnecting with backoff", "Broker connection lost.");
                 }
                 tokio::select! {
                     _ = drained.cancelled() => break,
@@ -230,5 +255,28 @@ mod tests {
             check("tierline/v1/s/l/e1/verdicts", &envelope("e1"), 1 << 20),
             Err(Rejection::Malformed(_))
         ));
+    }
+
+    proptest::proptest! {
+        // The invariant of the `ingest_check` fuzz target (fuzz/), run in CI: whatever passes the check was
+        // published under the topic of the edge its envelope names.
+        #[test]
+        fn accepted_frames_match_their_topic(
+            topic_edge in "e[12]",
+            envelope_edge in "e[12]",
+            site in "[sx]",
+            cut in 0usize..64,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let topic = format!("tierline/v1/{site}/l/{topic_edge}/frames");
+            let mut payload = envelope(&envelope_edge);
+            payload.truncate(payload.len().saturating_sub(cut % 4));
+            payload.extend(noise);
+            if let Ok((addr, f)) = check(&topic, &payload, 1 << 20) {
+                proptest::prop_assert_eq!(f.edge_id.as_str(), addr.edge_id());
+                proptest::prop_assert_eq!(f.site.as_str(), addr.site());
+                proptest::prop_assert_eq!(f.line.as_str(), addr.line());
+            }
+        }
     }
 }

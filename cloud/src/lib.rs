@@ -6,7 +6,9 @@
 pub mod acks;
 pub mod app;
 pub mod config;
+pub mod health;
 pub mod ingest;
+pub mod lag;
 pub mod process;
 pub mod stats;
 pub mod store;

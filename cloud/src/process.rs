@@ -17,7 +17,8 @@ use crate::stats::{self, CloudStats};
 use crate::store::{Store, Stored};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::Arc;
-use tierline_shared::runner::{InferError, ModelRunner};
+use tierline_shared::runner::InferError;
+use tierline_shared::serving::ServedModel;
 use tierline_shared::topics::TopicKind;
 use tierline_shared::wire::{self, ClassScore, Verdict};
 use tokio::sync::{Semaphore, mpsc};
@@ -29,7 +30,7 @@ pub const UNREADABLE: &str = "unreadable";
 /// Shared state of the processing stage.
 pub struct Processor {
     /// The full model.
-    pub runner: Arc<ModelRunner>,
+    pub runner: Arc<ServedModel>,
     /// Verdict store.
     pub store: Store,
     /// MQTT client for verdicts and acks.

@@ -23,6 +23,12 @@ pub struct CloudStats {
     pub failures: AtomicU64,
     /// Whether the worker is connected and subscribed.
     pub link_up: AtomicBool,
+    /// Frames held without a verdict, for autoscaling.
+    pub lag: crate::lag::Lag,
+    /// Why the link is down, when it is.
+    pub link_error: tierline_shared::mqtt::LastError,
+    /// Where the admin endpoint listens, once it does.
+    pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// Adds one to a counter.

@@ -198,7 +198,16 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// The underlying pool (for operators' queries and tests).
+    /// Checks that the database answers a trivial query (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("ping"))?;
+        Ok(())
+    }
+
+    /// The connection pool (for tests and tools).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

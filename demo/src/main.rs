@@ -77,13 +77,13 @@ fn configs(
          [model]\nmanifest = {:?}\n\
          [decision]\ndeadline = \"500ms\"\naudit_rate = 0.01\n\
          [outbox]\npath = {:?}\n\
-         [sink]\nkind = \"file\"\npath = {:?}\n{cameras}",
+         [sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n{cameras}",
         args.models.join("prescreen.toml"),
         dir.join("outbox.db"),
         dir.join("decisions.jsonl"),
     );
     let cloud = format!(
-        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n",
+        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         args.models.join("full.toml"),
         dir.join("cloud.db").display(),
     );
@@ -139,11 +139,18 @@ async fn main() -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut settled_at: Option<Instant> = None;
+    let mut admin_shown = false;
     let edge_result = loop {
         tokio::select! {
             r = &mut edge => break r,
             _ = tokio::signal::ctrl_c() => { eprintln!("\nCtrl-C: draining."); shutdown.cancel(); }
             _ = tick.tick() => {
+                if !admin_shown
+                    && let (Some(e), Some(c)) = (edge_stats.admin_addr.get(), cloud_stats.admin_addr.get())
+                {
+                    println!("health and metrics: edge http://{e}/readyz  /metrics, cloud http://{c}/readyz  /metrics");
+                    admin_shown = true;
+                }
                 println!("{}", summary::line(started.elapsed(), &edge_stats, &cloud_stats));
                 // With a frame limit: stop once every frame is decided and every forwarded frame has its verdict.
                 let captured = get(&edge_stats.frames_captured);

@@ -12,6 +12,10 @@
 //!  link: MQTT event loop ──► verdicts ──► acknowledge: decisions + outbox.ack ─────────┘
 //! ```
 //!
+//! Beside the flow: the model supervisor (golden probes, watchdog, hot reload; `tierline_shared::serving`),
+//! the health watcher (outbox disk headroom, link; `health`) and the admin endpoint serving `/healthz`,
+//! `/readyz` and `/metrics`.
+//!
 //! Every arrow is a bounded channel. Shutdown: the token stops the cameras, the prescreen, the uplink and the
 //! link; the intake and acknowledgement stages then drain and close, which lets the decision stage decide
 //! whatever still waits (locally) and the sink flush.
@@ -21,12 +25,14 @@ use crate::config::EdgeConfig;
 use crate::decisions::{self, Book};
 use crate::outbox::{Outbox, OutboxError};
 use crate::stats::EdgeStats;
-use crate::{intake, link, prescreen, sink, uplink};
+use crate::{health, intake, link, prescreen, sink, uplink};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tierline_shared::admin::{self, Admin, Readiness};
 use tierline_shared::manifest::ManifestError;
-use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
+use tierline_shared::runner::{RunnerConfig, RunnerError};
+use tierline_shared::serving::ServedModel;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,6 +61,9 @@ pub enum EdgeError {
     /// A stage panicked.
     #[error("edge stage panicked: {0}")]
     Panicked(String),
+    /// The admin endpoint could not start.
+    #[error("admin endpoint: {0}")]
+    Admin(std::io::Error),
 }
 
 /// Completes only if the stage fails (error or panic); a stage that finishes normally (e.g. the prescreen
@@ -71,13 +80,18 @@ async fn failure_of<E: Into<EdgeError>>(task: tokio::task::JoinHandle<Result<(),
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Loads the prescreen model and checks it against its golden samples.
-pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ModelRunner>, EdgeError> {
+pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeError> {
     let runner_config = RunnerConfig {
         threads: config.model.threads,
         max_batch: config.model.max_batch,
         ..RunnerConfig::default()
     };
-    Ok(ModelRunner::load_checked(&config.model.manifest, runner_config).await?)
+    Ok(ServedModel::load(
+        &config.model.manifest,
+        runner_config,
+        config.model.probe.clone(),
+    )
+    .await?)
 }
 
 /// Runs the edge until `shutdown` is cancelled or every camera has finished and every frame is decided.
@@ -99,12 +113,18 @@ pub async fn run(
         .map(Camera::new)
         .collect::<Result<Vec<_>, _>>()?;
     let runner = load_model(&config).await?;
-    let manifest = runner.manifest().clone();
+    let manifest = runner.manifest();
     let model_version = manifest.version.clone();
     let threshold = config
         .model
         .suspect_threshold
         .unwrap_or(manifest.output.threshold);
+    let mqtt_options = link::options(&config.mqtt, &addr, &model_version).map_err(|e| {
+        tierline_shared::config::ConfigError::Field {
+            field: "mqtt.tls".into(),
+            problem: e.to_string(),
+        }
+    })?;
     let outbox = Outbox::open(&config.outbox).await?;
     let backlog = outbox.backlog().await?;
     // Read before any stage runs, so no live frame can be mistaken for one a crash left undecided.
@@ -119,10 +139,50 @@ pub async fn run(
         "Edge starting."
     );
 
-    let (client, eventloop) =
-        tierline_shared::mqtt::client(link::options(&config.mqtt, &addr, &model_version), 64);
+    let (client, eventloop) = tierline_shared::mqtt::client(mqtt_options, 64);
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
+
+    // Health: the model supervisor, the outbox and link watcher, and the admin endpoint.
+    let readiness = Arc::new(Readiness::expecting(&[
+        (tierline_shared::serving::CHECK, true),
+        (health::OUTBOX, true),
+        (health::LINK, false),
+    ]));
+    let admin_stop = CancellationToken::new();
+    // The endpoint answers until the edge has drained, and stops however `run` returns.
+    let _admin_guard = admin_stop.clone().drop_guard();
+    tasks.spawn(runner.clone().supervise(readiness.clone(), stop.clone()));
+    tasks.spawn(health::watch(
+        health::OutboxWatch {
+            outbox: outbox.clone(),
+            path: config.outbox.path.clone(),
+            budget: config.outbox.max_bytes.0,
+        },
+        stats.clone(),
+        readiness.clone(),
+        config.admin.check_every,
+        stop.clone(),
+    ));
+    if config.admin.enabled {
+        let (s, m) = (stats.clone(), runner.clone());
+        let samples = Arc::new(move || health::samples(&s, &m));
+        let (bound, _task) = admin::serve(
+            config.admin.listen,
+            Admin {
+                readiness: readiness.clone(),
+                samples,
+            },
+            admin_stop.clone(),
+        )
+        .await
+        .map_err(EdgeError::Admin)?;
+        let _ = stats.admin_addr.set(bound);
+    }
+    tasks.spawn(tierline_shared::systemd::notify(
+        readiness.clone(),
+        stop.clone(),
+    ));
     let queue = FrameQueue::new(2 * config.model.max_batch.get() * config.model.threads.get());
     let (intake_tx, intake_rx) = mpsc::channel(256);
     let (decision_tx, decision_rx) = mpsc::channel(1024);
@@ -140,7 +200,7 @@ pub async fn run(
 
     let settings = prescreen::PrescreenSettings {
         edge_id: addr.edge_id().into(),
-        threshold,
+        threshold: config.model.suspect_threshold,
         audit_rate: config.decision.audit_rate,
         audit_seed: config.decision.audit_seed,
         concurrency: 2 * config.model.max_batch.get() * config.model.threads.get(),

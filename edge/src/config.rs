@@ -5,8 +5,10 @@ use serde::Deserialize;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
+use tierline_shared::admin::AdminConfig;
 use tierline_shared::config::{ByteSize, ConfigError};
 use tierline_shared::mqtt::MqttConfig;
+use tierline_shared::serving::ProbeConfig;
 use tierline_shared::topics::{self, EdgeAddress};
 
 /// Prefix of environment overrides.
@@ -35,6 +37,14 @@ pub struct EdgeConfig {
     /// Where decisions go.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default = "default_admin")]
+    pub admin: AdminConfig,
+}
+
+/// The edge's admin endpoint listens on 127.0.0.1:9464 unless configured otherwise.
+pub fn default_admin() -> AdminConfig {
+    AdminConfig::on(std::net::SocketAddr::from(([127, 0, 0, 1], 9464)))
 }
 
 /// Identity and placement of the edge.
@@ -73,6 +83,9 @@ pub struct ModelConfig {
     /// Most frames per inference call.
     #[serde(default = "default_batch")]
     pub max_batch: NonZeroUsize,
+    /// Golden-sample probes, watchdog and hot reload.
+    #[serde(default)]
+    pub probe: ProbeConfig,
 }
 
 fn default_threads() -> NonZeroUsize {
@@ -365,6 +378,13 @@ impl EdgeConfig {
                 ));
             }
             previous = band.below;
+        }
+        if self.model.probe.interval.is_zero() {
+            return Err(field("model.probe.interval", "must be positive".into()));
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            tls.client_config()
+                .map_err(|e| field("mqtt.tls", e.to_string()))?;
         }
         if self.decision.deadline.is_zero() {
             return Err(field("decision.deadline", "must be positive".into()));

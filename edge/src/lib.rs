@@ -7,6 +7,7 @@ pub mod app;
 pub mod camera;
 pub mod config;
 pub mod decisions;
+pub mod health;
 pub mod intake;
 pub mod link;
 pub mod outbox;

@@ -36,8 +36,12 @@ fn presence(addr: &EdgeAddress, state: PresenceState, model_version: &str) -> Ve
 }
 
 /// Client options for the edge: persistent session and an OFFLINE last will.
-pub fn options(mqtt: &MqttConfig, addr: &EdgeAddress, model_version: &str) -> MqttOptions {
-    let mut o = mqtt.options(&client_id(addr.edge_id()));
+pub fn options(
+    mqtt: &MqttConfig,
+    addr: &EdgeAddress,
+    model_version: &str,
+) -> Result<MqttOptions, tierline_shared::tls::TlsError> {
+    let mut o = mqtt.options(&client_id(addr.edge_id()))?;
     o.set_clean_session(false);
     o.set_last_will(LastWill::new(
         addr.topic(TopicKind::Presence),
@@ -45,7 +49,7 @@ pub fn options(mqtt: &MqttConfig, addr: &EdgeAddress, model_version: &str) -> Mq
         QoS::AtLeastOnce,
         true,
     ));
-    o
+    Ok(o)
 }
 
 /// Polls the event loop until shutdown: tracks link state, announces presence, forwards verdicts.
@@ -71,6 +75,7 @@ pub async fn run(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
+                stats::inc(&stats.link_connects);
                 tracing::info!(
                     edge_id = addr.edge_id(),
                     session_present = ack.session_present,
@@ -84,6 +89,7 @@ pub async fn run(
                     presence(&addr, PresenceState::Online, &model_version),
                 );
                 stats.link_up.store(true, Ordering::Relaxed);
+                stats.link_error.clear();
                 link.send_replace(true);
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == verdict_topic => {
@@ -106,8 +112,14 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                if link.send_replace(false) {
-                    tracing::warn!(edge_id = addr.edge_id(), error = %e, "Cloud link down; deciding locally and keeping suspects in the outbox.");
+                let why = mqtt.explain(&e);
+                let was_up = link.send_replace(false);
+                if stats.link_error.set(why.clone()) || was_up {
+                    tracing::warn!(
+                        edge_id = addr.edge_id(), error = %why,
+                        action = "deciding locally, keeping suspects in the outbox, reconnecting with backoff",
+                        "Cloud link down."
+                    );
                 }
                 stats.link_up.store(false, Ordering::Relaxed);
                 tokio::select! {
@@ -163,6 +175,11 @@ pub async fn heartbeats(
             frames_seen: stats::get(&stats.frames_captured),
             frames_forwarded: stats::get(&stats.frames_suspect) + stats::get(&stats.frames_audit),
             edge_model_version: model_version.clone(),
+            backlog_bytes: backlog.bytes,
+            link_connects: stats::get(&stats.link_connects),
+            publishes: stats::get(&stats.publishes),
+            verdicts_received: stats::get(&stats.verdicts),
+            evictions: stats::get(&stats.evictions),
         };
         if let Ok(bytes) = wire::encode(&hb, usize::MAX) {
             let _ = client.try_publish(

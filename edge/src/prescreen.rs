@@ -15,7 +15,8 @@ use crate::stats::{self, EdgeStats};
 use rand::{Rng, SeedableRng};
 use std::ops::Range;
 use std::sync::Arc;
-use tierline_shared::runner::{InferError, ModelRunner, Score};
+use tierline_shared::runner::{InferError, Score};
+use tierline_shared::serving::ServedModel;
 use tierline_shared::wire::{self, ForwardReason};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -49,8 +50,9 @@ impl SeqAllocator {
 pub struct PrescreenSettings {
     /// Edge id.
     pub edge_id: String,
-    /// Suspect threshold.
-    pub threshold: f32,
+    /// Suspect threshold overriding the serving model's manifest (unset: the manifest's, which a model
+    /// change may move).
+    pub threshold: Option<f32>,
     /// Audit sampling rate.
     pub audit_rate: f64,
     /// Audit sampling seed.
@@ -65,7 +67,7 @@ pub struct PrescreenSettings {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     settings: PrescreenSettings,
-    runner: Arc<ModelRunner>,
+    runner: Arc<ServedModel>,
     mut seqs: SeqAllocator,
     frames: flume::Receiver<CapturedFrame>,
     intake: mpsc::Sender<Forward>,
@@ -152,7 +154,9 @@ async fn route(
             return;
         }
     };
-    let suspect = score.defect_score >= s.threshold;
+    let suspect = s
+        .threshold
+        .map_or(score.defective, |t| score.defect_score >= t);
     let audit = !suspect && s.audit_rate > 0.0 && rng.random_bool(s.audit_rate);
     if !suspect {
         stats::inc(&stats.frames_passed);

@@ -43,8 +43,22 @@ pub struct EdgeStats {
     pub evictions: AtomicU64,
     /// Frames that could not be written to the outbox.
     pub outbox_errors: AtomicU64,
+    /// MQTT connections established (1 + reconnects).
+    pub link_connects: AtomicU64,
     /// Whether the MQTT link is up.
     pub link_up: AtomicBool,
+    /// Why the link is down, when it is.
+    pub link_error: tierline_shared::mqtt::LastError,
+    /// Frames in the outbox at the last health check.
+    pub backlog_frames: AtomicU64,
+    /// Image bytes in the outbox at the last health check.
+    pub backlog_bytes: AtomicU64,
+    /// Capture time (µs since the epoch) of the oldest outbox frame at the last health check; 0 if empty.
+    pub backlog_oldest_us: AtomicU64,
+    /// Free bytes on the outbox's file system at the last health check.
+    pub disk_free: AtomicU64,
+    /// Where the admin endpoint listens, once it does.
+    pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Capture → line decision for suspects, µs.
     pub decision_latency_us: Mutex<Histogram<u64>>,
 }
@@ -73,7 +87,14 @@ impl Default for EdgeStats {
             audit_misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             outbox_errors: AtomicU64::new(0),
+            link_connects: AtomicU64::new(0),
             link_up: AtomicBool::new(false),
+            link_error: Default::default(),
+            backlog_frames: AtomicU64::new(0),
+            backlog_bytes: AtomicU64::new(0),
+            backlog_oldest_us: AtomicU64::new(0),
+            disk_free: AtomicU64::new(0),
+            admin_addr: std::sync::OnceLock::new(),
             decision_latency_us: hist(),
         }
     }

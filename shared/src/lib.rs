@@ -1,5 +1,9 @@
 //! Code shared by Tierline's edge and cloud tiers.
 //!
+//! - [`admin`]: the HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`) and readiness checks.
+//! - [`metrics`]: every exported Prometheus metric, and their rendering.
+//! - [`serving`]: the served model's supervisor (golden probes, watchdog, hot reload).
+//! - [`tls`]: TLS settings for MQTT (rustls).
 //! - [`config`]: TOML configuration with environment overrides and byte sizes.
 //! - [`wire`]: the protobuf wire contract, size limits and protocol versioning.
 //! - [`topics`]: the MQTT topic scheme (`tierline/v1/<site>/<line>/<edge>/<kind>`), formatting and parsing.
@@ -12,14 +16,19 @@
 //! - [`telemetry`]: logging setup.
 //! - [`time`]: wall-clock helpers.
 
+pub mod admin;
 pub mod config;
 pub mod manifest;
+pub mod metrics;
 pub mod mqtt;
 pub mod onnx;
 pub mod preprocess;
 pub mod runner;
 pub mod service;
+pub mod serving;
+pub mod systemd;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod topics;
 pub mod wire;

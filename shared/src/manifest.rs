@@ -149,6 +149,17 @@ pub struct GoldenSample {
     pub expect: String,
 }
 
+impl GoldenSample {
+    /// Whether `score` is the answer this sample expects.
+    pub fn matches(&self, score: &crate::runner::Score) -> bool {
+        match self.expect.as_str() {
+            "good" => !score.defective,
+            "defect" => score.defective,
+            class => score.label == class,
+        }
+    }
+}
+
 /// A parsed and checked model manifest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

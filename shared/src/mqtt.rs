@@ -29,6 +29,9 @@ pub struct MqttConfig {
     /// Delay before reconnecting after the connection drops (doubled up to 30 s, with jitter).
     #[serde(default = "default_reconnect_delay", with = "humantime_serde")]
     pub reconnect_delay: Duration,
+    /// TLS (unset: plain TCP).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn default_host() -> String {
@@ -57,14 +60,15 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             reconnect_delay: default_reconnect_delay(),
+            tls: None,
         }
     }
 }
 
 impl MqttConfig {
     /// rumqttc options for a client with `client_id`. Incoming and outgoing packets may be as large as the
-    /// message limit plus room for the topic and header.
-    pub fn options(&self, client_id: &str) -> rumqttc::MqttOptions {
+    /// message limit plus room for the topic and header. Fails only if the TLS files are unusable.
+    pub fn options(&self, client_id: &str) -> Result<rumqttc::MqttOptions, crate::tls::TlsError> {
         let mut o = rumqttc::MqttOptions::new(client_id, &self.host, self.port);
         o.set_keep_alive(self.keep_alive);
         let packet = self.max_message_bytes + 1024;
@@ -72,7 +76,70 @@ impl MqttConfig {
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             o.set_credentials(u, p);
         }
-        o
+        if let Some(tls) = &self.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                tls.client_config()?.into(),
+            ));
+        }
+        Ok(o)
+    }
+}
+
+impl MqttConfig {
+    /// A connection error in words a person can act on: which broker, what failed, and what to check.
+    pub fn explain(&self, error: &rumqttc::ConnectionError) -> String {
+        use rumqttc::{ConnectReturnCode as Code, ConnectionError as E};
+        let broker = format!("{}:{}", self.host, self.port);
+        match error {
+            E::Tls(e) => format!(
+                "TLS handshake with broker {broker} failed: {e}; check that mqtt.tls.ca holds the CA that \
+                 signed the broker's certificate and that the certificate names mqtt.host ({})",
+                self.host
+            ),
+            E::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => format!(
+                "broker {broker} refused the login{}: check mqtt.username and mqtt.password (or the client \
+                 certificate) against the broker's password file",
+                self.username
+                    .as_ref()
+                    .map(|u| format!(" as {u:?}"))
+                    .unwrap_or_else(|| " (no credentials set)".into())
+            ),
+            E::ConnectionRefused(code) => {
+                format!("broker {broker} refused the connection: {code:?}")
+            }
+            E::Io(e) => format!("cannot reach broker {broker}: {e}"),
+            other => format!("connection to broker {broker} failed: {other}"),
+        }
+    }
+}
+
+/// The last connection error of a link, in words, for logs and readiness details.
+#[derive(Debug, Default)]
+pub struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    /// Records `why`; returns whether it differs from the error before (worth logging again).
+    pub fn set(&self, why: String) -> bool {
+        match self.0.lock() {
+            Ok(mut last) => {
+                let changed = last.as_deref() != Some(why.as_str());
+                *last = Some(why);
+                changed
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// The link is up again.
+    pub fn clear(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = None;
+        }
+    }
+
+    /// The last error, if the link is down because of one.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|l| l.clone())
     }
 }
 

@@ -133,10 +133,21 @@ struct Job {
     reply: oneshot::Sender<Result<Score, InferError>>,
 }
 
+/// A fault a drill can inject into the next batch a worker runs, to exercise the recovery paths against
+/// the real runtime (see [`ModelRunner::inject_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// The worker blocks for this long before running the batch, as a hung session would.
+    Stall(Duration),
+    /// The batch fails as if ONNX Runtime had returned an error.
+    Fail,
+}
+
 /// A model behind a bounded queue and dedicated worker threads.
 pub struct ModelRunner {
     tx: flume::Sender<Job>,
     manifest: Arc<Manifest>,
+    faults: Arc<std::sync::Mutex<Vec<Fault>>>,
 }
 
 impl ModelRunner {
@@ -146,9 +157,10 @@ impl ModelRunner {
         let env = onnx::environment()?;
         let manifest = Arc::new(manifest);
         let (tx, rx) = flume::bounded::<Job>(config.queue.get());
+        let faults = Arc::new(std::sync::Mutex::new(Vec::new()));
         for worker in 0..config.threads.get() {
             let session = build_session(&env, &manifest, &model)?;
-            let mut w = Worker::new(session, manifest.clone(), config.clone());
+            let mut w = Worker::new(session, manifest.clone(), config.clone(), faults.clone());
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("infer-{}-{worker}", manifest.name))
@@ -159,7 +171,24 @@ impl ModelRunner {
                     message: format!("cannot spawn worker thread: {e}"),
                 })?;
         }
-        Ok(Self { tx, manifest })
+        Ok(Self {
+            tx,
+            manifest,
+            faults,
+        })
+    }
+
+    /// Fault drill: the next batches taken by the workers suffer `faults`, one per batch, in order.
+    /// Used by tests and drills to exercise the watchdog against real sessions.
+    pub fn inject_fault(&self, faults: &[Fault]) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.extend(faults.iter().rev());
+        }
+    }
+
+    /// The manifest of the running model, shared.
+    pub fn manifest_arc(&self) -> Arc<Manifest> {
+        self.manifest.clone()
     }
 
     /// Loads the manifest at `path`, verifies and starts the model, and checks its golden samples, on a
@@ -226,12 +255,7 @@ impl ModelRunner {
                 .score_blocking(Bytes::from(bytes))
                 .map_err(|e| fail(e.to_string()))?;
             slowest = slowest.max(started.elapsed());
-            let ok = match g.expect.as_str() {
-                "good" => !score.defective,
-                "defect" => score.defective,
-                class => score.label == class,
-            };
-            if !ok {
+            if !g.matches(&score) {
                 return Err(fail(format!(
                     "expected {}, got {} (defect score {:.3}, threshold {:.3})",
                     g.expect, score.label, score.defect_score, m.output.threshold
@@ -304,10 +328,16 @@ struct Worker {
     config: RunnerConfig,
     pre: Preprocessor,
     buffer: Vec<f32>,
+    faults: Arc<std::sync::Mutex<Vec<Fault>>>,
 }
 
 impl Worker {
-    fn new(session: Session, manifest: Arc<Manifest>, config: RunnerConfig) -> Self {
+    fn new(
+        session: Session,
+        manifest: Arc<Manifest>,
+        config: RunnerConfig,
+        faults: Arc<std::sync::Mutex<Vec<Fault>>>,
+    ) -> Self {
         let pre = Preprocessor::new(manifest.input.clone());
         Self {
             session,
@@ -315,6 +345,7 @@ impl Worker {
             config,
             pre,
             buffer: Vec::new(),
+            faults,
         }
     }
 
@@ -372,6 +403,14 @@ impl Worker {
     }
 
     fn infer(&mut self, n: usize) -> Result<Vec<Score>, InferError> {
+        let fault = self.faults.lock().ok().and_then(|mut f| f.pop());
+        match fault {
+            Some(Fault::Stall(d)) => std::thread::sleep(d),
+            Some(Fault::Fail) => {
+                return Err(InferError::Model("injected fault (drill)".into()));
+            }
+            None => {}
+        }
         let i = &self.manifest.input;
         let shape = match i.layout {
             crate::manifest::Layout::Nchw => {

@@ -216,9 +216,21 @@ mod tests {
     }
 
     proptest! {
+        // The invariants of the `topic_parse` fuzz target (fuzz/), run in CI: an accepted topic is exactly
+        // what its parts format to, and no part holds a separator or a wildcard.
         #[test]
-        fn parse_never_panics(s in ".{0,120}") {
-            let _ = parse(&s);
+        fn accepted_topics_are_canonical(
+            s in prop_oneof![
+                ".{0,120}",
+                "tierline/v1/[a-z+#/.]{0,6}/[a-z+#/]{0,6}/[a-zA-Z0-9_.+#/-]{0,8}/(frames|verdicts|presence|heartbeat|x)",
+            ]
+        ) {
+            if let Ok((addr, kind)) = parse(&s) {
+                prop_assert_eq!(addr.topic(kind), s.clone());
+                for id in [addr.site(), addr.line(), addr.edge_id()] {
+                    prop_assert!(!id.contains(['/', '+', '#']), "{}", s);
+                }
+            }
         }
 
         #[test]

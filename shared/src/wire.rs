@@ -298,5 +298,36 @@ mod tests {
             let _ = decode::<FrameEnvelope>(&bytes, 1024);
             let _ = decode::<Verdict>(&bytes, 1024);
         }
+
+        // The invariants of the `wire_decode` fuzz target (fuzz/), run in CI: whatever the decoder
+        // accepts re-encodes stably, and nothing over the limit is accepted.
+        #[test]
+        fn accepted_messages_re_encode_stably(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                // Valid envelopes with random corruption, to get past the first bytes.
+                (proptest::collection::vec(any::<u8>(), 1..64), any::<usize>(), any::<u8>()).prop_map(|(img, at, b)| {
+                    let mut v = encode(&envelope(img), 1 << 20).unwrap();
+                    let i = at % v.len();
+                    v[i] ^= b;
+                    v
+                }),
+            ],
+            limit in 0usize..400,
+        ) {
+            fn check<M: WireMessage>(bytes: &[u8], limit: usize) -> Result<(), TestCaseError> {
+                if let Ok(msg) = decode::<M>(bytes, limit) {
+                    prop_assert!(bytes.len() <= limit);
+                    let once = encode(&msg, usize::MAX).unwrap();
+                    let back: M = decode(&once, usize::MAX).unwrap();
+                    prop_assert_eq!(encode(&back, usize::MAX).unwrap(), once);
+                }
+                Ok(())
+            }
+            check::<FrameEnvelope>(&bytes, limit)?;
+            check::<Verdict>(&bytes, limit)?;
+            check::<Heartbeat>(&bytes, limit)?;
+            check::<Presence>(&bytes, limit)?;
+        }
     }
 }

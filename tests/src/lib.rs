@@ -2,10 +2,12 @@
 //! restartable), the embedded broker, edge and cloud builders on temporary directories, and an oracle over
 //! what the edge decided and what the cloud stored.
 
+pub mod http;
 pub mod mosquitto;
 pub mod oracle;
 pub mod outage;
 pub mod pipeline;
 pub mod process;
+pub mod shipped;
 
 pub use mosquitto::Mosquitto;

@@ -43,6 +43,12 @@ impl Mosquitto {
             ),
         )
         .expect("mosquitto.conf");
+        Self::from_config(port, conf, log)
+    }
+
+    /// Starts Mosquitto with the config file `conf` whose plain listener is on `port` and which logs to
+    /// `log`.
+    pub fn from_config(port: u16, conf: PathBuf, log: PathBuf) -> Self {
         let mut m = Self {
             port,
             conf,
@@ -51,6 +57,11 @@ impl Mosquitto {
         };
         m.restart();
         m
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The port it listens on.

@@ -16,7 +16,7 @@ pub fn models_dir() -> PathBuf {
 /// A cloud worker config for a broker on `port`, storing in `dir/cloud.db`.
 pub fn cloud_config(port: u16, dir: &Path, worker: &str) -> CloudConfig {
     let text = format!(
-        "[cloud]\nworker_id = \"{worker}\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n",
+        "[cloud]\nworker_id = \"{worker}\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         models_dir().join("full.toml"),
         dir.join("cloud.db").display()
     );
@@ -29,7 +29,7 @@ pub fn edge_config(port: u16, dir: &Path, cameras: &str, decision: &str) -> Edge
     let text = format!(
         "[edge]\nid = \"edge-t\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
          [model]\nmanifest = {:?}\n[decision]\n{decision}\n[outbox]\npath = {:?}\nresend_after = \"2s\"\n\
-         [sink]\nkind = \"file\"\npath = {:?}\n{cameras}",
+         [sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n{cameras}",
         models_dir().join("prescreen.toml"),
         dir.join("outbox.db"),
         dir.join("decisions.jsonl"),

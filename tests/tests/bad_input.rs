@@ -94,7 +94,8 @@ async fn cloud_rejects_garbage_and_forged_envelopes_and_stores_nothing() {
         port: broker.port(),
         ..Default::default()
     };
-    let (client, mut eventloop) = tierline_shared::mqtt::client(mqtt.options("intruder"), 16);
+    let (client, mut eventloop) =
+        tierline_shared::mqtt::client(mqtt.options("intruder").unwrap(), 16);
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let image = std::fs::read(pipeline::models_dir().join("samples/frame-01.jpg")).unwrap();
     let forged = FrameEnvelope {

@@ -16,7 +16,7 @@ fn edge_toml(port: u16, dir: &Path, camera: &str) -> String {
     format!(
         "[edge]\nid = \"edge-k\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
          [model]\nmanifest = {:?}\n[decision]\ndeadline = \"300ms\"\naudit_rate = 0.1\n\
-         [outbox]\npath = {:?}\nresend_after = \"1s\"\n[sink]\nkind = \"file\"\npath = {:?}\n{camera}",
+         [outbox]\npath = {:?}\nresend_after = \"1s\"\n[sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n{camera}",
         pipeline::models_dir().join("prescreen.toml"),
         dir.join("outbox.db"),
         dir.join("decisions.jsonl"),

@@ -1,11 +1,11 @@
-//! The shipped deployment files stay valid: the example configs load with the real (strict) loaders, and
-//! Mosquitto starts with the shipped broker config.
+//! The shipped deployment files stay valid: the example configs load with the real (strict) loaders,
+//! Mosquitto starts with the shipped broker config and ACL, and the alert rules and the autoscaler use only
+//! metrics the binaries export. (`scripts/check-deploy` validates the Kubernetes manifests, the rules file
+//! and the systemd units with external validators.)
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn deploy(file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,51 +22,60 @@ fn example_configs_load_strictly() {
 }
 
 #[test]
-fn mosquitto_starts_with_the_shipped_config() {
+fn mosquitto_starts_with_the_shipped_config_and_acl() {
     let dir = tempfile::tempdir().unwrap();
-    let port = tierline_demo::broker::free_port().unwrap();
-    // Same file, with the listener, files and user moved into the test's directory.
-    let shipped = std::fs::read_to_string(deploy("mosquitto/mosquitto.conf")).unwrap();
-    let conf: String = shipped
-        .lines()
-        .map(|l| match l.split_whitespace().next() {
-            Some("listener") => format!("listener {port} 127.0.0.1"),
-            Some("persistence_location") => {
-                format!("persistence_location {}/", dir.path().display())
-            }
-            Some("password_file") => {
-                format!("password_file {}", dir.path().join("passwd").display())
-            }
-            Some("pid_file") | Some("user") => String::new(),
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = dir.path().join("mosquitto.conf");
-    std::fs::write(&path, conf).unwrap();
-    std::fs::write(dir.path().join("passwd"), "").unwrap();
-    let mut child = Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "mosquitto exited ({status}) with the shipped config: {}",
-                String::from_utf8_lossy(&out.stderr)
+    let b = tierline_tests::shipped::start(dir.path(), &[("edge-a", "pw")]);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", b.tls_port)).is_ok(),
+        "TLS listener: {}",
+        b.broker.log()
+    );
+}
+
+/// Every `tierline_*` name an alert rule or the autoscaler uses is a metric the binaries export.
+#[test]
+fn deployment_files_use_only_exported_metrics() {
+    let exported: Vec<String> = tierline_shared::metrics::ALL
+        .iter()
+        .map(|m| m.exported_name())
+        .collect();
+    for file in ["prometheus/alerts.yml", "k8s/cloud.yaml"] {
+        let text = std::fs::read_to_string(deploy(file)).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("tierline_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Labels and resource names like tierline-cloud use dashes; only metric names get here.
+            assert!(
+                exported.contains(&name),
+                "{file} uses {name}, which no binary exports (see shared/src/metrics.rs)"
             );
+            used += 1;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "mosquitto did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(used > 0, "{file} names no metric");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+/// One rule per failure class the README lists, at least: rules are there and name their severity.
+#[test]
+fn alert_rules_cover_the_failure_classes() {
+    let text = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    for metric in [
+        "tierline_ready",
+        "tierline_model_session_rebuilds_total",
+        "tierline_model_reload_failures_total",
+        "tierline_model_probe_wrong_answers_total",
+        "tierline_edge_link_up",
+        "tierline_edge_outbox_evictions_total",
+        "tierline_edge_outbox_errors_total",
+        "tierline_cloud_rejected_forged_total",
+        "tierline_cloud_oldest_unprocessed_age_seconds",
+    ] {
+        assert!(text.contains(metric), "no alert rule on {metric}");
+    }
+    let alerts = text.matches("- alert:").count();
+    let severities = text.matches("severity:").count();
+    assert_eq!(alerts, severities, "every alert names a severity");
 }

@@ -1,0 +1,94 @@
+//! The cloud worker's readiness checks (besides the model's, which its supervisor owns) and its metrics.
+//!
+//! Every `every`, the watcher sets two required checks:
+//! - `link`: connected to the broker and subscribed (a worker without its subscription takes no frames);
+//! - `database`: the verdict store answers a trivial query within two seconds.
+
+use crate::stats::{self, CloudStats};
+use crate::store::Store;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tierline_shared::admin::Readiness;
+use tierline_shared::metrics::{self as m, Sample};
+use tierline_shared::serving::ServedModel;
+use tokio_util::sync::CancellationToken;
+
+/// Longest the database may take to answer the readiness query.
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Name of the link check.
+pub const LINK: &str = "link";
+/// Name of the database check.
+pub const DATABASE: &str = "database";
+
+/// Refreshes the `link` and `database` checks until `shutdown`.
+pub async fn watch(
+    store: Store,
+    stats: Arc<CloudStats>,
+    readiness: Arc<Readiness>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let max_age = every * 4 + DATABASE_TIMEOUT * 2;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let up = stats.link_up.load(Ordering::Relaxed);
+        readiness.set(
+            LINK,
+            true,
+            up,
+            if up {
+                "connected to the broker and subscribed".to_string()
+            } else {
+                format!(
+                    "{} (retrying with backoff); this worker takes no frames",
+                    stats
+                        .link_error
+                        .get()
+                        .unwrap_or_else(|| "not connected to the broker".into())
+                )
+            },
+            max_age,
+        );
+        let (ok, detail) = match tokio::time::timeout(DATABASE_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => (true, "the verdict store answers".to_string()),
+            Ok(Err(e)) => (false, format!("the verdict store fails: {e}")),
+            Err(_) => (
+                false,
+                format!("the verdict store did not answer within {DATABASE_TIMEOUT:?}"),
+            ),
+        };
+        readiness.set(DATABASE, true, ok, detail, max_age);
+    }
+}
+
+/// The worker's metric samples now.
+pub fn samples(s: &CloudStats, model: &ServedModel) -> Vec<Sample> {
+    let c = |metric, v: &std::sync::atomic::AtomicU64| Sample::of(metric, stats::get(v));
+    let mut out = vec![
+        c(&m::CLOUD_FRAMES_RECEIVED, &s.frames_received),
+        c(&m::CLOUD_VERDICTS_STORED, &s.verdicts_stored),
+        c(&m::CLOUD_DUPLICATES, &s.duplicates),
+        c(&m::CLOUD_VERDICTS_PUBLISHED, &s.verdicts_published),
+        c(&m::CLOUD_UNREADABLE, &s.unreadable),
+        c(&m::CLOUD_REJECTED_MALFORMED, &s.rejected_malformed),
+        c(&m::CLOUD_REJECTED_FORGED, &s.rejected_forged),
+        c(&m::CLOUD_FAILURES, &s.failures),
+        Sample::of(
+            &m::CLOUD_LINK_UP,
+            u64::from(s.link_up.load(Ordering::Relaxed)),
+        ),
+        Sample::of(&m::CLOUD_IN_FLIGHT, s.lag.in_flight() as u64),
+        Sample {
+            metric: &m::CLOUD_OLDEST_UNPROCESSED,
+            value: s.lag.oldest_age().as_secs_f64(),
+        },
+    ];
+    out.extend(model.samples());
+    out
+}

@@ -1,0 +1,204 @@
+//! The edge's readiness checks (besides the model's, which its supervisor owns) and its metrics.
+//!
+//! Every `every`, the watcher reads the outbox backlog and the free space of the outbox's file system and
+//! sets two checks:
+//! - `outbox` (required): the outbox can grow to its full budget on this disk (free space plus what it
+//!   holds covers `max_bytes`; otherwise the disk fills before the eviction policy can act), and no write
+//!   to it failed since the last check.
+//! - `link` (not required): whether the MQTT link is up. The edge is built to work cut off from the cloud,
+//!   so a down link does not make it unready; it is reported here, in the metrics and in the alert rules.
+
+use crate::outbox::Outbox;
+use crate::stats::{self, EdgeStats};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tierline_shared::admin::Readiness;
+use tierline_shared::metrics::{self as m, Sample};
+use tierline_shared::serving::ServedModel;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the outbox check.
+pub const OUTBOX: &str = "outbox";
+/// Name of the link check.
+pub const LINK: &str = "link";
+
+/// What the watcher needs to know about the outbox.
+pub struct OutboxWatch {
+    /// The outbox.
+    pub outbox: Outbox,
+    /// Its database file (free space is measured on its file system).
+    pub path: PathBuf,
+    /// Its disk budget.
+    pub budget: u64,
+}
+
+/// Refreshes the `outbox` and `link` checks and the backlog gauges until `shutdown`.
+pub async fn watch(
+    w: OutboxWatch,
+    stats: Arc<EdgeStats>,
+    readiness: Arc<Readiness>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let max_age = every * 4 + Duration::from_secs(5);
+    let dir = w
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut errors_seen = stats::get(&stats.outbox_errors);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let up = stats.link_up.load(Ordering::Relaxed);
+        readiness.set(
+            LINK,
+            false,
+            up,
+            if up {
+                "connected to the broker".to_string()
+            } else {
+                format!(
+                    "{}: deciding locally under the offline policy, keeping suspects in the outbox",
+                    stats
+                        .link_error
+                        .get()
+                        .unwrap_or_else(|| "not connected to the broker".into())
+                )
+            },
+            max_age,
+        );
+        let backlog = match w.outbox.backlog().await {
+            Ok(b) => b,
+            Err(e) => {
+                readiness.set(
+                    OUTBOX,
+                    true,
+                    false,
+                    format!("cannot read the outbox: {e}"),
+                    max_age,
+                );
+                continue;
+            }
+        };
+        stats
+            .backlog_frames
+            .store(backlog.frames, Ordering::Relaxed);
+        stats.backlog_bytes.store(backlog.bytes, Ordering::Relaxed);
+        stats.backlog_oldest_us.store(
+            backlog.oldest_capture_us.unwrap_or(0).max(0) as u64,
+            Ordering::Relaxed,
+        );
+        let dir2 = dir.clone();
+        let free = tokio::task::spawn_blocking(move || fs4::available_space(&dir2)).await;
+        let errors_now = stats::get(&stats.outbox_errors);
+        let new_errors = errors_now - errors_seen;
+        errors_seen = errors_now;
+        let (ok, detail) = match free {
+            Ok(Ok(free)) => {
+                stats.disk_free.store(free, Ordering::Relaxed);
+                let growth = w.budget.saturating_sub(backlog.bytes);
+                if new_errors > 0 {
+                    (
+                        false,
+                        format!(
+                            "{new_errors} frame(s) could not be written to the outbox since the last check; see the log for the cause"
+                        ),
+                    )
+                } else if free < growth {
+                    (
+                        false,
+                        format!(
+                            "{} free on {} but the outbox may still grow by {} (budget {}); free disk space or lower [outbox] max_bytes",
+                            mib(free),
+                            dir.display(),
+                            mib(growth),
+                            mib(w.budget)
+                        ),
+                    )
+                } else {
+                    (
+                        true,
+                        format!(
+                            "{} frames ({}) held, {} free, budget {}",
+                            backlog.frames,
+                            mib(backlog.bytes),
+                            mib(free),
+                            mib(w.budget)
+                        ),
+                    )
+                }
+            }
+            Ok(Err(e)) => (
+                false,
+                format!("cannot read free space of {}: {e}", dir.display()),
+            ),
+            Err(e) => (false, format!("free-space check stopped: {e}")),
+        };
+        readiness.set(OUTBOX, true, ok, detail, max_age);
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The edge's metric samples now.
+pub fn samples(s: &EdgeStats, model: &ServedModel) -> Vec<Sample> {
+    let c = |metric, v: &std::sync::atomic::AtomicU64| Sample::of(metric, stats::get(v));
+    let (p50, p99, _, _) = stats::percentiles_ms(&s.decision_latency_us);
+    let oldest = s.backlog_oldest_us.load(Ordering::Relaxed);
+    let age = if oldest == 0 {
+        0.0
+    } else {
+        (tierline_shared::time::now_us() as f64 - oldest as f64).max(0.0) / 1e6
+    };
+    let mut out = vec![
+        c(&m::EDGE_FRAMES_CAPTURED, &s.frames_captured),
+        c(&m::EDGE_FRAMES_DROPPED, &s.frames_dropped),
+        c(&m::EDGE_BYTES_CAPTURED, &s.bytes_captured),
+        c(&m::EDGE_FRAMES_UNREADABLE, &s.frames_unreadable),
+        c(&m::EDGE_FRAMES_PASSED, &s.frames_passed),
+        c(&m::EDGE_FRAMES_SUSPECT, &s.frames_suspect),
+        c(&m::EDGE_FRAMES_AUDIT, &s.frames_audit),
+        c(&m::EDGE_BYTES_FORWARDED, &s.bytes_forwarded),
+        c(&m::EDGE_PUBLISHES, &s.publishes),
+        c(&m::EDGE_VERDICTS, &s.verdicts),
+        c(&m::EDGE_DECISIONS, &s.decisions),
+        c(&m::EDGE_DECISIONS_CLOUD, &s.decisions_cloud),
+        c(&m::EDGE_DECISIONS_FALLBACK, &s.decisions_fallback),
+        c(&m::EDGE_RECONCILIATIONS, &s.reconciliations),
+        c(&m::EDGE_DISAGREEMENTS, &s.disagreements),
+        c(&m::EDGE_AUDIT_MISSES, &s.audit_misses),
+        c(&m::EDGE_EVICTIONS, &s.evictions),
+        c(&m::EDGE_OUTBOX_ERRORS, &s.outbox_errors),
+        c(&m::EDGE_LINK_CONNECTS, &s.link_connects),
+        Sample::of(
+            &m::EDGE_LINK_UP,
+            u64::from(s.link_up.load(Ordering::Relaxed)),
+        ),
+        c(&m::EDGE_BACKLOG_FRAMES, &s.backlog_frames),
+        c(&m::EDGE_BACKLOG_BYTES, &s.backlog_bytes),
+        Sample {
+            metric: &m::EDGE_BACKLOG_AGE,
+            value: age,
+        },
+        c(&m::EDGE_DISK_FREE, &s.disk_free),
+        Sample {
+            metric: &m::EDGE_DECISION_P50,
+            value: p50 / 1e3,
+        },
+        Sample {
+            metric: &m::EDGE_DECISION_P99,
+            value: p99 / 1e3,
+        },
+    ];
+    out.extend(model.samples());
+    out
+}

@@ -1,0 +1,274 @@
+//! Every Prometheus metric Tierline exports, in one place: name, kind and help.
+//!
+//! The edge and the cloud keep their figures in plain atomics (`EdgeStats`, `CloudStats`, the model
+//! supervisor's counters); at each scrape they turn them into [`Sample`]s of the metrics below, and
+//! [`render`] writes the OpenMetrics text format with `prometheus-client`. Counters are exported with the
+//! `_total` suffix ([`Metric::exported_name`]); the README lists every exported name, and a test keeps the
+//! two in step.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// Whether a metric only grows or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows (exported with a `_total` suffix).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// One exported metric.
+#[derive(Debug)]
+pub struct Metric {
+    /// Name without the `_total` suffix of counters.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+impl Metric {
+    /// The name a scrape shows.
+    pub fn exported_name(&self) -> String {
+        match self.kind {
+            Kind::Counter => format!("{}_total", self.name),
+            Kind::Gauge => self.name.to_string(),
+        }
+    }
+}
+
+/// A metric's value at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Which metric.
+    pub metric: &'static Metric,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// A sample from an integer figure.
+    pub fn of(metric: &'static Metric, value: u64) -> Self {
+        Self {
+            metric,
+            value: value as f64,
+        }
+    }
+}
+
+macro_rules! metrics {
+    ($( $(#[$doc:meta])* $id:ident = ($name:literal, $kind:ident, $help:literal); )*) => {
+        $(
+            $(#[$doc])*
+            pub static $id: Metric = Metric { name: $name, kind: Kind::$kind, help: $help };
+        )*
+        /// Every metric, in declaration order.
+        pub static ALL: &[&Metric] = &[$(&$id),*];
+    };
+}
+
+metrics! {
+    // Both tiers: the served model and its supervisor.
+    /// Golden-sample probes run.
+    MODEL_PROBES = ("tierline_model_probes", Counter, "Golden-sample probes run against the served model.");
+    /// Probes with a wrong answer.
+    MODEL_PROBE_WRONG = ("tierline_model_probe_wrong_answers", Counter, "Probes where a golden sample got a wrong answer.");
+    /// Probes over the latency budget.
+    MODEL_PROBE_SLOW = ("tierline_model_probe_over_budget", Counter, "Probes where a golden sample took longer than the latency budget.");
+    /// Inference sessions rebuilt by the watchdog.
+    MODEL_REBUILDS = ("tierline_model_session_rebuilds", Counter, "Inference sessions rebuilt after the watchdog found them stuck or failing.");
+    /// New model versions rolled out.
+    MODEL_RELOADS = ("tierline_model_reloads", Counter, "Model files or manifests changed on disk and loaded.");
+    /// Model changes refused (the previous model keeps serving).
+    MODEL_RELOAD_FAILURES = ("tierline_model_reload_failures", Counter, "Model changes refused because the new model failed to load or failed its golden samples; the previous model keeps serving.");
+    /// Inference calls that failed.
+    MODEL_INFERENCE_ERRORS = ("tierline_model_inference_errors", Counter, "Inference calls that failed inside ONNX Runtime.");
+    /// Slowest golden sample in the last probe.
+    MODEL_PROBE_SECONDS = ("tierline_model_probe_latency_seconds", Gauge, "Slowest golden sample of the last probe, in seconds.");
+    /// Whether the process is ready.
+    READY = ("tierline_ready", Gauge, "1 when every required readiness check passes, else 0.");
+
+    // Edge.
+    /// Frames delivered by cameras.
+    EDGE_FRAMES_CAPTURED = ("tierline_edge_frames_captured", Counter, "Frames delivered by the cameras.");
+    /// Frames dropped by backpressure.
+    EDGE_FRAMES_DROPPED = ("tierline_edge_frames_dropped", Counter, "Frames dropped (oldest first) because the prescreen fell behind.");
+    /// Encoded bytes captured.
+    EDGE_BYTES_CAPTURED = ("tierline_edge_bytes_captured", Counter, "Encoded image bytes delivered by the cameras.");
+    /// Unreadable frames.
+    EDGE_FRAMES_UNREADABLE = ("tierline_edge_frames_unreadable", Counter, "Frames the prescreen could not read (rejected as a precaution).");
+    /// Frames passed at the edge.
+    EDGE_FRAMES_PASSED = ("tierline_edge_frames_passed", Counter, "Frames passed by the prescreen.");
+    /// Suspects forwarded.
+    EDGE_FRAMES_SUSPECT = ("tierline_edge_frames_suspect", Counter, "Frames accepted into the outbox as suspects.");
+    /// Audit samples forwarded.
+    EDGE_FRAMES_AUDIT = ("tierline_edge_frames_audit", Counter, "Passed frames accepted into the outbox as audit samples.");
+    /// Bytes accepted into the outbox.
+    EDGE_BYTES_FORWARDED = ("tierline_edge_bytes_forwarded", Counter, "Image bytes accepted into the outbox.");
+    /// Publishes including resends.
+    EDGE_PUBLISHES = ("tierline_edge_publishes", Counter, "Frame publishes handed to MQTT, resends included.");
+    /// Verdicts received.
+    EDGE_VERDICTS = ("tierline_edge_verdicts", Counter, "Cloud verdicts received.");
+    /// Line decisions of every kind.
+    EDGE_DECISIONS = ("tierline_edge_decisions", Counter, "Line decisions emitted, one per frame.");
+    /// Suspect decisions from the cloud.
+    EDGE_DECISIONS_CLOUD = ("tierline_edge_decisions_cloud", Counter, "Suspect decisions taken from a cloud verdict within the deadline.");
+    /// Suspect decisions by local fallback.
+    EDGE_DECISIONS_FALLBACK = ("tierline_edge_decisions_fallback", Counter, "Suspect decisions taken locally because the deadline passed (offline policy).");
+    /// Late verdicts reconciled.
+    EDGE_RECONCILIATIONS = ("tierline_edge_reconciliations", Counter, "Late verdicts matched to a local decision.");
+    /// Reconciliations where the cloud disagreed.
+    EDGE_DISAGREEMENTS = ("tierline_edge_disagreements", Counter, "Reconciliations where the cloud disagreed with the local decision.");
+    /// Audit samples the cloud found defective.
+    EDGE_AUDIT_MISSES = ("tierline_edge_audit_misses", Counter, "Audit samples the cloud found defective (prescreen misses).");
+    /// Outbox evictions.
+    EDGE_EVICTIONS = ("tierline_edge_outbox_evictions", Counter, "Records evicted from the outbox to stay within its disk budget.");
+    /// Outbox write failures.
+    EDGE_OUTBOX_ERRORS = ("tierline_edge_outbox_errors", Counter, "Frames that could not be written to the outbox.");
+    /// Link reconnects.
+    EDGE_LINK_CONNECTS = ("tierline_edge_link_connects", Counter, "MQTT connections established (1 + reconnects).");
+    /// Link state.
+    EDGE_LINK_UP = ("tierline_edge_link_up", Gauge, "1 while the MQTT link is up.");
+    /// Backlog frames.
+    EDGE_BACKLOG_FRAMES = ("tierline_edge_backlog_frames", Gauge, "Frames in the outbox waiting for a verdict.");
+    /// Backlog bytes.
+    EDGE_BACKLOG_BYTES = ("tierline_edge_backlog_bytes", Gauge, "Image bytes in the outbox.");
+    /// Oldest backlog age.
+    EDGE_BACKLOG_AGE = ("tierline_edge_backlog_oldest_age_seconds", Gauge, "Age of the oldest frame in the outbox, in seconds (0 when empty).");
+    /// Free disk space for the outbox.
+    EDGE_DISK_FREE = ("tierline_edge_outbox_disk_free_bytes", Gauge, "Free space on the outbox's file system, in bytes.");
+    /// Decision latency p50.
+    EDGE_DECISION_P50 = ("tierline_edge_decision_latency_p50_seconds", Gauge, "Median capture-to-decision latency of suspects since start, in seconds.");
+    /// Decision latency p99.
+    EDGE_DECISION_P99 = ("tierline_edge_decision_latency_p99_seconds", Gauge, "99th percentile capture-to-decision latency of suspects since start, in seconds.");
+
+    // Cloud.
+    /// Frame messages received.
+    CLOUD_FRAMES_RECEIVED = ("tierline_cloud_frames_received", Counter, "Frame messages received, duplicates and rejects included.");
+    /// Verdicts stored.
+    CLOUD_VERDICTS_STORED = ("tierline_cloud_verdicts_stored", Counter, "Verdicts stored for the first time.");
+    /// Duplicate deliveries.
+    CLOUD_DUPLICATES = ("tierline_cloud_duplicates", Counter, "Deliveries of frames that already had a verdict, answered from the store.");
+    /// Verdicts published.
+    CLOUD_VERDICTS_PUBLISHED = ("tierline_cloud_verdicts_published", Counter, "Verdicts published, re-publications included.");
+    /// Unreadable frames.
+    CLOUD_UNREADABLE = ("tierline_cloud_frames_unreadable", Counter, "Frames whose image could not be read (stored with an error verdict).");
+    /// Malformed messages rejected.
+    CLOUD_REJECTED_MALFORMED = ("tierline_cloud_rejected_malformed", Counter, "Messages rejected as malformed, oversized or of an unknown protocol version.");
+    /// Forged messages rejected.
+    CLOUD_REJECTED_FORGED = ("tierline_cloud_rejected_forged", Counter, "Messages rejected because the envelope's edge does not match the topic.");
+    /// Processing failures.
+    CLOUD_FAILURES = ("tierline_cloud_failures", Counter, "Frames left without a verdict because inference or storage failed (the edge resends them).");
+    /// Link state.
+    CLOUD_LINK_UP = ("tierline_cloud_link_up", Gauge, "1 while connected and subscribed.");
+    /// Autoscaling signal.
+    CLOUD_IN_FLIGHT = ("tierline_cloud_in_flight_frames", Gauge, "Frames this worker holds without a verdict (received, not yet acknowledged).");
+    /// Autoscaling signal.
+    CLOUD_OLDEST_UNPROCESSED = ("tierline_cloud_oldest_unprocessed_age_seconds", Gauge, "How long the oldest frame this worker holds has waited, in seconds (0 when none).");
+}
+
+/// One scrape's samples, as a `prometheus-client` collector.
+#[derive(Debug)]
+struct Snapshot(Vec<Sample>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for s in &self.0 {
+            let m = s.metric;
+            match m.kind {
+                Kind::Counter => {
+                    let c = ConstCounter::new(s.value.max(0.0));
+                    c.encode(encoder.encode_descriptor(m.name, m.help, None, c.metric_type())?)?;
+                }
+                Kind::Gauge => {
+                    let g = ConstGauge::new(s.value);
+                    g.encode(encoder.encode_descriptor(m.name, m.help, None, g.metric_type())?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `samples` in the OpenMetrics text format.
+pub fn render(samples: Vec<Sample>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(samples)));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_total_and_gauges_as_is() {
+        let text = render(vec![
+            Sample::of(&EDGE_FRAMES_CAPTURED, 42),
+            Sample {
+                metric: &EDGE_BACKLOG_AGE,
+                value: 1.5,
+            },
+        ]);
+        assert!(
+            text.contains("# TYPE tierline_edge_frames_captured counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierline_edge_frames_captured_total 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierline_edge_backlog_oldest_age_seconds 1.5"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn names_are_unique_and_prometheus_safe() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "duplicate metric {}", m.name);
+            assert!(m.name.starts_with("tierline_"), "{}", m.name);
+            assert!(
+                m.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{}",
+                m.name
+            );
+            assert!(
+                !m.name.ends_with("_total"),
+                "{}: the suffix is added on export",
+                m.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let missing: Vec<String> = ALL
+            .iter()
+            .map(|m| m.exported_name())
+            .filter(|n| !readme.contains(&format!("`{n}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "metrics missing from README.md: {missing:?}"
+        );
+    }
+}
