@@ -190,7 +190,12 @@ fn draw(s: Stream, width: u32, height: u32, defect_rate: f64) -> Params {
     let surface = SURFACES[((u[2] * 4.0) as usize).min(3)];
     let mag = 25.0 + 55.0 * u[15];
     let sign = if u[16] < 0.5 { 1.0 } else { -1.0 };
-    let centred = |r: f64| (r + u[10] * (wf - 1.0 - 2.0 * r), r + u[11] * (hf - 1.0 - 2.0 * r));
+    let centred = |r: f64| {
+        (
+            r + u[10] * (wf - 1.0 - 2.0 * r),
+            r + u[11] * (hf - 1.0 - 2.0 * r),
+        )
+    };
     let defect = match truth {
         Truth::Good => Defect::None,
         Truth::Scratch => {
@@ -341,7 +346,9 @@ fn surface(p: &Params, s: Stream, width: u32, height: u32) -> Vec<f64> {
             let b = ValueNoise::new(s.child(SALT_LATTICE_B), width, height, 8.0, 8.0);
             for y in 0..h {
                 out.extend(
-                    (0..w).map(|x| (6.0 + 10.0 * p.sa) * a.at(x, y) + (3.0 + 5.0 * p.sb) * b.at(x, y)),
+                    (0..w).map(|x| {
+                        (6.0 + 10.0 * p.sa) * a.at(x, y) + (3.0 + 5.0 * p.sb) * b.at(x, y)
+                    }),
                 );
             }
         }
@@ -367,7 +374,8 @@ fn surface(p: &Params, s: Stream, width: u32, height: u32) -> Vec<f64> {
             let b = ValueNoise::new(s.child(SALT_LATTICE_B), width, height, 5.0, 5.0);
             for y in 0..h {
                 out.extend(
-                    (0..w).map(|x| (4.0 + 6.0 * p.sa) * a.at(x, y) + (1.5 + 2.5 * p.sb) * b.at(x, y)),
+                    (0..w)
+                        .map(|x| (4.0 + 6.0 * p.sa) * a.at(x, y) + (1.5 + 2.5 * p.sb) * b.at(x, y)),
                 );
             }
         }
@@ -436,7 +444,8 @@ impl Defect {
             } => {
                 let (dx, dy) = (x - c.0, y - c.1);
                 let ang = dy.atan2(dx);
-                let edge = r * (1.0 + 0.2 * (3.0 * ang + ph3).sin() + 0.12 * (5.0 * ang + ph5).sin());
+                let edge =
+                    r * (1.0 + 0.2 * (3.0 * ang + ph3).sin() + 0.12 * (5.0 * ang + ph5).sin());
                 delta * ((edge - dx.hypot(dy)) / ramp + 0.5).clamp(0.0, 1.0)
             }
         }

@@ -158,7 +158,9 @@ pub fn write_threshold(path: &Path, threshold: f32) -> Result<String, CalibrateE
     let Some(t) = doc.get_mut(table).and_then(|t| t.as_table_like_mut()) else {
         return Err(err(format!("it has no [{table}] table")));
     };
-    let value: f64 = format!("{threshold:.6}").parse().unwrap_or(f64::from(threshold));
+    let value: f64 = format!("{threshold:.6}")
+        .parse()
+        .unwrap_or(f64::from(threshold));
     t.insert(key, toml_edit::value(value));
     std::fs::write(path, doc.to_string()).map_err(|e| err(e.to_string()))?;
     Ok(old)

@@ -32,7 +32,9 @@ pub enum CascadeError {
         source: std::io::Error,
     },
     /// An image could not be scored (the runtime would reject the frame as unreadable).
-    #[error("image {path} cannot be scored by the {tier} model: {message}; fix or remove it from the set")]
+    #[error(
+        "image {path} cannot be scored by the {tier} model: {message}; fix or remove it from the set"
+    )]
     Score {
         /// Image path.
         path: PathBuf,
@@ -63,7 +65,11 @@ pub struct Tiers {
     pub cloud: ModelRunner,
 }
 
-fn load(path: &Path, tier: &'static str, threads: NonZeroUsize) -> Result<ModelRunner, CascadeError> {
+fn load(
+    path: &Path,
+    tier: &'static str,
+    threads: NonZeroUsize,
+) -> Result<ModelRunner, CascadeError> {
     let err = |source| CascadeError::Model { tier, source };
     let manifest = Manifest::load(path).map_err(|e| err(e.into()))?;
     let config = RunnerConfig {

@@ -74,7 +74,10 @@ fn from_csv(dir: &Path, csv: &Path) -> Result<Vec<Sample>, DatasetError> {
         path: csv.to_path_buf(),
         source,
     })?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         return Ok(Vec::new());
     };
@@ -190,7 +193,11 @@ mod tests {
     #[test]
     fn folder_names_are_labels() {
         let dir = tempfile::tempdir().unwrap();
-        for (sub, file) in [("good", "1.png"), ("stain", "2.JPG"), ("stain", "notes.txt")] {
+        for (sub, file) in [
+            ("good", "1.png"),
+            ("stain", "2.JPG"),
+            ("stain", "notes.txt"),
+        ] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
             std::fs::write(dir.path().join(sub).join(file), b"x").unwrap();
         }

@@ -234,7 +234,10 @@ impl Report {
                 pct(p),
                 pct(self.sample_prevalence)
             ),
-            None => format!("{} defect prevalence as sampled", pct(self.sample_prevalence)),
+            None => format!(
+                "{} defect prevalence as sampled",
+                pct(self.sample_prevalence)
+            ),
         };
         s += &format!(
             "{} frames ({} defective), {prevalence}\nedge threshold {:.6}, cloud threshold {:.6}\n\n",

@@ -108,16 +108,29 @@ fn eval_reports_what_the_runtime_decides() {
         r["edge_recall_vs_truth"]["hits"],
         defective.iter().filter(|d| d.1 >= threshold).count()
     );
-    let fwd_bytes: u64 = direct.iter().filter(|d| d.1 >= threshold).map(|d| d.4).sum();
+    let fwd_bytes: u64 = direct
+        .iter()
+        .filter(|d| d.1 >= threshold)
+        .map(|d| d.4)
+        .sum();
     let all_bytes: u64 = direct.iter().map(|d| d.4).sum();
     let got = r["forwarded_bytes"].as_f64().unwrap();
-    assert!((got - fwd_bytes as f64 / all_bytes as f64).abs() < 1e-9, "{got}");
+    assert!(
+        (got - fwd_bytes as f64 / all_bytes as f64).abs() < 1e-9,
+        "{got}"
+    );
     let cloud_ok = direct.iter().filter(|d| d.3 == d.0).count();
     let got = r["cloud_accuracy"].as_f64().unwrap();
     assert!((got - cloud_ok as f64 / direct.len() as f64).abs() < 1e-9);
     let cascade_ok = direct
         .iter()
-        .filter(|d| (if d.1 >= threshold { d.3.as_str() } else { "good" }) == d.0)
+        .filter(|d| {
+            (if d.1 >= threshold {
+                d.3.as_str()
+            } else {
+                "good"
+            }) == d.0
+        })
         .count();
     let got = r["cascade_accuracy"].as_f64().unwrap();
     assert!((got - cascade_ok as f64 / direct.len() as f64).abs() < 1e-9);
@@ -179,7 +192,10 @@ fn calibrate_writes_a_threshold_that_keeps_every_cloud_flag() {
         .filter(|d| d.2)
         .map(|d| d.1)
         .fold(f32::MAX, f32::min);
-    assert!(written <= lowest && lowest - written < 2e-6, "{written} vs {lowest}");
+    assert!(
+        written <= lowest && lowest - written < 2e-6,
+        "{written} vs {lowest}"
+    );
     let r = eval_json(&models().join("samples"), &manifest, &[]);
     assert_eq!(r["edge_recall_vs_cloud"]["rate"], 1.0);
 }
@@ -228,9 +244,19 @@ fn unknown_label_and_bad_prevalence_are_named() {
     )
     .unwrap();
     std::fs::write(dir.path().join("labels.csv"), "file,label\na.jpg,rust\n").unwrap();
-    let (code, _, err) = run(&["eval", path(dir.path()), "--edge", path(&models().join("prescreen.toml")), "--cloud", path(&models().join("full.toml"))]);
+    let (code, _, err) = run(&[
+        "eval",
+        path(dir.path()),
+        "--edge",
+        path(&models().join("prescreen.toml")),
+        "--cloud",
+        path(&models().join("full.toml")),
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("\"rust\"") && err.contains("not a class"), "{err}");
+    assert!(
+        err.contains("\"rust\"") && err.contains("not a class"),
+        "{err}"
+    );
     let (code, _, err) = run(&["eval", path(dir.path()), "--prevalence", "2"]);
     assert_eq!(code, 1);
     assert!(err.contains("--prevalence"), "{err}");

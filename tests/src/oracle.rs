@@ -190,10 +190,15 @@ pub async fn check_pipeline(
             _ => {}
         }
         if d["source"] == "cloud" && d["action"] == "pass" {
-            assert_eq!(d["cloud_label"], "good", "pass against a defect verdict: {d}");
+            assert_eq!(
+                d["cloud_label"], "good",
+                "pass against a defect verdict: {d}"
+            );
         }
     }
-    eprintln!("oracle: against ground truth, {good_rejected} good frames not passed, {defects_passed} defects passed");
+    eprintln!(
+        "oracle: against ground truth, {good_rejected} good frames not passed, {defects_passed} defects passed"
+    );
     assert!(
         get(&stats.frames_suspect) > 0,
         "the run must exercise suspects"
