@@ -125,11 +125,12 @@ pub fn compute(
         }
     };
     let forwarded = |f: &Scored| f.edge_score >= edge_threshold;
-    let cascade_label = |f: &Scored| {
+    // The cascade's label is the cloud's for forwarded frames and good for the rest.
+    let cascade_right = |f: &Scored| {
         if forwarded(f) {
-            f.cloud.label.as_str()
+            f.cloud.label == f.truth
         } else {
-            good
+            f.truth == good
         }
     };
     // Weighted share of `sel` frames for which `hit` holds, with raw counts.
@@ -153,7 +154,7 @@ pub fn compute(
     };
     let all = |_: &Scored| true;
     let cloud_accuracy = rate(&all, &|f| f.cloud.label == f.truth).rate;
-    let cascade_accuracy = rate(&all, &|f| cascade_label(f) == f.truth).rate;
+    let cascade_accuracy = rate(&all, &cascade_right).rate;
     let total_bytes: f64 = frames.iter().map(|f| weight(f) * f.bytes as f64).sum();
     let fwd_bytes: f64 = frames
         .iter()
@@ -176,7 +177,7 @@ pub fn compute(
             edge_forwarded: share(&|f| forwarded(f)),
             cloud_flagged: share(&|f| f.cloud.defective),
             cloud_correct: share(&|f| f.cloud.label == f.truth),
-            cascade_correct: share(&|f| cascade_label(f) == f.truth),
+            cascade_correct: share(&cascade_right),
         }
     };
     Report {
