@@ -5,6 +5,9 @@
 //!    └─► ingest: topic, size, version, edge-id checks ─► bounded queue ─► process × concurrency:
 //!            dedup (store lookup) ─► infer (ModelRunner, batched) ─► store (idempotent on edge_id, seq)
 //!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
+//!    └─► presence / heartbeats ─► bounded queue ─► presence: edges table
+//!  retention candidate: leader lease (fencing token) ─► prune old images (verdicts stay)
+//!  review API (gRPC): store ◄── ListFrames, GetFrame, SubmitReview, WatchVerdicts, ListEdges
 //! ```
 //!
 //! Beside the flow: the model supervisor (golden probes, watchdog, hot reload; `tierline_shared::serving`),
@@ -43,6 +46,9 @@ pub enum CloudError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The review API failed.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// The admin endpoint could not start.
     #[error("admin endpoint: {0}")]
     Admin(std::io::Error),
@@ -78,13 +84,15 @@ pub async fn run(
 ) -> Result<(), CloudError> {
     config.validate()?;
     let runner = load_model(&config).await?;
-    let store = Store::open(&config.store.url, config.store.keep_images).await?;
+    let store = Store::open(&config.store.url, config.store.keep_images)
+        .await?
+        .with_worker(&config.cloud.worker_id);
     tracing::info!(
         worker = %config.cloud.worker_id,
         group = %config.cloud.group,
         model = %runner.manifest().name,
         version = %runner.manifest().version,
-        store = %config.store.url,
+        store = %store.url(),
         "Cloud worker starting."
     );
     let mut options = config
@@ -98,6 +106,33 @@ pub async fn run(
     let concurrency = config.cloud.concurrency.get();
     let (job_tx, job_rx) = mpsc::channel(concurrency);
     let (ack_tx, ack_rx) = mpsc::channel(acks::CHANNEL);
+    let (presence_tx, presence_rx) = mpsc::channel(crate::presence::CHANNEL);
+    let presence = tokio::spawn(crate::presence::run(
+        store.clone(),
+        presence_rx,
+        config.mqtt.max_message_bytes,
+        stats.clone(),
+    ));
+    // Not a child of `shutdown`: background stages stop after the frames in hand are finished, and their
+    // ending must not look like a failure to the select below.
+    let background = CancellationToken::new();
+    let retention = tokio::spawn(crate::leader::run_retention(
+        store.clone(),
+        config.retention.clone(),
+        config.cloud.worker_id.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
+    let mut api = if config.api.enabled {
+        tokio::spawn(crate::api::serve(
+            config.api.clone(),
+            store.clone(),
+            stats.clone(),
+            background.clone(),
+        ))
+    } else {
+        tokio::spawn(std::future::pending::<Result<(), crate::api::ApiError>>())
+    };
     let processor = Arc::new(Processor {
         runner,
         store: store.clone(),
@@ -164,6 +199,7 @@ pub async fn run(
         config.cloud.group.clone(),
         job_tx,
         ack_tx,
+        presence_tx,
         connection,
         stats,
         stop.clone(),
@@ -173,9 +209,14 @@ pub async fn run(
     let processing = tokio::spawn(process::run(processor, job_rx, concurrency));
     // Run until asked to stop; a stage that ends on its own is a failure the supervisor must see.
     let failure = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => None,
         _ = &mut ingest => Some(CloudError::Stage("ingest")),
         _ = &mut acker => Some(CloudError::Stage("acknowledgement")),
+        r = &mut api => Some(match r {
+            Ok(Err(e)) => CloudError::Api(e),
+            _ => CloudError::Stage("review API"),
+        }),
     };
     if let Some(e) = &failure {
         tracing::error!(error = %e, "Cloud worker failing.");
@@ -195,6 +236,13 @@ pub async fn run(
     }
     processing.abort();
     acker.abort();
+    background.cancel();
+    let _ = retention.await;
+    if !api.is_finished() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut api).await;
+    }
+    api.abort();
+    presence.abort();
     store.close().await;
     tracing::info!("Cloud worker stopped.");
     failure.map_or(Ok(()), Err)

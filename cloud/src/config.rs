@@ -2,6 +2,7 @@
 //! environment overrides. Unknown keys are errors.
 
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,9 +27,15 @@ pub struct CloudConfig {
     pub mqtt: MqttConfig,
     /// The full model.
     pub model: ModelConfig,
-    /// Where verdicts are stored.
-    #[serde(default)]
+    /// Where verdicts are stored (the section may also be called `[database]`).
+    #[serde(default, alias = "database")]
     pub store: StoreConfig,
+    /// Image retention, run by one worker at a time under a leader lease.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// The gRPC review API.
+    #[serde(default)]
+    pub api: ApiConfig,
     /// HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default = "default_admin")]
     pub admin: AdminConfig,
@@ -108,7 +115,7 @@ fn default_wait() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Database URL: `sqlite://path/to/file.db`.
+    /// Database URL: `sqlite://path/to/file.db` or `postgres://user@host:port/database`.
     #[serde(default = "default_url")]
     pub url: String,
     /// Keep frame images in the database (otherwise only metadata and verdicts).
@@ -129,6 +136,109 @@ impl Default for StoreConfig {
             url: default_url(),
             keep_images: default_keep_images(),
         }
+    }
+}
+
+/// Image retention. Frames' metadata and verdicts are never removed; image bytes are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Remove images received longer ago than this (unset: keep by age).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Remove the oldest images while all stored images total more than this many bytes (unset: no limit).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// How often the leader runs retention.
+    #[serde(default = "default_retention_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Leader lease time to live; the leader renews it every third of this. A crashed leader's job moves to
+    /// another worker within about this long.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(15)
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            max_bytes: None,
+            interval: default_retention_interval(),
+            lease_ttl: default_lease_ttl(),
+        }
+    }
+}
+
+/// The gRPC review API (see `proto/tierline/review/v1/review.proto`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API.
+    #[serde(default = "default_api_enabled")]
+    pub enabled: bool,
+    /// Listen address (port 0: any free port, logged at start).
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token every call must carry (`authorization: Bearer <token>`). Prefer `token_file` or the
+    /// environment (TIERLINE_CLOUD__API__TOKEN). Unset with no `token_file`: no authentication.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS (with `tls_key`); unset: plain HTTP/2.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_api_enabled() -> bool {
+    true
+}
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_api_enabled(),
+            listen: default_api_listen(),
+            token: None,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The configured bearer token, reading `token_file` if set.
+    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Field {
+                field: "api.token_file".into(),
+                problem: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(ConfigError::Field {
+                    field: "api.token_file".into(),
+                    problem: format!("{} is empty; put the token in it", path.display()),
+                });
+            }
+            return Ok(Some(token));
+        }
+        Ok(self.token.clone())
     }
 }
 
@@ -157,10 +267,29 @@ impl CloudConfig {
             tls.client_config()
                 .map_err(|e| field("mqtt.tls", e.to_string()))?;
         }
-        if !self.store.url.starts_with("sqlite:") {
+        crate::store::backend_of(&self.store.url).map_err(|e| field("store.url", e.to_string()))?;
+        if self.retention.lease_ttl < Duration::from_secs(1) {
             return Err(field(
-                "store.url",
-                format!("{:?} is not supported; use sqlite://<path>", self.store.url),
+                "retention.lease_ttl",
+                "must be at least 1s (the leader renews every third of it)".into(),
+            ));
+        }
+        if self.api.token.is_some() && self.api.token_file.is_some() {
+            return Err(field(
+                "api.token",
+                "set either api.token or api.token_file, not both".into(),
+            ));
+        }
+        if matches!(&self.api.token, Some(t) if t.trim().is_empty()) {
+            return Err(field(
+                "api.token",
+                "is empty; set a token or remove the key".into(),
+            ));
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return Err(field(
+                "api.tls_cert",
+                "TLS needs both api.tls_cert and api.tls_key".into(),
             ));
         }
         Ok(())
@@ -193,6 +322,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_batchh"), "{err}");
+    }
+
+    #[test]
+    fn postgres_database_section_and_api_are_accepted() {
+        let c = parse(
+            "[model]\nmanifest = \"m\"\n[database]\nurl = \"postgres://postgres@127.0.0.1/test\"\n[api]\nlisten = \"0.0.0.0:6000\"\ntoken = \"t\"\n[retention]\nmax_age = \"7days\"\n",
+        )
+        .unwrap();
+        assert!(c.store.url.starts_with("postgres://"));
+        assert_eq!(c.api.listen.port(), 6000);
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(7 * 86400)));
+        let err = parse("[model]\nmanifest = \"m\"\n[api]\ntls_cert = \"c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.tls_cert"), "{err}");
     }
 
     #[test]

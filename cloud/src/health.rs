@@ -83,6 +83,18 @@ pub fn samples(s: &CloudStats, model: &ServedModel) -> Vec<Sample> {
             &m::CLOUD_LINK_UP,
             u64::from(s.link_up.load(Ordering::Relaxed)),
         ),
+        c(&m::CLOUD_INFERENCES, &s.inferences),
+        Sample {
+            metric: &m::CLOUD_INFERENCE_SECONDS,
+            value: stats::get(&s.inference_us_total) as f64 / 1e6,
+        },
+        c(&m::CLOUD_PRESENCE_UPDATES, &s.presence_updates),
+        Sample::of(
+            &m::CLOUD_LEADER,
+            u64::from(s.leader.load(Ordering::Relaxed)),
+        ),
+        Sample::of(&m::CLOUD_LEASE_TOKEN, s.lease_token.load(Ordering::Relaxed)),
+        c(&m::CLOUD_IMAGES_PRUNED, &s.images_pruned),
         Sample::of(&m::CLOUD_IN_FLIGHT, s.lag.in_flight() as u64),
         Sample {
             metric: &m::CLOUD_OLDEST_UNPROCESSED,

@@ -10,6 +10,9 @@
 //! the connection): when the bounded processing queue is full, checked frames wait in a local overflow list.
 //! That list is bounded by the broker's in-flight window, because the broker sends no more unacknowledged
 //! QoS 1 messages than that (Mosquitto `max_inflight_messages`, default 20).
+//!
+//! Presence and heartbeat messages (see [`crate::presence`]) take their place in the acknowledgement order
+//! like frames, are handed to the presence stage without waiting, and are acknowledged at once.
 
 use crate::acks::{Ticket, TicketCounter};
 use crate::stats::{self, CloudStats};
@@ -27,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 /// A checked frame waiting for processing.
 #[derive(Debug)]
 pub struct Job {
+    /// Counts the frame in flight (for the autoscaler figures) until the job is done.
+    pub in_flight: crate::stats::InFlight,
     /// The MQTT message, to acknowledge once the verdict is stored.
     pub publish: Publish,
     /// Its place in the acknowledgement order.
@@ -85,12 +90,28 @@ pub async fn run(
     group: String,
     jobs: mpsc::Sender<Job>,
     acks: mpsc::Sender<(Ticket, Publish)>,
+    presence: mpsc::Sender<crate::presence::Update>,
     connection: Arc<std::sync::atomic::AtomicU64>,
     stats: Arc<CloudStats>,
     stop: CancellationToken,
     drained: CancellationToken,
 ) {
     let filter = topics::shared_frames_filter(&group);
+    let subscriptions = vec![
+        rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce),
+        // Heartbeats are recorded once per group; presence is retained, so every worker reads it directly.
+        rumqttc::SubscribeFilter::new(
+            format!(
+                "$share/{group}/{}",
+                topics::all_edges_filter(TopicKind::Heartbeat)
+            ),
+            QoS::AtMostOnce,
+        ),
+        rumqttc::SubscribeFilter::new(
+            topics::all_edges_filter(TopicKind::Presence),
+            QoS::AtLeastOnce,
+        ),
+    ];
     let mut backoff = Backoff::new(mqtt.reconnect_delay, Duration::from_secs(30));
     // Dropped on `stop`, which lets the processing stage finish what is queued and end.
     let mut jobs = Some(jobs);
@@ -119,7 +140,7 @@ pub async fn run(
                 connection.store(epoch, Ordering::Release);
                 overflow.clear();
                 stats.lag.forget_before(epoch);
-                let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                let _ = client.try_subscribe_many(subscriptions.clone());
                 tracing::info!(filter = %filter, "Connected to the broker; subscribing.");
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -139,7 +160,7 @@ pub async fn run(
                         tracing::error!(error = %why, action = "retrying the subscription with backoff", "No frames can arrive.");
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
-                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    let _ = client.try_subscribe_many(subscriptions.clone());
                     continue;
                 }
                 // Only now do frames reach this worker.
@@ -152,12 +173,28 @@ pub async fn run(
                     // Shutting down: leave it unacknowledged; the broker or the edge delivers it again.
                     continue;
                 };
-                stats::inc(&stats.frames_received);
                 let ticket = tickets.take();
+                if let Ok((addr, kind @ (TopicKind::Presence | TopicKind::Heartbeat))) =
+                    topics::parse(&p.topic)
+                {
+                    let update = crate::presence::Update {
+                        addr,
+                        kind,
+                        payload: p.payload.clone(),
+                    };
+                    if presence.try_send(update).is_err() {
+                        tracing::debug!(topic = %p.topic, "Presence queue full; the next heartbeat corrects the edge row.");
+                    }
+                    // State, not a record: acknowledged in its turn right away.
+                    let _ = acks.try_send((ticket, p));
+                    continue;
+                }
+                stats::inc(&stats.frames_received);
                 stats.lag.received(ticket);
                 match check(&p.topic, &p.payload, mqtt.max_message_bytes) {
                     Ok((addr, frame)) => {
                         let job = Job {
+                            in_flight: stats.start_frame(frame.capture_time_us),
                             publish: p,
                             ticket,
                             addr,

@@ -4,11 +4,14 @@
 //! The data flow is drawn and wired in [`app`].
 
 pub mod acks;
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod health;
 pub mod ingest;
 pub mod lag;
+pub mod leader;
+pub mod presence;
 pub mod process;
 pub mod stats;
 pub mod store;

@@ -18,6 +18,9 @@ struct Args {
     /// Path of the cloud configuration file (TOML).
     #[arg(short, long, env = "TIERLINE_CLOUD_CONFIG")]
     config: PathBuf,
+    /// Database URL, overriding `store.url`: sqlite://<path> or postgres://user@host:port/database.
+    #[arg(long, env = "TIERLINE_DATABASE_URL")]
+    database_url: Option<String>,
     /// Check the configuration and the model (checksum and golden samples), then exit.
     #[arg(long)]
     check: bool,
@@ -29,7 +32,13 @@ async fn main() -> ExitCode {
     tierline_shared::telemetry::init_logging("info");
     tierline_shared::service::main(
         "tierline-cloud",
-        CloudConfig::load(Some(&args.config)),
+        CloudConfig::load(Some(&args.config)).and_then(|mut c| {
+            if let Some(url) = args.database_url {
+                c.store.url = url;
+                c.validate()?;
+            }
+            Ok(c)
+        }),
         args.check,
         |config| async move {
             let r = tierline_cloud::app::load_model(&config).await?;

@@ -64,6 +64,7 @@ pub async fn run(processor: Arc<Processor>, mut jobs: mpsc::Receiver<Job>, concu
 impl Processor {
     async fn handle(&self, job: Job) {
         let Job {
+            in_flight,
             publish,
             ticket,
             addr,
@@ -97,6 +98,7 @@ impl Processor {
         }
         // Released in arrival order, also after a failure (see `acks`): the edge resends what failed.
         let _ = self.acks.send((ticket, publish)).await;
+        drop(in_flight);
         tracing::debug!(edge_id = %edge_id, seq, took_us = started.elapsed().as_micros() as u64, "Frame done.");
     }
 
@@ -154,7 +156,11 @@ impl Processor {
             verdict_time_us: tierline_shared::time::now_us(),
             ..Verdict::default()
         };
-        match self.runner.score(frame.image.clone().into()).await {
+        let started = std::time::Instant::now();
+        let scored = self.runner.score(frame.image.clone().into()).await;
+        self.stats
+            .record_inference(started.elapsed().as_micros() as u64);
+        match scored {
             Ok(score) => {
                 v.label = score.label;
                 v.defective = score.defective;

@@ -83,7 +83,7 @@ fn configs(
         dir.join("decisions.jsonl"),
     );
     let cloud = format!(
-        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[api]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         args.models.join("full.toml"),
         dir.join("cloud.db").display(),
     );

@@ -166,6 +166,18 @@ metrics! {
     CLOUD_FAILURES = ("tierline_cloud_failures", Counter, "Frames left without a verdict because inference or storage failed (the edge resends them).");
     /// Link state.
     CLOUD_LINK_UP = ("tierline_cloud_link_up", Gauge, "1 while connected and subscribed.");
+    /// Inference calls.
+    CLOUD_INFERENCES = ("tierline_cloud_inferences", Counter, "Frames scored by the full model.");
+    /// Inference time.
+    CLOUD_INFERENCE_SECONDS = ("tierline_cloud_inference_seconds", Counter, "Time frames spent in inference (waiting for a batch plus the batch run), in seconds; divide by tierline_cloud_inferences_total for the mean batch latency per frame.");
+    /// Presence updates.
+    CLOUD_PRESENCE_UPDATES = ("tierline_cloud_presence_updates", Counter, "Edge presence and heartbeat messages recorded in the edges table.");
+    /// Leader lease.
+    CLOUD_LEADER = ("tierline_cloud_leader", Gauge, "1 while this worker holds the retention leader lease.");
+    /// Fencing token.
+    CLOUD_LEASE_TOKEN = ("tierline_cloud_lease_token", Gauge, "Fencing token of the lease this worker holds (0 when none).");
+    /// Retention.
+    CLOUD_IMAGES_PRUNED = ("tierline_cloud_images_pruned", Counter, "Stored images removed by retention on this worker (verdicts stay).");
     /// Autoscaling signal.
     CLOUD_IN_FLIGHT = ("tierline_cloud_in_flight_frames", Gauge, "Frames this worker holds without a verdict (received, not yet acknowledged).");
     /// Autoscaling signal.

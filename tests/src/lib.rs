@@ -1,11 +1,12 @@
 //! Harnesses for Tierline's end-to-end tests: a real Mosquitto process on a free port (stoppable, killable,
 //! restartable), the embedded broker, edge and cloud builders on temporary directories, and an oracle over
-//! what the edge decided and what the cloud stored.
+//! what the edge decided and what the cloud stored, and a fresh PostgreSQL database per test.
 
 pub mod http;
 pub mod mosquitto;
 pub mod oracle;
 pub mod outage;
+pub mod pg;
 pub mod pipeline;
 pub mod process;
 pub mod shipped;

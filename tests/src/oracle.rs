@@ -68,16 +68,13 @@ pub struct Stored {
     pub labels: BTreeMap<(String, u64), String>,
 }
 
-impl Stored {
-    /// Reads the cloud's SQLite store.
-    pub async fn read(db: &Path) -> Self {
-        let url = format!("sqlite://{}?mode=ro", db.display());
-        let pool = sqlx::SqlitePool::connect(&url)
-            .await
-            .expect("open cloud db");
+/// Reads verdicts, deliveries and labels through any sqlx pool (the same SQL runs on both backends).
+macro_rules! read_stored {
+    ($pool:expr) => {{
+        let pool = $pool;
         let rows: Vec<(String, i64, i64)> =
             sqlx::query_as("SELECT edge_id, seq, COUNT(*) FROM verdicts GROUP BY edge_id, seq")
-                .fetch_all(&pool)
+                .fetch_all(pool)
                 .await
                 .expect("verdicts");
         let verdicts = rows
@@ -86,7 +83,7 @@ impl Stored {
             .collect();
         let rows: Vec<(String, i64, i64)> =
             sqlx::query_as("SELECT edge_id, seq, deliveries FROM frames")
-                .fetch_all(&pool)
+                .fetch_all(pool)
                 .await
                 .expect("frames");
         let deliveries = rows
@@ -95,19 +92,39 @@ impl Stored {
             .collect();
         let rows: Vec<(String, i64, String)> =
             sqlx::query_as("SELECT edge_id, seq, label FROM verdicts")
-                .fetch_all(&pool)
+                .fetch_all(pool)
                 .await
                 .expect("labels");
         let labels = rows
             .into_iter()
             .map(|(e, s, l)| ((e, s as u64), l))
             .collect();
-        pool.close().await;
-        Self {
+        Stored {
             verdicts,
             deliveries,
             labels,
         }
+    }};
+}
+
+impl Stored {
+    /// Reads the cloud's SQLite store.
+    pub async fn read(db: &Path) -> Self {
+        let url = format!("sqlite://{}?mode=ro", db.display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("open cloud db");
+        let s = read_stored!(&pool);
+        pool.close().await;
+        s
+    }
+
+    /// Reads a cloud store on PostgreSQL.
+    pub async fn read_postgres(url: &str) -> Self {
+        let pool = sqlx::PgPool::connect(url).await.expect("open cloud db");
+        let s = read_stored!(&pool);
+        pool.close().await;
+        s
     }
 
     /// Checks that every cloud decision, reconciliation and audit in the log acted on the verdict stored for
@@ -144,9 +161,20 @@ pub async fn check_pipeline(
     stats: &tierline_edge::EdgeStats,
     total: u64,
 ) -> (Decisions, Stored) {
+    let stored = Stored::read(&dir.join("cloud.db")).await;
+    check_pipeline_against(dir, edge_id, stats, total, stored)
+}
+
+/// [`check_pipeline`] against what the cloud stored wherever it stored it.
+pub fn check_pipeline_against(
+    dir: &Path,
+    edge_id: &str,
+    stats: &tierline_edge::EdgeStats,
+    total: u64,
+    stored: Stored,
+) -> (Decisions, Stored) {
     use tierline_edge::stats::get;
     let log = Decisions::read(&dir.join("decisions.jsonl"));
-    let stored = Stored::read(&dir.join("cloud.db")).await;
     let per_seq = log.per_seq();
     assert!(
         per_seq.values().all(|&n| n == 1),

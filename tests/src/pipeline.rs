@@ -13,10 +13,10 @@ pub fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
-/// A cloud worker config for a broker on `port`, storing in `dir/cloud.db`.
+/// A cloud worker config for a broker on `port`, storing in `dir/cloud.db`, review API on any free port.
 pub fn cloud_config(port: u16, dir: &Path, worker: &str) -> CloudConfig {
     let text = format!(
-        "[cloud]\nworker_id = \"{worker}\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[cloud]\nworker_id = \"{worker}\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         models_dir().join("full.toml"),
         dir.join("cloud.db").display()
     );

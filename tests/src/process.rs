@@ -97,3 +97,37 @@ async fn held(db: &Path, sql: &str) -> Vec<u64> {
     pool.close().await;
     seqs.into_iter().map(|s| s as u64).collect()
 }
+
+/// A cloud worker configuration (TOML) for worker `worker` on the broker at `port`, storing at `db_url`,
+/// with `extra` TOML appended. The review API is off unless `extra` turns it on.
+pub fn cloud_worker_toml(port: u16, worker: &str, db_url: &str, extra: &str) -> String {
+    format!(
+        "[cloud]\nworker_id = \"{worker}\"\nconcurrency = 16\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
+         [model]\nmanifest = {:?}\nmax_wait = \"2ms\"\n[store]\nurl = \"{db_url}\"\n[api]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        crate::pipeline::models_dir().join("full.toml"),
+    )
+}
+
+/// Starts `tierline-cloud --config <config>`, logging to `log` (appended).
+pub fn spawn_cloud(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("cloud log");
+    Command::new(binary("tierline-cloud"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn,tierline_cloud=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tierline-cloud")
+}
+
+/// Kills a process with SIGKILL and reaps it.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

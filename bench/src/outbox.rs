@@ -1,0 +1,126 @@
+//! Measurement 3: durable enqueue into the edge outbox (`edge/src/outbox.rs`) with 50 KB frames under the
+//! shipped sync policy (`sync = "full"`: every commit is fsynced).
+//!
+//! Two ways frames arrive: saturated (each commit holds `commit_batch` frames, as the intake stage groups
+//! them when frames queue up) and one frame per commit (frames arriving one at a time). A frame counts as
+//! enqueued when its commit returned.
+
+use crate::common::{Percentiles, histogram, record};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tierline_edge::config::OutboxConfig;
+use tierline_edge::outbox::{Outbox, Record};
+use tierline_shared::wire::{ForwardReason, ImageEncoding};
+
+/// Frame size of this measurement.
+pub const FRAME_BYTES: usize = 50 * 1000;
+
+/// One commit size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// Frames per commit.
+    pub frames_per_commit: usize,
+    /// Frames enqueued.
+    pub frames: u64,
+    /// Durable enqueues per second.
+    pub frames_per_s: f64,
+    /// Image MB (10^6 bytes) per second.
+    pub mb_per_s: f64,
+    /// Latency of one commit.
+    pub commit: Percentiles,
+}
+
+/// Results of measurement 3.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxResults {
+    /// Sync policy.
+    pub sync: String,
+    /// Frame size, bytes.
+    pub frame_bytes: usize,
+    /// One row per commit size.
+    pub rows: Vec<OutboxRow>,
+}
+
+fn frame(seq: u64, image: &[u8]) -> Record {
+    Record {
+        seq,
+        frame_id: tierline_shared::wire::frame_id("edge-bench", seq),
+        camera_id: "cam-0".into(),
+        capture_time_us: tierline_shared::time::now_us(),
+        reason: ForwardReason::Suspect,
+        score: 0.9,
+        encoding: ImageEncoding::Jpeg as i32,
+        image: image.to_vec(),
+        attempts: 0,
+        local_action: None,
+    }
+}
+
+/// Runs measurement 3 with `frames` frames at the batched commit size (a tenth as many one per commit).
+pub async fn run(frames: u64) -> anyhow::Result<OutboxResults> {
+    let defaults = OutboxConfig::default();
+    // Incompressible bytes, as a JPEG is.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let image: Vec<u8> = (0..FRAME_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (per_commit, total) in [
+        (defaults.commit_batch.get(), frames),
+        (1, (frames / 10).max(10)),
+    ] {
+        let dir = tempfile::tempdir_in(std::env::temp_dir())?;
+        let outbox = Outbox::open(&OutboxConfig {
+            path: dir.path().join("outbox.db"),
+            max_bytes: tierline_shared::config::ByteSize(u64::MAX / 2),
+            ..OutboxConfig::default()
+        })
+        .await?;
+        let mut seqs = outbox.reserve_seqs().await?;
+        let mut h = histogram();
+        let mut done = 0u64;
+        let started = Instant::now();
+        while done < total {
+            let n = (per_commit as u64).min(total - done);
+            let mut batch = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let seq = match seqs.next() {
+                    Some(s) => s,
+                    None => {
+                        seqs = outbox.reserve_seqs().await?;
+                        seqs.next().unwrap_or_default()
+                    }
+                };
+                batch.push(frame(seq, &image));
+            }
+            let t = Instant::now();
+            outbox.append(&batch).await?;
+            record(&mut h, t.elapsed());
+            done += n;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        outbox.close().await;
+        let row = OutboxRow {
+            frames_per_commit: per_commit,
+            frames: total,
+            frames_per_s: total as f64 / secs,
+            mb_per_s: (total as f64 * FRAME_BYTES as f64) / secs / 1e6,
+            commit: Percentiles::from_us(&h),
+        };
+        eprintln!(
+            "outbox: {per_commit} per commit: {:.0} frames/s, {:.1} MB/s, commit p99 {:.2} ms",
+            row.frames_per_s, row.mb_per_s, row.commit.p99_ms
+        );
+        rows.push(row);
+    }
+    Ok(OutboxResults {
+        sync: format!("{:?}", defaults.sync).to_lowercase(),
+        frame_bytes: FRAME_BYTES,
+        rows,
+    })
+}

@@ -1,0 +1,464 @@
+//! The review API over a real tonic server and client, and the `tierline-review` CLI as a subprocess against
+//! it: authentication (no token and a wrong token are UNAUTHENTICATED), filters and paging, frames with
+//! images, reviews, watching verdicts, edges, health and reflection.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tierline_cloud::CloudStats;
+use tierline_cloud::api::pb::{self, review_client::ReviewClient};
+use tierline_cloud::config::ApiConfig;
+use tierline_cloud::store::Store;
+use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Presence, Verdict};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "s3cret-token";
+
+struct Server {
+    addr: SocketAddr,
+    store: Store,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn frame(edge: &str, seq: u64, capture_us: i64, local: &str) -> FrameEnvelope {
+    FrameEnvelope {
+        protocol_version: 1,
+        edge_id: edge.into(),
+        seq,
+        frame_id: wire::frame_id(edge, seq),
+        site: "plant".into(),
+        line: "l1".into(),
+        camera_id: "cam-0".into(),
+        capture_time_us: capture_us,
+        reason: 1,
+        edge_score: 0.8,
+        edge_model_version: "pre-1".into(),
+        encoding: 2,
+        image: vec![0x89, b'P', b'N', b'G', seq as u8],
+        edge_local_action: local.into(),
+    }
+}
+
+fn verdict(edge: &str, seq: u64, label: &str) -> Verdict {
+    Verdict {
+        protocol_version: 1,
+        edge_id: edge.into(),
+        seq,
+        frame_id: wire::frame_id(edge, seq),
+        cloud_model_version: "full-1".into(),
+        label: label.into(),
+        defective: label != "good",
+        defect_score: 0.5,
+        scores: vec![ClassScore {
+            class_name: label.into(),
+            probability: 0.75,
+        }],
+        verdict_time_us: tierline_shared::time::now_us(),
+        ..Verdict::default()
+    }
+}
+
+/// A review API on a seeded SQLite store: edge-a seqs 1..=5 (seq 2 rejected locally but good: a
+/// disagreement), one edge online.
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cloud.db").display());
+    let store = Store::open(&url, true).await.unwrap();
+    for seq in 1..=5u64 {
+        let local = if seq == 2 { "reject" } else { "" };
+        let label = if seq % 2 == 0 { "good" } else { "scratch" };
+        store
+            .store(
+                &frame("edge-a", seq, 1_000_000 * seq as i64, local),
+                &verdict("edge-a", seq, label),
+            )
+            .await
+            .unwrap();
+    }
+    let p = Presence {
+        protocol_version: 1,
+        edge_id: "edge-a".into(),
+        state: wire::PresenceState::Online as i32,
+        time_us: tierline_shared::time::now_us(),
+        edge_model_version: "pre-1".into(),
+        site: "plant".into(),
+        line: "l1".into(),
+    };
+    store
+        .record_presence(&p, tierline_shared::time::now_us())
+        .await
+        .unwrap();
+    let config = ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.into()),
+        ..ApiConfig::default()
+    };
+    let stats = Arc::new(CloudStats::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(tierline_cloud::api::serve(
+        config,
+        store.clone(),
+        stats.clone(),
+        stop.clone(),
+    ));
+    let started = std::time::Instant::now();
+    let addr = loop {
+        if let Some(a) = stats.api_addr.get() {
+            break *a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "API did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Server {
+        addr,
+        store,
+        stop,
+        _dir: dir,
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_the_right_token_are_unauthenticated() {
+    let s = start().await;
+    let mut client = ReviewClient::new(channel(s.addr).await);
+    let none = client
+        .list_edges(pb::ListEdgesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::Unauthenticated, "{none:?}");
+    assert!(none.message().contains("authorization"), "{none:?}");
+    let wrong = client
+        .list_frames(authed(pb::ListFramesRequest::default(), "s3cret-tokeN"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    let ok = client
+        .list_edges(authed(pb::ListEdgesRequest {}, TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.edges.len(), 1);
+    assert!(ok.edges[0].online);
+    // Health is open to probes and follows the database.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(s.addr).await);
+    let started = std::time::Instant::now();
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: tierline_cloud::api::SERVICE_NAME.into(),
+            })
+            .await;
+        if let Ok(r) = r
+            && r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "health never SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_review_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let s = start().await;
+    let mut client = ServerReflectionClient::new(channel(s.addr).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer {resp:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"tierline.review.v1.Review"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_listed_shown_reviewed_and_watched() {
+    let s = start().await;
+    let mut client = ReviewClient::new(channel(s.addr).await);
+    // Paging: 2 + 2 + 1, newest first.
+    let mut seqs = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_frames(authed(
+                pb::ListFramesRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seqs.extend(page.frames.iter().map(|f| f.seq));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seqs, [5, 4, 3, 2, 1]);
+    let bad = client
+        .list_frames(authed(
+            pb::ListFramesRequest {
+                page_token: "nonsense".into(),
+                ..Default::default()
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let disputed = client
+        .list_frames(authed(
+            pb::ListFramesRequest {
+                disagreement: true,
+                ..Default::default()
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(disputed.frames.len(), 1);
+    assert_eq!(disputed.frames[0].seq, 2);
+    // Show with image, then review, then the unreviewed filter drops it.
+    let shown = client
+        .get_frame(authed(
+            pb::GetFrameRequest {
+                edge_id: "edge-a".into(),
+                seq: 2,
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.image, vec![0x89, b'P', b'N', b'G', 2]);
+    assert_eq!(shown.image_encoding, "png");
+    assert_eq!(shown.scores[0].class_name, "good");
+    let reviewed = client
+        .submit_review(authed(
+            pb::SubmitReviewRequest {
+                edge_id: "edge-a".into(),
+                seq: 2,
+                label: "scratch".into(),
+                defective: true,
+                reviewer: "ana".into(),
+                note: "hairline".into(),
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reviewed.review.unwrap().label, "scratch");
+    let open = client
+        .list_frames(authed(
+            pb::ListFramesRequest {
+                unreviewed: true,
+                ..Default::default()
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        open.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        [5, 4, 3, 1]
+    );
+    let missing = client
+        .get_frame(authed(
+            pb::GetFrameRequest {
+                edge_id: "edge-a".into(),
+                seq: 99,
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let empty_label = client
+        .submit_review(authed(
+            pb::SubmitReviewRequest {
+                edge_id: "edge-a".into(),
+                seq: 1,
+                ..Default::default()
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(empty_label.code(), tonic::Code::InvalidArgument);
+    // Watch: a verdict stored after the call arrives on the stream; older ones do not.
+    let mut stream = client
+        .watch_verdicts(authed(pb::WatchVerdictsRequest::default(), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    s.store
+        .store(&frame("edge-b", 7, 9, ""), &verdict("edge-b", 7, "dent"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watched verdict within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.edge_id.as_str(), got.seq, got.label.as_str()),
+        ("edge-b", 7, "dent")
+    );
+}
+
+fn cli(addr: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tierline-review"));
+    c.arg("--server")
+        .arg(format!("http://{addr}"))
+        .args(args)
+        .env_remove("TIERLINE_REVIEW_TOKEN")
+        .env_remove("TIERLINE_REVIEW_SERVER");
+    if let Some(t) = token {
+        c.env("TIERLINE_REVIEW_TOKEN", t);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_labels_and_lists_edges() {
+    let s = start().await;
+    let addr = s.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        let (code, _, err) = cli(addr, None, &["list"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("Unauthenticated") && err.contains("TIERLINE_REVIEW_TOKEN"),
+            "{err}"
+        );
+
+        let (code, table, err) = cli(addr, Some(TOKEN), &["list", "--limit", "3"]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("EDGE") && lines[0].contains("LABEL"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("edge-a") && lines[1].contains("scratch"),
+            "{table}"
+        );
+        assert!(
+            table.contains("3 frames") && table.contains("more: --page-token"),
+            "{table}"
+        );
+
+        let (code, json, err) = cli(addr, Some(TOKEN), &["--json", "list", "--disagreement"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["frames"].as_array().unwrap().len(), 1);
+        assert_eq!(v["frames"][0]["seq"], 2);
+
+        let (code, out, err) = cli(
+            addr,
+            Some(TOKEN),
+            &[
+                "label",
+                "edge-a",
+                "3",
+                "good",
+                "--reviewer",
+                "bo",
+                "--note",
+                "glare",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("labelled edge-a/3 as good"), "{out}");
+
+        let (code, json, err) = cli(addr, Some(TOKEN), &["show", "edge-a", "3", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["review_label"], "good");
+        assert_eq!(v["reviews"][0]["reviewer"], "bo");
+        assert_eq!(v["image_bytes"], 5);
+
+        let (code, out, err) = cli(addr, Some(TOKEN), &["show", "edge-a", "42"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            err.contains("NotFound") && err.contains("edge-a/42"),
+            "{err}"
+        );
+
+        let (code, out, err) = cli(addr, Some(TOKEN), &["edges"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.lines().nth(1).unwrap().contains("online"), "{out}");
+        out
+    })
+    .await
+    .unwrap();
+    eprintln!("{out}");
+}
+
+#[test]
+fn the_cli_names_an_unreachable_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Nothing listens on that port once the listener is dropped.
+    let (code, _, err) = cli(port, Some(TOKEN), &["edges"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach the review API"), "{err}");
+}

@@ -1,0 +1,537 @@
+//! The storage contract (see the spec at the top of `cloud/src/store.rs`), run against both backends: an
+//! embedded SQLite file and a fresh database on the real PostgreSQL server (`TIERLINE_TEST_PG`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). Every case is one function over a `Store`; the `contract!`
+//! macro runs it once per backend so a failure names the backend.
+
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::Duration;
+use tierline_cloud::store::{FrameFilter, RetentionPolicy, ReviewRow, Store, StoreError, Stored};
+use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Heartbeat, Presence, Verdict};
+use tierline_tests::pg::TestDb;
+
+async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cloud.db").display());
+    let store = Store::open(&url, true).await.unwrap();
+    case(store.clone()).await;
+    store.close().await;
+}
+
+async fn on_postgres<F, Fut>(tag: &str, case: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let db = TestDb::create(tag).await;
+    let store = Store::open(&db.url, true).await.unwrap();
+    case(store.clone()).await;
+    store.close().await;
+    drop(db);
+}
+
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::on_sqlite(super::$name).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::on_postgres(stringify!($name), super::$name).await;
+            }
+        }
+    };
+}
+
+fn frame(edge: &str, seq: u64, line: &str, capture_us: i64) -> FrameEnvelope {
+    FrameEnvelope {
+        protocol_version: 1,
+        edge_id: edge.into(),
+        seq,
+        frame_id: wire::frame_id(edge, seq),
+        site: "plant".into(),
+        line: line.into(),
+        camera_id: "cam-0".into(),
+        capture_time_us: capture_us,
+        reason: 1,
+        edge_score: 0.7,
+        edge_model_version: "pre-1".into(),
+        encoding: 2,
+        image: vec![seq as u8; 100],
+        ..FrameEnvelope::default()
+    }
+}
+
+fn verdict(edge: &str, seq: u64, label: &str) -> Verdict {
+    Verdict {
+        protocol_version: 1,
+        edge_id: edge.into(),
+        seq,
+        frame_id: wire::frame_id(edge, seq),
+        cloud_model_version: "full-1".into(),
+        label: label.into(),
+        defective: label != "good",
+        defect_score: if label == "good" { 0.1 } else { 0.9 },
+        scores: vec![ClassScore {
+            class_name: label.into(),
+            probability: 0.9,
+        }],
+        verdict_time_us: tierline_shared::time::now_us(),
+        ..Verdict::default()
+    }
+}
+
+contract!(storing_is_idempotent_and_counts_deliveries);
+async fn storing_is_idempotent_and_counts_deliveries(s: Store) {
+    assert!(matches!(
+        s.store(&frame("e1", 1, "l1", 10), &verdict("e1", 1, "spot"))
+            .await
+            .unwrap(),
+        Stored::New(_)
+    ));
+    match s
+        .store(&frame("e1", 1, "l1", 10), &verdict("e1", 1, "good"))
+        .await
+        .unwrap()
+    {
+        Stored::Existing(v) => {
+            assert_eq!(v.label, "spot");
+            assert!(v.defective && v.redelivery);
+            assert_eq!(v.scores[0].class_name, "spot");
+            assert_eq!(v.cloud_model_version, "full-1");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.lookup("e1", 1, "reject").await.unwrap().unwrap().label,
+        "spot"
+    );
+    assert!(s.lookup("e1", 2, "").await.unwrap().is_none());
+    assert_eq!(s.verdict_count().await.unwrap(), 1);
+    let (row, image, _) = s.get_frame("e1", 1).await.unwrap().unwrap();
+    assert_eq!(row.deliveries, 3, "store, store again, lookup");
+    assert_eq!(row.edge_local_action, "reject");
+    assert!(!row.disagreement, "a local reject of a spotted part agrees");
+    assert_eq!(image.unwrap(), vec![1u8; 100]);
+    let versions = s.model_versions().await.unwrap();
+    assert!(
+        versions.contains(&("cloud".into(), "full-1".into())),
+        "{versions:?}"
+    );
+    assert!(
+        versions.contains(&("edge".into(), "pre-1".into())),
+        "{versions:?}"
+    );
+}
+
+contract!(concurrent_deliveries_store_one_verdict);
+async fn concurrent_deliveries_store_one_verdict(s: Store) {
+    // Eight workers judge the same frame at once (a QoS 1 duplicate reaching several workers).
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let label = format!("label-{i}");
+                s.store(&frame("e1", 5, "l1", 10), &verdict("e1", 5, &label))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut labels = Vec::new();
+    let mut new = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Stored::New(v) => {
+                new += 1;
+                labels.push(v.label)
+            }
+            Stored::Existing(v) => labels.push(v.label),
+        }
+    }
+    assert_eq!(new, 1, "exactly one delivery stores its verdict");
+    assert!(
+        labels.windows(2).all(|w| w[0] == w[1]),
+        "every reply carries the stored verdict: {labels:?}"
+    );
+    assert_eq!(s.verdict_count().await.unwrap(), 1);
+    let (row, _, _) = s.get_frame("e1", 5).await.unwrap().unwrap();
+    assert_eq!(row.deliveries, 8);
+}
+
+async fn seed_frames(s: &Store) {
+    // e1 on l1: seqs 1..=6, e2 on l2: seqs 1..=4; capture times interleaved.
+    for seq in 1..=6u64 {
+        let mut f = frame("e1", seq, "l1", 1_000 + seq as i64 * 10);
+        if seq == 2 {
+            f.edge_local_action = "reject".into(); // cloud says good below: disagreement
+        }
+        if seq == 3 {
+            f.edge_local_action = "reject".into(); // cloud says scratch: agreement
+        }
+        let label = if seq % 2 == 0 { "good" } else { "scratch" };
+        s.store(&f, &verdict("e1", seq, label)).await.unwrap();
+    }
+    for seq in 1..=4u64 {
+        let mut f = frame("e2", seq, "l2", 1_005 + seq as i64 * 10);
+        if seq == 4 {
+            f.edge_local_action = "pass".into(); // cloud says scratch: disagreement
+        }
+        let label = if seq == 4 { "scratch" } else { "good" };
+        s.store(&f, &verdict("e2", seq, label)).await.unwrap();
+    }
+}
+
+fn keys(rows: &[tierline_cloud::store::FrameRow]) -> Vec<String> {
+    rows.iter()
+        .map(|r| format!("{}/{}", r.edge_id, r.seq))
+        .collect()
+}
+
+contract!(frames_are_filtered_and_paged);
+async fn frames_are_filtered_and_paged(s: Store) {
+    seed_frames(&s).await;
+    let all = FrameFilter {
+        limit: 100,
+        ..FrameFilter::default()
+    };
+    let rows = s.list_frames(&all).await.unwrap();
+    assert_eq!(rows.len(), 10);
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].capture_time_us >= w[1].capture_time_us),
+        "newest first"
+    );
+    let q = |f: FrameFilter| {
+        let s = s.clone();
+        async move {
+            keys(
+                &s.list_frames(&FrameFilter { limit: 100, ..f })
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    assert_eq!(
+        q(FrameFilter {
+            edge_id: "e2".into(),
+            ..Default::default()
+        })
+        .await,
+        ["e2/4", "e2/3", "e2/2", "e2/1"]
+    );
+    assert_eq!(
+        q(FrameFilter {
+            line: "l1".into(),
+            label: "good".into(),
+            ..Default::default()
+        })
+        .await,
+        ["e1/6", "e1/4", "e1/2"]
+    );
+    assert_eq!(
+        q(FrameFilter {
+            disagreement: true,
+            ..Default::default()
+        })
+        .await,
+        ["e2/4", "e1/2"]
+    );
+    assert_eq!(
+        q(FrameFilter {
+            since_us: 1_030,
+            until_us: 1_050,
+            ..Default::default()
+        })
+        .await,
+        ["e2/4", "e1/4", "e2/3", "e1/3"]
+    );
+    let review = ReviewRow {
+        label: "good".into(),
+        defective: false,
+        reviewer: "ana".into(),
+        note: String::new(),
+        time_us: 1,
+    };
+    s.submit_review("e2", 4, &review).await.unwrap();
+    let unreviewed = q(FrameFilter {
+        unreviewed: true,
+        disagreement: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(unreviewed, ["e1/2"]);
+    let listed = s
+        .list_frames(&FrameFilter {
+            edge_id: "e2".into(),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed[0].review_label, "good");
+    // Paging with page size 3 visits every frame once, in order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .list_frames(&FrameFilter {
+                limit: 3,
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(keys(&page));
+        match page.last() {
+            Some(last) if page.len() == 3 => {
+                after = Some((last.capture_time_us, last.edge_id.clone(), last.seq as u64))
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen, keys(&rows));
+}
+
+contract!(reviews_are_kept_as_history);
+async fn reviews_are_kept_as_history(s: Store) {
+    s.store(&frame("e1", 1, "l1", 10), &verdict("e1", 1, "scratch"))
+        .await
+        .unwrap();
+    for (i, label) in ["scratch", "good"].into_iter().enumerate() {
+        let r = ReviewRow {
+            label: label.into(),
+            defective: label != "good",
+            reviewer: format!("r{i}"),
+            note: "looked twice".into(),
+            time_us: 100 + i as i64,
+        };
+        s.submit_review("e1", 1, &r).await.unwrap();
+    }
+    let (row, _, reviews) = s.get_frame("e1", 1).await.unwrap().unwrap();
+    assert_eq!(row.review_label, "good", "the latest review counts");
+    assert_eq!(
+        reviews.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(),
+        ["scratch", "good"]
+    );
+    let missing = s.submit_review("e1", 99, &reviews[0]).await.unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { seq: 99, .. }),
+        "{missing}"
+    );
+    assert!(s.get_frame("e1", 99).await.unwrap().is_none());
+}
+
+contract!(edges_follow_presence_and_heartbeats);
+async fn edges_follow_presence_and_heartbeats(s: Store) {
+    let birth = Presence {
+        protocol_version: 1,
+        edge_id: "e1".into(),
+        state: wire::PresenceState::Online as i32,
+        time_us: 5_000,
+        edge_model_version: "pre-1".into(),
+        site: "plant".into(),
+        line: "l1".into(),
+    };
+    s.record_presence(&birth, 6_000).await.unwrap();
+    let hb = Heartbeat {
+        protocol_version: 1,
+        edge_id: "e1".into(),
+        time_us: 7_000,
+        backlog_frames: 12,
+        oldest_backlog_age_ms: 3_400,
+        ..Heartbeat::default()
+    };
+    s.record_heartbeat("plant", "l1", &hb, 8_000).await.unwrap();
+    let e = &s.list_edges().await.unwrap()[0];
+    assert!(e.online);
+    assert_eq!(
+        (e.last_seen_us, e.backlog_frames, e.oldest_backlog_age_ms),
+        (8_000, 12, 3_400)
+    );
+    assert_eq!(
+        e.edge_model_version, "pre-1",
+        "an empty heartbeat version keeps the known one"
+    );
+    let will = Presence {
+        state: wire::PresenceState::Offline as i32,
+        time_us: 1_000, // composed at connect time, long before it is sent
+        ..birth.clone()
+    };
+    s.record_presence(&will, 30_000).await.unwrap();
+    let e = &s.list_edges().await.unwrap()[0];
+    assert!(!e.online);
+    assert_eq!(e.last_seen_us, 8_000, "a last will does not move last-seen");
+    // A heartbeat from an edge without a presence row creates it.
+    let hb2 = Heartbeat {
+        edge_id: "e2".into(),
+        ..hb
+    };
+    s.record_heartbeat("plant", "l2", &hb2, 9_000)
+        .await
+        .unwrap();
+    let edges = s.list_edges().await.unwrap();
+    assert_eq!(edges.len(), 2);
+    assert_eq!(
+        (edges[1].edge_id.as_str(), edges[1].line.as_str()),
+        ("e2", "l2")
+    );
+}
+
+contract!(leases_fence_stale_leaders);
+async fn leases_fence_stale_leaders(s: Store) {
+    let ttl = Duration::from_secs(10);
+    let a = s
+        .try_acquire_lease("job", "a", ttl, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.try_acquire_lease("job", "b", ttl, 1_000_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "a holds it"
+    );
+    let renewed = s
+        .try_acquire_lease("job", "a", ttl, 5_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.token, a.token, "renewing keeps the token");
+    // a stops renewing; after expiry b takes over with a larger token.
+    let b = s
+        .try_acquire_lease("job", "b", ttl, 16_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.token > a.token);
+    let policy = RetentionPolicy {
+        max_age: Some(Duration::from_secs(1)),
+        max_bytes: None,
+    };
+    let stale = s
+        .prune_images(&renewed, &policy, 17_000_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, StoreError::Fenced { token, .. } if token == a.token),
+        "{stale}"
+    );
+    assert!(s.prune_images(&b, &policy, 17_000_000).await.is_ok());
+    // a comes back: refused while b's lease runs.
+    assert!(
+        s.try_acquire_lease("job", "a", ttl, 18_000_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // b releases; a takes over at once, with a yet larger token.
+    s.release_lease(&b).await.unwrap();
+    let a2 = s
+        .try_acquire_lease("job", "a", ttl, 19_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a2.token > b.token);
+    // Leases are per job.
+    assert!(
+        s.try_acquire_lease("other", "b", ttl, 19_000_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+contract!(retention_clears_old_images_and_keeps_verdicts);
+async fn retention_clears_old_images_and_keeps_verdicts(s: Store) {
+    for seq in 1..=10u64 {
+        s.store(
+            &frame("e1", seq, "l1", seq as i64),
+            &verdict("e1", seq, "good"),
+        )
+        .await
+        .unwrap();
+    }
+    let lease = s
+        .try_acquire_lease(
+            "retention",
+            "w1",
+            Duration::from_secs(60),
+            tierline_shared::time::now_us(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // Nothing is older than an hour.
+    let now = tierline_shared::time::now_us();
+    let by_age = RetentionPolicy {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: None,
+    };
+    assert_eq!(
+        s.prune_images(&lease, &by_age, now).await.unwrap().images,
+        0
+    );
+    // A budget of 350 bytes keeps the newest three 100-byte images.
+    let by_size = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(350),
+    };
+    let p = s.prune_images(&lease, &by_size, now).await.unwrap();
+    assert_eq!((p.images, p.bytes), (7, 700));
+    let rows = s
+        .list_frames(&FrameFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kept: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.has_image)
+        .map(|r| r.seq as u64)
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert_eq!(s.verdict_count().await.unwrap(), 10, "verdicts stay");
+    let (_, image, _) = s.get_frame("e1", kept[0]).await.unwrap().unwrap();
+    assert!(image.is_some());
+    // Everything received before "an hour from now" ages out.
+    let later = now + 2 * 3_600_000_000;
+    let p = s
+        .prune_images(&lease_at(&s, later).await, &by_age, later)
+        .await
+        .unwrap();
+    assert_eq!(p.images, 3);
+    let (row, image, _) = s.get_frame("e1", 10).await.unwrap().unwrap();
+    assert!(image.is_none() && !row.has_image);
+    assert_eq!(row.label, "good");
+}
+
+async fn lease_at(s: &Store, now: i64) -> tierline_cloud::store::Lease {
+    s.try_acquire_lease("retention", "w1", Duration::from_secs(60), now)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+contract!(watch_reads_verdicts_in_time_order);
+async fn watch_reads_verdicts_in_time_order(s: Store) {
+    for seq in 1..=5u64 {
+        let mut v = verdict("e1", seq, "good");
+        v.verdict_time_us = 1_000 * seq as i64;
+        s.store(&frame("e1", seq, "l1", 1), &v).await.unwrap();
+    }
+    let rows = s.verdicts_since(2_000, "", 10).await.unwrap();
+    assert_eq!(keys(&rows), ["e1/3", "e1/4", "e1/5"]);
+    assert_eq!(s.verdicts_since(0, "e2", 10).await.unwrap().len(), 0);
+    assert_eq!(s.verdicts_since(0, "", 2).await.unwrap().len(), 2);
+}
