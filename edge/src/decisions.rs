@@ -382,6 +382,8 @@ pub enum Input {
     Forwarded(Pending),
     /// A verdict from the cloud, with what the outbox remembered about the frame.
     Verdict(Verdict, Option<Acked>),
+    /// Fires once every event caused by the inputs before it has been written by the sink.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Writes provisional local decisions into the outbox (batched) until `rx` closes.
@@ -420,7 +422,7 @@ pub fn decided_at_restart(r: &crate::outbox::Record, rules: &OfflineRules) -> Ev
 pub async fn run(
     mut book: Book,
     mut inputs: mpsc::Receiver<Input>,
-    sink: mpsc::Sender<Event>,
+    sink: mpsc::Sender<crate::sink::Item>,
     local: mpsc::Sender<(u64, Action)>,
     stats: Arc<EdgeStats>,
     shutdown: CancellationToken,
@@ -454,6 +456,10 @@ pub async fn run(
                     }
                     e
                 }
+                Some(Input::Written(done)) => {
+                    let _ = sink.send(crate::sink::Item::Barrier(done)).await;
+                    None
+                }
             },
             // Only polled while timers exist: an empty DelayQueue would report completion.
             Some(expired) = futures_next(&mut timers), if !timers.is_empty() => {
@@ -474,7 +480,7 @@ pub async fn run(
                 let _ = local.send((*seq, *action)).await;
             }
             account(&stats, &e);
-            if sink.send(e).await.is_err() {
+            if sink.send(crate::sink::Item::Event(e)).await.is_err() {
                 break;
             }
         }
@@ -484,7 +490,7 @@ pub async fn run(
             let _ = local.send((*seq, *action)).await;
         }
         account(&stats, &e);
-        let _ = sink.send(e).await;
+        let _ = sink.send(crate::sink::Item::Event(e)).await;
     }
 }
 

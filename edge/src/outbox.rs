@@ -17,12 +17,13 @@
 //! commits on power loss. A frame counts as *accepted* once its commit returned; only then is it published.
 //!
 //! **Local decisions.** When a suspect's verdict misses its deadline, the provisional line decision is written
-//! to the record (`local_action`). It goes to the cloud with the frame, and when the verdict finally deletes
-//! the record it is returned, so the reconciliation survives an edge restart. Suspects found without one at
-//! startup were caught by a crash before their deadline: they are decided locally then.
+//! to the record (`local_action`). It goes to the cloud with the frame, and when the verdict finally arrives
+//! it is read back ([`Outbox::lookup`]), so the reconciliation survives an edge restart. Suspects found
+//! without one at startup were caught by a crash before their deadline: they are decided locally then.
 //!
 //! **When a record may be deleted.** Only when the cloud acknowledged it at application level: its verdict
-//! for `(edge_id, seq)` arrived ([`Outbox::ack`]), or the eviction policy below removed it. A successful
+//! for `(edge_id, seq)` arrived and the event it caused was written by the decision sink ([`Outbox::ack`]),
+//! or the eviction policy below removed it. A successful
 //! publish or an MQTT PUBACK never deletes anything (brokers PUBACK messages they drop).
 //!
 //! **Redelivery.** A record sent for the n-th time becomes due again after `resend_after × 2^(n-1)` (capped
@@ -156,7 +157,7 @@ pub struct Record {
     pub local_action: Option<String>,
 }
 
-/// What the outbox still knew about a record when its verdict deleted it.
+/// What the outbox knew about a record when its verdict arrived.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Acked {
     /// Sequence number.
@@ -459,6 +460,27 @@ impl Outbox {
             .await
             .map_err(self.err("reset in flight"))?;
         Ok(())
+    }
+
+    /// What the outbox knows about records that exist among `seqs`, without changing them.
+    pub async fn lookup(&self, seqs: &[u64]) -> Result<Vec<Acked>, OutboxError> {
+        let mut found = Vec::with_capacity(seqs.len());
+        let mut conn = self.pool.acquire().await.map_err(self.err("look up"))?;
+        for seq in seqs {
+            let row = sqlx::query("SELECT local_action, capture_time_us FROM outbox WHERE seq = ?")
+                .bind(*seq as i64)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(self.err("look up"))?;
+            if let Some(row) = row {
+                found.push(Acked {
+                    seq: *seq,
+                    local_action: row.get("local_action"),
+                    capture_time_us: row.get("capture_time_us"),
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes acknowledged records; returns what was known about those that existed.

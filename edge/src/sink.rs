@@ -4,7 +4,7 @@ use crate::config::SinkConfig;
 use crate::decisions::Event;
 use rumqttc::{AsyncClient, QoS};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Errors from the sink.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +19,20 @@ pub enum SinkError {
     },
 }
 
+/// What the decision stage hands to the sink.
+#[derive(Debug)]
+pub enum Item {
+    /// An event to write.
+    Event(Event),
+    /// Fired once every event before it has been written (handed to the operating system). The outbox forgets
+    /// a frame only after its verdict's event passed such a barrier, so a crash cannot lose the event.
+    Barrier(oneshot::Sender<()>),
+}
+
 /// Writes events until `rx` closes.
 pub async fn run(
     cfg: SinkConfig,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Item>,
     client: AsyncClient,
 ) -> Result<(), SinkError> {
     match cfg {
@@ -53,7 +63,14 @@ pub async fn run(
             // Best effort and never blocking: awaiting the client would stall line decisions while the broker
             // is away (and could wait on the event loop, which waits on this stage). Drops are logged.
             let mut dropped = 0u64;
-            while let Some(e) = rx.recv().await {
+            while let Some(item) = rx.recv().await {
+                let e = match item {
+                    Item::Event(e) => e,
+                    Item::Barrier(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 let line = serde_json::to_vec(&e).unwrap_or_default();
                 if client
                     .try_publish(topic.clone(), QoS::AtLeastOnce, false, line)
@@ -68,7 +85,11 @@ pub async fn run(
             Ok(())
         }
         SinkConfig::Null => {
-            while rx.recv().await.is_some() {}
+            while let Some(item) = rx.recv().await {
+                if let Item::Barrier(done) = item {
+                    let _ = done.send(());
+                }
+            }
             Ok(())
         }
     }
@@ -87,13 +108,21 @@ async fn last_byte(path: &std::path::Path) -> Option<u8> {
 async fn write_lines<W: AsyncWrite + Unpin>(
     mut w: BufWriter<W>,
     name: &str,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Item>,
 ) -> Result<(), SinkError> {
     let io = |source| SinkError::Io {
         path: name.to_string(),
         source,
     };
-    while let Some(e) = rx.recv().await {
+    while let Some(item) = rx.recv().await {
+        let e = match item {
+            Item::Event(e) => e,
+            Item::Barrier(done) => {
+                // Every earlier line was flushed when it was written.
+                let _ = done.send(());
+                continue;
+            }
+        };
         let mut line = serde_json::to_vec(&e).unwrap_or_default();
         line.push(b'\n');
         w.write_all(&line).await.map_err(io)?;

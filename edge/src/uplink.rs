@@ -121,28 +121,46 @@ pub async fn run(
     }
 }
 
-/// Deletes acknowledged records and passes verdicts on to the decision stage. Runs until `rx` closes.
+/// Passes verdicts on to the decision stage with what the outbox remembers about each frame, and deletes the
+/// records once the events the verdicts caused are written. Runs until `rx` closes.
+///
+/// A crash before the deletion leaves the record: the frame is sent again, the cloud answers from its stored
+/// verdict, and the record (with any local decision it remembers) settles the frame after the restart. The
+/// decision or reconciliation line may then appear twice; it is never lost.
 pub async fn acknowledge(
     outbox: Outbox,
     mut rx: tokio::sync::mpsc::Receiver<tierline_shared::wire::Verdict>,
     decisions: tokio::sync::mpsc::Sender<crate::decisions::Input>,
 ) -> Result<(), OutboxError> {
+    use crate::decisions::Input;
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
+        // A repeated verdict in the same batch would settle the frame twice.
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        batch.retain(|v| seen.insert(v.seq));
         let seqs: Vec<u64> = batch.iter().map(|v| v.seq).collect();
-        // Forget the records first: what they knew (a local decision taken before a restart) goes along.
-        let mut acked: std::collections::HashMap<u64, crate::outbox::Acked> = outbox
-            .ack(&seqs)
+        let mut known: std::collections::HashMap<u64, crate::outbox::Acked> = outbox
+            .lookup(&seqs)
             .await?
             .into_iter()
             .map(|a| (a.seq, a))
             .collect();
         for v in batch.drain(..) {
-            let known = acked.remove(&v.seq);
-            let _ = decisions
-                .send(crate::decisions::Input::Verdict(v, known))
-                .await;
+            let known = known.remove(&v.seq);
+            if decisions.send(Input::Verdict(v, known)).await.is_err() {
+                return Ok(());
+            }
         }
+        let (done, written) = tokio::sync::oneshot::channel();
+        if decisions.send(Input::Written(done)).await.is_err() || written.await.is_err() {
+            // The decision stage or the sink stopped: keep the records; they settle after a restart.
+            tracing::warn!(
+                frames = seqs.len(),
+                "Decision sink stopped before writing; acknowledged frames stay in the outbox."
+            );
+            return Ok(());
+        }
+        outbox.ack(&seqs).await?;
     }
     Ok(())
 }
