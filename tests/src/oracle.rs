@@ -153,8 +153,9 @@ impl Stored {
 }
 
 /// The end-to-end oracle for one edge: every frame taken got exactly one line decision; every provisional
-/// decision was reconciled by its late verdict; every accepted frame has exactly one stored verdict; and the
-/// placeholder models' exactness holds (defects rejected, good frames passed). Returns what it saw.
+/// decision was reconciled by its late verdict; every accepted frame has exactly one stored verdict; and a
+/// decision taken on a cloud verdict follows that verdict. The trained models are not exact, so a good frame
+/// may be rejected and a defect passed: those are counted and printed, not asserted. Returns what it saw.
 pub async fn check_pipeline(
     dir: &Path,
     edge_id: &str,
@@ -209,13 +210,23 @@ pub fn check_pipeline_against(
             "suspect {seq} has no stored verdict"
         );
     }
+    let (mut good_rejected, mut defects_passed) = (0, 0);
     for d in log.decisions() {
         match d["truth"].as_str() {
-            Some("good") => assert_eq!(d["action"], "pass", "{d}"),
-            Some(_) => assert_ne!(d["action"], "pass", "{d}"),
-            None => {}
+            Some("good") if d["action"] != "pass" => good_rejected += 1,
+            Some(t) if t != "good" && d["action"] == "pass" => defects_passed += 1,
+            _ => {}
+        }
+        if d["source"] == "cloud" && d["action"] == "pass" {
+            assert_eq!(
+                d["cloud_label"], "good",
+                "pass against a defect verdict: {d}"
+            );
         }
     }
+    eprintln!(
+        "oracle: against ground truth, {good_rejected} good frames not passed, {defects_passed} defects passed"
+    );
     assert!(
         get(&stats.frames_suspect) > 0,
         "the run must exercise suspects"

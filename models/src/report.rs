@@ -1,0 +1,364 @@
+//! Cascade metrics from scored frames.
+//!
+//! The cascade decides as the runtime does: the edge forwards a frame when its defect score is at or above
+//! the edge threshold, and a forwarded frame gets the cloud model's label; every other frame passes as good.
+//! Cloud-only sends every frame to the cloud model. Audit samples are left out (they add the audit rate to
+//! the forwarded share and change no decision).
+//!
+//! With a target prevalence, every good frame is weighted `(1 - p) / good_share` and every defective frame
+//! `p / defective_share`, so rates read as if defects made up `p` of the frames; per-class rates do not
+//! change. Counts and confidence bounds always use the frames as they are.
+
+use crate::cascade::Scored;
+use serde::Serialize;
+
+/// Two-sided 95 % normal quantile used for the Wilson bounds.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// Lower end of the Wilson score interval for `k` successes in `n` trials (`z` = normal quantile).
+pub fn wilson_lower(k: usize, n: usize, z: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+}
+
+/// A proportion with its raw counts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rate {
+    /// Frames that count as a hit.
+    pub hits: usize,
+    /// Frames in the denominator.
+    pub total: usize,
+    /// The rate, weighted by the target prevalence when one is given.
+    pub rate: f64,
+    /// Wilson 95 % lower bound on the unweighted rate.
+    pub lower_95: f64,
+}
+
+/// Numbers for one ground-truth class.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClassReport {
+    /// Class name.
+    pub label: String,
+    /// Frames of this class.
+    pub frames: usize,
+    /// Share the edge forwarded.
+    pub edge_forwarded: f64,
+    /// Share the cloud model flagged as defective.
+    pub cloud_flagged: f64,
+    /// Share the cloud model labeled correctly.
+    pub cloud_correct: f64,
+    /// Share the cascade labeled correctly.
+    pub cascade_correct: f64,
+}
+
+/// Everything `eval` reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// Frames scored.
+    pub frames: usize,
+    /// Frames whose truth is a defect.
+    pub defective_frames: usize,
+    /// Defect share of the frames as given.
+    pub sample_prevalence: f64,
+    /// Prevalence the rates are weighted to (`None`: as given).
+    pub target_prevalence: Option<f64>,
+    /// Edge threshold used.
+    pub edge_threshold: f32,
+    /// Cloud threshold (from its manifest).
+    pub cloud_threshold: f32,
+    /// Defective frames the edge forwards.
+    pub edge_recall_vs_truth: Rate,
+    /// Frames the cloud model flags that the edge forwards.
+    pub edge_recall_vs_cloud: Rate,
+    /// Cloud-only: frames whose label is right.
+    pub cloud_accuracy: f64,
+    /// Cloud-only: frames whose good/defective call is right.
+    pub cloud_binary_accuracy: f64,
+    /// Cascade: frames whose label is right.
+    pub cascade_accuracy: f64,
+    /// Cascade: frames whose good/defective call is right.
+    pub cascade_binary_accuracy: f64,
+    /// `cascade_accuracy - cloud_accuracy`, in percentage points.
+    pub accuracy_delta_points: f64,
+    /// Share of frames forwarded.
+    pub forwarded_frames: f64,
+    /// Share of image bytes forwarded.
+    pub forwarded_bytes: f64,
+    /// Per ground-truth class, in the cloud model's class order.
+    pub classes: Vec<ClassReport>,
+}
+
+/// Computes the report for `frames` at `edge_threshold`. `good` is the good class label, `classes` the cloud
+/// model's classes (for the per-class order).
+pub fn compute(
+    frames: &[Scored],
+    edge_threshold: f32,
+    cloud_threshold: f32,
+    good: &str,
+    classes: &[String],
+    target_prevalence: Option<f64>,
+) -> Report {
+    let n = frames.len();
+    let defective = frames.iter().filter(|f| f.truth != good).count();
+    let sample_prevalence = if n == 0 {
+        0.0
+    } else {
+        defective as f64 / n as f64
+    };
+    let weight = |f: &Scored| -> f64 {
+        match target_prevalence {
+            Some(p) if defective > 0 && defective < n => {
+                if f.truth == good {
+                    (1.0 - p) / (1.0 - sample_prevalence)
+                } else {
+                    p / sample_prevalence
+                }
+            }
+            _ => 1.0,
+        }
+    };
+    let forwarded = |f: &Scored| f.edge_score >= edge_threshold;
+    // The cascade's label is the cloud's for forwarded frames and good for the rest.
+    let cascade_right = |f: &Scored| {
+        if forwarded(f) {
+            f.cloud.label == f.truth
+        } else {
+            f.truth == good
+        }
+    };
+    // Weighted share of `sel` frames for which `hit` holds, with raw counts.
+    let rate = |sel: &dyn Fn(&Scored) -> bool, hit: &dyn Fn(&Scored) -> bool| -> Rate {
+        let (mut hits, mut total, mut wh, mut wt) = (0, 0, 0.0, 0.0);
+        for f in frames.iter().filter(|f| sel(f)) {
+            let w = weight(f);
+            total += 1;
+            wt += w;
+            if hit(f) {
+                hits += 1;
+                wh += w;
+            }
+        }
+        Rate {
+            hits,
+            total,
+            rate: if wt > 0.0 { wh / wt } else { 0.0 },
+            lower_95: wilson_lower(hits, total, Z95),
+        }
+    };
+    let all = |_: &Scored| true;
+    let cloud_accuracy = rate(&all, &|f| f.cloud.label == f.truth).rate;
+    let cascade_accuracy = rate(&all, &cascade_right).rate;
+    let total_bytes: f64 = frames.iter().map(|f| weight(f) * f.bytes as f64).sum();
+    let fwd_bytes: f64 = frames
+        .iter()
+        .filter(|f| forwarded(f))
+        .map(|f| weight(f) * f.bytes as f64)
+        .sum();
+    let per_class = |label: &String| {
+        let of = frames.iter().filter(|f| &f.truth == label);
+        let k = of.clone().count();
+        let share = |hit: &dyn Fn(&Scored) -> bool| {
+            if k == 0 {
+                0.0
+            } else {
+                of.clone().filter(|f| hit(f)).count() as f64 / k as f64
+            }
+        };
+        ClassReport {
+            label: label.clone(),
+            frames: k,
+            edge_forwarded: share(&|f| forwarded(f)),
+            cloud_flagged: share(&|f| f.cloud.defective),
+            cloud_correct: share(&|f| f.cloud.label == f.truth),
+            cascade_correct: share(&cascade_right),
+        }
+    };
+    Report {
+        frames: n,
+        defective_frames: defective,
+        sample_prevalence,
+        target_prevalence,
+        edge_threshold,
+        cloud_threshold,
+        edge_recall_vs_truth: rate(&|f| f.truth != good, &forwarded),
+        edge_recall_vs_cloud: rate(&|f| f.cloud.defective, &forwarded),
+        cloud_accuracy,
+        cloud_binary_accuracy: rate(&all, &|f| f.cloud.defective == (f.truth != good)).rate,
+        cascade_accuracy,
+        cascade_binary_accuracy: rate(&all, &|f| {
+            (forwarded(f) && f.cloud.defective) == (f.truth != good)
+        })
+        .rate,
+        accuracy_delta_points: 100.0 * (cascade_accuracy - cloud_accuracy),
+        forwarded_frames: rate(&all, &forwarded).rate,
+        forwarded_bytes: if total_bytes > 0.0 {
+            fwd_bytes / total_bytes
+        } else {
+            0.0
+        },
+        classes: classes
+            .iter()
+            .filter(|c| frames.iter().any(|f| &f.truth == *c))
+            .map(per_class)
+            .collect(),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2} %", 100.0 * x)
+}
+
+fn rate_line(r: &Rate) -> String {
+    format!(
+        "{} ({}/{}, 95 % lower bound {})",
+        pct(r.rate),
+        r.hits,
+        r.total,
+        pct(r.lower_95)
+    )
+}
+
+impl Report {
+    /// The report as a table for people.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let prevalence = match self.target_prevalence {
+            Some(p) => format!(
+                "weighted to {} defect prevalence (sample: {})",
+                pct(p),
+                pct(self.sample_prevalence)
+            ),
+            None => format!(
+                "{} defect prevalence as sampled",
+                pct(self.sample_prevalence)
+            ),
+        };
+        s += &format!(
+            "{} frames ({} defective), {prevalence}\nedge threshold {:.6}, cloud threshold {:.6}\n\n",
+            self.frames, self.defective_frames, self.edge_threshold, self.cloud_threshold
+        );
+        s += &format!(
+            "edge recall vs cloud flags   {}\n",
+            rate_line(&self.edge_recall_vs_cloud)
+        );
+        s += &format!(
+            "edge recall vs ground truth  {}\n",
+            rate_line(&self.edge_recall_vs_truth)
+        );
+        s += &format!(
+            "forwarded                    {} of frames, {} of bytes (saved {})\n",
+            pct(self.forwarded_frames),
+            pct(self.forwarded_bytes),
+            pct(1.0 - self.forwarded_bytes)
+        );
+        s += &format!(
+            "accuracy (class)             cloud-only {}, cascade {} ({:+.2} points)\n",
+            pct(self.cloud_accuracy),
+            pct(self.cascade_accuracy),
+            self.accuracy_delta_points
+        );
+        s += &format!(
+            "accuracy (good/defective)    cloud-only {}, cascade {}\n\n",
+            pct(self.cloud_binary_accuracy),
+            pct(self.cascade_binary_accuracy)
+        );
+        s += &format!(
+            "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+            "class", "frames", "edge fwd", "cloud flag", "cloud ok", "cascade ok"
+        );
+        for c in &self.classes {
+            s += &format!(
+                "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+                c.label,
+                c.frames,
+                pct(c.edge_forwarded),
+                pct(c.cloud_flagged),
+                pct(c.cloud_correct),
+                pct(c.cascade_correct)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tierline_shared::runner::Score;
+
+    fn frame(truth: &str, edge: f32, cloud: &str, bytes: u64) -> Scored {
+        Scored {
+            path: "x".into(),
+            truth: truth.into(),
+            bytes,
+            edge_score: edge,
+            cloud: Score {
+                defect_score: if cloud == "good" { 0.1 } else { 0.9 },
+                defective: cloud != "good",
+                label: cloud.into(),
+                class_scores: Vec::new(),
+            },
+        }
+    }
+
+    fn classes() -> Vec<String> {
+        ["good", "spot", "dent"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn cascade_follows_the_edge_threshold() {
+        let frames = vec![
+            frame("good", 0.1, "good", 100),
+            frame("good", 0.6, "spot", 100), // cloud false positive, forwarded
+            frame("spot", 0.9, "spot", 300),
+            frame("dent", 0.3, "dent", 500), // edge miss of a cloud flag
+        ];
+        let r = compute(&frames, 0.5, 0.5, "good", &classes(), None);
+        assert_eq!(
+            (r.edge_recall_vs_cloud.hits, r.edge_recall_vs_cloud.total),
+            (2, 3)
+        );
+        assert_eq!(
+            (r.edge_recall_vs_truth.hits, r.edge_recall_vs_truth.total),
+            (1, 2)
+        );
+        assert!((r.forwarded_frames - 0.5).abs() < 1e-12);
+        assert!((r.forwarded_bytes - 400.0 / 1000.0).abs() < 1e-12);
+        assert!((r.cloud_accuracy - 0.75).abs() < 1e-12);
+        // The cascade loses the dent and the cloud's false positive stays.
+        assert!((r.cascade_accuracy - 0.5).abs() < 1e-12);
+        assert!((r.accuracy_delta_points + 25.0).abs() < 1e-9);
+        let dent = r.classes.iter().find(|c| c.label == "dent").unwrap();
+        assert_eq!((dent.cloud_correct, dent.cascade_correct), (1.0, 0.0));
+    }
+
+    #[test]
+    fn prevalence_weighting_reweights_aggregates_only() {
+        let frames = vec![
+            frame("good", 0.6, "good", 100),
+            frame("good", 0.1, "good", 100),
+            frame("spot", 0.9, "spot", 100),
+            frame("spot", 0.9, "spot", 100),
+        ];
+        let r = compute(&frames, 0.5, 0.5, "good", &classes(), Some(0.02));
+        // Forwarded: half of the goods (weight 0.98) and all defects (weight 0.02).
+        assert!((r.forwarded_frames - (0.98 * 0.5 + 0.02)).abs() < 1e-12);
+        let good = r.classes.iter().find(|c| c.label == "good").unwrap();
+        assert!((good.edge_forwarded - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn wilson_bound_matches_known_values() {
+        // 995/1000 at 95 %: 0.98838 (two-sided Wilson, lower end).
+        assert!((wilson_lower(995, 1000, Z95) - 0.988_38).abs() < 1e-4);
+        assert!(wilson_lower(10, 10, Z95) < 1.0);
+        assert_eq!(wilson_lower(0, 0, Z95), 0.0);
+    }
+}

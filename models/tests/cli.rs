@@ -1,0 +1,263 @@
+//! `tierline-models eval` and `calibrate` on the committed labeled samples, checked against an independent
+//! pass over the same images through the runtime's `ModelRunner`.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tierline_shared::manifest::Manifest;
+use tierline_shared::runner::{ModelRunner, RunnerConfig};
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tierline-models"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// (label, edge score, cloud defective, cloud label, bytes) per sample, scored directly by the runtime.
+fn direct_scores(edge_manifest: &Path) -> Vec<(String, f32, bool, String, u64)> {
+    let edge = ModelRunner::start(
+        Manifest::load(edge_manifest).unwrap(),
+        RunnerConfig::default(),
+    )
+    .unwrap();
+    let cloud = ModelRunner::start(
+        Manifest::load(&models().join("full.toml")).unwrap(),
+        RunnerConfig::default(),
+    )
+    .unwrap();
+    let dir = models().join("samples");
+    let csv = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split(',');
+            let (file, label) = (f.next().unwrap(), f.next().unwrap());
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let n = bytes.len() as u64;
+            let img = Bytes::from(bytes);
+            let e = edge.score_blocking(img.clone()).unwrap();
+            let c = cloud.score_blocking(img).unwrap();
+            (label.to_string(), e.defect_score, c.defective, c.label, n)
+        })
+        .collect()
+}
+
+fn eval_json(dir: &Path, edge: &Path, extra: &[&str]) -> serde_json::Value {
+    let cloud = models().join("full.toml");
+    let mut args = vec![
+        "eval",
+        path(dir),
+        "--edge",
+        path(edge),
+        "--cloud",
+        path(&cloud),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A copy of the prescreen manifest, model and goldens that a test may rewrite.
+fn prescreen_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manifest::load(&models().join("prescreen.toml")).unwrap();
+    std::fs::copy(models().join(&m.file), dir.path().join(&m.file)).unwrap();
+    std::fs::create_dir(dir.path().join("golden")).unwrap();
+    for g in &m.golden {
+        std::fs::copy(models().join(&g.file), dir.path().join(&g.file)).unwrap();
+    }
+    let path = dir.path().join("prescreen.toml");
+    std::fs::copy(models().join("prescreen.toml"), &path).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn eval_reports_what_the_runtime_decides() {
+    let edge = models().join("prescreen.toml");
+    let threshold = Manifest::load(&edge).unwrap().output.threshold;
+    let direct = direct_scores(&edge);
+    let r = eval_json(&models().join("samples"), &edge, &[]);
+
+    let flagged: Vec<_> = direct.iter().filter(|d| d.2).collect();
+    let caught = flagged.iter().filter(|d| d.1 >= threshold).count();
+    assert_eq!(r["frames"], direct.len());
+    assert_eq!(r["edge_recall_vs_cloud"]["total"], flagged.len());
+    assert_eq!(r["edge_recall_vs_cloud"]["hits"], caught);
+    let defective: Vec<_> = direct.iter().filter(|d| d.0 != "good").collect();
+    assert_eq!(r["edge_recall_vs_truth"]["total"], defective.len());
+    assert_eq!(
+        r["edge_recall_vs_truth"]["hits"],
+        defective.iter().filter(|d| d.1 >= threshold).count()
+    );
+    let fwd_bytes: u64 = direct
+        .iter()
+        .filter(|d| d.1 >= threshold)
+        .map(|d| d.4)
+        .sum();
+    let all_bytes: u64 = direct.iter().map(|d| d.4).sum();
+    let got = r["forwarded_bytes"].as_f64().unwrap();
+    assert!(
+        (got - fwd_bytes as f64 / all_bytes as f64).abs() < 1e-9,
+        "{got}"
+    );
+    let cloud_ok = direct.iter().filter(|d| d.3 == d.0).count();
+    let got = r["cloud_accuracy"].as_f64().unwrap();
+    assert!((got - cloud_ok as f64 / direct.len() as f64).abs() < 1e-9);
+    let cascade_ok = direct
+        .iter()
+        .filter(|d| {
+            (if d.1 >= threshold {
+                d.3.as_str()
+            } else {
+                "good"
+            }) == d.0
+        })
+        .count();
+    let got = r["cascade_accuracy"].as_f64().unwrap();
+    assert!((got - cascade_ok as f64 / direct.len() as f64).abs() < 1e-9);
+    let per_class: u64 = r["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["frames"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_class, direct.len() as u64);
+}
+
+#[test]
+fn eval_table_names_the_numbers() {
+    let (code, out, err) = run(&[
+        "eval",
+        path(&models().join("samples")),
+        "--edge",
+        path(&models().join("prescreen.toml")),
+        "--cloud",
+        path(&models().join("full.toml")),
+        "--prevalence",
+        "0.02",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "edge recall vs cloud flags",
+        "forwarded",
+        "cascade",
+        "weighted to 2.00 %",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}
+
+#[test]
+fn calibrate_writes_a_threshold_that_keeps_every_cloud_flag() {
+    let (_dir, manifest) = prescreen_copy();
+    let (code, out, err) = run(&[
+        "calibrate",
+        path(&models().join("samples")),
+        "--edge",
+        path(&manifest),
+        "--cloud",
+        path(&models().join("full.toml")),
+        "--target-recall",
+        "1.0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let written = Manifest::load(&manifest).unwrap().output.threshold;
+    assert_eq!(c["threshold"].as_f64().unwrap() as f32, written);
+    // The independent oracle: every sample the cloud flags scores at or above the written threshold, and
+    // the threshold is not needlessly low (within the 1e-6 rounding of the written value).
+    let direct = direct_scores(&manifest);
+    let lowest = direct
+        .iter()
+        .filter(|d| d.2)
+        .map(|d| d.1)
+        .fold(f32::MAX, f32::min);
+    assert!(
+        written <= lowest && lowest - written < 2e-6,
+        "{written} vs {lowest}"
+    );
+    let r = eval_json(&models().join("samples"), &manifest, &[]);
+    assert_eq!(r["edge_recall_vs_cloud"]["rate"], 1.0);
+}
+
+#[test]
+fn calibrate_dry_run_leaves_the_manifest() {
+    let (_dir, manifest) = prescreen_copy();
+    let before = std::fs::read_to_string(&manifest).unwrap();
+    let (code, out, err) = run(&[
+        "calibrate",
+        path(&models().join("samples")),
+        "--edge",
+        path(&manifest),
+        "--cloud",
+        path(&models().join("full.toml")),
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dry run"), "{out}");
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), before);
+}
+
+#[test]
+fn folder_names_serve_as_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = models().join("samples");
+    let csv = std::fs::read_to_string(samples.join("labels.csv")).unwrap();
+    let mut n = 0;
+    for line in csv.lines().skip(1).filter(|l| !l.is_empty()) {
+        let mut f = line.split(',');
+        let (file, label) = (f.next().unwrap(), f.next().unwrap());
+        std::fs::create_dir_all(dir.path().join(label)).unwrap();
+        std::fs::copy(samples.join(file), dir.path().join(label).join(file)).unwrap();
+        n += 1;
+    }
+    let r = eval_json(dir.path(), &models().join("prescreen.toml"), &[]);
+    assert_eq!(r["frames"], n);
+}
+
+#[test]
+fn unknown_label_and_bad_prevalence_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        models().join("samples/frame-00.jpg"),
+        dir.path().join("a.jpg"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("labels.csv"), "file,label\na.jpg,rust\n").unwrap();
+    let (code, _, err) = run(&[
+        "eval",
+        path(dir.path()),
+        "--edge",
+        path(&models().join("prescreen.toml")),
+        "--cloud",
+        path(&models().join("full.toml")),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("\"rust\"") && err.contains("not a class"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["eval", path(dir.path()), "--prevalence", "2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--prevalence"), "{err}");
+}

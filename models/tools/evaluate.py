@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Python reference of `tierline-models eval` and `calibrate` (same definitions, Pillow preprocessing).
+
+    python tools/evaluate.py DIR [--prevalence 0.02] [--calibrate 0.995] [--edge-threshold T]
+
+DIR holds labels.csv (file,label[,surface]). Prints the cascade numbers as
+`eval` defines them (src/report.rs), per class and per surface; with
+--calibrate, the threshold `calibrate` would pick (src/calibrate.rs) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tomllib
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from preprocess import preprocess  # noqa: E402
+
+MODELS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+Z95 = 1.959963984540054
+
+
+def wilson_lower(k: int, n: int) -> float:
+    if n == 0:
+        return 0.0
+    p, z2 = k / n, Z95 * Z95
+    centre = p + z2 / (2 * n)
+    spread = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z2 / n))
+
+
+def load(name: str):
+    import onnxruntime as ort
+    with open(os.path.join(MODELS, f"{name}.toml"), "rb") as f:
+        m = tomllib.load(f)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(os.path.join(MODELS, m["file"]), opts,
+                                providers=["CPUExecutionProvider"])
+    return m, sess
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir")
+    ap.add_argument("--prevalence", type=float, default=None)
+    ap.add_argument("--calibrate", type=float, default=None, metavar="TARGET")
+    ap.add_argument("--edge-threshold", type=float, default=None)
+    args = ap.parse_args()
+    pm, ps = load("prescreen")
+    fm, fs = load("full")
+    classes = fm["output"]["classes"]
+    with open(os.path.join(args.dir, "labels.csv")) as f:
+        rows = list(csv.DictReader(f))
+    edge, probs, sizes = [], [], []
+    for r in rows:
+        with open(os.path.join(args.dir, r["file"]), "rb") as f:
+            data = f.read()
+        sizes.append(len(data))
+        xe = preprocess(data, pm["input"])
+        xf = preprocess(data, fm["input"])
+        edge.append(float(ps.run(None, {"image": xe})[0][0, 0]))
+        probs.append(fs.run(None, {"image": xf})[0][0])
+    edge, probs, sizes = np.array(edge), np.array(probs), np.array(sizes, float)
+    truth = np.array([r["label"] for r in rows])
+    surface = np.array([r.get("surface", "-") for r in rows])
+    cloud_def = 1.0 - probs[:, 0] >= fm["output"]["threshold"]
+    masked = probs.copy()
+    masked[:, 0] = -1
+    cloud_label = np.where(cloud_def, np.array(classes)[masked.argmax(axis=1)], "good")
+
+    if args.calibrate is not None:
+        s = np.sort(edge[cloud_def])
+        n = len(s)
+        k = int(math.floor((1 - args.calibrate) * n + 1e-9))
+        t = float(s[min(k, n - 1)])
+        kept = int(np.sum(s >= t))
+        print(f"calibrate: threshold {t:.6f}, forwards {kept}/{n} cloud flags = {kept / n:.4f}, "
+              f"Wilson 95 % lower {wilson_lower(kept, n):.4f}, forwards {np.mean(edge >= t):.4f} of frames")
+        return
+
+    t = args.edge_threshold if args.edge_threshold is not None else pm["output"]["threshold"]
+    good = truth == "good"
+    p_s = 1 - good.mean()
+    w = np.ones(len(rows))
+    if args.prevalence is not None:
+        w = np.where(good, (1 - args.prevalence) / (1 - p_s), args.prevalence / p_s)
+    fwd = edge >= t
+    casc = np.where(fwd, cloud_label, "good")
+
+    def rate(sel, hit):
+        return float(np.sum(w[sel & hit]) / max(np.sum(w[sel]), 1e-12)), int(np.sum(sel & hit)), int(np.sum(sel))
+
+    print(f"{len(rows)} frames ({int((~good).sum())} defective), prevalence "
+          f"{args.prevalence if args.prevalence is not None else round(p_s, 4)}, edge threshold {t:.6f}")
+    r, h, n = rate(cloud_def, fwd)
+    print(f"edge recall vs cloud flags  {r:.4f} ({h}/{n}, Wilson 95 % lower {wilson_lower(h, n):.4f})")
+    r, h, n = rate(~good, fwd)
+    print(f"edge recall vs ground truth {r:.4f} ({h}/{n})")
+    allsel = np.ones(len(rows), bool)
+    print(f"forwarded frames {rate(allsel, fwd)[0]:.4f}, bytes {np.sum(w * sizes * fwd) / np.sum(w * sizes):.4f}")
+    ca, ka = rate(allsel, cloud_label == truth)[0], rate(allsel, casc == truth)[0]
+    cb = rate(allsel, cloud_def == ~good)[0]
+    kb = rate(allsel, (fwd & cloud_def) == ~good)[0]
+    print(f"accuracy class: cloud-only {ca:.4f}, cascade {ka:.4f} ({100 * (ka - ca):+.2f} points); "
+          f"good/defective: cloud-only {cb:.4f}, cascade {kb:.4f}")
+    print(f"{'class':10s} {'frames':>6s} {'edge fwd':>9s} {'cloud flag':>10s} {'cloud ok':>9s} {'cascade ok':>10s}")
+    for c in classes:
+        sel = truth == c
+        if sel.any():
+            print(f"{c:10s} {sel.sum():6d} {fwd[sel].mean():9.4f} {cloud_def[sel].mean():10.4f} "
+                  f"{(cloud_label[sel] == c).mean():9.4f} {(casc[sel] == c).mean():10.4f}")
+    for s in np.unique(surface):
+        sel = surface == s
+        g, d = sel & good, sel & ~good
+        print(f"surface {s:8s} good fwd {fwd[g].mean() if g.any() else float('nan'):.4f}  "
+              f"defect fwd {fwd[d].mean() if d.any() else float('nan'):.4f}  "
+              f"cloud flags caught {fwd[sel & cloud_def].mean() if (sel & cloud_def).any() else float('nan'):.4f}")
+
+
+if __name__ == "__main__":
+    main()
