@@ -20,8 +20,8 @@ pub enum CascadeError {
     Model {
         /// `edge` or `cloud`.
         tier: &'static str,
-        /// The runtime's error.
-        source: RunnerError,
+        /// The runtime's error (boxed: it is large).
+        source: Box<RunnerError>,
     },
     /// An image could not be read.
     #[error("cannot read image {path}: {source}")]
@@ -70,7 +70,10 @@ fn load(
     tier: &'static str,
     threads: NonZeroUsize,
 ) -> Result<ModelRunner, CascadeError> {
-    let err = |source| CascadeError::Model { tier, source };
+    let err = |source| CascadeError::Model {
+        tier,
+        source: Box::new(source),
+    };
     let manifest = Manifest::load(path).map_err(|e| err(e.into()))?;
     let config = RunnerConfig {
         threads,

@@ -24,7 +24,9 @@ fn samples() -> Vec<(Bytes, String)> {
         .skip(1)
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let (file, label) = l.split_once(',').expect("file,label");
+            // file,label[,surface]
+            let mut fields = l.split(',');
+            let (file, label) = (fields.next().expect("file"), fields.next().expect("label"));
             (
                 Bytes::from(std::fs::read(dir.join(file)).expect("sample")),
                 label.trim().to_string(),
