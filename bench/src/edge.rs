@@ -50,6 +50,10 @@ pub struct EdgeRow {
     pub pipeline_vs_bare: f64,
     /// `pipeline_fps / raw_ort_fps`.
     pub pipeline_vs_raw: f64,
+    /// Share of the pipeline's frames the prescreen forwarded (each one a durable outbox commit the bare
+    /// loop does not do).
+    #[serde(default)]
+    pub forwarded_share: f64,
 }
 
 /// Results of measurement 1.
@@ -120,9 +124,10 @@ pub async fn run(models: &Path, frames: u64, core_peak_gflops: f64) -> anyhow::R
             model_ms = 1000.0 / raw;
         }
         let bare = bare_loop(&manifest, &model, &jpegs, threads, frames)?;
-        let pipe = pipeline(models, &manifest, &jpegs, threads, frames).await?;
+        let (pipe, forwarded_share) = pipeline(models, &manifest, &jpegs, threads, frames).await?;
         eprintln!(
-            "edge: {threads} thread(s): raw {raw:.0}/s, bare loop {bare:.1}/s, pipeline {pipe:.1}/s"
+            "edge: {threads} thread(s): raw {raw:.0}/s, bare loop {bare:.1}/s, pipeline {pipe:.1}/s ({:.0} % forwarded)",
+            forwarded_share * 100.0
         );
         rows.push(EdgeRow {
             threads,
@@ -131,6 +136,7 @@ pub async fn run(models: &Path, frames: u64, core_peak_gflops: f64) -> anyhow::R
             pipeline_fps: pipe,
             pipeline_vs_bare: pipe / bare,
             pipeline_vs_raw: pipe / raw,
+            forwarded_share,
         });
     }
     let raw1 = rows.first().map_or(0.0, |r| r.raw_ort_fps);
@@ -259,7 +265,7 @@ async fn pipeline(
     jpegs: &[bytes::Bytes],
     threads: usize,
     total: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let defaults: tierline_edge::config::ModelConfig =
         serde_json::from_value(serde_json::json!({ "manifest": models.join("prescreen.toml") }))?;
@@ -363,5 +369,10 @@ async fn pipeline(
         tierline_edge::stats::get(&stats.frames_unreadable) == 0,
         "the prescreen could not read some benchmark frames"
     );
-    Ok(total as f64 / elapsed.as_secs_f64())
+    let forwarded = tierline_edge::stats::get(&stats.frames_suspect)
+        + tierline_edge::stats::get(&stats.frames_audit);
+    Ok((
+        total as f64 / elapsed.as_secs_f64(),
+        forwarded as f64 / total.max(1) as f64,
+    ))
 }

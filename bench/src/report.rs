@@ -158,18 +158,19 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| threads | raw ONNX Runtime (images/s) | bare loop, same work (frames/s) | pipeline (frames/s) | pipeline / bare | pipeline / raw |\n|---|---|---|---|---|---|"
+            "| threads | raw ONNX Runtime (images/s) | bare loop, same work (frames/s) | pipeline (frames/s) | pipeline / bare | pipeline / raw | forwarded by the pipeline |\n|---|---|---|---|---|---|---|"
         );
         for row in &e.rows {
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {:.1} | {:.1} | {:.1} % | {:.2} % |",
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} % | {:.2} % | {:.0} % |",
                 row.threads,
                 row.raw_ort_fps,
                 row.bare_loop_fps,
                 row.pipeline_fps,
                 row.pipeline_vs_bare * 100.0,
-                row.pipeline_vs_raw * 100.0
+                row.pipeline_vs_raw * 100.0,
+                row.forwarded_share * 100.0
             );
         }
         let per_frame = e.decode_ms + e.resize_normalize_ms + e.model_ms;
