@@ -30,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 /// A checked frame waiting for processing.
 #[derive(Debug)]
 pub struct Job {
-    /// Counts the frame in flight (for the autoscaler figures) until the job is done.
-    pub in_flight: crate::stats::InFlight,
     /// The MQTT message, to acknowledge once the verdict is stored.
     pub publish: Publish,
     /// Its place in the acknowledgement order.
@@ -194,7 +192,6 @@ pub async fn run(
                 match check(&p.topic, &p.payload, mqtt.max_message_bytes) {
                     Ok((addr, frame)) => {
                         let job = Job {
-                            in_flight: stats.start_frame(frame.capture_time_us),
                             publish: p,
                             ticket,
                             addr,

@@ -64,7 +64,6 @@ pub async fn run(processor: Arc<Processor>, mut jobs: mpsc::Receiver<Job>, concu
 impl Processor {
     async fn handle(&self, job: Job) {
         let Job {
-            in_flight,
             publish,
             ticket,
             addr,
@@ -98,7 +97,6 @@ impl Processor {
         }
         // Released in arrival order, also after a failure (see `acks`): the edge resends what failed.
         let _ = self.acks.send((ticket, publish)).await;
-        drop(in_flight);
         tracing::debug!(edge_id = %edge_id, seq, took_us = started.elapsed().as_micros() as u64, "Frame done.");
     }
 
