@@ -164,3 +164,88 @@ pub async fn acknowledge(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decisions::Input;
+    use tierline_shared::wire::ForwardReason;
+    use tierline_shared::wire::Verdict;
+
+    async fn outbox_with(dir: &std::path::Path, seqs: &[u64]) -> Outbox {
+        let cfg = OutboxConfig {
+            path: dir.join("outbox.db"),
+            ..OutboxConfig::default()
+        };
+        let ob = Outbox::open(&cfg).await.unwrap();
+        let records: Vec<Record> = seqs
+            .iter()
+            .map(|&seq| Record {
+                seq,
+                frame_id: format!("e-{seq}"),
+                camera_id: "cam".into(),
+                capture_time_us: seq as i64,
+                reason: ForwardReason::Suspect,
+                score: 0.9,
+                encoding: 1,
+                image: vec![1; 16],
+                attempts: 0,
+                local_action: None,
+            })
+            .collect();
+        ob.append(&records).await.unwrap();
+        ob.record_local(&[(1, "reject")]).await.unwrap();
+        ob
+    }
+
+    fn verdict(seq: u64) -> Verdict {
+        Verdict {
+            seq,
+            label: "good".into(),
+            ..Verdict::default()
+        }
+    }
+
+    /// Runs `acknowledge` on verdicts for `seqs`; the fake decision stage answers the write barrier only when
+    /// `written` is true. Returns the verdicts it saw with what the outbox knew.
+    async fn settle(ob: &Outbox, seqs: &[u64], written: bool) -> Vec<(u64, Option<String>)> {
+        let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(16);
+        let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(16);
+        for &s in seqs {
+            verdict_tx.send(verdict(s)).await.unwrap();
+        }
+        drop(verdict_tx);
+        let acks = tokio::spawn(acknowledge(ob.clone(), verdict_rx, decision_tx));
+        let mut seen = Vec::new();
+        while let Some(input) = decision_rx.recv().await {
+            match input {
+                Input::Verdict(v, known) => seen.push((v.seq, known.and_then(|k| k.local_action))),
+                Input::Written(done) if written => done.send(()).unwrap(),
+                // The sink died before writing: the barrier is dropped unanswered.
+                Input::Written(_) => break,
+                other => panic!("unexpected input {other:?}"),
+            }
+        }
+        drop(decision_rx);
+        acks.await.unwrap().unwrap();
+        seen
+    }
+
+    #[tokio::test]
+    async fn records_stay_until_the_sink_wrote_what_their_verdicts_caused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox_with(dir.path(), &[1, 2]).await;
+        // A repeated verdict in one batch settles the frame once; the local decision comes along.
+        let seen = settle(&ob, &[1, 1, 2], false).await;
+        assert_eq!(seen, vec![(1, Some("reject".into())), (2, None)]);
+        assert_eq!(
+            ob.lookup(&[1, 2]).await.unwrap().len(),
+            2,
+            "nothing is forgotten before the sink has written"
+        );
+        // After a restart the same verdicts come again and still find the local decision.
+        let seen = settle(&ob, &[1, 2], true).await;
+        assert_eq!(seen, vec![(1, Some("reject".into())), (2, None)]);
+        assert!(ob.lookup(&[1, 2]).await.unwrap().is_empty());
+    }
+}
