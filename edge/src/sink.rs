@@ -29,6 +29,20 @@ pub enum Item {
     Barrier(oneshot::Sender<()>),
 }
 
+impl Item {
+    /// The event to write, or `None` for a barrier, which is answered here: every earlier event has been
+    /// written by then (each is flushed when written).
+    fn into_event(self) -> Option<Event> {
+        match self {
+            Item::Event(e) => Some(e),
+            Item::Barrier(done) => {
+                let _ = done.send(());
+                None
+            }
+        }
+    }
+}
+
 /// Writes events until `rx` closes.
 pub async fn run(
     cfg: SinkConfig,
@@ -64,13 +78,7 @@ pub async fn run(
             // is away (and could wait on the event loop, which waits on this stage). Drops are logged.
             let mut dropped = 0u64;
             while let Some(item) = rx.recv().await {
-                let e = match item {
-                    Item::Event(e) => e,
-                    Item::Barrier(done) => {
-                        let _ = done.send(());
-                        continue;
-                    }
-                };
+                let Some(e) = item.into_event() else { continue };
                 let line = serde_json::to_vec(&e).unwrap_or_default();
                 if client
                     .try_publish(topic.clone(), QoS::AtLeastOnce, false, line)
@@ -86,9 +94,7 @@ pub async fn run(
         }
         SinkConfig::Null => {
             while let Some(item) = rx.recv().await {
-                if let Item::Barrier(done) = item {
-                    let _ = done.send(());
-                }
+                let _ = item.into_event();
             }
             Ok(())
         }
@@ -115,14 +121,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(
         source,
     };
     while let Some(item) = rx.recv().await {
-        let e = match item {
-            Item::Event(e) => e,
-            Item::Barrier(done) => {
-                // Every earlier line was flushed when it was written.
-                let _ = done.send(());
-                continue;
-            }
-        };
+        let Some(e) = item.into_event() else { continue };
         let mut line = serde_json::to_vec(&e).unwrap_or_default();
         line.push(b'\n');
         w.write_all(&line).await.map_err(io)?;
