@@ -216,13 +216,26 @@ fn pct(x: f64) -> String {
 }
 
 fn rate_line(r: &Rate) -> String {
-    format!(
-        "{} ({}/{}, 95 % lower bound {})",
-        pct(r.rate),
-        r.hits,
-        r.total,
-        pct(r.lower_95)
-    )
+    let raw = r.hits as f64 / r.total.max(1) as f64;
+    if (raw - r.rate).abs() < 5e-5 {
+        format!(
+            "{} ({}/{}, 95 % lower bound {})",
+            pct(r.rate),
+            r.hits,
+            r.total,
+            pct(r.lower_95)
+        )
+    } else {
+        // Weighted: the count and its bound are for the sample as drawn, which can lie either side of it.
+        format!(
+            "{} weighted (sample: {}/{} = {}, 95 % lower bound {})",
+            pct(r.rate),
+            r.hits,
+            r.total,
+            pct(raw),
+            pct(r.lower_95)
+        )
+    }
 }
 
 impl Report {
