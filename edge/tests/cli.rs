@@ -51,9 +51,9 @@ fn model_failing_its_checksum_is_refused() {
         dir.path().join("prescreen.toml"),
     )
     .unwrap();
-    let mut onnx = std::fs::read(models().join("prescreen-1.0.0.onnx")).unwrap();
+    let mut onnx = std::fs::read(models().join("prescreen-1.1.0.onnx")).unwrap();
     onnx.truncate(onnx.len() - 8);
-    std::fs::write(dir.path().join("prescreen-1.0.0.onnx"), onnx).unwrap();
+    std::fs::write(dir.path().join("prescreen-1.1.0.onnx"), onnx).unwrap();
     let cfg = dir.path().join("edge.toml");
     std::fs::write(
         &cfg,
@@ -66,7 +66,7 @@ fn model_failing_its_checksum_is_refused() {
     let (code, err) = run(&cfg, &["--check"]);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("prescreen-1.0.0.onnx") && err.contains("fails its checksum"),
+        err.contains("prescreen-1.1.0.onnx") && err.contains("fails its checksum"),
         "{err}"
     );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Model-only throughput and latency on one core (ONNX Runtime, one intra-op thread, no spinning).
 
-    python tools/bench.py prescreen-1.0.0.onnx [--seconds 5] [--batch 1 8]
+    python tools/bench.py prescreen-1.1.0.onnx [--seconds 5] [--batch 1 8]
 
 Prints frames/s and the median and p99 time per call for each batch size, on
 random input of the model's shape (the runtime's input: [N,1,128,128]).

@@ -3,8 +3,8 @@
 //!
 //! ```toml
 //! name = "prescreen"
-//! version = "1.0.0"
-//! file = "prescreen-1.0.0.onnx"    # relative to the manifest
+//! version = "1.1.0"
+//! file = "prescreen-1.1.0.onnx"    # relative to the manifest
 //! sha256 = "<hex>"                 # checked before the model is loaded
 //! [input]
 //! name = "image"

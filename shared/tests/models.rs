@@ -132,17 +132,17 @@ fn tampered_model_fails_its_checksum() {
     let text = std::fs::read_to_string(models().join("prescreen.toml")).unwrap();
     let manifest_path = dir.path().join("prescreen.toml");
     std::fs::write(&manifest_path, &text).unwrap();
-    let mut model = std::fs::read(models().join("prescreen-1.0.0.onnx")).unwrap();
+    let mut model = std::fs::read(models().join("prescreen-1.1.0.onnx")).unwrap();
     let last = model.len() - 1;
     model[last] ^= 0x01;
-    std::fs::write(dir.path().join("prescreen-1.0.0.onnx"), &model).unwrap();
+    std::fs::write(dir.path().join("prescreen-1.1.0.onnx"), &model).unwrap();
     let m = Manifest::load(&manifest_path).unwrap();
     let err = ModelRunner::start(m, RunnerConfig::default())
         .err()
         .expect("must refuse");
     let msg = err.to_string();
     assert!(
-        msg.contains("fails its checksum") && msg.contains("prescreen-1.0.0.onnx"),
+        msg.contains("fails its checksum") && msg.contains("prescreen-1.1.0.onnx"),
         "{msg}"
     );
 }
@@ -177,8 +177,8 @@ fn model_that_answers_wrong_fails_golden_check() {
 fn wrong_input_name_in_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        models().join("prescreen-1.0.0.onnx"),
-        dir.path().join("prescreen-1.0.0.onnx"),
+        models().join("prescreen-1.1.0.onnx"),
+        dir.path().join("prescreen-1.1.0.onnx"),
     )
     .unwrap();
     let text = std::fs::read_to_string(models().join("prescreen.toml"))
