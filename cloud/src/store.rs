@@ -434,21 +434,29 @@ impl Store {
     ) -> Result<Option<Verdict>, StoreError> {
         let row: Option<VerdictRow> = on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("lookup"))?;
-            let found: Option<VerdictRow> = sqlx::query_as(SELECT_VERDICT)
+            // The write comes first: on SQLite a transaction that reads and then writes cannot wait for the
+            // write lock (it fails at once with "database is locked" when another worker wrote meanwhile),
+            // while one that starts by writing waits up to the busy timeout. A frame row exists exactly when
+            // its verdict does (both are stored in one transaction).
+            let counted = sqlx::query(COUNT_DELIVERY)
+                .bind(edge_local_action)
                 .bind(edge_id)
                 .bind(seq as i64)
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await
-                .map_err(self.err("lookup"))?;
-            if found.is_some() {
-                sqlx::query(COUNT_DELIVERY)
-                    .bind(edge_local_action)
+                .map_err(self.err("lookup"))?
+                .rows_affected()
+                > 0;
+            let found: Option<VerdictRow> = if counted {
+                sqlx::query_as(SELECT_VERDICT)
                     .bind(edge_id)
                     .bind(seq as i64)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await
-                    .map_err(self.err("lookup"))?;
-            }
+                    .map_err(self.err("lookup"))?
+            } else {
+                None
+            };
             tx.commit().await.map_err(self.err("lookup"))?;
             found
         });
