@@ -111,6 +111,17 @@ struct Fingerprint {
     model: Option<(u64, Option<SystemTime>)>,
 }
 
+/// Reads the fingerprint on a blocking thread: the supervisor runs on the async runtime.
+async fn fingerprint_async(manifest_path: PathBuf) -> Fingerprint {
+    let fallback = Fingerprint {
+        manifest: Vec::new(),
+        model: None,
+    };
+    tokio::task::spawn_blocking(move || fingerprint(&manifest_path))
+        .await
+        .unwrap_or(fallback)
+}
+
 fn fingerprint(manifest_path: &Path) -> Fingerprint {
     let manifest = std::fs::read(manifest_path).unwrap_or_default();
     let model = Manifest::load(manifest_path)
@@ -145,7 +156,7 @@ impl ServedModel {
         runner_config: RunnerConfig,
         probe: ProbeConfig,
     ) -> Result<Arc<Self>, RunnerError> {
-        let loaded = fingerprint(manifest_path);
+        let loaded = fingerprint_async(manifest_path.to_path_buf()).await;
         let runner = ModelRunner::load_checked(manifest_path, runner_config.clone()).await?;
         Ok(Arc::new(Self {
             current: RwLock::new(runner),
@@ -392,7 +403,7 @@ impl ServedModel {
     /// Loads the files on disk if they changed since the last attempt.
     async fn reload_if_changed(&self) {
         let path = self.manifest_path.clone();
-        let now = fingerprint(&path);
+        let now = fingerprint_async(path.clone()).await;
         let changed = self.loaded.lock().map(|l| *l != now).unwrap_or(false);
         if !changed {
             return;
