@@ -19,11 +19,14 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use tierline_edge::EdgeStats;
 use tierline_edge::camera::CapturedFrame;
 use tierline_edge::config::{DecisionConfig, OutboxConfig};
-use tierline_edge::decisions::{self, Book, OfflineRules};
-use tierline_edge::outbox::Outbox;
-use tierline_edge::{EdgeStats, intake, prescreen};
+use tierline_edge::decisions::stage::{Decisions, LocalRecorder};
+use tierline_edge::decisions::{Book, OfflineRules};
+use tierline_edge::outbox::intake::Intake;
+use tierline_edge::outbox::{Outbox, SeqAllocator};
+use tierline_edge::prescreen::{self, Prescreen};
 use tierline_shared::preprocess::Preprocessor;
 use tierline_shared::runner::RunnerConfig;
 use tierline_shared::wire::ImageEncoding;
@@ -300,24 +303,36 @@ async fn pipeline(
     let (local_tx, local_rx) = mpsc::channel(1024);
     let decision = DecisionConfig::default();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(intake::run(
-        outbox.clone(),
-        intake_rx,
-        decision_tx.clone(),
-        Arc::new(Notify::new()),
-        stats.clone(),
-        outbox_cfg.commit_batch.get(),
-    ));
-    tasks.spawn(decisions::run(
-        Book::new(OfflineRules::from_config(&decision), decision.deadline),
-        decision_rx,
-        sink_tx,
-        local_tx,
-        stats.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(
+        Intake {
+            outbox: outbox.clone(),
+            frames: intake_rx,
+            decisions: decision_tx.clone(),
+            uplink: Arc::new(Notify::new()),
+            stats: stats.clone(),
+            commit_batch: outbox_cfg.commit_batch.get(),
+        }
+        .run(),
+    );
+    tasks.spawn(
+        Decisions {
+            book: Book::new(OfflineRules::from_config(&decision), decision.deadline),
+            at_start: Vec::new(),
+            inputs: decision_rx,
+            sink: sink_tx,
+            local: local_tx,
+            stats: stats.clone(),
+        }
+        .run(stop.clone()),
+    );
     tasks.spawn(async move { while sink_rx.recv().await.is_some() {} });
-    tasks.spawn(decisions::record_local(outbox.clone(), local_rx));
+    tasks.spawn(
+        LocalRecorder {
+            outbox: outbox.clone(),
+            decided: local_rx,
+        }
+        .run(),
+    );
     let settings = prescreen::PrescreenSettings {
         edge_id: "edge-bench".into(),
         threshold: None,
@@ -345,16 +360,16 @@ async fn pipeline(
             }
         }
     });
-    prescreen::run(
+    Prescreen {
         settings,
-        runner,
-        prescreen::SeqAllocator::new(outbox.clone()),
-        frames_rx,
-        intake_tx,
-        decision_tx,
-        stats.clone(),
-        stop.clone(),
-    )
+        model: runner,
+        seqs: SeqAllocator::new(outbox.clone()),
+        frames: frames_rx,
+        intake: intake_tx,
+        decisions: decision_tx,
+        stats: stats.clone(),
+    }
+    .run(stop.clone())
     .await?;
     let elapsed = started.elapsed();
     producer.await?;

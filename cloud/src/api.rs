@@ -12,13 +12,11 @@
 //!   storage committed up to 5 s after its verdict time is still shown. `ListFrames` is the complete record.
 
 use crate::config::ApiConfig;
-use crate::stats::CloudStats;
 use crate::store::{FrameFilter, FrameRow, ReviewRow, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio_stream::Stream;
@@ -406,26 +404,56 @@ fn review_pb(r: ReviewRow) -> pb::HumanReview {
     }
 }
 
-/// Serves the review API, health and reflection on `config.listen` until `shutdown`. The bound address is
-/// published in `stats.api_addr` (useful with port 0).
-pub async fn serve(
+/// The review API stage: bound before any stage runs, so its address is known (useful with port 0).
+pub struct ReviewApi {
     config: ApiConfig,
     store: Store,
-    stats: Arc<CloudStats>,
-    shutdown: CancellationToken,
-) -> Result<(), ApiError> {
-    let token = config.bearer_token()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ApiError::Bind {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl ReviewApi {
+    /// Binds `config.listen`.
+    pub async fn bind(config: ApiConfig, store: Store) -> Result<Self, ApiError> {
+        // Checked before anything listens.
+        config.bearer_token()?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ApiError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ApiError::Bind {
             addr: config.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| ApiError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let _ = stats.api_addr.set(addr);
+        Ok(Self {
+            config,
+            store,
+            listener,
+            addr,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves the review API, health and reflection until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ApiError> {
+        serve(self.config, self.store, self.listener, self.addr, shutdown).await
+    }
+}
+
+async fn serve(
+    config: ApiConfig,
+    store: Store,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let token = config.bearer_token()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

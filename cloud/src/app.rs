@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  MQTT ($share/<group>/tierline/v1/+/+/+/frames, manual acks)
-//!    └─► ingest: topic, size, version, edge-id checks ─► bounded queue ─► process × concurrency:
+//!    └─► ingest: topic, size, version, edge-id checks ─► bounded queue ─► processing × concurrency:
 //!            dedup (store lookup) ─► infer (ModelRunner, batched) ─► store (idempotent on edge_id, seq)
 //!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
 //!    └─► presence / heartbeats ─► bounded queue ─► presence: edges table
@@ -10,26 +10,39 @@
 //!  review API (gRPC): store ◄── ListFrames, GetFrame, SubmitReview, WatchVerdicts, ListEdges
 //! ```
 //!
-//! Beside the flow: the model supervisor (golden probes, watchdog, hot reload; `tierline_shared::serving`),
-//! the health watcher (link, database; `health`) and the admin endpoint serving `/healthz`, `/readyz` and
-//! `/metrics`.
+//! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
+//! `tierline_shared::service::Skeleton`) and the health watcher (link, database).
 //!
-//! Shutdown: stop accepting new messages, finish the frames in flight (their verdicts and acks still go out
-//! through the event loop), then disconnect.
+//! [`App::build`] does everything that can fail before a message is taken (config, model and golden samples,
+//! store, listeners); [`App::run`] spawns every stage under one [`Supervisor`]. Any stage that fails, panics
+//! or ends while its inputs are open stops the worker with an error naming it, after the same drain as a
+//! requested shutdown: ingest stops accepting; processing finishes the frames in hand (their verdicts and
+//! acks still go out through the event loop), within a grace period; then the connection closes and the
+//! background stages stop.
 
+use crate::acks::{self, Acker};
+use crate::api::ReviewApi;
 use crate::config::CloudConfig;
-use crate::process::{self, Processor};
+use crate::health::{self, HealthWatch};
+use crate::ingest::Ingest;
+use crate::leader::Retention;
+use crate::presence::PresenceRecorder;
+use crate::process::{Processing, Processor};
 use crate::stats::CloudStats;
 use crate::store::{Store, StoreError};
-use crate::{acks, health, ingest};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use thiserror::Error;
-use tierline_shared::admin::{self, Admin, Readiness};
 use tierline_shared::manifest::ManifestError;
 use tierline_shared::runner::{RunnerConfig, RunnerError};
+use tierline_shared::service::Skeleton;
 use tierline_shared::serving::ServedModel;
+use tierline_shared::supervisor::{Ends, StageFailure, Supervisor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Errors that stop the cloud worker.
 #[derive(Debug, Error)]
@@ -55,10 +68,17 @@ pub enum CloudError {
     /// The TLS settings are unusable.
     #[error(transparent)]
     Tls(#[from] tierline_shared::tls::TlsError),
-    /// A stage ended unexpectedly.
-    #[error("cloud stage {0} ended unexpectedly; restarting the worker is the recovery")]
-    Stage(&'static str),
+    /// A stage failed, panicked or ended early; restarting the worker is the recovery.
+    #[error("cloud worker {0}")]
+    Stage(#[from] StageFailure),
 }
+
+/// How long processing gets to finish the frames in hand at shutdown.
+const PROCESSING_GRACE: Duration = Duration::from_secs(5);
+/// How long the other stages get to stop.
+const GRACE: Duration = Duration::from_secs(2);
+/// Capacity of the MQTT client's request channel.
+const MQTT_REQUESTS: usize = 256;
 
 /// Loads the full model and checks it against its golden samples.
 pub async fn load_model(config: &CloudConfig) -> Result<Arc<ServedModel>, CloudError> {
@@ -76,174 +96,227 @@ pub async fn load_model(config: &CloudConfig) -> Result<Arc<ServedModel>, CloudE
     .await?)
 }
 
-/// Runs the cloud worker until `shutdown` is cancelled.
+/// Runs the cloud worker until `shutdown` is cancelled or a stage fails: [`App::build`] then [`App::run`].
 pub async fn run(
     config: CloudConfig,
     stats: Arc<CloudStats>,
     shutdown: CancellationToken,
 ) -> Result<(), CloudError> {
-    config.validate()?;
-    let runner = load_model(&config).await?;
-    let store = Store::open(&config.store.url, config.store.keep_images)
-        .await?
-        .with_worker(&config.cloud.worker_id);
-    tracing::info!(
-        worker = %config.cloud.worker_id,
-        group = %config.cloud.group,
-        model = %runner.manifest().name,
-        version = %runner.manifest().version,
-        store = %store.url(),
-        "Cloud worker starting."
-    );
-    let mut options = config
-        .mqtt
-        .options(&format!("tierline-cloud-{}", config.cloud.worker_id))?;
-    options.set_manual_acks(true);
-    // A clean session: a worker that goes away must not hoard frames at the broker. Frames it held
-    // unacknowledged are delivered again by the edges' resend timers.
-    options.set_clean_session(true);
-    let (client, eventloop) = tierline_shared::mqtt::client(options, 256);
-    let concurrency = config.cloud.concurrency.get();
-    let (job_tx, job_rx) = mpsc::channel(concurrency);
-    let (ack_tx, ack_rx) = mpsc::channel(acks::CHANNEL);
-    let (presence_tx, presence_rx) = mpsc::channel(crate::presence::CHANNEL);
-    let presence = tokio::spawn(crate::presence::run(
-        store.clone(),
-        presence_rx,
-        config.mqtt.max_message_bytes,
-        stats.clone(),
-    ));
-    // Not a child of `shutdown`: background stages stop after the frames in hand are finished, and their
-    // ending must not look like a failure to the select below.
-    let background = CancellationToken::new();
-    let retention = tokio::spawn(crate::leader::run_retention(
-        store.clone(),
-        config.retention.clone(),
-        config.cloud.worker_id.clone(),
-        stats.clone(),
-        background.clone(),
-    ));
-    let mut api = if config.api.enabled {
-        tokio::spawn(crate::api::serve(
-            config.api.clone(),
-            store.clone(),
-            stats.clone(),
-            background.clone(),
-        ))
-    } else {
-        tokio::spawn(std::future::pending::<Result<(), crate::api::ApiError>>())
-    };
-    let processor = Arc::new(Processor {
-        runner,
-        store: store.clone(),
-        client: client.clone(),
-        max_message_bytes: config.mqtt.max_message_bytes,
-        stats: stats.clone(),
-        acks: ack_tx.clone(),
-    });
-    // Health: the model supervisor, the link and database watcher, and the admin endpoint.
-    let readiness = Arc::new(Readiness::expecting(&[
-        (tierline_shared::serving::CHECK, true),
-        (health::LINK, true),
-        (health::DATABASE, true),
-    ]));
-    let admin_stop = CancellationToken::new();
-    let _admin_guard = admin_stop.clone().drop_guard();
-    let watchers = shutdown.child_token();
-    let _watchers_guard = watchers.clone().drop_guard();
-    tokio::spawn(
-        processor
-            .runner
-            .clone()
-            .supervise(readiness.clone(), watchers.clone()),
-    );
-    tokio::spawn(health::watch(
-        store.clone(),
-        stats.clone(),
-        readiness.clone(),
-        config.admin.check_every,
-        watchers.clone(),
-    ));
-    if config.admin.enabled {
-        let (s, m) = (stats.clone(), processor.runner.clone());
-        let samples = Arc::new(move || health::samples(&s, &m));
-        let (bound, _task) = admin::serve(
-            config.admin.listen,
-            Admin {
-                readiness: readiness.clone(),
-                samples,
-            },
-            admin_stop.clone(),
+    App::build(config, stats).await?.run(shutdown).await
+}
+
+/// A worker that is built (model loaded, store open, listeners bound) and ready to run.
+pub struct App {
+    config: CloudConfig,
+    stats: Arc<CloudStats>,
+    model: Arc<ServedModel>,
+    store: Store,
+    api: Option<ReviewApi>,
+    skeleton: Skeleton,
+    mqtt: rumqttc::MqttOptions,
+}
+
+impl App {
+    /// Checks the config, loads the model (golden samples included), opens the store and binds the review
+    /// API and the admin endpoint.
+    pub async fn build(config: CloudConfig, stats: Arc<CloudStats>) -> Result<Self, CloudError> {
+        config.validate()?;
+        let model = load_model(&config).await?;
+        let store = Store::open(&config.store.url, config.store.keep_images)
+            .await?
+            .with_worker(&config.cloud.worker_id);
+        let mut mqtt = config
+            .mqtt
+            .options(&format!("tierline-cloud-{}", config.cloud.worker_id))?;
+        mqtt.set_manual_acks(true);
+        // A clean session: a worker that goes away must not hoard frames at the broker. Frames it held
+        // unacknowledged are delivered again by the edges' resend timers.
+        mqtt.set_clean_session(true);
+        let api = if config.api.enabled {
+            Some(ReviewApi::bind(config.api.clone(), store.clone()).await?)
+        } else {
+            None
+        };
+        let samples = {
+            let stats = stats.clone();
+            Arc::new(move || health::samples(&stats))
+        };
+        let skeleton = Skeleton::bind(
+            model.clone(),
+            &[(health::LINK, true), (health::DATABASE, true)],
+            &config.admin,
+            samples,
         )
         .await
         .map_err(CloudError::Admin)?;
-        let _ = stats.admin_addr.set(bound);
+        Ok(Self {
+            config,
+            stats,
+            model,
+            store,
+            api,
+            skeleton,
+            mqtt,
+        })
     }
-    tokio::spawn(tierline_shared::systemd::notify(
-        readiness.clone(),
-        watchers.clone(),
-    ));
-    let connection = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut acker = tokio::spawn(acks::run(
-        client.clone(),
-        ack_rx,
-        connection.clone(),
-        stats.clone(),
-    ));
-    let drained = CancellationToken::new();
-    let stop = shutdown.child_token();
-    let mut ingest = tokio::spawn(ingest::run(
-        eventloop,
-        client,
-        config.mqtt.clone(),
-        config.cloud.group.clone(),
-        job_tx,
-        ack_tx,
-        presence_tx,
-        connection,
-        stats,
-        stop.clone(),
-        drained.clone(),
-    ));
-    // Processing ends when ingest stops accepting (on shutdown) and the queue is empty.
-    let processing = tokio::spawn(process::run(processor, job_rx, concurrency));
-    // Run until asked to stop; a stage that ends on its own is a failure the supervisor must see.
-    let failure = tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => None,
-        _ = &mut ingest => Some(CloudError::Stage("ingest")),
-        _ = &mut acker => Some(CloudError::Stage("acknowledgement")),
-        r = &mut api => Some(match r {
-            Ok(Err(e)) => CloudError::Api(e),
-            _ => CloudError::Stage("review API"),
-        }),
-    };
-    if let Some(e) = &failure {
-        tracing::error!(error = %e, "Cloud worker failing.");
+
+    /// Where the admin endpoint listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.skeleton.admin_addr()
+    }
+
+    /// Where the review API listens, if enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(ReviewApi::addr)
+    }
+
+    /// Runs every stage until `shutdown` or a stage failure, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CloudError> {
+        let span = tracing::info_span!("cloud", worker = %self.config.cloud.worker_id);
+        self.run_stages(shutdown).instrument(span).await
+    }
+
+    async fn run_stages(self, shutdown: CancellationToken) -> Result<(), CloudError> {
+        let App {
+            config,
+            stats,
+            model,
+            store,
+            api,
+            skeleton,
+            mqtt,
+        } = self;
+        tracing::info!(
+            group = %config.cloud.group,
+            model = %model.manifest().name,
+            version = %model.manifest().version,
+            store = %store.url(),
+            "Cloud worker starting."
+        );
+        // Stop tokens, in drain order: ingest stops accepting; once processing finished the frames in hand the
+        // connection closes; then the background stages and, last, the admin endpoint.
+        let stop = shutdown.child_token();
+        let drained = CancellationToken::new();
+        let background = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let _guards = [&drained, &background, &admin_stop].map(|t| t.clone().drop_guard());
+
+        let (client, eventloop) = tierline_shared::mqtt::client(mqtt, MQTT_REQUESTS);
+        let concurrency = config.cloud.concurrency.get();
+        let (job_tx, job_rx) = mpsc::channel(concurrency);
+        let (ack_tx, ack_rx) = mpsc::channel(acks::CHANNEL);
+        let (presence_tx, presence_rx) = mpsc::channel(crate::presence::CHANNEL);
+        let connection = Arc::new(AtomicU64::new(0));
+
+        let mut sup = Supervisor::new(tracing::Span::current());
+        let readiness = skeleton.readiness();
+        skeleton.spawn(&mut sup, &background, &admin_stop);
+        sup.spawn(
+            "health",
+            Ends::OnShutdown,
+            HealthWatch {
+                store: store.clone(),
+                stats: stats.clone(),
+                readiness,
+                every: config.admin.check_every,
+            }
+            .run(background.clone()),
+        );
+
+        // MQTT ──► ingest ──► processing ──► acks; ingest ──► presence
+        sup.spawn(
+            "ingest",
+            Ends::OnShutdown,
+            Ingest {
+                eventloop,
+                client: client.clone(),
+                mqtt: config.mqtt.clone(),
+                group: config.cloud.group.clone(),
+                jobs: job_tx,
+                acks: ack_tx.clone(),
+                presence: presence_tx,
+                connection: connection.clone(),
+                stats: stats.clone(),
+                drained: drained.clone(),
+            }
+            .run(stop.clone()),
+        );
+        sup.spawn(
+            "processing",
+            Ends::after(["ingest"]),
+            Processing {
+                processor: Arc::new(Processor {
+                    model,
+                    store: store.clone(),
+                    client: client.clone(),
+                    max_message_bytes: config.mqtt.max_message_bytes,
+                    stats: stats.clone(),
+                    acks: ack_tx,
+                }),
+                jobs: job_rx,
+                concurrency,
+            }
+            .run(),
+        );
+        sup.spawn(
+            "acknowledgement",
+            Ends::after(["ingest", "processing"]),
+            Acker {
+                client,
+                finished: ack_rx,
+                connection,
+                stats: stats.clone(),
+            }
+            .run(),
+        );
+        sup.spawn(
+            "presence",
+            Ends::after(["ingest"]),
+            PresenceRecorder {
+                store: store.clone(),
+                updates: presence_rx,
+                max_bytes: config.mqtt.max_message_bytes,
+                stats: stats.clone(),
+            }
+            .run(),
+        );
+
+        // Beside the flow: retention under the leader lease, and the review API.
+        sup.spawn(
+            "retention",
+            Ends::OnShutdown,
+            Retention {
+                store: store.clone(),
+                config: config.retention.clone(),
+                holder: config.cloud.worker_id.clone(),
+                stats: stats.clone(),
+            }
+            .run(background.clone()),
+        );
+        if let Some(api) = api {
+            sup.spawn("review API", Ends::OnShutdown, api.run(background.clone()));
+        }
+
+        // Run until asked to stop or a stage fails; then drain in flow order.
+        let failure = sup.watch(&shutdown).await.err();
+        if let Some(e) = &failure {
+            tracing::error!(error = %e, "Cloud worker failing.");
+        }
         stop.cancel();
+        let mut later = sup.drain(&["processing"], PROCESSING_GRACE).await;
+        drained.cancel();
+        later.extend(sup.drain(&["ingest"], GRACE).await);
+        background.cancel();
+        admin_stop.cancel();
+        later.extend(sup.finish(GRACE).await);
+        store.close().await;
+        for e in &later {
+            tracing::error!(error = %e, "Cloud stage failed while draining.");
+        }
+        tracing::info!("Cloud worker stopped.");
+        match failure.or_else(|| later.into_iter().next()) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
-    // Ingest has dropped its queue sender: processing finishes what is queued, within a grace period.
-    let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
-    tokio::pin!(grace);
-    let mut processing = processing;
-    tokio::select! {
-        _ = &mut processing => {}
-        _ = &mut grace => {}
-    }
-    drained.cancel();
-    if !ingest.is_finished() {
-        let _ = ingest.await;
-    }
-    processing.abort();
-    acker.abort();
-    background.cancel();
-    let _ = retention.await;
-    if !api.is_finished() {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut api).await;
-    }
-    api.abort();
-    presence.abort();
-    store.close().await;
-    tracing::info!("Cloud worker stopped.");
-    failure.map_or(Ok(()), Err)
 }

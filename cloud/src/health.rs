@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tierline_shared::admin::Readiness;
 use tierline_shared::metrics::{self as m, Sample};
-use tierline_shared::serving::ServedModel;
 use tokio_util::sync::CancellationToken;
 
 /// Longest the database may take to answer the readiness query.
@@ -22,55 +21,69 @@ pub const LINK: &str = "link";
 /// Name of the database check.
 pub const DATABASE: &str = "database";
 
-/// Refreshes the `link` and `database` checks until `shutdown`.
-pub async fn watch(
-    store: Store,
-    stats: Arc<CloudStats>,
-    readiness: Arc<Readiness>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let max_age = every * 4 + DATABASE_TIMEOUT * 2;
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+/// The health watcher stage.
+pub struct HealthWatch {
+    /// The store, pinged for the `database` check.
+    pub store: Store,
+    /// Counters and link state.
+    pub stats: Arc<CloudStats>,
+    /// The checks it sets.
+    pub readiness: Arc<Readiness>,
+    /// How often it checks.
+    pub every: Duration,
+}
+
+impl HealthWatch {
+    /// Refreshes the `link` and `database` checks until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let HealthWatch {
+            store,
+            stats,
+            readiness,
+            every,
+        } = self;
+        let max_age = every * 4 + DATABASE_TIMEOUT * 2;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let up = stats.link_up.load(Ordering::Relaxed);
+            readiness.set(
+                LINK,
+                true,
+                up,
+                if up {
+                    "connected to the broker and subscribed".to_string()
+                } else {
+                    format!(
+                        "{} (retrying with backoff); this worker takes no frames",
+                        stats
+                            .link_error
+                            .get()
+                            .unwrap_or_else(|| "not connected to the broker".into())
+                    )
+                },
+                max_age,
+            );
+            let (ok, detail) = match tokio::time::timeout(DATABASE_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => (true, "the verdict store answers".to_string()),
+                Ok(Err(e)) => (false, format!("the verdict store fails: {e}")),
+                Err(_) => (
+                    false,
+                    format!("the verdict store did not answer within {DATABASE_TIMEOUT:?}"),
+                ),
+            };
+            readiness.set(DATABASE, true, ok, detail, max_age);
         }
-        let up = stats.link_up.load(Ordering::Relaxed);
-        readiness.set(
-            LINK,
-            true,
-            up,
-            if up {
-                "connected to the broker and subscribed".to_string()
-            } else {
-                format!(
-                    "{} (retrying with backoff); this worker takes no frames",
-                    stats
-                        .link_error
-                        .get()
-                        .unwrap_or_else(|| "not connected to the broker".into())
-                )
-            },
-            max_age,
-        );
-        let (ok, detail) = match tokio::time::timeout(DATABASE_TIMEOUT, store.ping()).await {
-            Ok(Ok(())) => (true, "the verdict store answers".to_string()),
-            Ok(Err(e)) => (false, format!("the verdict store fails: {e}")),
-            Err(_) => (
-                false,
-                format!("the verdict store did not answer within {DATABASE_TIMEOUT:?}"),
-            ),
-        };
-        readiness.set(DATABASE, true, ok, detail, max_age);
     }
 }
 
 /// The worker's metric samples now.
-pub fn samples(s: &CloudStats, model: &ServedModel) -> Vec<Sample> {
+pub fn samples(s: &CloudStats) -> Vec<Sample> {
     let c = |metric, v: &std::sync::atomic::AtomicU64| Sample::of(metric, stats::get(v));
-    let mut out = vec![
+    vec![
         c(&m::CLOUD_FRAMES_RECEIVED, &s.frames_received),
         c(&m::CLOUD_VERDICTS_STORED, &s.verdicts_stored),
         c(&m::CLOUD_DUPLICATES, &s.duplicates),
@@ -100,7 +113,5 @@ pub fn samples(s: &CloudStats, model: &ServedModel) -> Vec<Sample> {
             metric: &m::CLOUD_OLDEST_UNPROCESSED,
             value: s.lag.oldest_age().as_secs_f64(),
         },
-    ];
-    out.extend(model.samples());
-    out
+    ]
 }

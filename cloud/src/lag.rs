@@ -2,7 +2,7 @@
 //! oldest of them has waited. A frame counts from its arrival (MQTT PUBLISH) until its acknowledgement is
 //! released (verdict stored, or rejected).
 
-use crate::acks::Ticket;
+use crate::order::Ticket;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

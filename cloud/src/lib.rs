@@ -11,11 +11,12 @@ pub mod health;
 pub mod ingest;
 pub mod lag;
 pub mod leader;
+pub mod order;
 pub mod presence;
 pub mod process;
 pub mod stats;
 pub mod store;
 
-pub use app::{CloudError, run};
+pub use app::{App, CloudError, run};
 pub use config::CloudConfig;
 pub use stats::CloudStats;

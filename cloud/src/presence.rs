@@ -59,36 +59,51 @@ pub fn check(u: &Update, max_bytes: usize) -> Result<Checked, String> {
     Ok(checked)
 }
 
-/// Records updates until the channel closes.
-pub async fn run(
-    store: Store,
-    mut updates: mpsc::Receiver<Update>,
-    max_bytes: usize,
-    stats: Arc<CloudStats>,
-) {
-    while let Some(u) = updates.recv().await {
-        let now = tierline_shared::time::now_us();
-        let result = match check(&u, max_bytes) {
-            Ok(Checked::Presence(mut p)) => {
-                // The topic is authoritative for where the edge sits.
-                p.site = u.addr.site().into();
-                p.line = u.addr.line().into();
-                store.record_presence(&p, now).await
+/// The presence stage: records edge presence and heartbeats in the store.
+pub struct PresenceRecorder {
+    /// The store.
+    pub store: Store,
+    /// Updates, from ingest.
+    pub updates: mpsc::Receiver<Update>,
+    /// Largest message.
+    pub max_bytes: usize,
+    /// Counters.
+    pub stats: Arc<CloudStats>,
+}
+
+impl PresenceRecorder {
+    /// Records updates until ingest closes its side.
+    pub async fn run(self) {
+        let PresenceRecorder {
+            store,
+            mut updates,
+            max_bytes,
+            stats,
+        } = self;
+        while let Some(u) = updates.recv().await {
+            let now = tierline_shared::time::now_us();
+            let result = match check(&u, max_bytes) {
+                Ok(Checked::Presence(mut p)) => {
+                    // The topic is authoritative for where the edge sits.
+                    p.site = u.addr.site().into();
+                    p.line = u.addr.line().into();
+                    store.record_presence(&p, now).await
+                }
+                Ok(Checked::Heartbeat(h)) => {
+                    store
+                        .record_heartbeat(u.addr.site(), u.addr.line(), &h, now)
+                        .await
+                }
+                Err(reason) => {
+                    stats::inc(&stats.rejected_malformed);
+                    tracing::warn!(edge = %u.addr, reason = %reason, "Rejected a presence message.");
+                    continue;
+                }
+            };
+            match result {
+                Ok(()) => stats::inc(&stats.presence_updates),
+                Err(e) => tracing::warn!(edge = %u.addr, error = %e, "Edge presence not recorded."),
             }
-            Ok(Checked::Heartbeat(h)) => {
-                store
-                    .record_heartbeat(u.addr.site(), u.addr.line(), &h, now)
-                    .await
-            }
-            Err(reason) => {
-                stats::inc(&stats.rejected_malformed);
-                tracing::warn!(edge = %u.addr, reason = %reason, "Rejected a presence message.");
-                continue;
-            }
-        };
-        match result {
-            Ok(()) => stats::inc(&stats.presence_updates),
-            Err(e) => tracing::warn!(edge = %u.addr, error = %e, "Edge presence not recorded."),
         }
     }
 }

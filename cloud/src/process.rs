@@ -11,8 +11,8 @@
 //!   timeout. Two deliveries of one frame processed at the same moment may both run the model; the store
 //!   keeps the first verdict and both replies carry it.
 
-use crate::acks::Ticket;
 use crate::ingest::Job;
+use crate::order::Ticket;
 use crate::stats::{self, CloudStats};
 use crate::store::{Store, Stored};
 use rumqttc::{AsyncClient, QoS};
@@ -30,7 +30,7 @@ pub const UNREADABLE: &str = "unreadable";
 /// Shared state of the processing stage.
 pub struct Processor {
     /// The full model.
-    pub runner: Arc<ServedModel>,
+    pub model: Arc<ServedModel>,
     /// Verdict store.
     pub store: Store,
     /// MQTT client for verdicts and acks.
@@ -43,22 +43,39 @@ pub struct Processor {
     pub acks: mpsc::Sender<(Ticket, rumqttc::Publish)>,
 }
 
-/// Processes jobs with at most `concurrency` in flight until `jobs` closes, then waits for them.
-pub async fn run(processor: Arc<Processor>, mut jobs: mpsc::Receiver<Job>, concurrency: usize) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let tracker = TaskTracker::new();
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let p = processor.clone();
-        tracker.spawn(async move {
-            p.handle(job).await;
-            drop(permit);
-        });
+/// The processing stage.
+pub struct Processing {
+    /// What each job needs.
+    pub processor: Arc<Processor>,
+    /// Checked frames, from ingest.
+    pub jobs: mpsc::Receiver<Job>,
+    /// Most jobs in flight.
+    pub concurrency: usize,
+}
+
+impl Processing {
+    /// Processes jobs until ingest closes its side, then waits for those in flight.
+    pub async fn run(self) {
+        let Processing {
+            processor,
+            mut jobs,
+            concurrency,
+        } = self;
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let tracker = TaskTracker::new();
+        while let Some(job) = jobs.recv().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let p = processor.clone();
+            tracker.spawn(async move {
+                p.handle(job).await;
+                drop(permit);
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
     }
-    tracker.close();
-    tracker.wait().await;
 }
 
 impl Processor {
@@ -144,7 +161,7 @@ impl Processor {
 
     /// Runs the model. `None` when the model failed (already logged and counted).
     async fn judge(&self, frame: &wire::FrameEnvelope) -> Option<Verdict> {
-        let manifest = self.runner.manifest();
+        let manifest = self.model.manifest();
         let mut v = Verdict {
             protocol_version: wire::PROTOCOL_VERSION,
             edge_id: frame.edge_id.clone(),
@@ -155,7 +172,7 @@ impl Processor {
             ..Verdict::default()
         };
         let started = std::time::Instant::now();
-        let scored = self.runner.score(frame.image.clone().into()).await;
+        let scored = self.model.score(frame.image.clone().into()).await;
         self.stats
             .record_inference(started.elapsed().as_micros() as u64);
         match scored {

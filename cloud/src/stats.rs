@@ -1,8 +1,6 @@
 //! Counters the cloud worker keeps about itself, including inference (batch) latency. Frames in flight and
 //! the age of the oldest unprocessed frame, the other autoscaler figures, are kept in [`crate::lag`].
 
-use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Live cloud figures. Counters only grow; gauges are marked as such.
@@ -30,8 +28,6 @@ pub struct CloudStats {
     pub lag: crate::lag::Lag,
     /// Why the link is down, when it is.
     pub link_error: tierline_shared::mqtt::LastError,
-    /// Where the admin endpoint listens, once it does.
-    pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Presence and heartbeat messages recorded in the edges table.
     pub presence_updates: AtomicU64,
     /// Inference calls finished (one per frame scored).
@@ -44,8 +40,6 @@ pub struct CloudStats {
     pub lease_token: AtomicU64,
     /// Images removed by retention on this worker.
     pub images_pruned: AtomicU64,
-    /// Where the review API listens, once it does.
-    pub api_addr: OnceLock<SocketAddr>,
 }
 
 impl CloudStats {

@@ -6,9 +6,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
-use tierline_cloud::CloudStats;
 use tierline_cloud::api::pb::{self, review_client::ReviewClient};
 use tierline_cloud::config::ApiConfig;
 use tierline_cloud::store::Store;
@@ -104,25 +102,12 @@ async fn start() -> Server {
         token: Some(TOKEN.into()),
         ..ApiConfig::default()
     };
-    let stats = Arc::new(CloudStats::default());
     let stop = CancellationToken::new();
-    tokio::spawn(tierline_cloud::api::serve(
-        config,
-        store.clone(),
-        stats.clone(),
-        stop.clone(),
-    ));
-    let started = std::time::Instant::now();
-    let addr = loop {
-        if let Some(a) = stats.api_addr.get() {
-            break *a;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "API did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let api = tierline_cloud::api::ReviewApi::bind(config, store.clone())
+        .await
+        .unwrap();
+    let addr = api.addr();
+    tokio::spawn(api.run(stop.clone()));
     Server {
         addr,
         store,

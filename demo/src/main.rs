@@ -124,33 +124,29 @@ async fn main() -> anyhow::Result<()> {
     let cloud_stop = CancellationToken::new();
     let edge_stats = Arc::new(EdgeStats::default());
     let cloud_stats = Arc::new(CloudStats::default());
-    let cloud = tokio::spawn(tierline_cloud::run(
-        cloud_cfg.clone(),
-        cloud_stats.clone(),
-        cloud_stop.clone(),
-    ));
-    let mut edge = tokio::spawn(tierline_edge::run(
-        edge_cfg,
-        edge_stats.clone(),
-        shutdown.clone(),
-    ));
+    let cloud_app = tierline_cloud::App::build(cloud_cfg.clone(), cloud_stats.clone())
+        .await
+        .context("cloud worker")?;
+    let edge_app = tierline_edge::App::build(edge_cfg, edge_stats.clone())
+        .await
+        .context("edge")?;
+    if let (Some(e), Some(c)) = (edge_app.admin_addr(), cloud_app.admin_addr()) {
+        println!(
+            "health and metrics: edge http://{e}/readyz  /metrics, cloud http://{c}/readyz  /metrics"
+        );
+    }
+    let cloud = tokio::spawn(cloud_app.run(cloud_stop.clone()));
+    let mut edge = tokio::spawn(edge_app.run(shutdown.clone()));
 
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut settled_at: Option<Instant> = None;
-    let mut admin_shown = false;
     let edge_result = loop {
         tokio::select! {
             r = &mut edge => break r,
             _ = tokio::signal::ctrl_c() => { eprintln!("\nCtrl-C: draining."); shutdown.cancel(); }
             _ = tick.tick() => {
-                if !admin_shown
-                    && let (Some(e), Some(c)) = (edge_stats.admin_addr.get(), cloud_stats.admin_addr.get())
-                {
-                    println!("health and metrics: edge http://{e}/readyz  /metrics, cloud http://{c}/readyz  /metrics");
-                    admin_shown = true;
-                }
                 println!("{}", summary::line(started.elapsed(), &edge_stats, &cloud_stats));
                 // With a frame limit: stop once every frame is decided and every forwarded frame has its verdict.
                 let captured = get(&edge_stats.frames_captured);

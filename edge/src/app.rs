@@ -6,43 +6,57 @@
 //!                                               │ suspect / audit                      │
 //!                                               ▼                                      ▼
 //!                                  intake: outbox append (grouped commits) ──► decisions ──► sink (JSON lines)
-//!                                               │ wake                                 ▲
-//!                                               ▼                                      │
-//!                       uplink: outbox.due ──► MQTT publish (QoS 1)                    │
-//!  link: MQTT event loop ──► verdicts ──► acknowledge: decisions + outbox.ack ─────────┘
+//!                                               │ wake                          │  ▲         ▲
+//!                                               ▼                               │  │         │
+//!                       uplink: outbox.due ──► MQTT publish (QoS 1)     local ◄─┘  │         │ barrier
+//!  link: MQTT event loop ──► verdicts ──► settle: outbox.lookup ───────────────────┘         │
+//!                                               └── outbox.ack once the sink wrote ─────────┘
 //! ```
 //!
-//! Beside the flow: the model supervisor (golden probes, watchdog, hot reload; `tierline_shared::serving`),
-//! the health watcher (outbox disk headroom, link; `health`) and the admin endpoint serving `/healthz`,
-//! `/readyz` and `/metrics`.
+//! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
+//! `tierline_shared::service::Skeleton`), the health watcher (outbox disk headroom, link) and heartbeats.
 //!
-//! Every arrow is a bounded channel. Shutdown: the token stops the cameras, the prescreen, the uplink and the
-//! link; the intake and acknowledgement stages then drain and close, which lets the decision stage decide
-//! whatever still waits (locally) and the sink flush.
+//! [`App::build`] does everything that can fail before a frame is taken (config, model and golden samples,
+//! outbox, cameras, admin listener); [`App::run`] spawns every stage under one [`Supervisor`], in flow
+//! order, joined by bounded channels. Any stage that fails, panics or ends while its inputs are open stops
+//! the edge with an error naming it, after the same drain as a requested shutdown:
+//! cameras, prescreen and uplink stop; the intake commits what it holds; the link closes; the settle stage
+//! and the decision stage then finish (whatever still waits is decided locally) and the sink flushes.
 
 use crate::camera::{Camera, CameraError, FrameQueue};
 use crate::config::EdgeConfig;
-use crate::decisions::{self, Book};
-use crate::outbox::{Outbox, OutboxError};
+use crate::decisions::stage::{Decisions, LocalRecorder};
+use crate::decisions::{self, Book, OfflineRules};
+use crate::health::{self, HealthWatch};
+use crate::link::{Heartbeats, Link};
+use crate::outbox::intake::Intake;
+use crate::outbox::{Outbox, OutboxError, SeqAllocator, Undecided};
+use crate::prescreen::{Prescreen, PrescreenSettings};
+use crate::settle::Settle;
+use crate::sink::{self, Sink};
 use crate::stats::EdgeStats;
-use crate::{health, intake, link, prescreen, sink, uplink};
+use crate::uplink::Uplink;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tierline_shared::admin::{self, Admin, Readiness};
+use tierline_shared::config::ConfigError;
 use tierline_shared::manifest::ManifestError;
 use tierline_shared::runner::{RunnerConfig, RunnerError};
+use tierline_shared::service::Skeleton;
 use tierline_shared::serving::ServedModel;
+use tierline_shared::supervisor::{Ends, StageFailure, Supervisor};
+use tierline_shared::topics::EdgeAddress;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Errors that stop the edge.
 #[derive(Debug, Error)]
 pub enum EdgeError {
     /// The configuration is unusable.
     #[error(transparent)]
-    Config(#[from] tierline_shared::config::ConfigError),
+    Config(#[from] ConfigError),
     /// The model manifest is unusable.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -58,26 +72,26 @@ pub enum EdgeError {
     /// The decision sink failed.
     #[error(transparent)]
     Sink(#[from] sink::SinkError),
-    /// A stage panicked.
-    #[error("edge stage panicked: {0}")]
-    Panicked(String),
+    /// A stage failed, panicked or ended early.
+    #[error("edge {0}")]
+    Stage(#[from] StageFailure),
     /// The admin endpoint could not start.
     #[error("admin endpoint: {0}")]
     Admin(std::io::Error),
 }
 
-/// Completes only if the stage fails (error or panic); a stage that finishes normally (e.g. the prescreen
-/// after the cameras reached their frame limits) leaves the rest running.
-async fn failure_of<E: Into<EdgeError>>(task: tokio::task::JoinHandle<Result<(), E>>) -> EdgeError {
-    match task.await {
-        Ok(Err(e)) => e.into(),
-        Err(e) if e.is_panic() => EdgeError::Panicked(e.to_string()),
-        _ => std::future::pending().await,
-    }
-}
-
 /// How often heartbeats are published.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long stages get to drain at shutdown.
+const GRACE: Duration = Duration::from_secs(10);
+/// Capacity of the channel into the outbox intake.
+const INTAKE_CHANNEL: usize = 256;
+/// Capacity of the channels into the decision stage, the sink and the local-decision recorder.
+const DECISION_CHANNEL: usize = 1024;
+/// Capacity of the channel of verdicts from the link.
+const VERDICT_CHANNEL: usize = 256;
+/// Capacity of the MQTT client's request channel.
+const MQTT_REQUESTS: usize = 64;
 
 /// Loads the prescreen model and checks it against its golden samples.
 pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeError> {
@@ -94,225 +108,328 @@ pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeErr
     .await?)
 }
 
-/// Runs the edge until `shutdown` is cancelled or every camera has finished and every frame is decided.
+/// Runs the edge until `shutdown` is cancelled or a stage fails: [`App::build`] then [`App::run`].
 pub async fn run(
     config: EdgeConfig,
     stats: Arc<EdgeStats>,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
-    config.validate()?;
-    let addr = config
-        .address()
-        .map_err(|e| tierline_shared::config::ConfigError::Field {
+    App::build(config, stats).await?.run(shutdown).await
+}
+
+/// An edge that is built (model loaded, outbox open, admin endpoint bound) and ready to run.
+pub struct App {
+    config: EdgeConfig,
+    addr: EdgeAddress,
+    stats: Arc<EdgeStats>,
+    model: Arc<ServedModel>,
+    outbox: Outbox,
+    /// Suspects a crash left undecided, read before any stage runs, so no live frame can be mistaken for
+    /// one of them.
+    undecided: Vec<Undecided>,
+    queue: FrameQueue,
+    cameras: Vec<Camera>,
+    skeleton: Skeleton,
+    mqtt: rumqttc::MqttOptions,
+}
+
+impl App {
+    /// Checks the config, loads the model (golden samples included), opens the outbox, prepares the
+    /// cameras and binds the admin endpoint.
+    pub async fn build(config: EdgeConfig, stats: Arc<EdgeStats>) -> Result<Self, EdgeError> {
+        config.validate()?;
+        let addr = config.address().map_err(|e| ConfigError::Field {
             field: "edge".into(),
             problem: e.to_string(),
         })?;
-    let cameras = config
-        .cameras
-        .iter()
-        .map(Camera::new)
-        .collect::<Result<Vec<_>, _>>()?;
-    let runner = load_model(&config).await?;
-    let manifest = runner.manifest();
-    let model_version = manifest.version.clone();
-    let threshold = config
-        .model
-        .suspect_threshold
-        .unwrap_or(manifest.output.threshold);
-    let mqtt_options = link::options(&config.mqtt, &addr, &model_version).map_err(|e| {
-        tierline_shared::config::ConfigError::Field {
-            field: "mqtt.tls".into(),
-            problem: e.to_string(),
-        }
-    })?;
-    let outbox = Outbox::open(&config.outbox).await?;
-    let backlog = outbox.backlog().await?;
-    // Read before any stage runs, so no live frame can be mistaken for one a crash left undecided.
-    let undecided = outbox.undecided_suspects().await?;
-    let rules = decisions::OfflineRules::from_config(&config.decision);
-    tracing::info!(
-        edge_id = addr.edge_id(),
-        model = %manifest.name,
-        version = %model_version,
-        threshold,
-        backlog = backlog.frames,
-        "Edge starting."
-    );
-
-    let (client, eventloop) = tierline_shared::mqtt::client(mqtt_options, 64);
-    let tasks = TaskTracker::new();
-    let stop = shutdown.child_token();
-
-    // Health: the model supervisor, the outbox and link watcher, and the admin endpoint.
-    let readiness = Arc::new(Readiness::expecting(&[
-        (tierline_shared::serving::CHECK, true),
-        (health::OUTBOX, true),
-        (health::LINK, false),
-    ]));
-    let admin_stop = CancellationToken::new();
-    // The endpoint answers until the edge has drained, and stops however `run` returns.
-    let _admin_guard = admin_stop.clone().drop_guard();
-    tasks.spawn(runner.clone().supervise(readiness.clone(), stop.clone()));
-    tasks.spawn(health::watch(
-        health::OutboxWatch {
-            outbox: outbox.clone(),
-            path: config.outbox.path.clone(),
-            budget: config.outbox.max_bytes.0,
-        },
-        stats.clone(),
-        readiness.clone(),
-        config.admin.check_every,
-        stop.clone(),
-    ));
-    if config.admin.enabled {
-        let (s, m) = (stats.clone(), runner.clone());
-        let samples = Arc::new(move || health::samples(&s, &m));
-        let (bound, _task) = admin::serve(
-            config.admin.listen,
-            Admin {
-                readiness: readiness.clone(),
-                samples,
-            },
-            admin_stop.clone(),
+        let queue = FrameQueue::new(2 * config.model.max_batch.get() * config.model.threads.get());
+        let cameras = config
+            .cameras
+            .iter()
+            .map(|c| Camera::new(c, queue.clone(), stats.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let model = load_model(&config).await?;
+        let mqtt =
+            crate::link::options(&config.mqtt, &addr, &model.manifest().version).map_err(|e| {
+                ConfigError::Field {
+                    field: "mqtt.tls".into(),
+                    problem: e.to_string(),
+                }
+            })?;
+        let outbox = Outbox::open(&config.outbox).await?;
+        let undecided = outbox.undecided_suspects().await?;
+        let samples = {
+            let stats = stats.clone();
+            Arc::new(move || health::samples(&stats))
+        };
+        let skeleton = Skeleton::bind(
+            model.clone(),
+            &[(health::OUTBOX, true), (health::LINK, false)],
+            &config.admin,
+            samples,
         )
         .await
         .map_err(EdgeError::Admin)?;
-        let _ = stats.admin_addr.set(bound);
+        Ok(Self {
+            config,
+            addr,
+            stats,
+            model,
+            outbox,
+            undecided,
+            queue,
+            cameras,
+            skeleton,
+            mqtt,
+        })
     }
-    tasks.spawn(tierline_shared::systemd::notify(
-        readiness.clone(),
-        stop.clone(),
-    ));
-    let queue = FrameQueue::new(2 * config.model.max_batch.get() * config.model.threads.get());
-    let (intake_tx, intake_rx) = mpsc::channel(256);
-    let (decision_tx, decision_rx) = mpsc::channel(1024);
-    let (sink_tx, sink_rx) = mpsc::channel(1024);
-    let (verdict_tx, verdict_rx) = mpsc::channel(256);
-    let (link_tx, link_rx) = watch::channel(false);
-    let wake = Arc::new(Notify::new());
-    let (local_tx, local_rx) = mpsc::channel(1024);
 
-    let cameras_done = TaskTracker::new();
-    for cam in cameras {
-        cameras_done.spawn(cam.run(queue.clone(), stats.clone(), stop.clone()));
+    /// Where the admin endpoint listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.skeleton.admin_addr()
     }
-    cameras_done.close();
 
-    let settings = prescreen::PrescreenSettings {
-        edge_id: addr.edge_id().into(),
-        threshold: config.model.suspect_threshold,
-        audit_rate: config.decision.audit_rate,
-        audit_seed: config.decision.audit_seed,
-        concurrency: 2 * config.model.max_batch.get() * config.model.threads.get(),
-        max_image_bytes: config.mqtt.max_message_bytes,
-    };
-    let frames = queue.receiver();
-    drop(queue);
-    let prescreen_stop = stop.clone();
-    let prescreen = tasks.spawn(prescreen::run(
-        settings,
-        runner,
-        prescreen::SeqAllocator::new(outbox.clone()),
-        frames,
-        intake_tx,
-        decision_tx.clone(),
-        stats.clone(),
-        prescreen_stop,
-    ));
-    tasks.spawn(intake::run(
-        outbox.clone(),
-        intake_rx,
-        decision_tx.clone(),
-        wake.clone(),
-        stats.clone(),
-        config.outbox.commit_batch.get(),
-    ));
-    // The sink first: everything after it may produce decisions.
-    let sink = tasks.spawn(sink::run(config.sink.clone(), sink_rx, client.clone()));
-    let restart_tx = decision_tx.clone();
-    let acks = tasks.spawn(uplink::acknowledge(outbox.clone(), verdict_rx, decision_tx));
-    tasks.spawn(decisions::record_local(outbox.clone(), local_rx));
-    tasks.spawn(decisions::run(
-        Book::new(rules.clone(), config.decision.deadline),
-        decision_rx,
-        sink_tx,
-        local_tx,
-        stats.clone(),
-        stop.clone(),
-    ));
-    // Suspects a crash left undecided (read before any stage started) are decided now, and the decision is
-    // recorded before it is emitted: their deadline is past, and their verdict must find it.
-    let recorded: Vec<(u64, &str)> = undecided
-        .iter()
-        .map(|r| (r.seq, rules.action(r.score).as_str()))
-        .collect();
-    outbox.record_local(&recorded).await?;
-    if !undecided.is_empty() {
-        tracing::warn!(
-            frames = undecided.len(),
-            "Suspects left undecided by a restart (the edge stopped before their deadline); decided locally now."
+    /// Runs every stage until `shutdown` or a stage failure, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EdgeError> {
+        let span = tracing::info_span!("edge", edge_id = %self.addr.edge_id());
+        self.run_stages(shutdown).instrument(span).await
+    }
+
+    async fn run_stages(self, shutdown: CancellationToken) -> Result<(), EdgeError> {
+        let App {
+            config,
+            addr,
+            stats,
+            model,
+            outbox,
+            undecided,
+            queue,
+            cameras,
+            skeleton,
+            mqtt,
+        } = self;
+        let manifest = model.manifest();
+        let model_version = manifest.version.clone();
+        let rules = OfflineRules::from_config(&config.decision);
+        let backlog = outbox.backlog().await?;
+        tracing::info!(
+            model = %manifest.name,
+            version = %model_version,
+            threshold = config.model.suspect_threshold.unwrap_or(manifest.output.threshold),
+            backlog = backlog.frames,
+            "Edge starting."
         );
-    }
-    for r in undecided {
-        let e = decisions::decided_at_restart(&r, &rules);
-        restart_tx
-            .send(decisions::Input::Immediate(e))
-            .await
-            .map_err(|_| EdgeError::Panicked("decision stage closed".into()))?;
-    }
-    drop(restart_tx);
-    let uplink = tasks.spawn(uplink::run(
-        outbox.clone(),
-        client.clone(),
-        addr.clone(),
-        model_version.clone(),
-        config.outbox.clone(),
-        config.mqtt.max_message_bytes,
-        link_rx,
-        wake,
-        stats.clone(),
-        stop.clone(),
-    ));
-    tasks.spawn(link::heartbeats(
-        client.clone(),
-        addr.clone(),
-        outbox.clone(),
-        model_version.clone(),
-        stats.clone(),
-        HEARTBEAT_EVERY,
-        stop.clone(),
-    ));
-    let link_stop = CancellationToken::new();
-    let link_task = tokio::spawn(link::run(
-        eventloop,
-        client,
-        addr,
-        config.mqtt.clone(),
-        model_version,
-        verdict_tx,
-        link_tx,
-        stats.clone(),
-        link_stop.clone(),
-    ));
-    tasks.close();
 
-    // Stop on request, or on a stage failing.
-    let failure = tokio::select! {
-        _ = stop.cancelled() => None,
-        e = failure_of(prescreen) => Some(e),
-        e = failure_of(uplink) => Some(e),
-        e = failure_of(acks) => Some(e),
-        e = failure_of(sink) => Some(e),
-    };
-    if let Some(e) = &failure {
-        tracing::error!(error = %e, "Edge stage failed; shutting down.");
+        // Stop tokens, in drain order: the flow's sources first, the link after them, the admin endpoint last
+        // (it answers until the edge has drained, and stops however `run` returns).
+        let stop = shutdown.child_token();
+        let link_stop = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let _admin_guard = admin_stop.clone().drop_guard();
+        let _link_guard = link_stop.clone().drop_guard();
+
+        let (client, eventloop) = tierline_shared::mqtt::client(mqtt, MQTT_REQUESTS);
+        let (intake_tx, intake_rx) = mpsc::channel(INTAKE_CHANNEL);
+        let (decision_tx, decision_rx) = mpsc::channel(DECISION_CHANNEL);
+        let (sink_tx, sink_rx) = mpsc::channel(DECISION_CHANNEL);
+        let (local_tx, local_rx) = mpsc::channel(DECISION_CHANNEL);
+        let (verdict_tx, verdict_rx) = mpsc::channel(VERDICT_CHANNEL);
+        let (link_tx, link_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+
+        let mut sup = Supervisor::new(tracing::Span::current());
+        let readiness = skeleton.readiness();
+        skeleton.spawn(&mut sup, &stop, &admin_stop);
+        sup.spawn(
+            "health",
+            Ends::OnShutdown,
+            HealthWatch {
+                outbox: outbox.clone(),
+                path: config.outbox.path.clone(),
+                budget: config.outbox.max_bytes.0,
+                stats: stats.clone(),
+                readiness,
+                every: config.admin.check_every,
+            }
+            .run(stop.clone()),
+        );
+
+        // camera × N ──► frame queue
+        let mut camera_stages = Vec::with_capacity(cameras.len());
+        for camera in cameras {
+            let name = format!("camera {}", camera.id());
+            sup.spawn(name.clone(), Ends::Anytime, camera.run(stop.clone()));
+            camera_stages.push(name);
+        }
+        let frames = queue.receiver();
+        drop(queue);
+
+        // ──► sink: spawned before everything that may produce decisions.
+        sup.spawn(
+            "sink",
+            Ends::after(["decisions"]),
+            Sink {
+                cfg: config.sink.clone(),
+                items: sink_rx,
+                client: client.clone(),
+            }
+            .run(),
+        );
+        sup.spawn(
+            "local decisions",
+            Ends::after(["decisions"]),
+            LocalRecorder {
+                outbox: outbox.clone(),
+                decided: local_rx,
+            }
+            .run(),
+        );
+        // Suspects a crash left undecided are decided now, and the decision is recorded before it is emitted:
+        // their deadline is past, and their verdict must find it.
+        let clock: Arc<dyn tierline_shared::time::Clock> =
+            Arc::new(tierline_shared::time::SystemClock);
+        let restart_decisions: Vec<decisions::Event> = undecided
+            .iter()
+            .map(|r| decisions::decided_at_restart(r, &rules, &*clock))
+            .collect();
+        let recorded: Vec<(u64, &str)> = undecided
+            .iter()
+            .map(|r| (r.seq, rules.action(r.score).as_str()))
+            .collect();
+        outbox.record_local(&recorded).await?;
+        if !undecided.is_empty() {
+            tracing::warn!(
+                frames = undecided.len(),
+                "Suspects left undecided by a restart (the edge stopped before their deadline); decided locally now."
+            );
+        }
+        sup.spawn(
+            "decisions",
+            Ends::after(["prescreen", "intake", "settle"]),
+            Decisions {
+                book: Book::with_clock(rules, config.decision.deadline, clock),
+                at_start: restart_decisions,
+                inputs: decision_rx,
+                sink: sink_tx,
+                local: local_tx,
+                stats: stats.clone(),
+            }
+            .run(stop.clone()),
+        );
+
+        // frame queue ──► prescreen ──► intake ──► outbox
+        sup.spawn(
+            "prescreen",
+            Ends::After(camera_stages),
+            Prescreen {
+                settings: PrescreenSettings {
+                    edge_id: addr.edge_id().into(),
+                    threshold: config.model.suspect_threshold,
+                    audit_rate: config.decision.audit_rate,
+                    audit_seed: config.decision.audit_seed,
+                    concurrency: 2 * config.model.max_batch.get() * config.model.threads.get(),
+                    max_image_bytes: config.mqtt.max_message_bytes,
+                },
+                model,
+                seqs: SeqAllocator::new(outbox.clone()),
+                frames,
+                intake: intake_tx,
+                decisions: decision_tx.clone(),
+                stats: stats.clone(),
+            }
+            .run(stop.clone()),
+        );
+        sup.spawn(
+            "intake",
+            Ends::after(["prescreen"]),
+            Intake {
+                outbox: outbox.clone(),
+                frames: intake_rx,
+                decisions: decision_tx.clone(),
+                uplink: wake.clone(),
+                stats: stats.clone(),
+                commit_batch: config.outbox.commit_batch.get(),
+            }
+            .run(),
+        );
+
+        // outbox ──► uplink ──► MQTT
+        sup.spawn(
+            "uplink",
+            Ends::OnShutdown,
+            Uplink {
+                outbox: outbox.clone(),
+                client: client.clone(),
+                addr: addr.clone(),
+                model_version: model_version.clone(),
+                cfg: config.outbox.clone(),
+                max_message_bytes: config.mqtt.max_message_bytes,
+                link: link_rx,
+                wake,
+                stats: stats.clone(),
+            }
+            .run(stop.clone()),
+        );
+        sup.spawn(
+            "heartbeats",
+            Ends::OnShutdown,
+            Heartbeats {
+                client: client.clone(),
+                addr: addr.clone(),
+                outbox: outbox.clone(),
+                model_version: model_version.clone(),
+                stats: stats.clone(),
+                every: HEARTBEAT_EVERY,
+            }
+            .run(stop.clone()),
+        );
+
+        // MQTT ──► link ──► settle ──► decisions ──► sink ──► outbox.ack
+        sup.spawn(
+            "link",
+            Ends::OnShutdown,
+            Link {
+                eventloop,
+                client,
+                addr,
+                mqtt: config.mqtt.clone(),
+                model_version,
+                verdicts: verdict_tx,
+                link: link_tx,
+                stats: stats.clone(),
+            }
+            .run(link_stop.clone()),
+        );
+        sup.spawn(
+            "settle",
+            Ends::after(["link"]),
+            Settle {
+                outbox: outbox.clone(),
+                verdicts: verdict_rx,
+                decisions: decision_tx,
+            }
+            .run(),
+        );
+
+        // Run until asked to stop or a stage fails; then drain in flow order.
+        let failure = sup.watch(&shutdown).await.err();
+        if let Some(e) = &failure {
+            tracing::error!(error = %e, "Edge stage failed; shutting down.");
+        }
+        stop.cancel();
+        let mut later = sup.drain(&["prescreen", "intake"], GRACE).await;
+        link_stop.cancel();
+        later.extend(sup.drain(&["decisions", "sink"], GRACE).await);
+        admin_stop.cancel();
+        later.extend(sup.finish(GRACE).await);
+        outbox.close().await;
+        for e in &later {
+            tracing::error!(error = %e, "Edge stage failed while draining.");
+        }
+        tracing::info!("Edge stopped.");
+        match failure.or_else(|| later.into_iter().next()) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
-    stop.cancel();
-    cameras_done.wait().await;
-    link_stop.cancel();
-    let _ = link_task.await;
-    tasks.wait().await;
-    outbox.close().await;
-    tracing::info!("Edge stopped.");
-    failure.map_or(Ok(()), Err)
 }

@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tierline_shared::admin::Readiness;
 use tierline_shared::metrics::{self as m, Sample};
-use tierline_shared::serving::ServedModel;
 use tokio_util::sync::CancellationToken;
 
 /// Name of the outbox check.
@@ -24,18 +23,55 @@ pub const OUTBOX: &str = "outbox";
 /// Name of the link check.
 pub const LINK: &str = "link";
 
-/// What the watcher needs to know about the outbox.
-pub struct OutboxWatch {
+/// The health watcher stage.
+pub struct HealthWatch {
     /// The outbox.
     pub outbox: Outbox,
     /// Its database file (free space is measured on its file system).
     pub path: PathBuf,
     /// Its disk budget.
     pub budget: u64,
+    /// Counters and gauges.
+    pub stats: Arc<EdgeStats>,
+    /// The checks it sets.
+    pub readiness: Arc<Readiness>,
+    /// How often it checks.
+    pub every: Duration,
 }
 
-/// Refreshes the `outbox` and `link` checks and the backlog gauges until `shutdown`.
-pub async fn watch(
+impl HealthWatch {
+    /// Refreshes the `outbox` and `link` checks and the backlog gauges until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let HealthWatch {
+            outbox,
+            path,
+            budget,
+            stats,
+            readiness,
+            every,
+        } = self;
+        watch(
+            OutboxWatch {
+                outbox,
+                path,
+                budget,
+            },
+            stats,
+            readiness,
+            every,
+            shutdown,
+        )
+        .await
+    }
+}
+
+struct OutboxWatch {
+    outbox: Outbox,
+    path: PathBuf,
+    budget: u64,
+}
+
+async fn watch(
     w: OutboxWatch,
     stats: Arc<EdgeStats>,
     readiness: Arc<Readiness>,
@@ -149,8 +185,8 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// The edge's metric samples now.
-pub fn samples(s: &EdgeStats, model: &ServedModel) -> Vec<Sample> {
+/// The edge's metric samples now (the model's are added by the shared skeleton).
+pub fn samples(s: &EdgeStats) -> Vec<Sample> {
     let c = |metric, v: &std::sync::atomic::AtomicU64| Sample::of(metric, stats::get(v));
     let (p50, p99, _, _) = stats::percentiles_ms(&s.decision_latency_us);
     let oldest = s.backlog_oldest_us.load(Ordering::Relaxed);
@@ -159,7 +195,7 @@ pub fn samples(s: &EdgeStats, model: &ServedModel) -> Vec<Sample> {
     } else {
         (tierline_shared::time::now_us() as f64 - oldest as f64).max(0.0) / 1e6
     };
-    let mut out = vec![
+    vec![
         c(&m::EDGE_FRAMES_CAPTURED, &s.frames_captured),
         c(&m::EDGE_FRAMES_DROPPED, &s.frames_dropped),
         c(&m::EDGE_BYTES_CAPTURED, &s.bytes_captured),
@@ -198,7 +234,5 @@ pub fn samples(s: &EdgeStats, model: &ServedModel) -> Vec<Sample> {
             metric: &m::EDGE_DECISION_P99,
             value: p99 / 1e3,
         },
-    ];
-    out.extend(model.samples());
-    out
+    ]
 }

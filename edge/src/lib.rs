@@ -8,15 +8,15 @@ pub mod camera;
 pub mod config;
 pub mod decisions;
 pub mod health;
-pub mod intake;
 pub mod link;
 pub mod outbox;
 pub mod prescreen;
+pub mod settle;
 pub mod sink;
 pub mod stats;
 pub mod synth;
 pub mod uplink;
 
-pub use app::{EdgeError, run};
+pub use app::{App, EdgeError, run};
 pub use config::EdgeConfig;
 pub use stats::EdgeStats;

@@ -9,11 +9,10 @@
 
 use crate::camera::CapturedFrame;
 use crate::decisions::{Action, Event, Input, Pending, Source};
-use crate::intake::Forward;
-use crate::outbox::{Outbox, OutboxError, Record};
+use crate::outbox::intake::Forward;
+use crate::outbox::{OutboxError, Record, SeqAllocator};
 use crate::stats::{self, EdgeStats};
 use rand::{Rng, SeedableRng};
-use std::ops::Range;
 use std::sync::Arc;
 use tierline_shared::runner::{InferError, Score};
 use tierline_shared::serving::ServedModel;
@@ -21,30 +20,6 @@ use tierline_shared::wire::{self, ForwardReason};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Hands out sequence numbers from durable reservations.
-pub struct SeqAllocator {
-    outbox: Outbox,
-    block: Range<u64>,
-}
-
-impl SeqAllocator {
-    /// An allocator that reserves from `outbox`.
-    pub fn new(outbox: Outbox) -> Self {
-        Self {
-            outbox,
-            block: 0..0,
-        }
-    }
-
-    /// The next sequence number.
-    pub async fn next(&mut self) -> Result<u64, OutboxError> {
-        if self.block.is_empty() {
-            self.block = self.outbox.reserve_seqs().await?;
-        }
-        Ok(self.block.next().unwrap_or_default())
-    }
-}
 
 /// Settings of the prescreen stage.
 pub struct PrescreenSettings {
@@ -63,168 +38,178 @@ pub struct PrescreenSettings {
     pub max_image_bytes: usize,
 }
 
-/// Runs the stage until shutdown (or the camera queue closes), finishing frames already being scored.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    settings: PrescreenSettings,
-    runner: Arc<ServedModel>,
-    mut seqs: SeqAllocator,
-    frames: flume::Receiver<CapturedFrame>,
-    intake: mpsc::Sender<Forward>,
-    decisions: mpsc::Sender<Input>,
-    stats: Arc<EdgeStats>,
-    shutdown: CancellationToken,
-) -> Result<(), OutboxError> {
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(settings.audit_seed);
-    let mut scoring: JoinSet<(CapturedFrame, Result<Score, InferError>)> = JoinSet::new();
-    let mut open = true;
-    while open || !scoring.is_empty() {
-        tokio::select! {
-            // Finish scored frames before taking new ones.
-            biased;
-            Some(done) = scoring.join_next(), if !scoring.is_empty() => {
-                let Ok((frame, result)) = done else { continue };
-                let seq = seqs.next().await?;
-                route(&settings, &mut rng, seq, frame, result, &intake, &decisions, &stats).await;
-            }
-            frame = frames.recv_async(), if open && scoring.len() < settings.concurrency => match frame {
-                Ok(frame) => {
-                    let runner = runner.clone();
-                    scoring.spawn(async move {
-                        let r = runner.score(frame.image.clone()).await;
-                        (frame, r)
-                    });
-                }
-                Err(_) => open = false,
-            },
-            _ = shutdown.cancelled(), if open => open = false,
-        }
-    }
-    Ok(())
+/// The prescreen stage: its settings and what it reads from and writes to.
+pub struct Prescreen {
+    /// Settings.
+    pub settings: PrescreenSettings,
+    /// The served edge model.
+    pub model: Arc<ServedModel>,
+    /// Sequence numbers for accepted frames.
+    pub seqs: SeqAllocator,
+    /// Frames from the cameras.
+    pub frames: flume::Receiver<CapturedFrame>,
+    /// Frames to forward, to the outbox intake.
+    pub intake: mpsc::Sender<Forward>,
+    /// Immediate decisions, to the decision stage.
+    pub decisions: mpsc::Sender<Input>,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn route(
-    s: &PrescreenSettings,
-    rng: &mut rand::rngs::SmallRng,
-    seq: u64,
-    frame: CapturedFrame,
-    result: Result<Score, InferError>,
-    intake: &mpsc::Sender<Forward>,
-    decisions: &mpsc::Sender<Input>,
-    stats: &EdgeStats,
-) {
-    let frame_id = wire::frame_id(&s.edge_id, seq);
-    let truth = frame.truth.map(|t| t.as_str());
-    let immediate = |action, source, edge_score, detail: Option<String>| {
-        Input::Immediate(Event::Decision {
-            seq,
-            frame_id: frame_id.clone(),
-            camera_id: frame.camera_id.to_string(),
-            action,
-            source,
-            provisional: false,
-            edge_score,
-            cloud_label: None,
-            truth,
-            latency_us: u64::try_from(frame.captured_at.elapsed().as_micros()).unwrap_or(u64::MAX),
-            detail,
-        })
-    };
-    let score = match result {
-        Ok(score) => score,
-        Err(e) => {
-            stats::inc(&stats.frames_unreadable);
-            tracing::warn!(
-                camera = %frame.camera_id,
-                file = frame.origin.as_deref().unwrap_or("-"),
+impl Prescreen {
+    /// Runs until shutdown (or the camera queue closes), finishing frames already being scored.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.settings.audit_seed);
+        let mut scoring: JoinSet<(CapturedFrame, Result<Score, InferError>)> = JoinSet::new();
+        let mut open = true;
+        while open || !scoring.is_empty() {
+            tokio::select! {
+                // Finish scored frames before taking new ones.
+                biased;
+                Some(done) = scoring.join_next(), if !scoring.is_empty() => {
+                    let Ok((frame, result)) = done else { continue };
+                    let seq = self.seqs.next().await?;
+                    self.route(&mut rng, seq, frame, result).await;
+                }
+                frame = self.frames.recv_async(), if open && scoring.len() < self.settings.concurrency => match frame {
+                    Ok(frame) => {
+                        let model = self.model.clone();
+                        scoring.spawn(async move {
+                            let r = model.score(frame.image.clone()).await;
+                            (frame, r)
+                        });
+                    }
+                    Err(_) => open = false,
+                },
+                _ = shutdown.cancelled(), if open => open = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides or forwards one scored frame.
+    async fn route(
+        &self,
+        rng: &mut rand::rngs::SmallRng,
+        seq: u64,
+        frame: CapturedFrame,
+        result: Result<Score, InferError>,
+    ) {
+        let (s, intake, decisions, stats) =
+            (&self.settings, &self.intake, &self.decisions, &*self.stats);
+        let frame_id = wire::frame_id(&s.edge_id, seq);
+        let truth = frame.truth.map(|t| t.as_str());
+        let immediate = |action, source, edge_score, detail: Option<String>| {
+            Input::Immediate(Event::Decision {
                 seq,
-                error = %e,
-                "Frame could not be scored; rejecting it as a precaution. Check the camera's image output."
-            );
-            let detail = format!("{}: {e}", frame.origin.as_deref().unwrap_or("camera frame"));
+                frame_id: frame_id.clone(),
+                camera_id: frame.camera_id.to_string(),
+                action,
+                source,
+                provisional: false,
+                edge_score,
+                cloud_label: None,
+                truth,
+                latency_us: u64::try_from(frame.captured_at.elapsed().as_micros())
+                    .unwrap_or(u64::MAX),
+                detail,
+            })
+        };
+        let score = match result {
+            Ok(score) => score,
+            Err(e) => {
+                stats::inc(&stats.frames_unreadable);
+                tracing::warn!(
+                    camera = %frame.camera_id,
+                    file = frame.origin.as_deref().unwrap_or("-"),
+                    seq,
+                    error = %e,
+                    "Frame could not be scored; rejecting it as a precaution. Check the camera's image output."
+                );
+                let detail = format!("{}: {e}", frame.origin.as_deref().unwrap_or("camera frame"));
+                let _ = decisions
+                    .send(immediate(
+                        Action::Reject,
+                        Source::Unreadable,
+                        1.0,
+                        Some(detail),
+                    ))
+                    .await;
+                return;
+            }
+        };
+        let suspect = s
+            .threshold
+            .map_or(score.defective, |t| score.defect_score >= t);
+        let audit = !suspect && s.audit_rate > 0.0 && rng.random_bool(s.audit_rate);
+        if !suspect {
+            stats::inc(&stats.frames_passed);
             let _ = decisions
                 .send(immediate(
-                    Action::Reject,
-                    Source::Unreadable,
-                    1.0,
-                    Some(detail),
-                ))
-                .await;
-            return;
-        }
-    };
-    let suspect = s
-        .threshold
-        .map_or(score.defective, |t| score.defect_score >= t);
-    let audit = !suspect && s.audit_rate > 0.0 && rng.random_bool(s.audit_rate);
-    if !suspect {
-        stats::inc(&stats.frames_passed);
-        let _ = decisions
-            .send(immediate(
-                Action::Pass,
-                Source::Edge,
-                score.defect_score,
-                None,
-            ))
-            .await;
-        if !audit {
-            return;
-        }
-    }
-    if frame.image.len() + 4096 > s.max_image_bytes {
-        // Checked before the frame is accepted, so nothing unsendable enters the outbox.
-        tracing::error!(
-            camera = %frame.camera_id,
-            seq,
-            bytes = frame.image.len(),
-            limit = s.max_image_bytes,
-            "Frame too large to forward; it is decided locally. Lower the camera resolution or JPEG quality, or raise mqtt.max_message_bytes."
-        );
-        stats::inc(&stats.outbox_errors);
-        if suspect {
-            let detail = format!(
-                "frame of {} bytes exceeds the message limit",
-                frame.image.len()
-            );
-            let _ = decisions
-                .send(immediate(
-                    Action::Reject,
-                    Source::LocalFallback,
+                    Action::Pass,
+                    Source::Edge,
                     score.defect_score,
-                    Some(detail),
+                    None,
                 ))
                 .await;
+            if !audit {
+                return;
+            }
         }
-        return;
+        if frame.image.len() + 4096 > s.max_image_bytes {
+            // Checked before the frame is accepted, so nothing unsendable enters the outbox.
+            tracing::error!(
+                camera = %frame.camera_id,
+                seq,
+                bytes = frame.image.len(),
+                limit = s.max_image_bytes,
+                "Frame too large to forward; it is decided locally. Lower the camera resolution or JPEG quality, or raise mqtt.max_message_bytes."
+            );
+            stats::inc(&stats.outbox_errors);
+            if suspect {
+                let detail = format!(
+                    "frame of {} bytes exceeds the message limit",
+                    frame.image.len()
+                );
+                let _ = decisions
+                    .send(immediate(
+                        Action::Reject,
+                        Source::LocalFallback,
+                        score.defect_score,
+                        Some(detail),
+                    ))
+                    .await;
+            }
+            return;
+        }
+        let reason = if suspect {
+            ForwardReason::Suspect
+        } else {
+            ForwardReason::Audit
+        };
+        let forward = Forward {
+            record: Record {
+                seq,
+                frame_id: frame_id.clone(),
+                camera_id: frame.camera_id.to_string(),
+                capture_time_us: frame.capture_time_us,
+                reason,
+                score: score.defect_score,
+                encoding: frame.encoding as i32,
+                image: frame.image.to_vec(),
+                attempts: 0,
+                local_action: None,
+            },
+            pending: Pending {
+                seq,
+                frame_id,
+                camera_id: frame.camera_id.to_string(),
+                captured_at: frame.captured_at,
+                edge_score: score.defect_score,
+                truth,
+                audit,
+            },
+        };
+        let _ = intake.send(forward).await;
     }
-    let reason = if suspect {
-        ForwardReason::Suspect
-    } else {
-        ForwardReason::Audit
-    };
-    let forward = Forward {
-        record: Record {
-            seq,
-            frame_id: frame_id.clone(),
-            camera_id: frame.camera_id.to_string(),
-            capture_time_us: frame.capture_time_us,
-            reason,
-            score: score.defect_score,
-            encoding: frame.encoding as i32,
-            image: frame.image.to_vec(),
-            attempts: 0,
-            local_action: None,
-        },
-        pending: Pending {
-            seq,
-            frame_id,
-            camera_id: frame.camera_id.to_string(),
-            captured_at: frame.captured_at,
-            edge_score: score.defect_score,
-            truth,
-            audit,
-        },
-    };
-    let _ = intake.send(forward).await;
 }

@@ -43,8 +43,29 @@ impl Item {
     }
 }
 
-/// Writes events until `rx` closes.
-pub async fn run(
+/// The sink stage.
+pub struct Sink {
+    /// Where lines go.
+    pub cfg: SinkConfig,
+    /// Events and barriers, from the decision stage.
+    pub items: mpsc::Receiver<Item>,
+    /// The MQTT client, for an MQTT sink.
+    pub client: AsyncClient,
+}
+
+impl Sink {
+    /// Writes events until the decision stage closes its side.
+    pub async fn run(self) -> Result<(), SinkError> {
+        let Sink {
+            cfg,
+            items: rx,
+            client,
+        } = self;
+        run(cfg, rx, client).await
+    }
+}
+
+async fn run(
     cfg: SinkConfig,
     mut rx: mpsc::Receiver<Item>,
     client: AsyncClient,

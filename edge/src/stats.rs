@@ -57,8 +57,6 @@ pub struct EdgeStats {
     pub backlog_oldest_us: AtomicU64,
     /// Free bytes on the outbox's file system at the last health check.
     pub disk_free: AtomicU64,
-    /// Where the admin endpoint listens, once it does.
-    pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Capture → line decision for suspects, µs.
     pub decision_latency_us: Mutex<Histogram<u64>>,
 }
@@ -94,7 +92,6 @@ impl Default for EdgeStats {
             backlog_bytes: AtomicU64::new(0),
             backlog_oldest_us: AtomicU64::new(0),
             disk_free: AtomicU64::new(0),
-            admin_addr: std::sync::OnceLock::new(),
             decision_latency_us: hist(),
         }
     }

@@ -220,36 +220,34 @@ impl Admin {
     }
 }
 
-/// Binds the admin endpoint on `addr` (port 0 picks a free port) and serves it until `shutdown`.
-/// Returns the bound address once listening.
-pub async fn serve(
-    addr: SocketAddr,
-    admin: Admin,
-    shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// Binds the admin endpoint's listener on `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!(
                 "cannot listen on admin address {addr}: {e}; set [admin] listen to a free address"
             ),
         )
-    })?;
+    })
+}
+
+/// Serves the admin endpoint on a bound listener until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Admin,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .with_state(admin);
-    let task = tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "Admin endpoint stopped.");
-        }
-    });
     tracing::info!(address = %local, "Admin endpoint listening (/healthz, /readyz, /metrics).");
-    Ok((local, task))
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 async fn healthz(State(admin): State<Admin>) -> Response {

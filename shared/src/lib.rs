@@ -12,7 +12,9 @@
 //! - [`preprocess`]: image decoding, resizing and normalization into model tensors.
 //! - [`runner`]: a model runner on dedicated threads behind a bounded queue, with batching.
 //! - [`mqtt`]: MQTT connection settings common to both tiers.
-//! - [`service`]: the binaries' shared skeleton (exit codes, `--check`, signals).
+//! - [`service`]: the binaries' shared skeleton (exit codes, `--check`, signals, the admin endpoint, readiness,
+//!   systemd and the model supervisor beside each flow).
+//! - [`supervisor`]: the supervision tree of each binary's stages.
 //! - [`telemetry`]: logging setup.
 //! - [`time`]: wall-clock helpers.
 
@@ -26,6 +28,7 @@ pub mod preprocess;
 pub mod runner;
 pub mod service;
 pub mod serving;
+pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
 pub mod time;

@@ -58,3 +58,94 @@ where
         }
     }
 }
+
+/// What both binaries run beside their flow: the model supervisor (golden probes, watchdog, hot reload)
+/// reporting the `model` check, the admin endpoint (`/healthz`, `/readyz`, `/metrics`) and systemd
+/// notification. Built (the admin listener bound) before any stage runs, so its address is known to callers.
+pub struct Skeleton {
+    model: std::sync::Arc<crate::serving::ServedModel>,
+    readiness: std::sync::Arc<crate::admin::Readiness>,
+    admin: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+    samples: Samples,
+}
+
+/// Produces a binary's metric samples at each scrape (the model's are added by the skeleton).
+pub type Samples = std::sync::Arc<dyn Fn() -> Vec<crate::metrics::Sample> + Send + Sync>;
+
+impl Skeleton {
+    /// Declares the readiness `checks` (name, required) besides the model's, and binds the admin listener
+    /// when the endpoint is enabled.
+    pub async fn bind(
+        model: std::sync::Arc<crate::serving::ServedModel>,
+        checks: &[(&'static str, bool)],
+        admin: &crate::admin::AdminConfig,
+        samples: Samples,
+    ) -> std::io::Result<Self> {
+        let mut all = vec![(crate::serving::CHECK, true)];
+        all.extend_from_slice(checks);
+        let readiness = std::sync::Arc::new(crate::admin::Readiness::expecting(&all));
+        let admin = if admin.enabled {
+            let listener = crate::admin::bind(admin.listen).await?;
+            let addr = listener.local_addr()?;
+            Some((listener, addr))
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            readiness,
+            admin,
+            samples,
+        })
+    }
+
+    /// The readiness checks, for the stages that report them.
+    pub fn readiness(&self) -> std::sync::Arc<crate::admin::Readiness> {
+        self.readiness.clone()
+    }
+
+    /// Where the admin endpoint listens, if it is enabled.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Spawns the model supervisor and systemd notification (stopped by `stop`) and the admin endpoint
+    /// (stopped by `admin_stop`, so it answers until the binary has drained).
+    pub fn spawn(
+        self,
+        sup: &mut crate::supervisor::Supervisor,
+        stop: &CancellationToken,
+        admin_stop: &CancellationToken,
+    ) {
+        use crate::supervisor::Ends;
+        sup.spawn(
+            "model supervisor",
+            Ends::OnShutdown,
+            self.model
+                .clone()
+                .supervise(self.readiness.clone(), stop.clone()),
+        );
+        sup.spawn(
+            "systemd notify",
+            Ends::OnShutdown,
+            crate::systemd::notify(self.readiness.clone(), stop.clone()),
+        );
+        if let Some((listener, _)) = self.admin {
+            let (model, own) = (self.model, self.samples);
+            let samples: Samples = std::sync::Arc::new(move || {
+                let mut s = own();
+                s.extend(model.samples());
+                s
+            });
+            let admin = crate::admin::Admin {
+                readiness: self.readiness,
+                samples,
+            };
+            sup.spawn(
+                "admin endpoint",
+                Ends::OnShutdown,
+                crate::admin::serve(listener, admin, admin_stop.clone()),
+            );
+        }
+    }
+}

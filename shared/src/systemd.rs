@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 /// Reports readiness and liveness to systemd until `shutdown`, then says the process is stopping.
 pub async fn notify(readiness: Arc<Readiness>, shutdown: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        // Not under systemd: nothing to report, but the stage lives as long as the others.
+        shutdown.cancelled().await;
         return;
     }
     let mut usec = 0u64;

@@ -1,7 +1,8 @@
 //! Builders that run a cloud worker and an edge in-process against a broker, on a temporary directory.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tierline_cloud::{CloudConfig, CloudStats};
 use tierline_edge::{EdgeConfig, EdgeStats};
@@ -53,6 +54,10 @@ pub fn synthetic_cameras(n: u32, frames: u64, fps: f64, defect_rate: f64) -> Str
 pub struct Running<S> {
     /// Its counters.
     pub stats: Arc<S>,
+    /// Where its admin endpoint listens, once it does.
+    pub admin_addr: Arc<OnceLock<SocketAddr>>,
+    /// Where its review API listens (cloud workers), once it does.
+    pub api_addr: Arc<OnceLock<SocketAddr>>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -70,22 +75,52 @@ pub fn start_cloud(config: CloudConfig) -> Running<CloudStats> {
     tierline_shared::telemetry::init_logging("warn");
     let stats = Arc::new(CloudStats::default());
     let stop = CancellationToken::new();
+    let (admin_addr, api_addr) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
     let task = tokio::spawn({
         let (stats, stop) = (stats.clone(), stop.clone());
-        async move { Ok(tierline_cloud::run(config, stats, stop).await?) }
+        let (admin, api) = (admin_addr.clone(), api_addr.clone());
+        async move {
+            let app = tierline_cloud::App::build(config, stats).await?;
+            if let Some(a) = app.admin_addr() {
+                let _ = admin.set(a);
+            }
+            if let Some(a) = app.api_addr() {
+                let _ = api.set(a);
+            }
+            Ok(app.run(stop).await?)
+        }
     });
-    Running { stats, stop, task }
+    Running {
+        stats,
+        admin_addr,
+        api_addr,
+        stop,
+        task,
+    }
 }
 
 /// Starts an edge.
 pub fn start_edge(config: EdgeConfig) -> Running<EdgeStats> {
     let stats = Arc::new(EdgeStats::default());
     let stop = CancellationToken::new();
+    let admin_addr = Arc::new(OnceLock::new());
     let task = tokio::spawn({
-        let (stats, stop) = (stats.clone(), stop.clone());
-        async move { Ok(tierline_edge::run(config, stats, stop).await?) }
+        let (stats, stop, admin) = (stats.clone(), stop.clone(), admin_addr.clone());
+        async move {
+            let app = tierline_edge::App::build(config, stats).await?;
+            if let Some(a) = app.admin_addr() {
+                let _ = admin.set(a);
+            }
+            Ok(app.run(stop).await?)
+        }
     });
-    Running { stats, stop, task }
+    Running {
+        stats,
+        admin_addr,
+        api_addr: Arc::new(OnceLock::new()),
+        stop,
+        task,
+    }
 }
 
 /// Waits until `done` holds, polling every 50 ms; after `timeout` panics with `what` and the `state` then.

@@ -19,20 +19,30 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Starts `tierline-edge --config <config>`, logging to `log` (appended).
 pub fn spawn_edge(config: &Path, log: &Path) -> Child {
+    spawn_edge_with(config, log, &[])
+}
+
+/// Starts `tierline-edge --config <config>` with extra environment variables, logging to `log` (appended).
+pub fn spawn_edge_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    spawn("tierline-edge", "warn,tierline_edge=info", config, log, env)
+}
+
+fn spawn(name: &str, filter: &str, config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .expect("edge log");
-    Command::new(binary("tierline-edge"))
+        .expect("process log");
+    Command::new(binary(name))
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn,tierline_edge=info")
+        .env("RUST_LOG", filter)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("spawn tierline-edge")
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
 }
 
 /// Sends SIGTERM and waits.
@@ -110,20 +120,35 @@ pub fn cloud_worker_toml(port: u16, worker: &str, db_url: &str, extra: &str) -> 
 
 /// Starts `tierline-cloud --config <config>`, logging to `log` (appended).
 pub fn spawn_cloud(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("cloud log");
-    Command::new(binary("tierline-cloud"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn,tierline_cloud=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn tierline-cloud")
+    spawn_cloud_with(config, log, &[])
+}
+
+/// Starts `tierline-cloud --config <config>` with extra environment variables, logging to `log` (appended).
+pub fn spawn_cloud_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    spawn(
+        "tierline-cloud",
+        "warn,tierline_cloud=info",
+        config,
+        log,
+        env,
+    )
+}
+
+/// Waits up to `timeout` for a child to exit; `None` if it is still running then.
+pub fn wait_exit(
+    child: &mut Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Kills a process with SIGKILL and reaps it.

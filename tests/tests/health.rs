@@ -104,7 +104,7 @@ async fn readyz_turns_unready_on_a_wrong_model_and_ready_when_fixed() {
     config.model.probe.interval = Duration::from_millis(200);
     let edge = pipeline::start_edge(config);
     let stats = edge.stats.clone();
-    let addr = admin_addr(|| stats.admin_addr.get().copied()).await;
+    let addr = admin_addr(|| edge.admin_addr.get().copied()).await;
 
     let body = wait_status(addr, "/readyz", 200, Duration::from_secs(30)).await;
     assert!(body.contains("\"model\""), "{body}");
@@ -154,8 +154,7 @@ async fn cloud_readiness_follows_its_broker_link() {
     config.mqtt.reconnect_delay = Duration::from_millis(100);
     config.admin.check_every = Duration::from_millis(100);
     let cloud = pipeline::start_cloud(config);
-    let stats = cloud.stats.clone();
-    let addr = admin_addr(|| stats.admin_addr.get().copied()).await;
+    let addr = admin_addr(|| cloud.admin_addr.get().copied()).await;
     wait_status(addr, "/readyz", 200, Duration::from_secs(30)).await;
 
     broker.stop();

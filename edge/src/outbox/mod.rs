@@ -51,46 +51,14 @@ use std::time::Duration;
 use thiserror::Error;
 use tierline_shared::wire::ForwardReason;
 
-/// Whether a record ranks below another in the eviction order: audit samples below suspects, then lower
-/// scores below higher ones. Among equals the stored (older) record goes first, so `false`.
-pub fn ranks_below(
-    reason: ForwardReason,
-    score: f32,
-    other_reason: ForwardReason,
-    other_score: f32,
-) -> bool {
-    let audit = reason == ForwardReason::Audit;
-    let other_audit = other_reason == ForwardReason::Audit;
-    (audit && !other_audit) || (audit == other_audit && score < other_score)
-}
+mod evict;
+mod seqs;
 
-async fn delete(conn: &mut sqlx::SqliteConnection, seq: u64) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM outbox_image WHERE seq = ?")
-        .bind(seq as i64)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM outbox WHERE seq = ?")
-        .bind(seq as i64)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
+pub mod intake;
 
-async fn record_eviction(
-    conn: &mut sqlx::SqliteConnection,
-    e: &Eviction,
-    bytes: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT OR REPLACE INTO evicted (seq, reason, score, bytes, evicted_us) VALUES (?, ?, ?, ?, ?)")
-        .bind(e.seq as i64)
-        .bind(e.reason as i32)
-        .bind(f64::from(e.score))
-        .bind(bytes as i64)
-        .bind(tierline_shared::time::now_us())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
+pub use evict::ranks_below;
+use evict::{delete, record_eviction};
+pub use seqs::SeqAllocator;
 
 /// How many sequence numbers one reservation covers.
 const SEQ_BLOCK: u64 = 1024;
@@ -166,6 +134,21 @@ pub struct Acked {
     pub local_action: Option<String>,
     /// Capture time, µs since the epoch.
     pub capture_time_us: i64,
+}
+
+/// A suspect held without a local decision (see [`Outbox::undecided_suspects`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecided {
+    /// Sequence number.
+    pub seq: u64,
+    /// Frame id.
+    pub frame_id: String,
+    /// Camera id.
+    pub camera_id: String,
+    /// Capture time, µs since the epoch.
+    pub capture_time_us: i64,
+    /// Prescreen defect score.
+    pub score: f32,
 }
 
 /// A record removed to stay within the disk budget.
@@ -535,7 +518,7 @@ impl Outbox {
 
     /// Suspects held without a local decision: after a crash, frames whose deadline passed while the edge was
     /// down. Few (those within one deadline of the crash), so they are read at once.
-    pub async fn undecided_suspects(&self) -> Result<Vec<Record>, OutboxError> {
+    pub async fn undecided_suspects(&self) -> Result<Vec<Undecided>, OutboxError> {
         let rows = sqlx::query(
             "SELECT seq, frame_id, camera_id, capture_time_us, score FROM outbox WHERE local_action IS NULL AND reason = ? ORDER BY seq",
         )
@@ -545,17 +528,12 @@ impl Outbox {
         .map_err(self.err("read undecided"))?;
         Ok(rows
             .into_iter()
-            .map(|row| Record {
+            .map(|row| Undecided {
                 seq: row.get::<i64, _>("seq") as u64,
                 frame_id: row.get("frame_id"),
                 camera_id: row.get("camera_id"),
                 capture_time_us: row.get("capture_time_us"),
-                reason: ForwardReason::Suspect,
                 score: row.get::<f64, _>("score") as f32,
-                encoding: 0,
-                image: Vec::new(),
-                attempts: 0,
-                local_action: None,
             })
             .collect())
     }

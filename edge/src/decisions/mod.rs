@@ -9,19 +9,19 @@
 //! - A verdict that arrives after a provisional decision produces a `reconciliation` event recording whether
 //!   the cloud agreed; when it did not, the event is a correction the line controller must act on.
 //!
-//! [`Book`] holds this state and does no I/O; [`run`] drives it with timers and channels.
+//! [`Book`] holds this state and does no I/O; it reads time from an injected [`Clock`], so tests run on
+//! simulated time. [`stage::Decisions`] drives it with timers and channels.
 
 use crate::config::OfflinePolicy;
-use crate::outbox::{Acked, Outbox};
-use crate::stats::{self, EdgeStats};
+use crate::outbox::Acked;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tierline_shared::time::{Clock, SystemClock};
 use tierline_shared::wire::Verdict;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::time::{DelayQueue, delay_queue};
+
+pub mod stage;
 
 /// What the line does with a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,6 +152,7 @@ pub struct Book {
     rules: OfflineRules,
     deadline: Duration,
     frames: HashMap<u64, State>,
+    clock: Arc<dyn Clock>,
 }
 
 fn cloud_action(v: &Verdict) -> Action {
@@ -235,13 +236,28 @@ fn agrees(local: Action, cloud: Action) -> bool {
 }
 
 impl Book {
-    /// An empty book.
+    /// An empty book on the machine's clock.
     pub fn new(rules: impl Into<OfflineRules>, deadline: Duration) -> Self {
+        Self::with_clock(rules, deadline, Arc::new(SystemClock))
+    }
+
+    /// An empty book reading time from `clock`.
+    pub fn with_clock(
+        rules: impl Into<OfflineRules>,
+        deadline: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             rules: rules.into(),
             deadline,
             frames: HashMap::new(),
+            clock,
         }
+    }
+
+    /// The book's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// The deadline of a frame captured at `captured_at`.
@@ -265,8 +281,9 @@ impl Book {
         self.frames.insert(seq, state);
     }
 
-    /// The deadline of `seq` passed at `now`: decide locally if still waiting.
-    pub fn expire(&mut self, seq: u64, now: Instant) -> Option<Event> {
+    /// The deadline of `seq` passed: decide locally if still waiting.
+    pub fn expire(&mut self, seq: u64) -> Option<Event> {
+        let now = self.clock.now();
         if !matches!(self.frames.get(&seq), Some(State::Waiting(_))) {
             return None;
         }
@@ -299,9 +316,10 @@ impl Book {
         Some(event)
     }
 
-    /// A verdict arrived at `now`. Returns the event it causes: none for repeated verdicts, and for frames
-    /// from before a restart a reconciliation if the outbox remembered a local decision (`known`).
-    pub fn verdict(&mut self, v: &Verdict, now: Instant, known: Option<&Acked>) -> Option<Event> {
+    /// A verdict arrived now. Returns the event it causes: none for repeated verdicts, and for frames from
+    /// before a restart a reconciliation if the outbox remembered a local decision (`known`).
+    pub fn verdict(&mut self, v: &Verdict, known: Option<&Acked>) -> Option<Event> {
+        let now = self.clock.now();
         let Some(state) = self.frames.remove(&v.seq) else {
             let known = known?;
             let local = Action::parse(known.local_action.as_deref()?)?;
@@ -314,7 +332,7 @@ impl Book {
                 cloud_action: cloud,
                 cloud_label: v.label.clone(),
                 agree: agrees(local, cloud),
-                late_by_us: (tierline_shared::time::now_us() - deadline_us).max(0) as u64,
+                late_by_us: (self.clock.wall_us() - deadline_us).max(0) as u64,
             });
         };
         match state {
@@ -359,7 +377,7 @@ impl Book {
     }
 
     /// Decides every frame still waiting, at shutdown. Provisional and audit entries are dropped.
-    pub fn drain(&mut self, now: Instant) -> Vec<Event> {
+    pub fn drain(&mut self) -> Vec<Event> {
         let waiting: Vec<u64> = self
             .frames
             .iter()
@@ -368,7 +386,7 @@ impl Book {
             .collect();
         waiting
             .into_iter()
-            .filter_map(|seq| self.expire(seq, now))
+            .filter_map(|seq| self.expire(seq))
             .collect()
     }
 }
@@ -386,22 +404,12 @@ pub enum Input {
     Written(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Writes provisional local decisions into the outbox (batched) until `rx` closes.
-pub async fn record_local(outbox: Outbox, mut rx: mpsc::Receiver<(u64, Action)>) {
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        let decided: Vec<(u64, &str)> = batch
-            .drain(..)
-            .map(|(s, a): (u64, Action)| (s, a.as_str()))
-            .collect();
-        if let Err(e) = outbox.record_local(&decided).await {
-            tracing::error!(error = %e, frames = decided.len(), "Could not record local decisions in the outbox; a restart would not reconcile them.");
-        }
-    }
-}
-
 /// The decision for a suspect that a crash left undecided past its deadline.
-pub fn decided_at_restart(r: &crate::outbox::Record, rules: &OfflineRules) -> Event {
+pub fn decided_at_restart(
+    r: &crate::outbox::Undecided,
+    rules: &OfflineRules,
+    clock: &dyn Clock,
+) -> Event {
     let action = rules.action(r.score);
     Event::Decision {
         seq: r.seq,
@@ -413,126 +421,29 @@ pub fn decided_at_restart(r: &crate::outbox::Record, rules: &OfflineRules) -> Ev
         edge_score: r.score,
         cloud_label: None,
         truth: None,
-        latency_us: (tierline_shared::time::now_us() - r.capture_time_us).max(0) as u64,
+        latency_us: (clock.wall_us() - r.capture_time_us).max(0) as u64,
         detail: Some("decided at restart: the edge stopped before this frame's deadline".into()),
-    }
-}
-
-/// Runs the decision stage until `inputs` closes, then decides whatever is still waiting.
-pub async fn run(
-    mut book: Book,
-    mut inputs: mpsc::Receiver<Input>,
-    sink: mpsc::Sender<crate::sink::Item>,
-    local: mpsc::Sender<(u64, Action)>,
-    stats: Arc<EdgeStats>,
-    shutdown: CancellationToken,
-) {
-    let mut timers: DelayQueue<u64> = DelayQueue::new();
-    let mut keys: HashMap<u64, delay_queue::Key> = HashMap::new();
-    loop {
-        let event = tokio::select! {
-            // Not biased: under a flood of inputs (backlog verdicts after a partition) deadlines must still fire.
-            input = inputs.recv() => match input {
-                None => break,
-                Some(Input::Immediate(e)) => Some(e),
-                Some(Input::Forwarded(p)) => {
-                    let deadline = book.deadline_of(p.captured_at);
-                    let (seq, audit) = (p.seq, p.audit);
-                    book.insert(p);
-                    if !audit {
-                        let key = timers.insert_at(seq, tokio::time::Instant::from_std(deadline));
-                        keys.insert(seq, key);
-                    }
-                    None
-                }
-                Some(Input::Verdict(v, known)) => {
-                    let now = Instant::now();
-                    if let Some(key) = keys.remove(&v.seq) {
-                        timers.remove(&key);
-                    }
-                    let e = book.verdict(&v, now, known.as_ref());
-                    if e.is_none() {
-                        tracing::debug!(seq = v.seq, "Verdict for a frame already settled or from before a restart.");
-                    }
-                    e
-                }
-                Some(Input::Written(done)) => {
-                    let _ = sink.send(crate::sink::Item::Barrier(done)).await;
-                    None
-                }
-            },
-            // Only polled while timers exist: an empty DelayQueue would report completion.
-            Some(expired) = futures_next(&mut timers), if !timers.is_empty() => {
-                let seq = expired.into_inner();
-                keys.remove(&seq);
-                book.expire(seq, Instant::now())
-            }
-            _ = shutdown.cancelled(), if !shutdown.is_cancelled() => None,
-        };
-        if let Some(e) = event {
-            if let Event::Decision {
-                seq,
-                action,
-                provisional: true,
-                ..
-            } = &e
-            {
-                let _ = local.send((*seq, *action)).await;
-            }
-            account(&stats, &e);
-            if sink.send(crate::sink::Item::Event(e)).await.is_err() {
-                break;
-            }
-        }
-    }
-    for e in book.drain(Instant::now()) {
-        if let Event::Decision { seq, action, .. } = &e {
-            let _ = local.send((*seq, *action)).await;
-        }
-        account(&stats, &e);
-        let _ = sink.send(crate::sink::Item::Event(e)).await;
-    }
-}
-
-async fn futures_next(q: &mut DelayQueue<u64>) -> Option<delay_queue::Expired<u64>> {
-    std::future::poll_fn(|cx| q.poll_expired(cx)).await
-}
-
-fn account(stats: &EdgeStats, e: &Event) {
-    match e {
-        Event::Decision {
-            source, latency_us, ..
-        } => {
-            stats::inc(&stats.decisions);
-            match source {
-                Source::Cloud => {
-                    stats::inc(&stats.decisions_cloud);
-                    stats::record(&stats.decision_latency_us, *latency_us);
-                }
-                Source::LocalFallback => {
-                    stats::inc(&stats.decisions_fallback);
-                    stats::record(&stats.decision_latency_us, *latency_us);
-                }
-                Source::Edge | Source::Unreadable => {}
-            }
-        }
-        Event::Reconciliation { agree, .. } => {
-            stats::inc(&stats.reconciliations);
-            if !agree {
-                stats::inc(&stats.disagreements);
-            }
-        }
-        Event::Audit { miss, .. } => {
-            if *miss {
-                stats::inc(&stats.audit_misses);
-            }
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tierline_shared::time::ManualClock;
+
+    /// A book on a manual clock, with the instant of "capture".
+    fn book(
+        rules: impl Into<OfflineRules>,
+        deadline: Duration,
+    ) -> (Book, Arc<ManualClock>, Instant) {
+        let clock = Arc::new(ManualClock::new());
+        let t0 = clock.now();
+        (Book::with_clock(rules, deadline, clock.clone()), clock, t0)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     fn pending(seq: u64, at: Instant, audit: bool) -> Pending {
         Pending {
@@ -557,12 +468,10 @@ mod tests {
 
     #[test]
     fn verdict_in_time_decides_and_later_expiry_is_ignored() {
-        let t0 = Instant::now();
-        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
+        let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
         b.insert(pending(1, t0, false));
-        let e = b
-            .verdict(&verdict(1, true), t0 + Duration::from_millis(10), None)
-            .unwrap();
+        clock.advance(ms(10));
+        let e = b.verdict(&verdict(1, true), None).unwrap();
         assert!(matches!(
             e,
             Event::Decision {
@@ -573,9 +482,10 @@ mod tests {
                 ..
             }
         ));
-        assert!(b.expire(1, t0 + Duration::from_millis(100)).is_none());
+        clock.advance(ms(90));
+        assert!(b.expire(1).is_none());
         assert!(
-            b.verdict(&verdict(1, true), t0, None).is_none(),
+            b.verdict(&verdict(1, true), None).is_none(),
             "a duplicate verdict causes nothing"
         );
         assert_eq!(b.open(), 0);
@@ -583,10 +493,10 @@ mod tests {
 
     #[test]
     fn late_verdict_reconciles_with_the_fallback() {
-        let t0 = Instant::now();
-        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
+        let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
         b.insert(pending(2, t0, false));
-        let e = b.expire(2, t0 + Duration::from_millis(100)).unwrap();
+        clock.advance(ms(100));
+        let e = b.expire(2).unwrap();
         assert!(matches!(
             e,
             Event::Decision {
@@ -596,9 +506,8 @@ mod tests {
                 ..
             }
         ));
-        let e = b
-            .verdict(&verdict(2, false), t0 + Duration::from_millis(350), None)
-            .unwrap();
+        clock.advance(ms(250));
+        let e = b.verdict(&verdict(2, false), None).unwrap();
         assert_eq!(
             e,
             Event::Reconciliation {
@@ -615,10 +524,10 @@ mod tests {
 
     #[test]
     fn quarantine_policy_and_audits() {
-        let t0 = Instant::now();
-        let mut b = Book::new(OfflinePolicy::PassAndQuarantine, Duration::from_millis(1));
+        let (mut b, clock, t0) = book(OfflinePolicy::PassAndQuarantine, ms(1));
         b.insert(pending(3, t0, false));
-        let e = b.expire(3, t0).unwrap();
+        clock.advance(ms(1));
+        let e = b.expire(3).unwrap();
         assert!(matches!(
             e,
             Event::Decision {
@@ -627,28 +536,28 @@ mod tests {
             }
         ));
         b.insert(pending(4, t0, true));
-        assert!(b.expire(4, t0).is_none(), "audits were decided already");
-        let e = b.verdict(&verdict(4, true), t0, None).unwrap();
+        assert!(b.expire(4).is_none(), "audits were decided already");
+        let e = b.verdict(&verdict(4, true), None).unwrap();
         assert!(matches!(e, Event::Audit { miss: true, .. }));
     }
 
     #[test]
     fn verdict_after_a_restart_reconciles_from_the_outbox() {
-        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_millis(100));
+        let (mut b, clock, _) = book(OfflinePolicy::Reject, ms(100));
         let known = Acked {
             seq: 9,
             local_action: Some("reject".into()),
-            capture_time_us: 0,
+            capture_time_us: clock.wall_us(),
         };
-        let e = b
-            .verdict(&verdict(9, false), Instant::now(), Some(&known))
-            .unwrap();
+        clock.advance(ms(400));
+        let e = b.verdict(&verdict(9, false), Some(&known)).unwrap();
         assert!(matches!(
             e,
             Event::Reconciliation {
                 local_action: Action::Reject,
                 cloud_action: Action::Pass,
                 agree: false,
+                late_by_us: 300_000,
                 ..
             }
         ));
@@ -656,10 +565,7 @@ mod tests {
             local_action: None,
             ..known
         };
-        assert!(
-            b.verdict(&verdict(9, false), Instant::now(), Some(&undecided))
-                .is_none()
-        );
+        assert!(b.verdict(&verdict(9, false), Some(&undecided)).is_none());
     }
 
     #[test]
@@ -678,11 +584,10 @@ mod tests {
 
     #[test]
     fn drain_decides_everything_waiting() {
-        let t0 = Instant::now();
-        let mut b = Book::new(OfflinePolicy::Reject, Duration::from_secs(60));
+        let (mut b, _, t0) = book(OfflinePolicy::Reject, Duration::from_secs(60));
         for s in 0..5 {
             b.insert(pending(s, t0, s == 4));
         }
-        assert_eq!(b.drain(t0).len(), 4);
+        assert_eq!(b.drain().len(), 4);
     }
 }

@@ -1,0 +1,177 @@
+//! The decision stage: drives the [`Book`] with deadline timers and the inputs of the other stages, and
+//! the recorder that writes provisional local decisions into the outbox.
+
+use super::{Action, Book, Event, Input, Source};
+use crate::outbox::Outbox;
+use crate::sink::Item;
+use crate::stats::{self, EdgeStats};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+/// The decision stage.
+pub struct Decisions {
+    /// Decision state.
+    pub book: Book,
+    /// Decisions to emit first: suspects a crash left undecided past their deadline (already recorded in the
+    /// outbox, so their verdicts find them).
+    pub at_start: Vec<Event>,
+    /// From the prescreen, the intake and the settle stage.
+    pub inputs: mpsc::Receiver<Input>,
+    /// Events and barriers, to the sink.
+    pub sink: mpsc::Sender<Item>,
+    /// Provisional local decisions, to the recorder.
+    pub local: mpsc::Sender<(u64, Action)>,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+}
+
+impl Decisions {
+    /// Runs until every input closes, then decides whatever is still waiting.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Decisions {
+            mut book,
+            at_start,
+            mut inputs,
+            sink,
+            local,
+            stats,
+        } = self;
+        for e in at_start {
+            account(&stats, &e);
+            if sink.send(Item::Event(e)).await.is_err() {
+                return;
+            }
+        }
+        let mut timers: DelayQueue<u64> = DelayQueue::new();
+        let mut keys: HashMap<u64, delay_queue::Key> = HashMap::new();
+        loop {
+            let event = tokio::select! {
+                // Not biased: under a flood of inputs (backlog verdicts after a partition) deadlines must still fire.
+                input = inputs.recv() => match input {
+                    None => break,
+                    Some(Input::Immediate(e)) => Some(e),
+                    Some(Input::Forwarded(p)) => {
+                        let deadline = book.deadline_of(p.captured_at);
+                        let (seq, audit) = (p.seq, p.audit);
+                        book.insert(p);
+                        if !audit {
+                            let key = timers.insert_at(seq, tokio::time::Instant::from_std(deadline));
+                            keys.insert(seq, key);
+                        }
+                        None
+                    }
+                    Some(Input::Verdict(v, known)) => {
+                        if let Some(key) = keys.remove(&v.seq) {
+                            timers.remove(&key);
+                        }
+                        let e = book.verdict(&v, known.as_ref());
+                        if e.is_none() {
+                            tracing::debug!(seq = v.seq, "Verdict for a frame already settled or from before a restart.");
+                        }
+                        e
+                    }
+                    Some(Input::Written(done)) => {
+                        let _ = sink.send(Item::Barrier(done)).await;
+                        None
+                    }
+                },
+                // Only polled while timers exist: an empty DelayQueue would report completion.
+                Some(expired) = futures_next(&mut timers), if !timers.is_empty() => {
+                    let seq = expired.into_inner();
+                    keys.remove(&seq);
+                    book.expire(seq)
+                }
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => None,
+            };
+            if let Some(e) = event {
+                if let Event::Decision {
+                    seq,
+                    action,
+                    provisional: true,
+                    ..
+                } = &e
+                {
+                    let _ = local.send((*seq, *action)).await;
+                }
+                account(&stats, &e);
+                if sink.send(Item::Event(e)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        for e in book.drain() {
+            if let Event::Decision { seq, action, .. } = &e {
+                let _ = local.send((*seq, *action)).await;
+            }
+            account(&stats, &e);
+            let _ = sink.send(Item::Event(e)).await;
+        }
+    }
+}
+
+/// Writes provisional local decisions into the outbox, batched.
+pub struct LocalRecorder {
+    /// Where the records are.
+    pub outbox: Outbox,
+    /// Provisional decisions, from the decision stage.
+    pub decided: mpsc::Receiver<(u64, Action)>,
+}
+
+impl LocalRecorder {
+    /// Runs until the decision stage closes its side.
+    pub async fn run(self) {
+        let LocalRecorder {
+            outbox,
+            decided: mut rx,
+        } = self;
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            let decided: Vec<(u64, &str)> = batch
+                .drain(..)
+                .map(|(s, a): (u64, Action)| (s, a.as_str()))
+                .collect();
+            if let Err(e) = outbox.record_local(&decided).await {
+                tracing::error!(error = %e, frames = decided.len(), "Could not record local decisions in the outbox; a restart would not reconcile them.");
+            }
+        }
+    }
+}
+
+async fn futures_next(q: &mut DelayQueue<u64>) -> Option<delay_queue::Expired<u64>> {
+    std::future::poll_fn(|cx| q.poll_expired(cx)).await
+}
+
+fn account(stats: &EdgeStats, e: &Event) {
+    match e {
+        Event::Decision {
+            source, latency_us, ..
+        } => {
+            stats::inc(&stats.decisions);
+            match source {
+                Source::Cloud => {
+                    stats::inc(&stats.decisions_cloud);
+                    stats::record(&stats.decision_latency_us, *latency_us);
+                }
+                Source::LocalFallback => {
+                    stats::inc(&stats.decisions_fallback);
+                    stats::record(&stats.decision_latency_us, *latency_us);
+                }
+                Source::Edge | Source::Unreadable => {}
+            }
+        }
+        Event::Reconciliation { agree, .. } => {
+            stats::inc(&stats.reconciliations);
+            if !agree {
+                stats::inc(&stats.disagreements);
+            }
+        }
+        Event::Audit { miss, .. } => {
+            if *miss {
+                stats::inc(&stats.audit_misses);
+            }
+        }
+    }
+}

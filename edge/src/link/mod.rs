@@ -1,0 +1,131 @@
+//! The edge's MQTT session: connection state, presence (retained birth + last will), heartbeats, and
+//! incoming verdicts.
+//!
+//! The session is persistent (`clean_session = false`, client id `tierline-edge-<edge_id>`), so verdicts the
+//! cloud publishes while the edge is away wait at the broker. The event loop is polled here and nowhere
+//! else; this task never awaits a full request channel (it only uses `try_*` calls), which would deadlock.
+
+use crate::stats::{self, EdgeStats};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tierline_shared::mqtt::{Backoff, MqttConfig};
+use tierline_shared::topics::{EdgeAddress, TopicKind};
+use tierline_shared::wire::{self, PresenceState, Verdict};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+mod presence;
+
+use presence::presence;
+pub use presence::{Heartbeats, client_id, options};
+
+/// The link stage: the only poller of the MQTT event loop.
+pub struct Link {
+    /// The event loop.
+    pub eventloop: EventLoop,
+    /// Its client.
+    pub client: AsyncClient,
+    /// This edge.
+    pub addr: EdgeAddress,
+    /// Connection settings.
+    pub mqtt: MqttConfig,
+    /// Version of the edge model, announced in presence messages.
+    pub model_version: String,
+    /// Verdicts, to the settle stage.
+    pub verdicts: mpsc::Sender<Verdict>,
+    /// Whether the link is up, to the uplink.
+    pub link: watch::Sender<bool>,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+}
+
+impl Link {
+    /// Polls the event loop until shutdown: tracks link state, announces presence, forwards verdicts.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Link {
+            mut eventloop,
+            client,
+            addr,
+            mqtt,
+            model_version,
+            verdicts,
+            link,
+            stats,
+        } = self;
+        let verdict_topic = addr.topic(TopicKind::Verdicts);
+        let mut backoff = Backoff::new(mqtt.reconnect_delay, Duration::from_secs(30));
+        loop {
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                polled = eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    stats::inc(&stats.link_connects);
+                    tracing::info!(
+                        edge_id = addr.edge_id(),
+                        session_present = ack.session_present,
+                        "Connected to the broker."
+                    );
+                    let _ = client.try_subscribe(verdict_topic.clone(), QoS::AtLeastOnce);
+                    let _ = client.try_publish(
+                        addr.topic(TopicKind::Presence),
+                        QoS::AtLeastOnce,
+                        true,
+                        presence(&addr, PresenceState::Online, &model_version),
+                    );
+                    stats.link_up.store(true, Ordering::Relaxed);
+                    stats.link_error.clear();
+                    link.send_replace(true);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == verdict_topic => {
+                    match wire::decode::<Verdict>(&p.payload, mqtt.max_message_bytes) {
+                        Ok(v) if v.edge_id == addr.edge_id() => {
+                            stats::inc(&stats.verdicts);
+                            tracing::debug!(seq = v.seq, label = %v.label, "Verdict received.");
+                            // Bounded: while the stage is busy the broker holds further verdicts.
+                            if verdicts.send(v).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(v) => {
+                            tracing::warn!(edge_id = addr.edge_id(), verdict_edge = %v.edge_id, seq = v.seq, "Ignoring a verdict addressed to another edge.")
+                        }
+                        Err(e) => {
+                            tracing::warn!(edge_id = addr.edge_id(), error = %e, "Ignoring a malformed verdict.")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let why = mqtt.explain(&e);
+                    let was_up = link.send_replace(false);
+                    if stats.link_error.set(why.clone()) || was_up {
+                        tracing::warn!(
+                            edge_id = addr.edge_id(), error = %why,
+                            action = "deciding locally, keeping suspects in the outbox, reconnecting with backoff",
+                            "Cloud link down."
+                        );
+                    }
+                    stats.link_up.store(false, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+        // A clean disconnect does not fire the last will, so say goodbye explicitly.
+        let _ = client.try_publish(
+            addr.topic(TopicKind::Presence),
+            QoS::AtLeastOnce,
+            true,
+            presence(&addr, PresenceState::Offline, &model_version),
+        );
+        tierline_shared::mqtt::disconnect(&client, &mut eventloop).await;
+        stats.link_up.store(false, Ordering::Relaxed);
+    }
+}

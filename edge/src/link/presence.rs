@@ -1,0 +1,118 @@
+//! Presence (retained birth message and OFFLINE last will) and heartbeats of an edge.
+
+use crate::outbox::Outbox;
+use crate::stats::{self, EdgeStats};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tierline_shared::mqtt::MqttConfig;
+use tierline_shared::topics::{EdgeAddress, TopicKind};
+use tierline_shared::wire::{self, Heartbeat, Presence, PresenceState};
+use tokio_util::sync::CancellationToken;
+
+/// The MQTT client id of an edge.
+pub fn client_id(edge_id: &str) -> String {
+    format!("tierline-edge-{edge_id}")
+}
+
+pub(super) fn presence(addr: &EdgeAddress, state: PresenceState, model_version: &str) -> Vec<u8> {
+    let p = Presence {
+        protocol_version: wire::PROTOCOL_VERSION,
+        edge_id: addr.edge_id().into(),
+        state: state as i32,
+        time_us: tierline_shared::time::now_us(),
+        edge_model_version: model_version.into(),
+        site: addr.site().into(),
+        line: addr.line().into(),
+    };
+    wire::encode(&p, usize::MAX).unwrap_or_default()
+}
+
+/// Client options for the edge: persistent session and an OFFLINE last will.
+pub fn options(
+    mqtt: &MqttConfig,
+    addr: &EdgeAddress,
+    model_version: &str,
+) -> Result<MqttOptions, tierline_shared::tls::TlsError> {
+    let mut o = mqtt.options(&client_id(addr.edge_id()))?;
+    o.set_clean_session(false);
+    o.set_last_will(LastWill::new(
+        addr.topic(TopicKind::Presence),
+        presence(addr, PresenceState::Offline, model_version),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    Ok(o)
+}
+
+/// Publishes a heartbeat every `every` while the link is up.
+pub struct Heartbeats {
+    /// The MQTT client.
+    pub client: AsyncClient,
+    /// This edge.
+    pub addr: EdgeAddress,
+    /// The outbox, whose backlog each heartbeat reports.
+    pub outbox: Outbox,
+    /// Version of the edge model.
+    pub model_version: String,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+    /// Interval.
+    pub every: Duration,
+}
+
+impl Heartbeats {
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Heartbeats {
+            client,
+            addr,
+            outbox,
+            model_version,
+            stats,
+            every,
+        } = self;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if !stats.link_up.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(backlog) = outbox.backlog().await else {
+                continue;
+            };
+            let now = tierline_shared::time::now_us();
+            let hb = Heartbeat {
+                protocol_version: wire::PROTOCOL_VERSION,
+                edge_id: addr.edge_id().into(),
+                time_us: now,
+                backlog_frames: backlog.frames,
+                oldest_backlog_age_ms: backlog
+                    .oldest_capture_us
+                    .map(|t| ((now - t).max(0) / 1000) as u64)
+                    .unwrap_or(0),
+                frames_seen: stats::get(&stats.frames_captured),
+                frames_forwarded: stats::get(&stats.frames_suspect)
+                    + stats::get(&stats.frames_audit),
+                edge_model_version: model_version.clone(),
+                backlog_bytes: backlog.bytes,
+                link_connects: stats::get(&stats.link_connects),
+                publishes: stats::get(&stats.publishes),
+                verdicts_received: stats::get(&stats.verdicts),
+                evictions: stats::get(&stats.evictions),
+            };
+            if let Ok(bytes) = wire::encode(&hb, usize::MAX) {
+                let _ = client.try_publish(
+                    addr.topic(TopicKind::Heartbeat),
+                    QoS::AtMostOnce,
+                    false,
+                    bytes,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Settling a frame: verdict → decision → durable barrier → delete.
+//!
+//! The cloud's verdict is the application-level acknowledgement of a forwarded frame. This stage owns the
+//! path that turns it into a forgotten outbox record, in this order:
+//!
+//! 1. read what the outbox remembers about each verdict's frame (its local decision, if the deadline passed
+//!    first) — [`Outbox::lookup`];
+//! 2. hand verdict and memory to the decision stage, which emits the decision, reconciliation or audit event;
+//! 3. send a write barrier ([`Input::Written`]) through the decision stage to the sink, which answers it once
+//!    every event before it has been written ([`crate::sink::Item::Barrier`]);
+//! 4. only then delete the records — [`Outbox::ack`].
+//!
+//! A crash anywhere before step 4 leaves the record: the frame is sent again, the cloud answers from its
+//! stored verdict, and the record (with any local decision it remembers) settles the frame after the restart.
+//! The decision or reconciliation line may then appear twice; it is never lost.
+
+use crate::decisions::Input;
+use crate::outbox::{Acked, Outbox, OutboxError};
+use std::collections::{HashMap, HashSet};
+use tierline_shared::wire::Verdict;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most verdicts settled per barrier.
+const BATCH: usize = 64;
+
+/// The settle stage.
+pub struct Settle {
+    /// Where the records are.
+    pub outbox: Outbox,
+    /// Verdicts, from the link stage.
+    pub verdicts: mpsc::Receiver<Verdict>,
+    /// Verdicts and barriers, to the decision stage.
+    pub decisions: mpsc::Sender<Input>,
+}
+
+impl Settle {
+    /// Runs until the link stage closes its side.
+    pub async fn run(self) -> Result<(), OutboxError> {
+        let Settle {
+            outbox,
+            verdicts: mut rx,
+            decisions,
+        } = self;
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            // A repeated verdict in the same batch would settle the frame twice.
+            let mut seen = HashSet::with_capacity(batch.len());
+            batch.retain(|v: &Verdict| seen.insert(v.seq));
+            let seqs: Vec<u64> = batch.iter().map(|v| v.seq).collect();
+            let mut known: HashMap<u64, Acked> = outbox
+                .lookup(&seqs)
+                .await?
+                .into_iter()
+                .map(|a| (a.seq, a))
+                .collect();
+            for v in batch.drain(..) {
+                let known = known.remove(&v.seq);
+                if decisions.send(Input::Verdict(v, known)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let (done, written) = oneshot::channel();
+            if decisions.send(Input::Written(done)).await.is_err() || written.await.is_err() {
+                // The decision stage or the sink stopped: keep the records; they settle after a restart.
+                tracing::warn!(
+                    frames = seqs.len(),
+                    "Decision sink stopped before writing; acknowledged frames stay in the outbox."
+                );
+                return Ok(());
+            }
+            outbox.ack(&seqs).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OutboxConfig;
+    use crate::outbox::Record;
+    use tierline_shared::wire::ForwardReason;
+    use tierline_shared::wire::Verdict;
+
+    async fn outbox_with(dir: &std::path::Path, seqs: &[u64]) -> Outbox {
+        let cfg = OutboxConfig {
+            path: dir.join("outbox.db"),
+            ..OutboxConfig::default()
+        };
+        let ob = Outbox::open(&cfg).await.unwrap();
+        let records: Vec<Record> = seqs
+            .iter()
+            .map(|&seq| Record {
+                seq,
+                frame_id: format!("e-{seq}"),
+                camera_id: "cam".into(),
+                capture_time_us: seq as i64,
+                reason: ForwardReason::Suspect,
+                score: 0.9,
+                encoding: 1,
+                image: vec![1; 16],
+                attempts: 0,
+                local_action: None,
+            })
+            .collect();
+        ob.append(&records).await.unwrap();
+        ob.record_local(&[(1, "reject")]).await.unwrap();
+        ob
+    }
+
+    fn verdict(seq: u64) -> Verdict {
+        Verdict {
+            seq,
+            label: "good".into(),
+            ..Verdict::default()
+        }
+    }
+
+    /// Runs the settle stage on verdicts for `seqs`; the fake decision stage answers the write barrier only when
+    /// `written` is true. Returns the verdicts it saw with what the outbox knew.
+    async fn settle(ob: &Outbox, seqs: &[u64], written: bool) -> Vec<(u64, Option<String>)> {
+        let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(16);
+        let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(16);
+        for &s in seqs {
+            verdict_tx.send(verdict(s)).await.unwrap();
+        }
+        drop(verdict_tx);
+        let acks = tokio::spawn(
+            Settle {
+                outbox: ob.clone(),
+                verdicts: verdict_rx,
+                decisions: decision_tx,
+            }
+            .run(),
+        );
+        let mut seen = Vec::new();
+        while let Some(input) = decision_rx.recv().await {
+            match input {
+                Input::Verdict(v, known) => seen.push((v.seq, known.and_then(|k| k.local_action))),
+                Input::Written(done) if written => done.send(()).unwrap(),
+                // The sink died before writing: the barrier is dropped unanswered.
+                Input::Written(_) => break,
+                other => panic!("unexpected input {other:?}"),
+            }
+        }
+        drop(decision_rx);
+        acks.await.unwrap().unwrap();
+        seen
+    }
+
+    #[tokio::test]
+    async fn records_stay_until_the_sink_wrote_what_their_verdicts_caused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox_with(dir.path(), &[1, 2]).await;
+        // A repeated verdict in one batch settles the frame once; the local decision comes along.
+        let seen = settle(&ob, &[1, 1, 2], false).await;
+        assert_eq!(seen, vec![(1, Some("reject".into())), (2, None)]);
+        assert_eq!(
+            ob.lookup(&[1, 2]).await.unwrap().len(),
+            2,
+            "nothing is forgotten before the sink has written"
+        );
+        // After a restart the same verdicts come again and still find the local decision.
+        let seen = settle(&ob, &[1, 2], true).await;
+        assert_eq!(seen, vec![(1, Some("reject".into())), (2, None)]);
+        assert!(ob.lookup(&[1, 2]).await.unwrap().is_empty());
+    }
+}
