@@ -1,4 +1,4 @@
-//! The storage contract (see the spec at the top of `cloud/src/store.rs`), run against both backends: an
+//! The storage contract (see the spec at the top of `cloud/src/store/mod.rs`), run against both backends: an
 //! embedded SQLite file and a fresh database on the real PostgreSQL server (`TIERLINE_TEST_PG`, default
 //! `postgres://postgres@127.0.0.1:5432/test`). Every case is one function over a `Store`; the `contract!`
 //! macro runs it once per backend so a failure names the backend.

@@ -1,0 +1,96 @@
+//! Edges: one row per edge, fed by its retained presence (birth / last will) and its heartbeats.
+
+use super::{Pool, Store, StoreError};
+use sqlx::FromRow;
+use tierline_shared::wire::{self, Heartbeat, Presence};
+
+/// An edge as the cloud knows it.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct EdgeRow {
+    /// Edge id.
+    pub edge_id: String,
+    /// Site.
+    pub site: String,
+    /// Line.
+    pub line: String,
+    /// ONLINE birth seen last (false after its last will).
+    pub online: bool,
+    /// Last time heard from, µs.
+    pub last_seen_us: i64,
+    /// Outbox backlog from the last heartbeat.
+    pub backlog_frames: i64,
+    /// Oldest outbox frame age from the last heartbeat, ms.
+    pub oldest_backlog_age_ms: i64,
+    /// Prescreen model version.
+    pub edge_model_version: String,
+}
+
+const UPSERT_PRESENCE: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, edge_model_version)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (edge_id) DO UPDATE SET site = excluded.site, line = excluded.line, online = excluded.online,
+       last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
+       edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
+
+const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version)
+     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7)
+     ON CONFLICT (edge_id) DO UPDATE SET
+       last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
+       backlog_frames = excluded.backlog_frames, oldest_backlog_age_ms = excluded.oldest_backlog_age_ms,
+       edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
+
+impl Store {
+    /// Records an edge's presence message (retained birth, or last will), received at `now_us`.
+    pub async fn record_presence(&self, p: &Presence, now_us: i64) -> Result<(), StoreError> {
+        let online = p.state() == wire::PresenceState::Online;
+        // A birth tells when the edge was last there; a last will arrives late and tells nothing about it.
+        let seen = if online { p.time_us.min(now_us) } else { 0 };
+        on_pool!(self, |pool| sqlx::query(UPSERT_PRESENCE)
+            .bind(&p.edge_id)
+            .bind(&p.site)
+            .bind(&p.line)
+            .bind(online)
+            .bind(seen)
+            .bind(&p.edge_model_version)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(self.err("record presence"))?);
+        Ok(())
+    }
+
+    /// Records an edge heartbeat from `site`/`line` (its topic), received at `now_us`.
+    pub async fn record_heartbeat(
+        &self,
+        site: &str,
+        line: &str,
+        h: &Heartbeat,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |pool| sqlx::query(UPSERT_HEARTBEAT)
+            .bind(&h.edge_id)
+            .bind(site)
+            .bind(line)
+            .bind(now_us)
+            .bind(i64::try_from(h.backlog_frames).unwrap_or(i64::MAX))
+            .bind(i64::try_from(h.oldest_backlog_age_ms).unwrap_or(i64::MAX))
+            .bind(&h.edge_model_version)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(self.err("record heartbeat"))?);
+        Ok(())
+    }
+
+    /// All known edges, by id.
+    pub async fn list_edges(&self) -> Result<Vec<EdgeRow>, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms,
+                    edge_model_version FROM edges ORDER BY edge_id"
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(self.err("list edges"))
+        })
+    }
+}

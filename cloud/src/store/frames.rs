@@ -1,0 +1,196 @@
+//! Frames as the review API reads them: each stored frame joined with its verdict and its latest human
+//! label, listed with filters and paging, one at a time with its image and reviews, or as the feed of new
+//! verdicts.
+
+use super::reviews::ReviewRow;
+use super::verdicts::scores_from_json;
+use super::{Pool, Store, StoreError};
+use sqlx::FromRow;
+use tierline_shared::wire::ClassScore;
+
+/// Filters and paging of [`Store::list_frames`].
+#[derive(Debug, Clone, Default)]
+pub struct FrameFilter {
+    /// Only this edge (empty: all).
+    pub edge_id: String,
+    /// Only this line (empty: all).
+    pub line: String,
+    /// Only this cloud label (empty: all).
+    pub label: String,
+    /// Captured at or after (0: unbounded).
+    pub since_us: i64,
+    /// Captured before (0: unbounded).
+    pub until_us: i64,
+    /// Only frames where the edge's local action contradicts the cloud verdict.
+    pub disagreement: bool,
+    /// Only frames without a human review.
+    pub unreviewed: bool,
+    /// Page size (1..=1000).
+    pub limit: u32,
+    /// Continue after this frame: `(capture_time_us, edge_id, seq)` of the last row of the previous page.
+    pub after: Option<(i64, String, u64)>,
+}
+
+/// One frame with its verdict, as listed for review.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct FrameRow {
+    /// Edge id.
+    pub edge_id: String,
+    /// Per-edge sequence number.
+    pub seq: i64,
+    /// `<edge_id>-<seq>`.
+    pub frame_id: String,
+    /// Site.
+    pub site: String,
+    /// Production line.
+    pub line: String,
+    /// Camera.
+    pub camera_id: String,
+    /// Capture time, µs since the epoch.
+    pub capture_time_us: i64,
+    /// Wire `ForwardReason`.
+    pub reason: i32,
+    /// Prescreen score.
+    pub edge_score: f64,
+    /// Prescreen model version.
+    pub edge_model_version: String,
+    /// The edge's local decision when the verdict was late ("" otherwise).
+    pub edge_local_action: String,
+    /// Times the frame was delivered.
+    pub deliveries: i64,
+    /// Wire `ImageEncoding`.
+    pub image_encoding: i32,
+    /// Whether the image bytes are still stored.
+    pub has_image: bool,
+    /// Cloud label.
+    pub label: String,
+    /// Cloud: defective.
+    pub defective: bool,
+    /// Cloud defect score.
+    pub defect_score: f64,
+    /// Cloud model version.
+    pub cloud_model_version: String,
+    /// Verdict time, µs.
+    pub verdict_time_us: i64,
+    /// Class probabilities, JSON `[[class, p], …]`.
+    pub scores_json: String,
+    /// Local action contradicts the verdict.
+    pub disagreement: bool,
+    /// Latest human label ("" if none).
+    pub review_label: String,
+}
+
+impl FrameRow {
+    /// The class probabilities.
+    pub fn scores(&self) -> Vec<ClassScore> {
+        scores_from_json(&self.scores_json)
+    }
+}
+
+/// A frame with its image bytes (`None` when pruned or not kept) and its reviews, oldest first.
+pub type FrameDetail = (FrameRow, Option<Vec<u8>>, Vec<ReviewRow>);
+
+/// Columns of [`FrameRow`], over `frames f JOIN verdicts v`.
+const FRAME_COLUMNS: &str = "f.edge_id, f.seq, f.frame_id, f.site, f.line, f.camera_id, f.capture_time_us,
+    f.reason, f.edge_score, f.edge_model_version, f.edge_local_action, f.deliveries, f.image_encoding,
+    f.image IS NOT NULL AS has_image, v.label, v.defective, v.defect_score, v.cloud_model_version,
+    v.verdict_time_us, v.scores_json,
+    (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) AS disagreement,
+    COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.seq = f.seq
+              ORDER BY r.id DESC LIMIT 1), '') AS review_label";
+
+impl Store {
+    /// Frames with verdicts, newest capture first, filtered and paged.
+    pub async fn list_frames(&self, f: &FrameFilter) -> Result<Vec<FrameRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
+             WHERE ($1 = '' OR f.edge_id = $1) AND ($2 = '' OR f.line = $2) AND ($3 = '' OR v.label = $3)
+               AND ($4 = 0 OR f.capture_time_us >= $4) AND ($5 = 0 OR f.capture_time_us < $5)
+               AND (NOT $6 OR (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)))
+               AND (NOT $7 OR NOT EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.seq = f.seq))
+               AND (NOT $8 OR f.capture_time_us < $9
+                    OR (f.capture_time_us = $9 AND (f.edge_id < $10 OR (f.edge_id = $10 AND f.seq < $11))))
+             ORDER BY f.capture_time_us DESC, f.edge_id DESC, f.seq DESC
+             LIMIT $12"
+        );
+        let (after_t, after_edge, after_seq) = f.after.clone().unwrap_or_default();
+        let limit = i64::from(f.limit.clamp(1, 1000));
+        on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(&f.edge_id)
+            .bind(&f.line)
+            .bind(&f.label)
+            .bind(f.since_us)
+            .bind(f.until_us)
+            .bind(f.disagreement)
+            .bind(f.unreviewed)
+            .bind(f.after.is_some())
+            .bind(after_t)
+            .bind(after_edge.as_str())
+            .bind(after_seq as i64)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(self.err("list frames")))
+    }
+
+    /// One frame with its verdict, its image bytes (`None` when pruned or not kept) and its reviews.
+    pub async fn get_frame(
+        &self,
+        edge_id: &str,
+        seq: u64,
+    ) -> Result<Option<FrameDetail>, StoreError> {
+        let sql = format!(
+            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
+             WHERE f.edge_id = $1 AND f.seq = $2"
+        );
+        on_pool!(self, |pool| {
+            let row: Option<FrameRow> = sqlx::query_as(&sql)
+                .bind(edge_id)
+                .bind(seq as i64)
+                .fetch_optional(pool)
+                .await
+                .map_err(self.err("get frame"))?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let image: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT image FROM frames WHERE edge_id = $1 AND seq = $2")
+                    .bind(edge_id)
+                    .bind(seq as i64)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(self.err("get frame"))?;
+            let reviews: Vec<ReviewRow> = sqlx::query_as(
+                "SELECT label, defective, reviewer, note, time_us FROM reviews
+                 WHERE edge_id = $1 AND seq = $2 ORDER BY id",
+            )
+            .bind(edge_id)
+            .bind(seq as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(self.err("get frame"))?;
+            Ok(Some((row, image, reviews)))
+        })
+    }
+
+    /// Verdicts stored with `verdict_time_us > since_us`, oldest first, at most `limit`.
+    pub async fn verdicts_since(
+        &self,
+        since_us: i64,
+        edge_id: &str,
+        limit: u32,
+    ) -> Result<Vec<FrameRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
+             WHERE v.verdict_time_us > $1 AND ($2 = '' OR v.edge_id = $2)
+             ORDER BY v.verdict_time_us, v.edge_id, v.seq LIMIT $3"
+        );
+        on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(since_us)
+            .bind(edge_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(self.err("watch verdicts")))
+    }
+}

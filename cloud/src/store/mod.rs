@@ -1,0 +1,394 @@
+//! Cloud storage behind one interface with two sqlx backends: SQLite (the default, embedded) and PostgreSQL
+//! (several workers sharing one database). The URL scheme picks the backend: `sqlite://…` or `postgres://…`.
+//! Migrations live in `migrations/sqlite/` and `migrations/postgres/` and create the same tables.
+//!
+//! What the store holds, one file of this module per domain:
+//! - `frames`: every frame received, one row per `(edge_id, seq)` however often it was delivered, with its
+//!   image bytes until retention clears them; listed for review by [`Store::list_frames`].
+//! - `verdicts`: the cloud's verdict of each frame ([`Store::store`], [`Store::lookup`]).
+//! - `reviews`: human labels, a history per frame ([`Store::submit_review`]).
+//! - `edges`: one row per edge, from its presence and heartbeats ([`Store::list_edges`]).
+//! - `model_versions`: the model versions each tier has used ([`Store::model_versions`]).
+//! - `leases`: leader leases of jobs that must run once ([`Store::try_acquire_lease`]).
+//! - the `disagreements` view: frames whose edge decided locally against the later verdict.
+//!
+//! Contract (checked against both backends by `tests/tests/store_contract.rs`):
+//! - Storing is idempotent: the key is `(edge_id, seq)`, and there is exactly one verdict per key. A frame
+//!   delivered again is counted in `frames.deliveries` and answered with the verdict already stored, never
+//!   stored twice.
+//! - Verdicts are never deleted. Retention ([`Store::prune_images`]) only clears old image bytes, by age and
+//!   by a total byte budget (oldest first), and only under the current leader lease: the write is guarded by
+//!   the lease's fencing token, so a leader that lost its lease cannot prune ([`StoreError::Fenced`]).
+//! - Leases ([`Store::try_acquire_lease`]): one row per job; the `token` only grows. A holder renews its
+//!   lease before it expires and keeps its token; anyone who takes an expired lease gets `token + 1`.
+//!   Expiry uses the workers' clocks, so workers need synchronized clocks (NTP) and a TTL far above the skew;
+//!   correctness does not rest on the clocks, because every guarded write checks the token.
+//! - Edges: one row per edge, from its retained presence (birth / last will) and its heartbeats.
+//! - Reviews: a history of human labels per frame; the latest counts.
+//!
+//! All SQL is written once with `$n` placeholders, which both backends accept, and run against whichever pool
+//! is open (the `on_pool!` macro expands the same code for each).
+
+use sqlx::SqlitePool;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::str::FromStr;
+use std::time::Duration;
+use thiserror::Error;
+use url::Url;
+
+/// Runs the same code against whichever pool is open.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+mod edges;
+mod frames;
+mod lease;
+mod models;
+mod retention;
+mod reviews;
+mod verdicts;
+
+pub use edges::EdgeRow;
+pub use frames::{FrameDetail, FrameFilter, FrameRow};
+pub use lease::Lease;
+pub use retention::{Pruned, RetentionPolicy};
+pub use reviews::ReviewRow;
+pub use verdicts::Stored;
+
+/// Errors from the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("verdict store {url} failed during {op}: {source}")]
+    Db {
+        /// Database URL (password removed).
+        url: String,
+        /// What was being done.
+        op: &'static str,
+        /// Database error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error(
+        "verdict store {url} cannot be migrated: {source}; it may belong to a newer Tierline version"
+    )]
+    Migrate {
+        /// Database URL (password removed).
+        url: String,
+        /// Migration error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// The URL names no supported database.
+    #[error(
+        "database URL {0:?} is not supported; use sqlite://<path> or postgres://user@host:port/database"
+    )]
+    Unsupported(String),
+    /// A guarded write came from a holder whose lease is gone.
+    #[error(
+        "lease {name} token {token} is no longer current (another worker took over); write refused"
+    )]
+    Fenced {
+        /// Lease name.
+        name: String,
+        /// The stale token.
+        token: i64,
+    },
+    /// The frame does not exist.
+    #[error(
+        "frame {edge_id}/{seq} is not stored; check the edge id and seq (tierline-review list)"
+    )]
+    NotFound {
+        /// Edge id.
+        edge_id: String,
+        /// Sequence number.
+        seq: u64,
+    },
+}
+
+/// Which database a store uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The cloud store.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    url: String,
+    keep_images: bool,
+    worker: String,
+}
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the store at `url`: `sqlite://…` or
+    /// `postgres://…` (also `postgresql://…`).
+    pub async fn open(url: &str, keep_images: bool) -> Result<Self, StoreError> {
+        let shown = redact(url);
+        let err = |op| {
+            let url = shown.clone();
+            move |source| StoreError::Db { url, op, source }
+        };
+        let migrate_err = |source| StoreError::Migrate {
+            url: shown.clone(),
+            source,
+        };
+        let pool = match backend_of(url)? {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(err("open"))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await
+                    .map_err(err("open"))?;
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&pool)
+                    .await
+                    .map_err(migrate_err)?;
+                Pool::Sqlite(pool)
+            }
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(url).map_err(err("open"))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(err("open"))?;
+                // Concurrent first starts of several workers: the migrator takes an advisory lock.
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&pool)
+                    .await
+                    .map_err(migrate_err)?;
+                Pool::Postgres(pool)
+            }
+        };
+        Ok(Self {
+            pool,
+            url: shown,
+            keep_images,
+            worker: String::new(),
+        })
+    }
+
+    /// Records `worker_id` with every verdict this handle stores.
+    pub fn with_worker(mut self, worker_id: &str) -> Self {
+        self.worker = worker_id.to_string();
+        self
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The URL, with any password removed.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError + use<> {
+        let url = self.url.clone();
+        move |source| StoreError::Db { url, op, source }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(self.err("ping")))
+    }
+
+    /// Closes the store.
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await)
+    }
+}
+
+/// The backend a URL names.
+pub fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::Unsupported(redact(url)))
+    }
+}
+
+/// What replaces a hidden secret.
+const HIDDEN: &str = "***";
+
+/// `url` with the password of its user info, and the values of query parameters whose name contains
+/// `password`, `secret` or `token` (any case), replaced by `***`. A string that is not a URL (a bare path)
+/// comes back unchanged, and so does a URL with nothing to hide.
+pub fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        // The parser saw the password the text shows, or the text shows none.
+        Ok(mut parsed) if parsed.password().is_some() || !shows_password(url) => {
+            let mut changed =
+                parsed.password().is_some() && parsed.set_password(Some(HIDDEN)).is_ok();
+            if let Some(query) = parsed.query().and_then(redact_query) {
+                parsed.set_query(Some(&query));
+                changed = true;
+            }
+            if changed {
+                parsed.into()
+            } else {
+                url.to_string()
+            }
+        }
+        // Not a URL, or one the parser reads otherwise than a person would (a password with an unescaped
+        // `#` or `/`, several `host:port` pairs): hidden by its text, so that no password leaks into a log.
+        _ => redact_text(url),
+    }
+}
+
+/// Whether `url` has the shape `scheme://user:password@…`.
+fn shows_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// [`redact`] for text the URL parser refuses or misreads: the password is everything between the first `:`
+/// after `://` and the last `@`. Without `://` the text is no URL and comes back unchanged.
+fn redact_text(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => match userinfo.split_once(':') {
+            Some((user, _)) => (format!("{user}:{HIDDEN}@"), rest),
+            None => (format!("{userinfo}@"), rest),
+        },
+        None => (String::new(), rest),
+    };
+    let rest = match rest.split_once('?') {
+        Some((before, query)) => {
+            let query = redact_query(query).unwrap_or_else(|| query.to_string());
+            format!("{before}?{query}")
+        }
+        None => rest.to_string(),
+    };
+    format!("{scheme}://{userinfo}{rest}")
+}
+
+/// `query` (without its `?`) with the values of secret parameters replaced by `***` and the other parameters
+/// left byte for byte; `None` when no parameter is secret.
+fn redact_query(query: &str) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|part| match part.split_once('=') {
+            Some((key, value)) if !value.is_empty() && is_secret_key(key) => {
+                changed = true;
+                format!("{key}={HIDDEN}")
+            }
+            _ => part.to_string(),
+        })
+        .collect();
+    changed.then(|| parts.join("&"))
+}
+
+/// Whether a query parameter name (still percent-encoded) names a secret.
+fn is_secret_key(key: &str) -> bool {
+    url::form_urlencoded::parse(key.as_bytes()).any(|(key, _)| {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "token"]
+            .iter()
+            .any(|word| key.contains(word))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_and_schemes_checked() {
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/t"),
+            "postgres://u:***@db:5432/t"
+        );
+        assert_eq!(redact("postgres://u@db/t"), "postgres://u@db/t");
+        assert_eq!(backend_of("sqlite://x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(backend_of("postgresql://h/d").unwrap(), Backend::Postgres);
+        let e = backend_of("mysql://a:pw@h/d").unwrap_err().to_string();
+        assert!(e.contains("mysql://a:***@h/d") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn query_secrets_are_redacted_and_the_rest_is_kept() {
+        assert_eq!(
+            redact("postgres://u@db/t?sslmode=require&password=hunter2"),
+            "postgres://u@db/t?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("postgresql://u:pw@db:5432/t?SSLPassword=k3y&application_name=cloud%20a"),
+            "postgresql://u:***@db:5432/t?SSLPassword=***&application_name=cloud%20a"
+        );
+        assert_eq!(
+            redact("postgres://db/t?client_secret=s&Access_Token=t&sslmode=disable"),
+            "postgres://db/t?client_secret=***&Access_Token=***&sslmode=disable"
+        );
+        // Nothing to hide: unchanged, byte for byte.
+        for url in [
+            "sqlite://x.db?mode=rwc",
+            "sqlite:verdicts.db",
+            "postgres://u@DB/t?password=",
+            "postgres://db/t?sslmode=require",
+        ] {
+            assert_eq!(redact(url), url);
+        }
+    }
+
+    #[test]
+    fn strings_that_are_no_url_come_back_unchanged() {
+        for s in [
+            "/var/lib/tierline/verdicts.db",
+            "verdicts.db",
+            "",
+            "C:/tierline/verdicts.db",
+        ] {
+            assert_eq!(redact(s), s);
+        }
+    }
+
+    #[test]
+    fn urls_the_parser_refuses_or_misreads_still_hide_their_secrets() {
+        // The parser reads `u:123` as host and port and the rest as the fragment.
+        assert_eq!(redact("postgres://u:123#x@db/t"), "postgres://u:***@db/t");
+        let shown = redact("postgres://u:pa#ss@db/t");
+        assert_eq!(shown, "postgres://u:***@db/t");
+        let shown = redact("postgres://u:pw@h1:5432,h2:5432/t?sslpassword=k");
+        assert_eq!(shown, "postgres://u:***@h1:5432,h2:5432/t?sslpassword=***");
+    }
+}

@@ -1,0 +1,212 @@
+//! Verdicts: storing a frame with its verdict exactly once per `(edge_id, seq)`, answering a frame delivered
+//! again with the verdict already stored, and counting verdicts.
+
+use super::models::INSERT_MODEL_VERSION;
+use super::{Pool, Store, StoreError};
+use sqlx::FromRow;
+use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Verdict};
+
+/// The outcome of storing a verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// The verdict was stored now.
+    New(Verdict),
+    /// A verdict for this frame already existed; this is it.
+    Existing(Verdict),
+}
+
+#[derive(FromRow)]
+struct VerdictRow {
+    cloud_model_version: String,
+    label: String,
+    defective: bool,
+    defect_score: f64,
+    scores_json: String,
+    error: String,
+    verdict_time_us: i64,
+    frame_id: String,
+}
+
+const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+     ON CONFLICT (edge_id, seq) DO UPDATE SET deliveries = frames.deliveries + 1,
+       edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END";
+
+const INSERT_VERDICT: &str = "INSERT INTO verdicts (edge_id, seq, cloud_model_version, label, defective, defect_score, scores_json, error, verdict_time_us, worker_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (edge_id, seq) DO NOTHING";
+
+const SELECT_VERDICT: &str = "SELECT v.cloud_model_version, v.label, v.defective, v.defect_score, v.scores_json, v.error, v.verdict_time_us, f.frame_id
+     FROM verdicts v JOIN frames f ON f.edge_id = v.edge_id AND f.seq = v.seq
+     WHERE v.edge_id = $1 AND v.seq = $2";
+
+const COUNT_DELIVERY: &str = "UPDATE frames SET deliveries = deliveries + 1,
+     edge_local_action = CASE WHEN $1 != '' THEN $1 ELSE edge_local_action END
+     WHERE edge_id = $2 AND seq = $3";
+
+impl Store {
+    /// The stored verdict of `(edge_id, seq)`, counting this delivery.
+    /// A non-empty `edge_local_action` (the edge decided locally meanwhile) is recorded too.
+    pub async fn lookup(
+        &self,
+        edge_id: &str,
+        seq: u64,
+        edge_local_action: &str,
+    ) -> Result<Option<Verdict>, StoreError> {
+        let row: Option<VerdictRow> = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(self.err("lookup"))?;
+            // The write comes first: on SQLite a transaction that reads and then writes cannot wait for the
+            // write lock (it fails at once with "database is locked" when another worker wrote meanwhile),
+            // while one that starts by writing waits up to the busy timeout. A frame row exists exactly when
+            // its verdict does (both are stored in one transaction).
+            let counted = sqlx::query(COUNT_DELIVERY)
+                .bind(edge_local_action)
+                .bind(edge_id)
+                .bind(seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("lookup"))?
+                .rows_affected()
+                > 0;
+            let found: Option<VerdictRow> = if counted {
+                sqlx::query_as(SELECT_VERDICT)
+                    .bind(edge_id)
+                    .bind(seq as i64)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(self.err("lookup"))?
+            } else {
+                None
+            };
+            tx.commit().await.map_err(self.err("lookup"))?;
+            found
+        });
+        Ok(row.map(|r| to_verdict(edge_id, seq, r)))
+    }
+
+    /// Stores the frame and its verdict unless a verdict for `(edge_id, seq)` exists already.
+    pub async fn store(
+        &self,
+        frame: &FrameEnvelope,
+        verdict: &Verdict,
+    ) -> Result<Stored, StoreError> {
+        let scores = serde_json::to_string(
+            &verdict
+                .scores
+                .iter()
+                .map(|c| (c.class_name.as_str(), c.probability))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|_| "[]".into());
+        let image = self.keep_images.then_some(&frame.image);
+        let image_bytes = image.map_or(0, |i| i.len() as i64);
+        let now = tierline_shared::time::now_us();
+        let existing: Option<VerdictRow> = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(self.err("store"))?;
+            sqlx::query(INSERT_FRAME)
+                .bind(&frame.edge_id)
+                .bind(frame.seq as i64)
+                .bind(&frame.frame_id)
+                .bind(&frame.site)
+                .bind(&frame.line)
+                .bind(&frame.camera_id)
+                .bind(frame.capture_time_us)
+                .bind(frame.reason)
+                .bind(f64::from(frame.edge_score))
+                .bind(&frame.edge_model_version)
+                .bind(frame.encoding)
+                .bind(image)
+                .bind(image_bytes)
+                .bind(now)
+                .bind(&frame.edge_local_action)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("store"))?;
+            let new = sqlx::query(INSERT_VERDICT)
+                .bind(&verdict.edge_id)
+                .bind(verdict.seq as i64)
+                .bind(&verdict.cloud_model_version)
+                .bind(&verdict.label)
+                .bind(verdict.defective)
+                .bind(f64::from(verdict.defect_score))
+                .bind(scores.as_str())
+                .bind(&verdict.error)
+                .bind(verdict.verdict_time_us)
+                .bind(&self.worker)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("store"))?
+                .rows_affected()
+                == 1;
+            let existing = if new {
+                for (tier, version) in [
+                    ("cloud", &verdict.cloud_model_version),
+                    ("edge", &frame.edge_model_version),
+                ] {
+                    if !version.is_empty() {
+                        sqlx::query(INSERT_MODEL_VERSION)
+                            .bind(tier)
+                            .bind(version)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(self.err("store"))?;
+                    }
+                }
+                None
+            } else {
+                sqlx::query_as(SELECT_VERDICT)
+                    .bind(&verdict.edge_id)
+                    .bind(verdict.seq as i64)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(self.err("store"))?
+            };
+            tx.commit().await.map_err(self.err("store"))?;
+            existing
+        });
+        Ok(match existing {
+            None => Stored::New(verdict.clone()),
+            Some(r) => Stored::Existing(to_verdict(&verdict.edge_id, verdict.seq, r)),
+        })
+    }
+
+    /// Number of stored verdicts.
+    pub async fn verdict_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM verdicts"
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(self.err("count"))?);
+        Ok(n as u64)
+    }
+}
+
+/// Decodes `scores_json` (`[[class, p], …]`); malformed JSON gives no scores.
+pub(super) fn scores_from_json(json: &str) -> Vec<ClassScore> {
+    let scores: Vec<(String, f32)> = serde_json::from_str(json).unwrap_or_default();
+    scores
+        .into_iter()
+        .map(|(class_name, probability)| ClassScore {
+            class_name,
+            probability,
+        })
+        .collect()
+}
+
+fn to_verdict(edge_id: &str, seq: u64, r: VerdictRow) -> Verdict {
+    Verdict {
+        protocol_version: wire::PROTOCOL_VERSION,
+        edge_id: edge_id.into(),
+        seq,
+        frame_id: r.frame_id,
+        cloud_model_version: r.cloud_model_version,
+        scores: scores_from_json(&r.scores_json),
+        label: r.label,
+        defective: r.defective,
+        defect_score: r.defect_score as f32,
+        verdict_time_us: r.verdict_time_us,
+        error: r.error,
+        redelivery: true,
+    }
+}
