@@ -1,11 +1,10 @@
-//! The review API over a real tonic server and client, and the `tierline-review` CLI as a subprocess against
-//! it: authentication (no token and a wrong token are UNAUTHENTICATED), filters and paging, frames with
-//! images, reviews, watching verdicts, edges, health and reflection.
+//! The review API over a real tonic server and client: authentication (no token and a wrong token are
+//! UNAUTHENTICATED), filters and paging, frames with images, reviews, watching verdicts, edges, health and
+//! reflection. The `tierline-review` CLI runs against the same server in `review/tests/cli.rs`.
 
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 use tierline_cloud::api::pb::{self, review_client::ReviewClient};
 use tierline_cloud::config::ApiConfig;
@@ -341,109 +340,4 @@ async fn frames_are_listed_shown_reviewed_and_watched() {
         (got.edge_id.as_str(), got.seq, got.label.as_str()),
         ("edge-b", 7, "dent")
     );
-}
-
-fn cli(addr: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tierline-review"));
-    c.arg("--server")
-        .arg(format!("http://{addr}"))
-        .args(args)
-        .env_remove("TIERLINE_REVIEW_TOKEN")
-        .env_remove("TIERLINE_REVIEW_SERVER");
-    if let Some(t) = token {
-        c.env("TIERLINE_REVIEW_TOKEN", t);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_lists_shows_labels_and_lists_edges() {
-    let s = start().await;
-    let addr = s.addr;
-    let out = tokio::task::spawn_blocking(move || {
-        let (code, _, err) = cli(addr, None, &["list"]);
-        assert_eq!(code, 1, "{err}");
-        assert!(
-            err.contains("Unauthenticated") && err.contains("TIERLINE_REVIEW_TOKEN"),
-            "{err}"
-        );
-
-        let (code, table, err) = cli(addr, Some(TOKEN), &["list", "--limit", "3"]);
-        assert_eq!(code, 0, "{err}");
-        let lines: Vec<&str> = table.lines().collect();
-        assert!(
-            lines[0].starts_with("EDGE") && lines[0].contains("LABEL"),
-            "{table}"
-        );
-        assert!(
-            lines[1].starts_with("edge-a") && lines[1].contains("scratch"),
-            "{table}"
-        );
-        assert!(
-            table.contains("3 frames") && table.contains("more: --page-token"),
-            "{table}"
-        );
-
-        let (code, json, err) = cli(addr, Some(TOKEN), &["--json", "list", "--disagreement"]);
-        assert_eq!(code, 0, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["frames"].as_array().unwrap().len(), 1);
-        assert_eq!(v["frames"][0]["seq"], 2);
-
-        let (code, out, err) = cli(
-            addr,
-            Some(TOKEN),
-            &[
-                "label",
-                "edge-a",
-                "3",
-                "good",
-                "--reviewer",
-                "bo",
-                "--note",
-                "glare",
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-        assert!(out.contains("labelled edge-a/3 as good"), "{out}");
-
-        let (code, json, err) = cli(addr, Some(TOKEN), &["show", "edge-a", "3", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["review_label"], "good");
-        assert_eq!(v["reviews"][0]["reviewer"], "bo");
-        assert_eq!(v["image_bytes"], 5);
-
-        let (code, out, err) = cli(addr, Some(TOKEN), &["show", "edge-a", "42"]);
-        assert_eq!(code, 1, "{out}");
-        assert!(
-            err.contains("NotFound") && err.contains("edge-a/42"),
-            "{err}"
-        );
-
-        let (code, out, err) = cli(addr, Some(TOKEN), &["edges"]);
-        assert_eq!(code, 0, "{err}");
-        assert!(out.lines().nth(1).unwrap().contains("online"), "{out}");
-        out
-    })
-    .await
-    .unwrap();
-    eprintln!("{out}");
-}
-
-#[test]
-fn the_cli_names_an_unreachable_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    // Nothing listens on that port once the listener is dropped.
-    let (code, _, err) = cli(port, Some(TOKEN), &["edges"]);
-    assert_eq!(code, 3, "{err}");
-    assert!(err.contains("cannot reach the review API"), "{err}");
 }

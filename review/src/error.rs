@@ -1,0 +1,47 @@
+//! Exit codes, and how an error is reported on stderr.
+
+use std::process::ExitCode;
+
+/// The server refused or failed the call (a gRPC status).
+pub const REFUSED: u8 = 1;
+/// Bad arguments, and every other failure on this side (e.g. an unreadable `--ca-cert`, an unwritable
+/// `--image-out`). clap exits with 2 on bad usage too.
+pub const BAD_ARGS: u8 = 2;
+/// The server cannot be reached.
+pub const UNREACHABLE: u8 = 3;
+
+/// The review API cannot be reached; the message says where and why.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Prints the error of a run (with a hint for the usual gRPC refusals) and returns the exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        let hint = match status.code() {
+            tonic::Code::Unauthenticated => {
+                " (pass --token or set TIERLINE_REVIEW_TOKEN to the server's api.token)"
+            }
+            tonic::Code::NotFound => " (list frames with: tierline-review list)",
+            _ => "",
+        };
+        eprintln!("error: {:?}: {}{hint}", status.code(), status.message());
+        ExitCode::from(REFUSED)
+    } else if e.downcast_ref::<Unreachable>().is_some() {
+        eprintln!("error: {e:#}");
+        ExitCode::from(UNREACHABLE)
+    } else {
+        eprintln!("error: {e:#}");
+        ExitCode::from(BAD_ARGS)
+    }
+}

@@ -1,0 +1,35 @@
+//! `tierline-review`: the review API from a terminal. Readable tables by default, `--json` for scripts.
+
+mod args;
+mod cmd;
+mod conn;
+mod error;
+mod output;
+
+/// Generated protobuf types and gRPC client of the review API.
+#[allow(missing_docs, clippy::all)]
+mod pb {
+    tonic::include_proto!("tierline.review.v1");
+}
+
+use args::{Args, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    error::exit_code(run(Args::parse()).await)
+}
+
+/// Connects to the review API, then runs the subcommand.
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut client =
+        conn::connect(&args.server, args.token.as_deref(), args.ca_cert.as_deref()).await?;
+    match &args.command {
+        Command::List(a) => cmd::list::run(&mut client, a, args.json).await,
+        Command::Show(a) => cmd::show::run(&mut client, a, args.json).await,
+        Command::Label(a) => cmd::label::run(&mut client, a, args.json).await,
+        Command::Edges => cmd::edges::run(&mut client, args.json).await,
+        Command::Watch(a) => cmd::watch::run(&mut client, a, args.json).await,
+    }
+}
