@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 use tierline_cloud::config::ApiConfig;
 use tierline_cloud::store::Store;
 use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Presence, Verdict};

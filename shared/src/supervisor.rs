@@ -122,7 +122,7 @@ pub struct Supervisor {
     tasks: JoinSet<Exit>,
     names: HashMap<Id, Arc<str>>,
     policies: HashMap<Arc<str>, Ends>,
-    /// Stages that ended, with the time they ended.
+    /// Stages that ended as allowed (on shutdown, or as their policy permits), with the time they ended.
     ended: HashMap<Arc<str>, Instant>,
     running: HashSet<Arc<str>>,
     /// Stages that ended before shutdown and are not (yet) excused, with the time they ended.
@@ -254,8 +254,8 @@ impl Supervisor {
                     .remove(&e.id())
                     .unwrap_or_else(|| Arc::from("unknown"));
                 self.running.remove(&name);
-                self.ended.insert(name.clone(), Instant::now());
                 if e.is_cancelled() {
+                    self.ended.insert(name, Instant::now());
                     return None;
                 }
                 let message = panic_message(e.into_panic());
@@ -267,13 +267,6 @@ impl Supervisor {
             }
         };
         self.running.remove(&name);
-        self.ended.insert(name.clone(), ended_at);
-        // An upstream stage seen ending now may excuse a stage that ended at the same moment (join results
-        // arrive in any order), but not one that ended clearly before it: that one closed its upstream's output.
-        let ended = &self.ended;
-        let policies = &self.policies;
-        self.early
-            .retain(|(s, at)| !upstream_ended(policies.get(s), ended, *at));
         match result {
             Err(error) => {
                 tracing::error!(parent: &self.span, stage = %name, error = %error, "Stage failed.");
@@ -282,17 +275,38 @@ impl Supervisor {
                     error: error.to_string(),
                 })
             }
-            Ok(()) if self.shutting_down => None,
-            Ok(()) if upstream_ended(self.policies.get(&name), &self.ended, ended_at) => {
+            Ok(()) if self.shutting_down => {
+                self.ended.insert(name, ended_at);
+                None
+            }
+            Ok(()) if excused(self.policies.get(&name), &self.ended, ended_at) => {
                 tracing::info!(parent: &self.span, stage = %name, "Stage finished.");
+                self.ended.insert(name, ended_at);
+                self.excuse_waiting();
                 None
             }
             Ok(()) => {
-                // Not excused (yet): it may be a consequence of another stage ending, so the verdict waits
-                // for the slack and then blames whichever ended first.
+                // Not excused (yet): its upstream may still be seen ending (join results arrive in any
+                // order). Otherwise, after the slack, the stage that ended first takes the blame.
                 self.early.push((name, ended_at));
                 None
             }
+        }
+    }
+
+    /// Excuses waiting stages whose upstream has now ended as allowed, until nothing changes.
+    fn excuse_waiting(&mut self) {
+        loop {
+            let Some(i) = self
+                .early
+                .iter()
+                .position(|(s, at)| excused(self.policies.get(s), &self.ended, *at))
+            else {
+                return;
+            };
+            let (stage, at) = self.early.remove(i);
+            tracing::info!(parent: &self.span, stage = %stage, "Stage finished.");
+            self.ended.insert(stage, at);
         }
     }
 
@@ -314,9 +328,10 @@ impl Supervisor {
     }
 }
 
-/// Whether a stage that ended at `at` with `policy` is excused: every stage feeding it ended no later than
-/// [`SAME_MOMENT`] after it.
-fn upstream_ended(policy: Option<&Ends>, ended: &HashMap<Arc<str>, Instant>, at: Instant) -> bool {
+/// Whether a stage that ended at `at` with `policy` is excused: every stage feeding it ended as allowed, and
+/// no later than [`SAME_MOMENT`] after it (a stage that ended clearly before its upstream closed the
+/// upstream's output; it is not excused by that upstream ending).
+fn excused(policy: Option<&Ends>, ended: &HashMap<Arc<str>, Instant>, at: Instant) -> bool {
     match policy {
         Some(Ends::After(up)) => up.iter().all(|u| {
             ended
@@ -482,8 +497,6 @@ mod tests {
         s.spawn("producer", Ends::OnShutdown, async move {
             let _ = tx.send(1).await;
             tx.closed().await;
-            // Like a stage that finds its output closed at its next send.
-            tokio::time::sleep(Duration::from_millis(50)).await;
         });
         let e = s.watch(&stop).await.unwrap_err();
         assert_eq!(e.stage(), "consumer");
