@@ -39,7 +39,7 @@ use tierline_shared::manifest::ManifestError;
 use tierline_shared::runner::{RunnerConfig, RunnerError};
 use tierline_shared::service::Skeleton;
 use tierline_shared::serving::ServedModel;
-use tierline_shared::supervisor::{Ends, StageFailure, Supervisor};
+use tierline_shared::supervisor::{Drain, Ends, StageFailure, Supervisor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -298,25 +298,20 @@ impl App {
         }
 
         // Run until asked to stop or a stage fails; then drain in flow order.
-        let failure = sup.watch(&shutdown).await.err();
-        if let Some(e) = &failure {
-            tracing::error!(error = %e, "Cloud worker failing.");
-        }
-        stop.cancel();
-        let mut later = sup.drain(&["processing"], PROCESSING_GRACE).await;
-        drained.cancel();
-        later.extend(sup.drain(&["ingest"], GRACE).await);
-        background.cancel();
-        admin_stop.cancel();
-        later.extend(sup.finish(GRACE).await);
+        let outcome = sup
+            .run(
+                &shutdown,
+                &[
+                    Drain::of(&stop, &["processing"], PROCESSING_GRACE),
+                    Drain::of(&drained, &["ingest"], GRACE),
+                    Drain::of(&background, &[], GRACE),
+                    Drain::of(&admin_stop, &[], GRACE),
+                ],
+                GRACE,
+            )
+            .await;
         store.close().await;
-        for e in &later {
-            tracing::error!(error = %e, "Cloud stage failed while draining.");
-        }
         tracing::info!("Cloud worker stopped.");
-        match failure.or_else(|| later.into_iter().next()) {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(outcome?)
     }
 }

@@ -9,7 +9,7 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tierline_shared::admin::Readiness;
+use tierline_shared::admin::{self, Readiness};
 use tierline_shared::metrics::{self as m, Sample};
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Name of the link check.
-pub const LINK: &str = "link";
+pub use tierline_shared::admin::LINK;
 /// Name of the database check.
 pub const DATABASE: &str = "database";
 
@@ -36,38 +36,22 @@ pub struct HealthWatch {
 impl HealthWatch {
     /// Refreshes the `link` and `database` checks until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let HealthWatch {
-            store,
-            stats,
-            readiness,
-            every,
-        } = self;
-        let max_age = every * 4 + DATABASE_TIMEOUT * 2;
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let up = stats.link_up.load(Ordering::Relaxed);
-            readiness.set(
-                LINK,
+        let max_age = self.every * 4 + DATABASE_TIMEOUT * 2;
+        let mut ticker = admin::Ticker::new(self.every);
+        while ticker.next(&shutdown).await {
+            admin::set_link(
+                &self.readiness,
                 true,
-                up,
-                if up {
-                    "connected to the broker and subscribed".to_string()
-                } else {
-                    format!(
-                        "{} (retrying with backoff); this worker takes no frames",
-                        stats
-                            .link_error
-                            .get()
-                            .unwrap_or_else(|| "not connected to the broker".into())
-                    )
-                },
+                (
+                    self.stats.link_up.load(Ordering::Relaxed),
+                    self.stats.link_error.get(),
+                ),
+                "connected to the broker and subscribed",
+                "retrying with backoff; this worker takes no frames",
                 max_age,
             );
-            let (ok, detail) = match tokio::time::timeout(DATABASE_TIMEOUT, store.ping()).await {
+            let (ok, detail) = match tokio::time::timeout(DATABASE_TIMEOUT, self.store.ping()).await
+            {
                 Ok(Ok(())) => (true, "the verdict store answers".to_string()),
                 Ok(Err(e)) => (false, format!("the verdict store fails: {e}")),
                 Err(_) => (
@@ -75,7 +59,7 @@ impl HealthWatch {
                     format!("the verdict store did not answer within {DATABASE_TIMEOUT:?}"),
                 ),
             };
-            readiness.set(DATABASE, true, ok, detail, max_age);
+            self.readiness.set(DATABASE, true, ok, detail, max_age);
         }
     }
 }
@@ -96,11 +80,8 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
             &m::CLOUD_LINK_UP,
             u64::from(s.link_up.load(Ordering::Relaxed)),
         ),
-        c(&m::CLOUD_INFERENCES, &s.inferences),
-        Sample {
-            metric: &m::CLOUD_INFERENCE_SECONDS,
-            value: stats::get(&s.inference_us_total) as f64 / 1e6,
-        },
+        Sample::histogram(&m::CLOUD_INFERENCE_LATENCY, &s.inference_latency),
+        Sample::histogram(&m::CLOUD_STORE_COMMIT, &s.store_commit),
         c(&m::CLOUD_PRESENCE_UPDATES, &s.presence_updates),
         Sample::of(
             &m::CLOUD_LEADER,
@@ -109,9 +90,9 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
         Sample::of(&m::CLOUD_LEASE_TOKEN, s.lease_token.load(Ordering::Relaxed)),
         c(&m::CLOUD_IMAGES_PRUNED, &s.images_pruned),
         Sample::of(&m::CLOUD_IN_FLIGHT, s.lag.in_flight() as u64),
-        Sample {
-            metric: &m::CLOUD_OLDEST_UNPROCESSED,
-            value: s.lag.oldest_age().as_secs_f64(),
-        },
+        Sample::gauge(
+            &m::CLOUD_OLDEST_UNPROCESSED,
+            s.lag.oldest_age().as_secs_f64(),
+        ),
     ]
 }

@@ -137,7 +137,10 @@ impl Processor {
             }
             Ok(None) => {
                 let v = self.judge(frame).await?;
-                match self.store.store(frame, &v).await {
+                let started = std::time::Instant::now();
+                let stored = self.store.store(frame, &v).await;
+                self.stats.store_commit.observe(started.elapsed());
+                match stored {
                     Ok(Stored::New(v)) => {
                         stats::inc(&self.stats.verdicts_stored);
                         Some(v)
@@ -173,8 +176,7 @@ impl Processor {
         };
         let started = std::time::Instant::now();
         let scored = self.model.score(frame.image.clone().into()).await;
-        self.stats
-            .record_inference(started.elapsed().as_micros() as u64);
+        self.stats.inference_latency.observe(started.elapsed());
         match scored {
             Ok(score) => {
                 v.label = score.label;

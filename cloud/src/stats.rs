@@ -1,7 +1,8 @@
-//! Counters the cloud worker keeps about itself, including inference (batch) latency. Frames in flight and
+//! Counters the cloud worker keeps about itself, and its inference and store latencies. Frames in flight and
 //! the age of the oldest unprocessed frame, the other autoscaler figures, are kept in [`crate::lag`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tierline_shared::metrics::Latency;
 
 /// Live cloud figures. Counters only grow; gauges are marked as such.
 #[derive(Debug, Default)]
@@ -30,24 +31,16 @@ pub struct CloudStats {
     pub link_error: tierline_shared::mqtt::LastError,
     /// Presence and heartbeat messages recorded in the edges table.
     pub presence_updates: AtomicU64,
-    /// Inference calls finished (one per frame scored).
-    pub inferences: AtomicU64,
-    /// Total time frames spent in inference (queueing for a batch plus the batch run), µs.
-    pub inference_us_total: AtomicU64,
+    /// Time each frame spent in inference (queueing for a batch plus the batch run).
+    pub inference_latency: Latency,
+    /// Time each verdict took to store.
+    pub store_commit: Latency,
     /// Gauge: this worker holds the retention leader lease.
     pub leader: AtomicBool,
     /// Gauge: fencing token of the lease this worker holds (0 when none).
     pub lease_token: AtomicU64,
     /// Images removed by retention on this worker.
     pub images_pruned: AtomicU64,
-}
-
-impl CloudStats {
-    /// Records one inference of `us` microseconds.
-    pub fn record_inference(&self, us: u64) {
-        inc(&self.inferences);
-        self.inference_us_total.fetch_add(us, Ordering::Relaxed);
-    }
 }
 
 /// Adds one to a counter.

@@ -45,7 +45,7 @@ use tierline_shared::manifest::ManifestError;
 use tierline_shared::runner::{RunnerConfig, RunnerError};
 use tierline_shared::service::Skeleton;
 use tierline_shared::serving::ServedModel;
-use tierline_shared::supervisor::{Ends, StageFailure, Supervisor};
+use tierline_shared::supervisor::{Drain, Ends, StageFailure, Supervisor};
 use tierline_shared::topics::EdgeAddress;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -412,24 +412,19 @@ impl App {
         );
 
         // Run until asked to stop or a stage fails; then drain in flow order.
-        let failure = sup.watch(&shutdown).await.err();
-        if let Some(e) = &failure {
-            tracing::error!(error = %e, "Edge stage failed; shutting down.");
-        }
-        stop.cancel();
-        let mut later = sup.drain(&["prescreen", "intake"], GRACE).await;
-        link_stop.cancel();
-        later.extend(sup.drain(&["decisions", "sink"], GRACE).await);
-        admin_stop.cancel();
-        later.extend(sup.finish(GRACE).await);
+        let outcome = sup
+            .run(
+                &shutdown,
+                &[
+                    Drain::of(&stop, &["prescreen", "intake"], GRACE),
+                    Drain::of(&link_stop, &["decisions", "sink"], GRACE),
+                    Drain::of(&admin_stop, &[], GRACE),
+                ],
+                GRACE,
+            )
+            .await;
         outbox.close().await;
-        for e in &later {
-            tracing::error!(error = %e, "Edge stage failed while draining.");
-        }
         tracing::info!("Edge stopped.");
-        match failure.or_else(|| later.into_iter().next()) {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(outcome?)
     }
 }

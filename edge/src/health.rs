@@ -10,18 +10,18 @@
 
 use crate::outbox::Outbox;
 use crate::stats::{self, EdgeStats};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tierline_shared::admin::Readiness;
+use tierline_shared::admin::{self, Readiness};
 use tierline_shared::metrics::{self as m, Sample};
 use tokio_util::sync::CancellationToken;
 
 /// Name of the outbox check.
 pub const OUTBOX: &str = "outbox";
 /// Name of the link check.
-pub const LINK: &str = "link";
+pub use tierline_shared::admin::LINK;
 
 /// The health watcher stage.
 pub struct HealthWatch {
@@ -42,104 +42,65 @@ pub struct HealthWatch {
 impl HealthWatch {
     /// Refreshes the `outbox` and `link` checks and the backlog gauges until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let HealthWatch {
-            outbox,
-            path,
-            budget,
-            stats,
-            readiness,
-            every,
-        } = self;
-        watch(
-            OutboxWatch {
-                outbox,
-                path,
-                budget,
-            },
-            stats,
-            readiness,
-            every,
-            shutdown,
-        )
-        .await
-    }
-}
-
-struct OutboxWatch {
-    outbox: Outbox,
-    path: PathBuf,
-    budget: u64,
-}
-
-async fn watch(
-    w: OutboxWatch,
-    stats: Arc<EdgeStats>,
-    readiness: Arc<Readiness>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let max_age = every * 4 + Duration::from_secs(5);
-    let dir = w
-        .path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut errors_seen = stats::get(&stats.outbox_errors);
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+        let max_age = self.every * 4 + Duration::from_secs(5);
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut errors_seen = stats::get(&self.stats.outbox_errors);
+        let mut ticker = admin::Ticker::new(self.every);
+        while ticker.next(&shutdown).await {
+            admin::set_link(
+                &self.readiness,
+                false,
+                (
+                    self.stats.link_up.load(Ordering::Relaxed),
+                    self.stats.link_error.get(),
+                ),
+                "connected to the broker",
+                "deciding locally under the offline policy, keeping suspects in the outbox",
+                max_age,
+            );
+            self.check_outbox(&dir, &mut errors_seen, max_age).await;
         }
-        let up = stats.link_up.load(Ordering::Relaxed);
-        readiness.set(
-            LINK,
-            false,
-            up,
-            if up {
-                "connected to the broker".to_string()
-            } else {
-                format!(
-                    "{}: deciding locally under the offline policy, keeping suspects in the outbox",
-                    stats
-                        .link_error
-                        .get()
-                        .unwrap_or_else(|| "not connected to the broker".into())
-                )
-            },
-            max_age,
-        );
-        let backlog = match w.outbox.backlog().await {
+    }
+
+    /// Sets the `outbox` check and the backlog gauges.
+    async fn check_outbox(&self, dir: &Path, errors_seen: &mut u64, max_age: Duration) {
+        let backlog = match self.outbox.backlog().await {
             Ok(b) => b,
             Err(e) => {
-                readiness.set(
+                self.readiness.set(
                     OUTBOX,
                     true,
                     false,
                     format!("cannot read the outbox: {e}"),
                     max_age,
                 );
-                continue;
+                return;
             }
         };
-        stats
+        self.stats
             .backlog_frames
             .store(backlog.frames, Ordering::Relaxed);
-        stats.backlog_bytes.store(backlog.bytes, Ordering::Relaxed);
-        stats.backlog_oldest_us.store(
+        self.stats
+            .backlog_bytes
+            .store(backlog.bytes, Ordering::Relaxed);
+        self.stats.backlog_oldest_us.store(
             backlog.oldest_capture_us.unwrap_or(0).max(0) as u64,
             Ordering::Relaxed,
         );
-        let dir2 = dir.clone();
+        let dir2 = dir.to_path_buf();
         let free = tokio::task::spawn_blocking(move || fs4::available_space(&dir2)).await;
-        let errors_now = stats::get(&stats.outbox_errors);
-        let new_errors = errors_now - errors_seen;
-        errors_seen = errors_now;
+        let errors_now = stats::get(&self.stats.outbox_errors);
+        let new_errors = errors_now - *errors_seen;
+        *errors_seen = errors_now;
         let (ok, detail) = match free {
             Ok(Ok(free)) => {
-                stats.disk_free.store(free, Ordering::Relaxed);
-                let growth = w.budget.saturating_sub(backlog.bytes);
+                self.stats.disk_free.store(free, Ordering::Relaxed);
+                let growth = self.budget.saturating_sub(backlog.bytes);
                 if new_errors > 0 {
                     (
                         false,
@@ -155,7 +116,7 @@ async fn watch(
                             mib(free),
                             dir.display(),
                             mib(growth),
-                            mib(w.budget)
+                            mib(self.budget)
                         ),
                     )
                 } else {
@@ -166,7 +127,7 @@ async fn watch(
                             backlog.frames,
                             mib(backlog.bytes),
                             mib(free),
-                            mib(w.budget)
+                            mib(self.budget)
                         ),
                     )
                 }
@@ -177,7 +138,7 @@ async fn watch(
             ),
             Err(e) => (false, format!("free-space check stopped: {e}")),
         };
-        readiness.set(OUTBOX, true, ok, detail, max_age);
+        self.readiness.set(OUTBOX, true, ok, detail, max_age);
     }
 }
 
@@ -188,7 +149,6 @@ fn mib(bytes: u64) -> String {
 /// The edge's metric samples now (the model's are added by the shared skeleton).
 pub fn samples(s: &EdgeStats) -> Vec<Sample> {
     let c = |metric, v: &std::sync::atomic::AtomicU64| Sample::of(metric, stats::get(v));
-    let (p50, p99, _, _) = stats::percentiles_ms(&s.decision_latency_us);
     let oldest = s.backlog_oldest_us.load(Ordering::Relaxed);
     let age = if oldest == 0 {
         0.0
@@ -221,18 +181,9 @@ pub fn samples(s: &EdgeStats) -> Vec<Sample> {
         ),
         c(&m::EDGE_BACKLOG_FRAMES, &s.backlog_frames),
         c(&m::EDGE_BACKLOG_BYTES, &s.backlog_bytes),
-        Sample {
-            metric: &m::EDGE_BACKLOG_AGE,
-            value: age,
-        },
+        Sample::gauge(&m::EDGE_BACKLOG_AGE, age),
         c(&m::EDGE_DISK_FREE, &s.disk_free),
-        Sample {
-            metric: &m::EDGE_DECISION_P50,
-            value: p50 / 1e3,
-        },
-        Sample {
-            metric: &m::EDGE_DECISION_P99,
-            value: p99 / 1e3,
-        },
+        Sample::histogram(&m::EDGE_DECISION_LATENCY, &s.decision_latency),
+        Sample::histogram(&m::EDGE_OUTBOX_COMMIT, &s.outbox_commit),
     ]
 }

@@ -3,6 +3,7 @@
 use hdrhistogram::Histogram;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tierline_shared::metrics::Latency;
 
 /// Live edge figures. All counters only grow.
 #[derive(Debug)]
@@ -57,8 +58,12 @@ pub struct EdgeStats {
     pub backlog_oldest_us: AtomicU64,
     /// Free bytes on the outbox's file system at the last health check.
     pub disk_free: AtomicU64,
-    /// Capture → line decision for suspects, µs.
+    /// Capture → line decision for suspects, µs, for the live summary's quantiles.
     pub decision_latency_us: Mutex<Histogram<u64>>,
+    /// Capture → line decision for suspects, exported as a Prometheus histogram.
+    pub decision_latency: Latency,
+    /// Outbox commit time per group of forwarded frames.
+    pub outbox_commit: Latency,
 }
 
 impl Default for EdgeStats {
@@ -93,6 +98,8 @@ impl Default for EdgeStats {
             backlog_oldest_us: AtomicU64::new(0),
             disk_free: AtomicU64::new(0),
             decision_latency_us: hist(),
+            decision_latency: Latency::default(),
+            outbox_commit: Latency::default(),
         }
     }
 }
@@ -110,6 +117,14 @@ pub fn add(c: &AtomicU64, n: u64) {
 /// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+/// Records a suspect's decision latency in µs, for the summary and the exported histogram.
+pub fn record_decision(stats: &EdgeStats, us: u64) {
+    record(&stats.decision_latency_us, us);
+    stats
+        .decision_latency
+        .observe(std::time::Duration::from_micros(us));
 }
 
 /// Records a latency in µs.

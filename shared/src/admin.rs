@@ -199,6 +199,49 @@ impl Readiness {
     }
 }
 
+/// Name of the MQTT link check, on both tiers.
+pub const LINK: &str = "link";
+
+/// Sets the `link` check from the link's state: up with `up_detail`, or down with the link's last error and
+/// what the process does meanwhile (`while_down`).
+pub fn set_link(
+    readiness: &Readiness,
+    required: bool,
+    link: (bool, Option<String>),
+    up_detail: &str,
+    while_down: &str,
+    max_age: Duration,
+) {
+    let (up, error) = link;
+    let detail = if up {
+        up_detail.to_string()
+    } else {
+        format!(
+            "{}; {while_down}",
+            error.unwrap_or_else(|| "not connected to the broker".into())
+        )
+    };
+    readiness.set(LINK, required, up, detail, max_age);
+}
+
+/// The clock of every health watcher: ticks at once and then every period, until shutdown.
+pub struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    /// Ticking every `every`.
+    pub fn new(every: Duration) -> Self {
+        Self(tokio::time::interval(every))
+    }
+
+    /// Waits for the next tick; `false` once `shutdown` is cancelled.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = self.0.tick() => true,
+        }
+    }
+}
+
 /// What the admin endpoint serves.
 #[derive(Clone)]
 pub struct Admin {

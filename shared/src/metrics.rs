@@ -1,8 +1,9 @@
 //! Every Prometheus metric Tierline exports, in one place: name, kind and help.
 //!
-//! The edge and the cloud keep their figures in plain atomics (`EdgeStats`, `CloudStats`, the model
-//! supervisor's counters); at each scrape they turn them into [`Sample`]s of the metrics below, and
-//! [`render`] writes the OpenMetrics text format with `prometheus-client`. Counters are exported with the
+//! The edge and the cloud keep their figures in plain atomics and [`Latency`] histograms (`EdgeStats`,
+//! `CloudStats`, the model supervisor's counters); at each scrape they turn them into [`Sample`]s of the
+//! metrics below, and [`render`] writes the OpenMetrics text format with `prometheus-client`. Latencies are
+//! histograms, which aggregate across edges and workers (quantile gauges do not). Counters are exported with the
 //! `_total` suffix ([`Metric::exported_name`]); the README lists every exported name, and a test keeps the
 //! two in step.
 
@@ -10,6 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Whether a metric only grows or goes up and down.
@@ -19,6 +21,8 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// A distribution of durations in seconds (exported as `_bucket`, `_sum` and `_count` series).
+    Histogram,
 }
 
 /// One exported metric.
@@ -37,27 +41,62 @@ impl Metric {
     pub fn exported_name(&self) -> String {
         match self.kind {
             Kind::Counter => format!("{}_total", self.name),
-            Kind::Gauge => self.name.to_string(),
+            Kind::Gauge | Kind::Histogram => self.name.to_string(),
         }
     }
 }
 
 /// A metric's value at scrape time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sample {
     /// Which metric.
     pub metric: &'static Metric,
-    /// Its value.
+    /// Its value (counters and gauges).
     pub value: f64,
+    /// Its distribution (histograms).
+    pub histogram: Option<Latency>,
 }
 
 impl Sample {
     /// A sample from an integer figure.
     pub fn of(metric: &'static Metric, value: u64) -> Self {
+        Self::gauge(metric, value as f64)
+    }
+
+    /// A sample from a real figure.
+    pub fn gauge(metric: &'static Metric, value: f64) -> Self {
         Self {
             metric,
-            value: value as f64,
+            value,
+            histogram: None,
         }
+    }
+
+    /// A histogram's current state.
+    pub fn histogram(metric: &'static Metric, latency: &Latency) -> Self {
+        Self {
+            metric,
+            value: 0.0,
+            histogram: Some(latency.clone()),
+        }
+    }
+}
+
+/// A latency histogram in seconds: buckets from 0.5 ms doubling up to about 16 s. Cheap to clone; clones
+/// share the counts.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.0005, 2.0, 16)))
+    }
+}
+
+impl Latency {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
     }
 }
 
@@ -142,10 +181,10 @@ metrics! {
     EDGE_BACKLOG_AGE = ("tierline_edge_backlog_oldest_age_seconds", Gauge, "Age of the oldest frame in the outbox, in seconds (0 when empty).");
     /// Free disk space for the outbox.
     EDGE_DISK_FREE = ("tierline_edge_outbox_disk_free_bytes", Gauge, "Free space on the outbox's file system, in bytes.");
-    /// Decision latency p50.
-    EDGE_DECISION_P50 = ("tierline_edge_decision_latency_p50_seconds", Gauge, "Median capture-to-decision latency of suspects since start, in seconds.");
-    /// Decision latency p99.
-    EDGE_DECISION_P99 = ("tierline_edge_decision_latency_p99_seconds", Gauge, "99th percentile capture-to-decision latency of suspects since start, in seconds.");
+    /// Decision latency of suspects.
+    EDGE_DECISION_LATENCY = ("tierline_edge_decision_latency_seconds", Histogram, "Capture-to-decision latency of suspects (from a cloud verdict or the local fallback), in seconds.");
+    /// Outbox commit latency.
+    EDGE_OUTBOX_COMMIT = ("tierline_edge_outbox_commit_seconds", Histogram, "Time to commit one group of forwarded frames to the outbox (with its fsync under sync = full), in seconds.");
 
     // Cloud.
     /// Frame messages received.
@@ -166,10 +205,10 @@ metrics! {
     CLOUD_FAILURES = ("tierline_cloud_failures", Counter, "Frames left without a verdict because inference or storage failed (the edge resends them).");
     /// Link state.
     CLOUD_LINK_UP = ("tierline_cloud_link_up", Gauge, "1 while connected and subscribed.");
-    /// Inference calls.
-    CLOUD_INFERENCES = ("tierline_cloud_inferences", Counter, "Frames scored by the full model.");
-    /// Inference time.
-    CLOUD_INFERENCE_SECONDS = ("tierline_cloud_inference_seconds", Counter, "Time frames spent in inference (waiting for a batch plus the batch run), in seconds; divide by tierline_cloud_inferences_total for the mean batch latency per frame.");
+    /// Inference latency per frame.
+    CLOUD_INFERENCE_LATENCY = ("tierline_cloud_inference_latency_seconds", Histogram, "Time a frame spends in inference (waiting for a batch plus the batch run), in seconds; its _count is the number of frames scored.");
+    /// Store commit latency.
+    CLOUD_STORE_COMMIT = ("tierline_cloud_store_commit_seconds", Histogram, "Time to store one verdict (its transaction, with the database's fsync), in seconds.");
     /// Presence updates.
     CLOUD_PRESENCE_UPDATES = ("tierline_cloud_presence_updates", Counter, "Edge presence and heartbeat messages recorded in the edges table.");
     /// Leader lease.
@@ -201,6 +240,16 @@ impl Collector for Snapshot {
                     let g = ConstGauge::new(s.value);
                     g.encode(encoder.encode_descriptor(m.name, m.help, None, g.metric_type())?)?;
                 }
+                Kind::Histogram => {
+                    if let Some(Latency(h)) = &s.histogram {
+                        h.encode(encoder.encode_descriptor(
+                            m.name,
+                            m.help,
+                            None,
+                            h.metric_type(),
+                        )?)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -228,10 +277,12 @@ mod tests {
     fn renders_counters_with_total_and_gauges_as_is() {
         let text = render(vec![
             Sample::of(&EDGE_FRAMES_CAPTURED, 42),
-            Sample {
-                metric: &EDGE_BACKLOG_AGE,
-                value: 1.5,
-            },
+            Sample::gauge(&EDGE_BACKLOG_AGE, 1.5),
+            Sample::histogram(&EDGE_DECISION_LATENCY, &{
+                let l = Latency::default();
+                l.observe(std::time::Duration::from_millis(3));
+                l
+            }),
         ]);
         assert!(
             text.contains("# TYPE tierline_edge_frames_captured counter"),
@@ -243,6 +294,18 @@ mod tests {
         );
         assert!(
             text.contains("tierline_edge_backlog_oldest_age_seconds 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE tierline_edge_decision_latency_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierline_edge_decision_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierline_edge_decision_latency_seconds_bucket{le=\"0.004\"} 1"),
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");

@@ -457,10 +457,7 @@ impl ServedModel {
             Sample::of(&m::MODEL_RELOADS, g(&c.reloads)),
             Sample::of(&m::MODEL_RELOAD_FAILURES, g(&c.reload_failures)),
             Sample::of(&m::MODEL_INFERENCE_ERRORS, g(&c.inference_errors)),
-            Sample {
-                metric: &m::MODEL_PROBE_SECONDS,
-                value: g(&c.last_probe_us) as f64 / 1e6,
-            },
+            Sample::gauge(&m::MODEL_PROBE_SECONDS, g(&c.last_probe_us) as f64 / 1e6),
         ]
     }
 }

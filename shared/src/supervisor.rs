@@ -113,6 +113,28 @@ impl StageFailure {
     }
 }
 
+/// One step of a drain: cancel `cancel`, then wait up to `grace` for `stages` to end.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain<'a> {
+    /// The token that stops this step's stages.
+    pub cancel: &'a CancellationToken,
+    /// The stages to wait for.
+    pub stages: &'a [&'a str],
+    /// How long to wait for them.
+    pub grace: Duration,
+}
+
+impl<'a> Drain<'a> {
+    /// Cancel `cancel`, then wait up to `grace` for `stages`.
+    pub fn of(cancel: &'a CancellationToken, stages: &'a [&'a str], grace: Duration) -> Self {
+        Self {
+            cancel,
+            stages,
+            grace,
+        }
+    }
+}
+
 /// How a stage's task ended, and when.
 type Exit = (Arc<str>, Result<(), BoxError>, Instant);
 
@@ -236,6 +258,35 @@ impl Supervisor {
             while self.tasks.join_next().await.is_some() {}
         }
         failures
+    }
+
+    /// Runs the binary to its end: waits for `shutdown` or the first failure, then drains in `steps`
+    /// order (each cancels its token, then waits up to its grace for the named stages), then waits up to
+    /// `grace` for every other stage. Returns the failure that stopped the binary, else the first one seen
+    /// while draining; the others are logged.
+    pub async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+        steps: &[Drain<'_>],
+        grace: Duration,
+    ) -> Result<(), StageFailure> {
+        let failure = self.watch(shutdown).await.err();
+        if let Some(e) = &failure {
+            tracing::error!(parent: &self.span, error = %e, "A stage failed; draining the others, then stopping.");
+        }
+        let mut later = Vec::new();
+        for step in steps {
+            step.cancel.cancel();
+            later.extend(self.drain(step.stages, step.grace).await);
+        }
+        later.extend(self.finish(grace).await);
+        for e in &later {
+            tracing::error!(error = %e, "A stage failed while draining.");
+        }
+        match failure.or_else(|| later.into_iter().next()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Accounts one ended task; returns a failure if its ending is one.

@@ -9,6 +9,7 @@ pub mod outage;
 pub mod pg;
 pub mod pipeline;
 pub mod process;
+pub mod review;
 pub mod shipped;
 
 pub use mosquitto::Mosquitto;

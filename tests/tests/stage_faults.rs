@@ -72,6 +72,30 @@ fn names_stage(log: &str, stage: &str) -> bool {
     })
 }
 
+/// Waits for the process to exit after `fault`, and checks that it failed naming `stage`.
+fn stops_naming(
+    child: &mut std::process::Child,
+    log: &Path,
+    stage: &str,
+    fault: &str,
+) -> std::process::ExitStatus {
+    let status = process::wait_exit(child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(status) = status else {
+        process::kill9(child);
+        panic!("{fault}: the process kept running; log:\n{text}");
+    };
+    assert!(
+        !status.success(),
+        "{fault}: the process exited {status}; log:\n{text}"
+    );
+    assert!(
+        names_stage(&text, stage),
+        "{fault}: no line names stage {stage:?}; log:\n{text}"
+    );
+    status
+}
+
 /// Every frame the edge accepted, by its decision log and what its outbox held when it stopped.
 fn accepted(log: &Decisions, held: &[u64]) -> BTreeSet<u64> {
     let mut all: BTreeSet<u64> = held.iter().copied().collect();
@@ -109,20 +133,7 @@ async fn a_failing_edge_stage_stops_the_edge_by_name_and_loses_no_frame() {
         std::fs::write(&config, edge_toml(broker.port(), &edge_dir, &id, "")).unwrap();
         let fault = format!("{stage}:{kind}:{AFTER_MS}");
         let mut edge = process::spawn_edge_with(&config, &log, &[("TIERLINE_FAULT", &fault)]);
-        let status = process::wait_exit(&mut edge, Duration::from_secs(60));
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let Some(status) = status else {
-            process::kill9(&mut edge);
-            panic!("{fault}: the edge kept running; log:\n{text}");
-        };
-        assert!(
-            !status.success(),
-            "{fault}: the edge exited {status}; log:\n{text}"
-        );
-        assert!(
-            names_stage(&text, stage),
-            "{fault}: no line names stage {stage:?}; log:\n{text}"
-        );
+        let status = stops_naming(&mut edge, &log, stage, &fault);
         let held = process::outbox_seqs(&db).await;
 
         // Restart without the fault and without new frames: the backlog drains.
@@ -199,20 +210,7 @@ async fn a_failing_cloud_stage_stops_the_worker_by_name_and_loses_no_frame() {
         let fault = format!("{stage}:{kind}:{AFTER_MS}");
         let mut cloud =
             process::spawn_cloud_with(&cloud_config, &cloud_log, &[("TIERLINE_FAULT", &fault)]);
-        let status = process::wait_exit(&mut cloud, Duration::from_secs(60));
-        let text = std::fs::read_to_string(&cloud_log).unwrap_or_default();
-        let Some(status) = status else {
-            process::kill9(&mut cloud);
-            panic!("{fault}: the worker kept running; log:\n{text}");
-        };
-        assert!(
-            !status.success(),
-            "{fault}: the worker exited {status}; log:\n{text}"
-        );
-        assert!(
-            names_stage(&text, stage),
-            "{fault}: no line names stage {stage:?}; log:\n{text}"
-        );
+        let status = stops_naming(&mut cloud, &cloud_log, stage, &fault);
         eprintln!("{fault}: exit {status}");
     }
     // The edge kept frames flowing meanwhile; a healthy worker answers all of them.

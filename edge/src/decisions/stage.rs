@@ -153,11 +153,11 @@ fn account(stats: &EdgeStats, e: &Event) {
             match source {
                 Source::Cloud => {
                     stats::inc(&stats.decisions_cloud);
-                    stats::record(&stats.decision_latency_us, *latency_us);
+                    stats::record_decision(stats, *latency_us);
                 }
                 Source::LocalFallback => {
                     stats::inc(&stats.decisions_fallback);
-                    stats::record(&stats.decision_latency_us, *latency_us);
+                    stats::record_decision(stats, *latency_us);
                 }
                 Source::Edge | Source::Unreadable => {}
             }

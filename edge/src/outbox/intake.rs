@@ -52,7 +52,10 @@ impl Intake {
                 let _ = decisions.send(Input::Forwarded(f.pending.clone())).await;
             }
             let records: Vec<Record> = batch.iter().map(|f| f.record.clone()).collect();
-            match outbox.append(&records).await {
+            let started = std::time::Instant::now();
+            let appended = outbox.append(&records).await;
+            stats.outbox_commit.observe(started.elapsed());
+            match appended {
                 Ok(evicted) => {
                     for e in &evicted {
                         tracing::warn!(seq = e.seq, reason = ?e.reason, score = e.score, "Outbox budget reached; evicted a frame by policy (audits first, then lowest scores).");

@@ -1,0 +1,115 @@
+//! A review API on a seeded SQLite store, for the API's own tests and the review CLI's.
+
+use std::net::SocketAddr;
+use tierline_cloud::config::ApiConfig;
+use tierline_cloud::store::Store;
+use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Presence, Verdict};
+use tokio_util::sync::CancellationToken;
+
+/// The bearer token the test review API requires.
+pub const TOKEN: &str = "s3cret-token";
+
+/// A review API serving a seeded store, stopped when dropped.
+pub struct ReviewServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its store.
+    pub store: Store,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ReviewServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A stored frame of `edge` (a 5-byte PNG-looking image), with the local action `local`.
+pub fn frame(edge: &str, seq: u64, capture_us: i64, local: &str) -> FrameEnvelope {
+    FrameEnvelope {
+        protocol_version: 1,
+        edge_id: edge.into(),
+        seq,
+        frame_id: wire::frame_id(edge, seq),
+        site: "plant".into(),
+        line: "l1".into(),
+        camera_id: "cam-0".into(),
+        capture_time_us: capture_us,
+        reason: 1,
+        edge_score: 0.8,
+        edge_model_version: "pre-1".into(),
+        encoding: 2,
+        image: vec![0x89, b'P', b'N', b'G', seq as u8],
+        edge_local_action: local.into(),
+    }
+}
+
+/// A verdict labelling frame `seq` of `edge`.
+pub fn verdict(edge: &str, seq: u64, label: &str) -> Verdict {
+    Verdict {
+        protocol_version: 1,
+        edge_id: edge.into(),
+        seq,
+        frame_id: wire::frame_id(edge, seq),
+        cloud_model_version: "full-1".into(),
+        label: label.into(),
+        defective: label != "good",
+        defect_score: 0.5,
+        scores: vec![ClassScore {
+            class_name: label.into(),
+            probability: 0.75,
+        }],
+        verdict_time_us: tierline_shared::time::now_us(),
+        ..Verdict::default()
+    }
+}
+
+/// Starts a review API on a seeded SQLite store: edge-a seqs 1..=5 (seq 2 rejected locally but good: a
+/// disagreement), one edge online.
+pub async fn start() -> ReviewServer {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cloud.db").display());
+    let store = Store::open(&url, true).await.unwrap();
+    for seq in 1..=5u64 {
+        let local = if seq == 2 { "reject" } else { "" };
+        let label = if seq % 2 == 0 { "good" } else { "scratch" };
+        store
+            .store(
+                &frame("edge-a", seq, 1_000_000 * seq as i64, local),
+                &verdict("edge-a", seq, label),
+            )
+            .await
+            .unwrap();
+    }
+    let p = Presence {
+        protocol_version: 1,
+        edge_id: "edge-a".into(),
+        state: wire::PresenceState::Online as i32,
+        time_us: tierline_shared::time::now_us(),
+        edge_model_version: "pre-1".into(),
+        site: "plant".into(),
+        line: "l1".into(),
+    };
+    store
+        .record_presence(&p, tierline_shared::time::now_us())
+        .await
+        .unwrap();
+    let config = ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.into()),
+        ..ApiConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let api = tierline_cloud::api::ReviewApi::bind(config, store.clone())
+        .await
+        .unwrap();
+    let addr = api.addr();
+    tokio::spawn(api.run(stop.clone()));
+    ReviewServer {
+        addr,
+        store,
+        stop,
+        _dir: dir,
+    }
+}
