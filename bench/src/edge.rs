@@ -24,7 +24,7 @@ use tierline_edge::camera::CapturedFrame;
 use tierline_edge::config::{DecisionConfig, OutboxConfig};
 use tierline_edge::decisions::stage::{Decisions, LocalRecorder};
 use tierline_edge::decisions::{Book, OfflineRules};
-use tierline_edge::outbox::intake::Intake;
+use tierline_edge::intake::Intake;
 use tierline_edge::outbox::{Outbox, SeqAllocator};
 use tierline_edge::prescreen::{self, Prescreen};
 use tierline_shared::preprocess::Preprocessor;

@@ -9,7 +9,7 @@
 
 use crate::camera::CapturedFrame;
 use crate::decisions::{Action, Event, Input, Pending, Source};
-use crate::outbox::intake::Forward;
+use crate::intake::Forward;
 use crate::outbox::{OutboxError, Record, SeqAllocator};
 use crate::stats::{self, EdgeStats};
 use rand::{Rng, SeedableRng};

@@ -1,10 +1,10 @@
 //! The decision sink: one JSON object per line, to stdout, a file, or an MQTT topic.
 
 use crate::config::SinkConfig;
-use crate::decisions::Event;
+use crate::decisions::SinkItem as Item;
 use rumqttc::{AsyncClient, QoS};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Errors from the sink.
 #[derive(Debug, thiserror::Error)]
@@ -17,30 +17,6 @@ pub enum SinkError {
         /// I/O error.
         source: std::io::Error,
     },
-}
-
-/// What the decision stage hands to the sink.
-#[derive(Debug)]
-pub enum Item {
-    /// An event to write.
-    Event(Event),
-    /// Fired once every event before it has been written (handed to the operating system). The outbox forgets
-    /// a frame only after its verdict's event passed such a barrier, so a crash cannot lose the event.
-    Barrier(oneshot::Sender<()>),
-}
-
-impl Item {
-    /// The event to write, or `None` for a barrier, which is answered here: every earlier event has been
-    /// written by then (each is flushed when written).
-    fn into_event(self) -> Option<Event> {
-        match self {
-            Item::Event(e) => Some(e),
-            Item::Barrier(done) => {
-                let _ = done.send(());
-                None
-            }
-        }
-    }
 }
 
 /// The sink stage.

@@ -391,6 +391,30 @@ impl Book {
     }
 }
 
+/// What the decision stage hands to the sink.
+#[derive(Debug)]
+pub enum SinkItem {
+    /// An event to write.
+    Event(Event),
+    /// Fired once every event before it has been written (handed to the operating system). The outbox forgets
+    /// a frame only after its verdict's event passed such a barrier, so a crash cannot lose the event.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+impl SinkItem {
+    /// The event to write, or `None` for a barrier, which this call answers. The sink calls it in order,
+    /// after writing (and flushing) every earlier event.
+    pub fn into_event(self) -> Option<Event> {
+        match self {
+            SinkItem::Event(e) => Some(e),
+            SinkItem::Barrier(done) => {
+                let _ = done.send(());
+                None
+            }
+        }
+    }
+}
+
 /// Inputs of the decision stage.
 #[derive(Debug)]
 pub enum Input {

@@ -1,9 +1,8 @@
 //! The decision stage: drives the [`Book`] with deadline timers and the inputs of the other stages, and
 //! the recorder that writes provisional local decisions into the outbox.
 
-use super::{Action, Book, Event, Input, Source};
+use super::{Action, Book, Event, Input, SinkItem as Item, Source};
 use crate::outbox::Outbox;
-use crate::sink::Item;
 use crate::stats::{self, EdgeStats};
 use std::collections::HashMap;
 use std::sync::Arc;

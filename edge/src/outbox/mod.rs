@@ -54,8 +54,6 @@ use tierline_shared::wire::ForwardReason;
 mod evict;
 mod seqs;
 
-pub mod intake;
-
 pub use evict::ranks_below;
 use evict::{delete, record_eviction};
 pub use seqs::SeqAllocator;

@@ -7,7 +7,7 @@
 //!    first) — [`Outbox::lookup`];
 //! 2. hand verdict and memory to the decision stage, which emits the decision, reconciliation or audit event;
 //! 3. send a write barrier ([`Input::Written`]) through the decision stage to the sink, which answers it once
-//!    every event before it has been written ([`crate::sink::Item::Barrier`]);
+//!    every event before it has been written ([`crate::decisions::SinkItem::Barrier`]);
 //! 4. only then delete the records — [`Outbox::ack`].
 //!
 //! A crash anywhere before step 4 leaves the record: the frame is sent again, the cloud answers from its

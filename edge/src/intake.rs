@@ -1,8 +1,8 @@
 //! The intake stage: accepts forwarded frames into the outbox with grouped commits (one fsync per batch), then registers them
 //! with the decision stage and wakes the uplink. A frame is published only after its commit returned.
 
-use super::{Outbox, Record};
 use crate::decisions::{Input, Pending};
+use crate::outbox::{Outbox, Record};
 use crate::stats::{self, EdgeStats};
 use std::sync::Arc;
 use tierline_shared::wire::ForwardReason;
