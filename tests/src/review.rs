@@ -68,9 +68,9 @@ pub fn verdict(edge: &str, seq: u64, label: &str) -> Verdict {
 /// Starts a review API on a seeded SQLite store: edge-a seqs 1..=5 (seq 2 rejected locally but good: a
 /// disagreement), one edge online.
 pub async fn start() -> ReviewServer {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}", dir.path().join("cloud.db").display());
-    let store = Store::open(&url, true).await.unwrap();
+    let store = Store::open(&url, true).await.expect("test store");
     for seq in 1..=5u64 {
         let local = if seq == 2 { "reject" } else { "" };
         let label = if seq % 2 == 0 { "good" } else { "scratch" };
@@ -80,7 +80,7 @@ pub async fn start() -> ReviewServer {
                 &verdict("edge-a", seq, label),
             )
             .await
-            .unwrap();
+            .expect("seed a verdict");
     }
     let p = Presence {
         protocol_version: 1,
@@ -94,16 +94,16 @@ pub async fn start() -> ReviewServer {
     store
         .record_presence(&p, tierline_shared::time::now_us())
         .await
-        .unwrap();
+        .expect("seed presence");
     let config = ApiConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: ([127, 0, 0, 1], 0).into(),
         token: Some(TOKEN.into()),
         ..ApiConfig::default()
     };
     let stop = CancellationToken::new();
     let api = tierline_cloud::api::ReviewApi::bind(config, store.clone())
         .await
-        .unwrap();
+        .expect("review API listens");
     let addr = api.addr();
     tokio::spawn(api.run(stop.clone()));
     ReviewServer {
