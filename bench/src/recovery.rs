@@ -106,12 +106,15 @@ async fn fill(db: &Path, n: u64, image: &[u8], edge_id: &str) -> anyhow::Result<
             encoding: ImageEncoding::Jpeg as i32,
             image: image.to_vec(),
             attempts: 0,
-            local_action: Some("reject".into()),
+            local_action: Some(tierline_shared::action::Action::Reject),
         });
         decided.push(seq);
         if batch.len() == 1000 || i + 1 == n {
             outbox.append(&batch).await?;
-            let d: Vec<(u64, &str)> = decided.iter().map(|&s| (s, "reject")).collect();
+            let d: Vec<(u64, tierline_shared::action::Action)> = decided
+                .iter()
+                .map(|&s| (s, tierline_shared::action::Action::Reject))
+                .collect();
             outbox.record_local(&d).await?;
             batch.clear();
             decided.clear();

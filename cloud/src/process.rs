@@ -123,7 +123,7 @@ impl Processor {
         let (edge_id, seq) = (frame.edge_id.as_str(), frame.seq);
         match self
             .store
-            .lookup(edge_id, seq, &frame.edge_local_action)
+            .lookup(edge_id, seq, tierline_shared::action::local_action(frame))
             .await
         {
             Ok(Some(existing)) => {

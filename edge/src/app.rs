@@ -292,9 +292,9 @@ impl App {
             .iter()
             .map(|r| decisions::decided_at_restart(r, &rules, &*clock))
             .collect();
-        let recorded: Vec<(u64, &str)> = undecided
+        let recorded: Vec<(u64, decisions::Action)> = undecided
             .iter()
-            .map(|r| (r.seq, rules.action(r.score).as_str()))
+            .map(|r| (r.seq, rules.action(r.score)))
             .collect();
         outbox.record_local(&recorded).await?;
         if !undecided.is_empty() {

@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Builds the wire envelope of a record.
 pub fn envelope(addr: &EdgeAddress, model_version: &str, r: &Record) -> FrameEnvelope {
-    FrameEnvelope {
+    let mut envelope = FrameEnvelope {
         protocol_version: wire::PROTOCOL_VERSION,
         edge_id: addr.edge_id().into(),
         camera_id: r.camera_id.clone(),
@@ -36,8 +36,10 @@ pub fn envelope(addr: &EdgeAddress, model_version: &str, r: &Record) -> FrameEnv
         image: r.image.clone(),
         site: addr.site().into(),
         line: addr.line().into(),
-        edge_local_action: r.local_action.clone().unwrap_or_default(),
-    }
+        ..FrameEnvelope::default()
+    };
+    tierline_shared::action::set_local_action(&mut envelope, r.local_action);
+    envelope
 }
 
 /// The uplink stage.

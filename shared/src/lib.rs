@@ -1,5 +1,6 @@
 //! Code shared by Tierline's edge and cloud tiers.
 //!
+//! - [`action`]: what the line does with a part, shared by the decision log, outbox, wire and store.
 //! - [`admin`]: the HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`) and readiness checks.
 //! - [`metrics`]: every exported Prometheus metric, and their rendering.
 //! - [`serving`]: the served model's supervisor (golden probes, watchdog, hot reload).
@@ -18,6 +19,7 @@
 //! - [`telemetry`]: logging setup.
 //! - [`time`]: wall-clock helpers.
 
+pub mod action;
 pub mod admin;
 pub mod config;
 pub mod manifest;

@@ -179,8 +179,8 @@ impl Supervisor {
         let task_name = name.clone();
         let handle = self.tasks.spawn(
             async move {
-                let result = fut.await;
-                (task_name, result, Instant::now())
+                let (result, fault_at) = fut.await;
+                (task_name, result, fault_at.unwrap_or_else(Instant::now))
             }
             .instrument(span),
         );
@@ -416,7 +416,7 @@ mod faults {
     use super::BoxError;
     use std::future::Future;
     use std::pin::Pin;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// Where and how to inject a fault, from `TIERLINE_FAULT=<stage>:<panic|return|error>:<after_ms>`.
     fn planned(stage: &str) -> Option<(String, Duration)> {
@@ -427,24 +427,32 @@ mod faults {
         (target == stage).then(|| (kind.to_string(), Duration::from_millis(after)))
     }
 
-    /// The stage, or the stage with the planned fault.
+    /// The stage, or the stage with the planned fault. With a fault, also the instant it landed: taken before
+    /// the stage is dropped (which closes its channels and may end its neighbours), so the supervisor can
+    /// tell the cause from the consequences.
     pub(super) fn wrap(
         stage: &str,
         fut: impl Future<Output = Result<(), BoxError>> + Send + 'static,
-    ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = (Result<(), BoxError>, Option<Instant>)> + Send>> {
         let Some((kind, after)) = planned(stage) else {
-            return Box::pin(fut);
+            return Box::pin(async move { (fut.await, None) });
         };
         tracing::warn!(stage, kind = %kind, after = ?after, "Fault injection planned for this stage.");
         let stage = stage.to_string();
         Box::pin(async move {
+            let mut fut = std::pin::pin!(fut);
             tokio::select! {
-                r = fut => r,
-                _ = tokio::time::sleep(after) => match kind.as_str() {
-                    "panic" => panic!("fault injected into stage {stage}"),
-                    "return" => Ok(()),
-                    _ => Err(format!("fault injected into stage {stage}").into()),
-                },
+                r = &mut fut => return (r, None),
+                _ = tokio::time::sleep(after) => {}
+            }
+            let at = Instant::now();
+            match kind.as_str() {
+                "panic" => panic!("fault injected into stage {stage}"),
+                "return" => (Ok(()), Some(at)),
+                _ => (
+                    Err(format!("fault injected into stage {stage}").into()),
+                    Some(at),
+                ),
             }
         })
     }
@@ -454,13 +462,14 @@ mod faults {
 mod faults {
     use super::BoxError;
     use std::future::Future;
+    use std::time::Instant;
 
     /// The stage as it is (fault injection is compiled out).
     pub(super) fn wrap(
         _stage: &str,
         fut: impl Future<Output = Result<(), BoxError>> + Send + 'static,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
-        fut
+    ) -> impl Future<Output = (Result<(), BoxError>, Option<Instant>)> + Send + 'static {
+        async move { (fut.await, None) }
     }
 }
 
@@ -548,6 +557,9 @@ mod tests {
         s.spawn("producer", Ends::OnShutdown, async move {
             let _ = tx.send(1).await;
             tx.closed().await;
+            // Like a stage that finds its output closed at its next send. (Two stages ending within
+            // microseconds of each other cannot be told apart by their end times.)
+            tokio::time::sleep(Duration::from_millis(20)).await;
         });
         let e = s.watch(&stop).await.unwrap_err();
         assert_eq!(e.stage(), "consumer");

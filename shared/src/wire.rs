@@ -11,8 +11,8 @@ pub mod pb {
 }
 
 pub use pb::{
-    ClassScore, ForwardReason, FrameEnvelope, Heartbeat, ImageEncoding, Presence, Verdict,
-    presence::State as PresenceState,
+    ClassScore, ForwardReason, FrameEnvelope, Heartbeat, ImageEncoding, LineAction, Presence,
+    Verdict, presence::State as PresenceState,
 };
 
 /// The protocol major version this build speaks.
@@ -200,6 +200,7 @@ mod tests {
             site: "plant".into(),
             line: "l1".into(),
             edge_local_action: String::new(),
+            local_action: 0,
         }
     }
 

@@ -42,6 +42,7 @@ pub fn frame(edge: &str, seq: u64, capture_us: i64, local: &str) -> FrameEnvelop
         encoding: 2,
         image: vec![0x89, b'P', b'N', b'G', seq as u8],
         edge_local_action: local.into(),
+        ..FrameEnvelope::default()
     }
 }
 

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 use tierline_cloud::store::{FrameFilter, RetentionPolicy, ReviewRow, Store, StoreError, Stored};
+use tierline_shared::action::Action;
 use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Heartbeat, Presence, Verdict};
 use tierline_tests::pg::TestDb;
 
@@ -111,10 +112,14 @@ async fn storing_is_idempotent_and_counts_deliveries(s: Store) {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        s.lookup("e1", 1, "reject").await.unwrap().unwrap().label,
+        s.lookup("e1", 1, Some(Action::Reject))
+            .await
+            .unwrap()
+            .unwrap()
+            .label,
         "spot"
     );
-    assert!(s.lookup("e1", 2, "").await.unwrap().is_none());
+    assert!(s.lookup("e1", 2, None).await.unwrap().is_none());
     assert_eq!(s.verdict_count().await.unwrap(), 1);
     let (row, image, _) = s.get_frame("e1", 1).await.unwrap().unwrap();
     assert_eq!(row.deliveries, 3, "store, store again, lookup");

@@ -4,6 +4,7 @@
 use super::models::INSERT_MODEL_VERSION;
 use super::{Pool, Store, StoreError};
 use sqlx::FromRow;
+use tierline_shared::action::Action;
 use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Verdict};
 
 /// The outcome of storing a verdict.
@@ -45,13 +46,14 @@ const COUNT_DELIVERY: &str = "UPDATE frames SET deliveries = deliveries + 1,
 
 impl Store {
     /// The stored verdict of `(edge_id, seq)`, counting this delivery.
-    /// A non-empty `edge_local_action` (the edge decided locally meanwhile) is recorded too.
+    /// A `local_action` (the edge decided locally meanwhile) is recorded too.
     pub async fn lookup(
         &self,
         edge_id: &str,
         seq: u64,
-        edge_local_action: &str,
+        local_action: Option<Action>,
     ) -> Result<Option<Verdict>, StoreError> {
+        let edge_local_action = local_action.map(Action::as_str).unwrap_or_default();
         let row: Option<VerdictRow> = on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("lookup"))?;
             // The write comes first: on SQLite a transaction that reads and then writes cannot wait for the
@@ -117,7 +119,11 @@ impl Store {
                 .bind(image)
                 .bind(image_bytes)
                 .bind(now)
-                .bind(&frame.edge_local_action)
+                .bind(
+                    tierline_shared::action::local_action(frame)
+                        .map(Action::as_str)
+                        .unwrap_or_default(),
+                )
                 .execute(&mut *tx)
                 .await
                 .map_err(self.err("store"))?;

@@ -23,17 +23,7 @@ use tierline_shared::wire::Verdict;
 
 pub mod stage;
 
-/// What the line does with a part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Let it through.
-    Pass,
-    /// Take it off the line.
-    Reject,
-    /// Let it through but hold it for review.
-    Quarantine,
-}
+pub use tierline_shared::action::Action;
 
 /// Who took a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -165,26 +155,6 @@ fn cloud_action(v: &Verdict) -> Action {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-impl Action {
-    /// The action as written to the outbox and the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pass => "pass",
-            Action::Reject => "reject",
-            Action::Quarantine => "quarantine",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pass" => Action::Pass,
-            "reject" => Action::Reject,
-            "quarantine" => Action::Quarantine,
-            _ => return None,
-        })
-    }
 }
 
 /// The offline policy: what a suspect without a verdict gets at its deadline, by prescreen score band.
@@ -322,7 +292,7 @@ impl Book {
         let now = self.clock.now();
         let Some(state) = self.frames.remove(&v.seq) else {
             let known = known?;
-            let local = Action::parse(known.local_action.as_deref()?)?;
+            let local = known.local_action?;
             let cloud = cloud_action(v);
             let deadline_us = known.capture_time_us + micros(self.deadline) as i64;
             return Some(Event::Reconciliation {
@@ -570,7 +540,7 @@ mod tests {
         let (mut b, clock, _) = book(OfflinePolicy::Reject, ms(100));
         let known = Acked {
             seq: 9,
-            local_action: Some("reject".into()),
+            local_action: Some(Action::Reject),
             capture_time_us: clock.wall_us(),
         };
         clock.advance(ms(400));

@@ -128,13 +128,10 @@ impl LocalRecorder {
         } = self;
         let mut batch = Vec::with_capacity(64);
         while rx.recv_many(&mut batch, 64).await > 0 {
-            let decided: Vec<(u64, &str)> = batch
-                .drain(..)
-                .map(|(s, a): (u64, Action)| (s, a.as_str()))
-                .collect();
-            if let Err(e) = outbox.record_local(&decided).await {
-                tracing::error!(error = %e, frames = decided.len(), "Could not record local decisions in the outbox; a restart would not reconcile them.");
+            if let Err(e) = outbox.record_local(&batch).await {
+                tracing::error!(error = %e, frames = batch.len(), "Could not record local decisions in the outbox; a restart would not reconcile them.");
             }
+            batch.clear();
         }
     }
 }

@@ -66,7 +66,6 @@ impl Link {
                     backoff.reset();
                     stats::inc(&stats.link_connects);
                     tracing::info!(
-                        edge_id = addr.edge_id(),
                         session_present = ack.session_present,
                         "Connected to the broker."
                     );
@@ -92,10 +91,10 @@ impl Link {
                             }
                         }
                         Ok(v) => {
-                            tracing::warn!(edge_id = addr.edge_id(), verdict_edge = %v.edge_id, seq = v.seq, "Ignoring a verdict addressed to another edge.")
+                            tracing::warn!(verdict_edge = %v.edge_id, seq = v.seq, "Ignoring a verdict addressed to another edge.")
                         }
                         Err(e) => {
-                            tracing::warn!(edge_id = addr.edge_id(), error = %e, "Ignoring a malformed verdict.")
+                            tracing::warn!(error = %e, "Ignoring a malformed verdict.")
                         }
                     }
                 }
@@ -105,7 +104,7 @@ impl Link {
                     let was_up = link.send_replace(false);
                     if stats.link_error.set(why.clone()) || was_up {
                         tracing::warn!(
-                            edge_id = addr.edge_id(), error = %why,
+                            error = %why,
                             action = "deciding locally, keeping suspects in the outbox, reconnecting with backoff",
                             "Cloud link down."
                         );

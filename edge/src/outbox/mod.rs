@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
+use tierline_shared::action::Action;
 use tierline_shared::wire::ForwardReason;
 
 mod evict;
@@ -57,6 +58,13 @@ mod seqs;
 pub use evict::ranks_below;
 use evict::{delete, record_eviction};
 pub use seqs::SeqAllocator;
+
+/// The local action a row holds (its text form; anything else reads as none).
+fn action(row: &sqlx::sqlite::SqliteRow) -> Option<Action> {
+    row.get::<Option<String>, _>("local_action")
+        .as_deref()
+        .and_then(Action::parse)
+}
 
 /// How many sequence numbers one reservation covers.
 const SEQ_BLOCK: u64 = 1024;
@@ -120,7 +128,7 @@ pub struct Record {
     /// Sends so far.
     pub attempts: u32,
     /// The provisional line decision taken when the verdict missed its deadline, if any.
-    pub local_action: Option<String>,
+    pub local_action: Option<Action>,
 }
 
 /// What the outbox knew about a record when its verdict arrived.
@@ -129,7 +137,7 @@ pub struct Acked {
     /// Sequence number.
     pub seq: u64,
     /// The provisional local decision, if one was taken.
-    pub local_action: Option<String>,
+    pub local_action: Option<Action>,
     /// Capture time, µs since the epoch.
     pub capture_time_us: i64,
 }
@@ -403,7 +411,7 @@ impl Outbox {
                 encoding: row.get::<i64, _>("encoding") as i32,
                 image: row.get("image"),
                 attempts: row.get::<i64, _>("attempts") as u32,
-                local_action: row.get("local_action"),
+                local_action: action(&row),
             })
             .collect())
     }
@@ -456,7 +464,7 @@ impl Outbox {
             if let Some(row) = row {
                 found.push(Acked {
                     seq: *seq,
-                    local_action: row.get("local_action"),
+                    local_action: action(&row),
                     capture_time_us: row.get("capture_time_us"),
                 });
             }
@@ -486,7 +494,7 @@ impl Outbox {
                 freed += row.get::<i64, _>("bytes") as u64;
                 found.push(Acked {
                     seq: *seq,
-                    local_action: row.get("local_action"),
+                    local_action: action(&row),
                     capture_time_us: row.get("capture_time_us"),
                 });
             }
@@ -497,7 +505,7 @@ impl Outbox {
     }
 
     /// Records provisional local decisions (`seq`, action) taken at the deadline.
-    pub async fn record_local(&self, decided: &[(u64, &str)]) -> Result<(), OutboxError> {
+    pub async fn record_local(&self, decided: &[(u64, Action)]) -> Result<(), OutboxError> {
         let mut tx = self
             .pool
             .begin()
@@ -505,7 +513,7 @@ impl Outbox {
             .map_err(self.err("record local decision"))?;
         for (seq, action) in decided {
             sqlx::query("UPDATE outbox SET local_action = ? WHERE seq = ?")
-                .bind(*action)
+                .bind(action.as_str())
                 .bind(*seq as i64)
                 .execute(&mut *tx)
                 .await
@@ -611,12 +619,12 @@ mod tests {
         assert_eq!(due.len(), 2);
         let first = due.iter().find(|r| r.seq == 1).unwrap();
         assert_eq!(first.attempts, 1, "attempts survive reopen");
-        ob.record_local(&[(1, "reject")]).await.unwrap();
+        ob.record_local(&[(1, Action::Reject)]).await.unwrap();
         let acked = ob.ack(&[1, 99]).await.unwrap();
         assert_eq!(acked.len(), 1);
         assert_eq!(
-            acked[0].local_action.as_deref(),
-            Some("reject"),
+            acked[0].local_action,
+            Some(Action::Reject),
             "local decisions survive until the ack"
         );
         let left: Vec<u64> = ob

@@ -79,6 +79,7 @@ mod tests {
     use super::*;
     use crate::config::OutboxConfig;
     use crate::outbox::Record;
+    use tierline_shared::action::Action;
     use tierline_shared::wire::ForwardReason;
     use tierline_shared::wire::Verdict;
 
@@ -104,7 +105,7 @@ mod tests {
             })
             .collect();
         ob.append(&records).await.unwrap();
-        ob.record_local(&[(1, "reject")]).await.unwrap();
+        ob.record_local(&[(1, Action::Reject)]).await.unwrap();
         ob
     }
 
@@ -118,7 +119,7 @@ mod tests {
 
     /// Runs the settle stage on verdicts for `seqs`; the fake decision stage answers the write barrier only when
     /// `written` is true. Returns the verdicts it saw with what the outbox knew.
-    async fn settle(ob: &Outbox, seqs: &[u64], written: bool) -> Vec<(u64, Option<String>)> {
+    async fn settle(ob: &Outbox, seqs: &[u64], written: bool) -> Vec<(u64, Option<Action>)> {
         let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(16);
         let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(16);
         for &s in seqs {
@@ -154,7 +155,7 @@ mod tests {
         let ob = outbox_with(dir.path(), &[1, 2]).await;
         // A repeated verdict in one batch settles the frame once; the local decision comes along.
         let seen = settle(&ob, &[1, 1, 2], false).await;
-        assert_eq!(seen, vec![(1, Some("reject".into())), (2, None)]);
+        assert_eq!(seen, vec![(1, Some(Action::Reject)), (2, None)]);
         assert_eq!(
             ob.lookup(&[1, 2]).await.unwrap().len(),
             2,
@@ -162,7 +163,7 @@ mod tests {
         );
         // After a restart the same verdicts come again and still find the local decision.
         let seen = settle(&ob, &[1, 2], true).await;
-        assert_eq!(seen, vec![(1, Some("reject".into())), (2, None)]);
+        assert_eq!(seen, vec![(1, Some(Action::Reject)), (2, None)]);
         assert!(ob.lookup(&[1, 2]).await.unwrap().is_empty());
     }
 }
