@@ -418,6 +418,9 @@ mod faults {
     use std::pin::Pin;
     use std::time::{Duration, Instant};
 
+    /// How the stage ended, and when an injected fault landed.
+    type Outcome = (Result<(), BoxError>, Option<Instant>);
+
     /// Where and how to inject a fault, from `TIERLINE_FAULT=<stage>:<panic|return|error>:<after_ms>`.
     fn planned(stage: &str) -> Option<(String, Duration)> {
         let spec = std::env::var("TIERLINE_FAULT").ok()?;
@@ -433,7 +436,7 @@ mod faults {
     pub(super) fn wrap(
         stage: &str,
         fut: impl Future<Output = Result<(), BoxError>> + Send + 'static,
-    ) -> Pin<Box<dyn Future<Output = (Result<(), BoxError>, Option<Instant>)> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
         let Some((kind, after)) = planned(stage) else {
             return Box::pin(async move { (fut.await, None) });
         };
