@@ -104,6 +104,15 @@ fn accepted(log: &Decisions, held: &[u64]) -> BTreeSet<u64> {
     all
 }
 
+/// The accepted frames of `edge` that have no stored verdict.
+fn without_verdict(stored: &Stored, edge: &str, accepted: &BTreeSet<u64>) -> Vec<u64> {
+    accepted
+        .iter()
+        .copied()
+        .filter(|s| !stored.verdicts.contains_key(&(edge.to_string(), *s)))
+        .collect()
+}
+
 /// Waits until the edge's outbox is empty.
 async fn drained(db: &Path, what: &str, log: &Path) {
     let started = Instant::now();
@@ -149,11 +158,7 @@ async fn a_failing_edge_stage_stops_the_edge_by_name_and_loses_no_frame() {
         let decisions = Decisions::read(&edge_dir.join("decisions.jsonl"));
         let accepted = accepted(&decisions, &held);
         let stored = Stored::read(&dir.path().join("cloud.db")).await;
-        let missing: Vec<u64> = accepted
-            .iter()
-            .copied()
-            .filter(|s| !stored.verdicts.contains_key(&(id.clone(), *s)))
-            .collect();
+        let missing = without_verdict(&stored, &id, &accepted);
         assert!(
             missing.is_empty(),
             "{fault}: accepted frames without a stored verdict: {missing:?}"
@@ -230,11 +235,7 @@ async fn a_failing_cloud_stage_stops_the_worker_by_name_and_loses_no_frame() {
     let decisions = Decisions::read(&edge_dir.join("decisions.jsonl"));
     let accepted = accepted(&decisions, &held);
     let stored = Stored::read(&dir.path().join("cloud.db")).await;
-    let missing: Vec<u64> = accepted
-        .iter()
-        .copied()
-        .filter(|s| !stored.verdicts.contains_key(&("edge-c".to_string(), *s)))
-        .collect();
+    let missing = without_verdict(&stored, "edge-c", &accepted);
     assert!(
         missing.is_empty(),
         "accepted frames without a stored verdict: {missing:?}"
