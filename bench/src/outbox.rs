@@ -53,6 +53,7 @@ fn frame(seq: u64, image: &[u8]) -> Record {
         image: image.to_vec(),
         attempts: 0,
         local_action: None,
+        image_sha256: tierline_shared::wire::image_sha256(image),
     }
 }
 

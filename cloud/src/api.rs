@@ -1,22 +1,33 @@
 //! The gRPC review API (`proto/tierline/review/v1/review.proto`), served with tonic next to the standard gRPC
 //! health service and server reflection (so `grpcurl` works without the `.proto` file).
 //!
-//! - Authentication: when a token is configured, every review call must carry `authorization: Bearer
+//! - Authentication: when tokens are configured, every review call must carry `authorization: Bearer
 //!   <token>`; a missing or wrong token gets `UNAUTHENTICATED`. Tokens are compared as SHA-256 digests with a
-//!   constant-time fold, so neither the content nor the length of the configured token leaks through timing.
-//!   Health and reflection stay open: probes and tooling need them and they reveal no frame data.
+//!   constant-time fold, against every configured token, so neither the content nor the length of a
+//!   configured token leaks through timing. Health and reflection stay open: probes and tooling need them
+//!   and they reveal no frame data.
+//! - Identity: the token says who calls. Each `[[api.reviewers]]` entry has its own token, and a review is
+//!   recorded under the name of the token's owner (the deprecated shared `api.token` records
+//!   `api.token`; an API without tokens records `anonymous`). The `reviewer` field of a request may be left
+//!   empty; if it names someone else than the token's owner the call is refused with `PERMISSION_DENIED`,
+//!   so nobody can label under another reviewer's name and a client that believes otherwise finds out.
+//! - Exposure: [`ReviewApi::bind`] refuses an address other than loopback without tokens and TLS unless
+//!   `api.insecure` is set ([`ApiConfig::validate`]).
+//! - Errors: store failures reach clients as a generic `UNAVAILABLE` text; the detail (which may name the
+//!   database) goes to the log only.
 //! - Health: `tierline.review.v1.Review` (and the server as a whole, service `""`) is SERVING while the
 //!   database answers, NOT_SERVING otherwise; checked every 5 s.
 //! - WatchVerdicts polls the database, so it shows verdicts stored by every worker sharing it. It re-reads a
 //!   5 s window behind the newest verdict it has sent and drops ones it sent already, so a verdict whose
 //!   storage committed up to 5 s after its verdict time is still shown. `ListFrames` is the complete record.
 
-use crate::config::ApiConfig;
+use crate::config::{ANONYMOUS_REVIEWER, ApiConfig, Credential};
 use crate::store::{FrameFilter, FrameRow, ReviewRow, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio_stream::Stream;
@@ -92,64 +103,96 @@ impl ReviewService {
     }
 }
 
-/// Checks `authorization: Bearer <token>` against the configured token.
+/// Who makes a review API call, as established by their bearer token. The authentication interceptor puts
+/// it into every admitted request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewer(pub String);
+
+/// Checks `authorization: Bearer <token>` against the configured tokens and names the caller.
 #[derive(Clone)]
 pub struct BearerAuth {
-    digest: Option<[u8; 32]>,
+    /// SHA-256 digest of each token, with the reviewer it identifies. Empty: no authentication.
+    tokens: Arc<[([u8; 32], String)]>,
 }
 
 impl BearerAuth {
-    /// Requires `token` (or nothing, when `None`).
-    pub fn new(token: Option<&str>) -> Self {
+    /// Requires one of `credentials` (or nothing, when empty: every caller is
+    /// [`ANONYMOUS_REVIEWER`](crate::config::ANONYMOUS_REVIEWER)).
+    pub fn new(credentials: &[Credential]) -> Self {
         Self {
-            digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            tokens: credentials
+                .iter()
+                .map(|c| {
+                    (
+                        Sha256::digest(c.token.as_bytes()).into(),
+                        c.reviewer.clone(),
+                    )
+                })
+                .collect(),
         }
     }
 
-    /// Whether a request with this `authorization` header value may pass.
-    pub fn admits(&self, header: Option<&[u8]>) -> bool {
-        let Some(expected) = &self.digest else {
-            return true;
-        };
-        let presented = header
-            .and_then(|h| h.strip_prefix(b"Bearer "))
-            .unwrap_or_default();
+    /// Whether any token is required.
+    pub fn required(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The reviewer a request with this `authorization` header value comes from, or `None` if it may not
+    /// pass.
+    pub fn identify(&self, header: Option<&[u8]>) -> Option<Reviewer> {
+        if self.tokens.is_empty() {
+            return Some(Reviewer(ANONYMOUS_REVIEWER.into()));
+        }
+        let presented = header?.strip_prefix(b"Bearer ")?;
         let got: [u8; 32] = Sha256::digest(presented).into();
-        // Constant time: fold every byte difference, decide once.
-        let diff = expected
-            .iter()
-            .zip(got.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        header.is_some() && diff == 0
+        // Constant time: compare with every token, fold every byte difference, decide once per token.
+        let mut found = None;
+        for (expected, reviewer) in self.tokens.iter() {
+            let diff = expected
+                .iter()
+                .zip(got.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(reviewer);
+            }
+        }
+        found.map(|r| Reviewer(r.clone()))
     }
 }
 
 impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes());
-        if self.admits(header) {
-            Ok(request)
-        } else if header.is_none() {
-            Err(Status::unauthenticated(
-                "missing authorization header; send `authorization: Bearer <token>` (tierline-review --token)",
-            ))
-        } else {
-            Err(Status::unauthenticated(
-                "the bearer token is not accepted; check api.token on the server",
-            ))
+        let missing = header.is_none();
+        match self.identify(header) {
+            Some(reviewer) => {
+                request.extensions_mut().insert(reviewer);
+                Ok(request)
+            }
+            None if missing => Err(Status::unauthenticated(
+                "missing authorization header; send `authorization: Bearer <your reviewer token>` (tierline-review --token)",
+            )),
+            None => Err(Status::unauthenticated(
+                "the bearer token is not accepted; use the token the server's [[api.reviewers]] entry for you names",
+            )),
         }
     }
 }
 
+/// A store failure as the client sees it. Only "not found" is specific; any other failure gets a fixed text,
+/// because store errors carry the database's name, address and driver messages, which are for the log.
 fn status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         other => {
             tracing::warn!(error = %other, "Review API call failed in the store.");
-            Status::unavailable(other.to_string())
+            Status::unavailable(
+                "the verdict store is unavailable; try again later (the cause is in the cloud worker's log: \
+                 \"Review API call failed in the store\")",
+            )
         }
     }
 }
@@ -290,21 +333,32 @@ impl Review for ReviewService {
         &self,
         request: Request<pb::SubmitReviewRequest>,
     ) -> Result<Response<pb::SubmitReviewResponse>, Status> {
+        let Some(reviewer) = request.extensions().get::<Reviewer>().cloned() else {
+            return Err(Status::unauthenticated(
+                "the call carries no reviewer identity; it must pass the review API's authentication",
+            ));
+        };
         let r = request.into_inner();
+        if !r.reviewer.is_empty() && r.reviewer != reviewer.0 {
+            return Err(Status::permission_denied(format!(
+                "the request names reviewer {:?}, but its token belongs to {:?}; reviews are recorded under \
+                 the token's owner: leave reviewer empty (tierline-review label without --reviewer) or use \
+                 your own token",
+                r.reviewer, reviewer.0
+            )));
+        }
         if r.label.trim().is_empty() || r.label.len() > 64 {
             return Err(Status::invalid_argument(
                 "label must be 1 to 64 characters, e.g. \"good\" or \"scratch\"",
             ));
         }
-        if r.reviewer.len() > 128 || r.note.len() > 4096 {
-            return Err(Status::invalid_argument(
-                "reviewer is limited to 128 bytes and note to 4096 bytes",
-            ));
+        if r.note.len() > 4096 {
+            return Err(Status::invalid_argument("note is limited to 4096 bytes"));
         }
         let review = ReviewRow {
             label: r.label.trim().to_string(),
             defective: r.defective,
-            reviewer: r.reviewer,
+            reviewer: reviewer.0,
             note: r.note,
             time_us: tierline_shared::time::now_us(),
         };
@@ -407,16 +461,19 @@ fn review_pb(r: ReviewRow) -> pb::HumanReview {
 /// The review API stage: bound before any stage runs, so its address is known (useful with port 0).
 pub struct ReviewApi {
     config: ApiConfig,
+    credentials: Vec<Credential>,
     store: Store,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
 
 impl ReviewApi {
-    /// Binds `config.listen`.
+    /// Checks `config` (an address other than loopback needs tokens and TLS, or `insecure`), reads the
+    /// token files, and binds `config.listen`.
     pub async fn bind(config: ApiConfig, store: Store) -> Result<Self, ApiError> {
         // Checked before anything listens.
-        config.bearer_token()?;
+        config.validate()?;
+        let credentials = config.credentials()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ApiError::Bind {
@@ -429,6 +486,7 @@ impl ReviewApi {
         })?;
         Ok(Self {
             config,
+            credentials,
             store,
             listener,
             addr,
@@ -442,18 +500,19 @@ impl ReviewApi {
 
     /// Serves the review API, health and reflection until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ApiError> {
-        serve(self.config, self.store, self.listener, self.addr, shutdown).await
+        serve(self, shutdown).await
     }
 }
 
-async fn serve(
-    config: ApiConfig,
-    store: Store,
-    listener: tokio::net::TcpListener,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-) -> Result<(), ApiError> {
-    let token = config.bearer_token()?;
+async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiError> {
+    let ReviewApi {
+        config,
+        credentials,
+        store,
+        listener,
+        addr,
+    } = api;
+    let auth = BearerAuth::new(&credentials);
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -501,15 +560,25 @@ async fn serve(
         }
     };
     let probe = tokio::spawn(probe);
-    tracing::info!(addr = %addr, tls, auth = token.is_some(), "Review API listening.");
-    if token.is_none() {
-        tracing::warn!(addr = %addr, "Review API runs without a token: anyone who can reach it can read frames and label them.");
+    let reviewers: Vec<&str> = credentials.iter().map(|c| c.reviewer.as_str()).collect();
+    tracing::info!(addr = %addr, tls, auth = auth.required(), reviewers = ?reviewers, "Review API listening.");
+    if !auth.required() {
+        tracing::warn!(addr = %addr, "Review API runs without tokens: anyone who can reach it can read frames and label them (as \"anonymous\"). Give each reviewer a token in [[api.reviewers]].");
+    }
+    if config.token.is_some() || config.token_file.is_some() {
+        tracing::warn!(
+            "api.token and api.token_file are deprecated: everyone with the shared token labels as \"{}\". Give each reviewer their own token in [[api.reviewers]].",
+            crate::config::SHARED_TOKEN_REVIEWER
+        );
+    }
+    if config.exposed() && !(auth.required() && tls) {
+        tracing::warn!(addr = %addr, tls, auth = auth.required(), "Review API is reachable from other hosts without tokens or without TLS, because api.insecure = true.");
     }
     let review = tonic::service::interceptor::InterceptedService::new(
         ReviewServer::new(ReviewService::new(store))
             .max_decoding_message_size(1 << 20)
             .max_encoding_message_size(64 << 20),
-        BearerAuth::new(token.as_deref()),
+        auth,
     );
     let result = builder
         .add_service(health_service)
@@ -529,16 +598,51 @@ async fn serve(
 mod tests {
     use super::*;
 
+    fn credential(reviewer: &str, token: &str) -> Credential {
+        Credential {
+            reviewer: reviewer.into(),
+            token: token.into(),
+        }
+    }
+
     #[test]
-    fn bearer_tokens_must_match_exactly() {
-        let auth = BearerAuth::new(Some("s3cret"));
-        assert!(auth.admits(Some(b"Bearer s3cret")));
-        assert!(!auth.admits(Some(b"Bearer s3cre")));
-        assert!(!auth.admits(Some(b"Bearer s3cret ")));
-        assert!(!auth.admits(Some(b"s3cret")));
-        assert!(!auth.admits(None));
-        let open = BearerAuth::new(None);
-        assert!(open.admits(None));
+    fn bearer_tokens_must_match_exactly_and_name_their_owner() {
+        let auth = BearerAuth::new(&[credential("ana", "s3cret"), credential("bo", "other")]);
+        let who = |h: &[u8]| auth.identify(Some(h)).map(|r| r.0);
+        assert_eq!(who(b"Bearer s3cret").as_deref(), Some("ana"));
+        assert_eq!(who(b"Bearer other").as_deref(), Some("bo"));
+        assert_eq!(who(b"Bearer s3cre"), None);
+        assert_eq!(who(b"Bearer s3cret "), None);
+        assert_eq!(who(b"s3cret"), None);
+        assert_eq!(auth.identify(None), None);
+        let open = BearerAuth::new(&[]);
+        assert_eq!(
+            open.identify(None),
+            Some(Reviewer(ANONYMOUS_REVIEWER.into()))
+        );
+    }
+
+    #[test]
+    fn store_failures_do_not_show_the_database_to_clients() {
+        let url =
+            crate::store::redact("postgres://tierline:pw@db.internal:5432/tierline?password=pw");
+        let failed = status(StoreError::Db {
+            url: url.clone(),
+            op: "list frames",
+            source: sqlx::Error::Configuration(format!("bad URL {url}").into()),
+        });
+        assert_eq!(failed.code(), tonic::Code::Unavailable);
+        for hidden in ["postgres", "db.internal", "tierline:", "5432", "bad URL"] {
+            assert!(!failed.message().contains(hidden), "{}", failed.message());
+        }
+        let unsupported = status(StoreError::Unsupported("mysql://u@secret-host/db".into()));
+        assert!(!unsupported.message().contains("secret-host"));
+        let missing = status(StoreError::NotFound {
+            edge_id: "edge-a".into(),
+            seq: 4,
+        });
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert!(missing.message().contains("edge-a/4"));
     }
 
     #[test]

@@ -176,6 +176,14 @@ impl Default for RetentionConfig {
     }
 }
 
+/// The name reviews are recorded under when they come with the shared `api.token` (deprecated: it cannot
+/// tell reviewers apart).
+pub const SHARED_TOKEN_REVIEWER: &str = "api.token";
+
+/// The name reviews are recorded under when the API has no tokens at all (loopback only, or
+/// `api.insecure`).
+pub const ANONYMOUS_REVIEWER: &str = "anonymous";
+
 /// The gRPC review API (see `proto/tierline/review/v1/review.proto`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,22 +191,75 @@ pub struct ApiConfig {
     /// Serve the API.
     #[serde(default = "default_api_enabled")]
     pub enabled: bool,
-    /// Listen address (port 0: any free port, logged at start).
+    /// Listen address (port 0: any free port, logged at start). An address other than loopback needs
+    /// tokens and TLS, or `insecure = true`.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
-    /// Bearer token every call must carry (`authorization: Bearer <token>`). Prefer `token_file` or the
-    /// environment (TIERLINE_CLOUD__API__TOKEN). Unset with no `token_file`: no authentication.
+    /// Deprecated: one bearer token shared by everyone (`authorization: Bearer <token>`); reviews made with
+    /// it are recorded as [`SHARED_TOKEN_REVIEWER`]. Use `reviewers` instead. Prefer `token_file` or the
+    /// environment (TIERLINE_CLOUD__API__TOKEN) over the file.
     #[serde(default)]
     pub token: Option<String>,
-    /// File holding the bearer token (surrounding whitespace ignored).
+    /// File holding the shared bearer token (surrounding whitespace ignored). Deprecated like `token`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The reviewers, each with their own bearer token (`[[api.reviewers]]`). A call is made by the
+    /// reviewer whose token it carries; reviews are recorded under that name.
+    #[serde(default)]
+    pub reviewers: Vec<ReviewerConfig>,
     /// PEM certificate chain for TLS (with `tls_key`); unset: plain HTTP/2.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Serve on an address other than loopback without tokens or without TLS. Off by default: the worker
+    /// refuses to start instead, because anyone on the network could read frames and label them, or read
+    /// the tokens off the wire.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// One reviewer of the review API and their own bearer token: `token_file` (preferred) or `token`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewerConfig {
+    /// Name recorded with this reviewer's reviews: 1 to 64 characters, letters, digits, space and `_ . - @`.
+    pub name: String,
+    /// The token, inline (prefer `token_file`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the token (surrounding whitespace ignored), e.g. a mounted Kubernetes Secret key.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ReviewerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReviewerConfig")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// A bearer token and the reviewer it identifies, as read from the configuration.
+#[derive(Clone)]
+pub struct Credential {
+    /// Who presents this token.
+    pub reviewer: String,
+    /// The token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("reviewer", &self.reviewer)
+            .field("token", &"***")
+            .finish()
+    }
 }
 
 fn default_api_enabled() -> bool {
@@ -215,30 +276,210 @@ impl Default for ApiConfig {
             listen: default_api_listen(),
             token: None,
             token_file: None,
+            reviewers: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            insecure: false,
         }
     }
 }
 
+/// Reads a token file: its content without surrounding whitespace, which must not be empty.
+fn read_token_file(field: &str, path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Field {
+        field: field.into(),
+        problem: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(ConfigError::Field {
+            field: field.into(),
+            problem: format!("{} is empty; put the token in it", path.display()),
+        });
+    }
+    Ok(token)
+}
+
+fn valid_reviewer_name(name: &str) -> bool {
+    (1..=64).contains(&name.chars().count())
+        && name.trim() == name
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-' | '@'))
+}
+
 impl ApiConfig {
-    /// The configured bearer token, reading `token_file` if set.
-    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Field {
-                field: "api.token_file".into(),
-                problem: format!("cannot read {}: {e}", path.display()),
-            })?;
-            let token = text.trim().to_string();
-            if token.is_empty() {
+    /// Whether calls must carry a token (any of `reviewers`, `token`, `token_file` is set).
+    pub fn has_tokens(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some() || !self.reviewers.is_empty()
+    }
+
+    /// Whether TLS is configured (`tls_cert` and `tls_key`).
+    pub fn has_tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// Whether `listen` is reachable from other hosts (not a loopback address).
+    pub fn exposed(&self) -> bool {
+        !self.listen.ip().to_canonical().is_loopback()
+    }
+
+    /// Checks the section without reading any file: token and TLS settings are complete and consistent,
+    /// reviewer names are valid and distinct, and an address other than loopback has both tokens and TLS
+    /// unless `insecure` is set.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |field: &str, problem: String| ConfigError::Field {
+            field: field.into(),
+            problem,
+        };
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(field(
+                "api.token",
+                "set either api.token or api.token_file, not both".into(),
+            ));
+        }
+        if matches!(&self.token, Some(t) if t.trim().is_empty()) {
+            return Err(field(
+                "api.token",
+                "is empty; set a token or remove the key".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.reviewers.iter().enumerate() {
+            let at = |key: &str| format!("api.reviewers[{i}].{key}");
+            if !valid_reviewer_name(&r.name) {
+                return Err(field(
+                    &at("name"),
+                    format!(
+                        "{:?} is not a reviewer name; use 1 to 64 characters: letters, digits, space and _ . - @",
+                        r.name
+                    ),
+                ));
+            }
+            if r.name == SHARED_TOKEN_REVIEWER || r.name == ANONYMOUS_REVIEWER {
+                return Err(field(
+                    &at("name"),
+                    format!(
+                        "{:?} is reserved for reviews made without a reviewer's own token; choose another name",
+                        r.name
+                    ),
+                ));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(field(
+                    &at("name"),
+                    format!("{:?} is listed twice; give each reviewer one entry", r.name),
+                ));
+            }
+            match (&r.token, &r.token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(field(
+                        &at("token"),
+                        format!(
+                            "set either token or token_file for reviewer {:?}, not both",
+                            r.name
+                        ),
+                    ));
+                }
+                (None, None) => {
+                    return Err(field(
+                        &at("token_file"),
+                        format!(
+                            "reviewer {:?} has no token; set token_file (a file holding the token) or token",
+                            r.name
+                        ),
+                    ));
+                }
+                (Some(t), None) if t.trim().is_empty() => {
+                    return Err(field(
+                        &at("token"),
+                        format!("is empty for reviewer {:?}; set a token", r.name),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(field(
+                "api.tls_cert",
+                "TLS needs both api.tls_cert and api.tls_key".into(),
+            ));
+        }
+        if self.enabled && self.exposed() && !self.insecure {
+            let missing = match (self.has_tokens(), self.has_tls()) {
+                (false, false) => Some("neither tokens nor TLS"),
+                (false, true) => Some("no tokens"),
+                (true, false) => Some("no TLS"),
+                (true, true) => None,
+            };
+            if let Some(missing) = missing {
+                return Err(field(
+                    "api.listen",
+                    format!(
+                        "is {}, which other hosts can reach, but the review API has {missing}: anyone on the \
+                         network could read frames and label them, or read the tokens off the wire. Give each \
+                         reviewer a token ([[api.reviewers]] with name and token_file; the shared api.token or \
+                         api.token_file also counts) and set api.tls_cert and api.tls_key, or listen on \
+                         127.0.0.1; to accept this on a network you trust, set api.insecure = true",
+                        self.listen
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured tokens with the reviewer each identifies, reading the token files: one per
+    /// `[[api.reviewers]]` entry, and the shared `api.token`/`api.token_file` as [`SHARED_TOKEN_REVIEWER`].
+    /// Empty: the API asks for no token. Two reviewers with the same token are an error (the token would
+    /// not say who is calling).
+    pub fn credentials(&self) -> Result<Vec<Credential>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, r) in self.reviewers.iter().enumerate() {
+            let token = match (&r.token, &r.token_file) {
+                (_, Some(path)) => {
+                    read_token_file(&format!("api.reviewers[{i}].token_file"), path)?
+                }
+                (Some(t), None) => t.trim().to_string(),
+                (None, None) => {
+                    return Err(ConfigError::Field {
+                        field: format!("api.reviewers[{i}].token_file"),
+                        problem: format!(
+                            "reviewer {:?} has no token; set token_file (a file holding the token) or token",
+                            r.name
+                        ),
+                    });
+                }
+            };
+            out.push(Credential {
+                reviewer: r.name.clone(),
+                token,
+            });
+        }
+        let shared = match (&self.token, &self.token_file) {
+            (_, Some(path)) => Some(read_token_file("api.token_file", path)?),
+            (Some(t), None) => Some(t.clone()),
+            (None, None) => None,
+        };
+        if let Some(token) = shared {
+            out.push(Credential {
+                reviewer: SHARED_TOKEN_REVIEWER.into(),
+                token,
+            });
+        }
+        for (i, a) in out.iter().enumerate() {
+            if let Some(b) = out[..i].iter().find(|b| b.token == a.token) {
                 return Err(ConfigError::Field {
-                    field: "api.token_file".into(),
-                    problem: format!("{} is empty; put the token in it", path.display()),
+                    field: "api.reviewers".into(),
+                    problem: format!(
+                        "{:?} and {:?} have the same token, so a call with it cannot be attributed; give each \
+                         reviewer their own token",
+                        b.reviewer, a.reviewer
+                    ),
                 });
             }
-            return Ok(Some(token));
         }
-        Ok(self.token.clone())
+        Ok(out)
     }
 }
 
@@ -274,24 +515,7 @@ impl CloudConfig {
                 "must be at least 1s (the leader renews every third of it)".into(),
             ));
         }
-        if self.api.token.is_some() && self.api.token_file.is_some() {
-            return Err(field(
-                "api.token",
-                "set either api.token or api.token_file, not both".into(),
-            ));
-        }
-        if matches!(&self.api.token, Some(t) if t.trim().is_empty()) {
-            return Err(field(
-                "api.token",
-                "is empty; set a token or remove the key".into(),
-            ));
-        }
-        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
-            return Err(field(
-                "api.tls_cert",
-                "TLS needs both api.tls_cert and api.tls_key".into(),
-            ));
-        }
+        self.api.validate()?;
         Ok(())
     }
 }
@@ -327,9 +551,10 @@ mod tests {
     #[test]
     fn postgres_database_section_and_api_are_accepted() {
         let c = parse(
-            "[model]\nmanifest = \"m\"\n[database]\nurl = \"postgres://postgres@127.0.0.1/test\"\n[api]\nlisten = \"0.0.0.0:6000\"\ntoken = \"t\"\n[retention]\nmax_age = \"7days\"\n",
+            "[model]\nmanifest = \"m\"\n[database]\nurl = \"postgres://postgres@127.0.0.1/test\"\n[api]\nlisten = \"0.0.0.0:6000\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[[api.reviewers]]\nname = \"ana\"\ntoken_file = \"/run/secrets/ana\"\n[retention]\nmax_age = \"7days\"\n",
         )
         .unwrap();
+        assert_eq!(c.api.reviewers[0].name, "ana");
         assert!(c.store.url.starts_with("postgres://"));
         assert_eq!(c.api.listen.port(), 6000);
         assert_eq!(c.retention.max_age, Some(Duration::from_secs(7 * 86400)));
@@ -337,6 +562,132 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("api.tls_cert"), "{err}");
+    }
+
+    const MODEL: &str = "[model]\nmanifest = \"m\"\n";
+
+    fn api_error(api: &str) -> String {
+        parse(&format!("{MODEL}[api]\n{api}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_exposed_api_needs_tokens_and_tls_or_the_insecure_switch() {
+        let tls = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let reviewer = "[[api.reviewers]]\nname = \"ana\"\ntoken = \"t-ana\"\n";
+        for (listen, more) in [
+            ("0.0.0.0:50051", String::new()),
+            ("0.0.0.0:50051", "token = \"shared\"\n".to_string()),
+            ("10.1.2.3:50051", tls.to_string()),
+            ("[::]:50051", reviewer.to_string()),
+        ] {
+            let err = api_error(&format!("listen = \"{listen}\"\n{more}"));
+            for named in [
+                "api.listen",
+                "api.reviewers",
+                "api.token",
+                "api.tls_cert",
+                "api.insecure = true",
+                "127.0.0.1",
+            ] {
+                assert!(err.contains(named), "{listen} {more:?}: {err}");
+            }
+        }
+        // Loopback needs neither; tokens and TLS together, or the explicit switch, open any address.
+        for ok in [
+            "listen = \"127.0.0.1:50051\"\n".to_string(),
+            "listen = \"[::1]:50051\"\n".to_string(),
+            format!("listen = \"0.0.0.0:50051\"\n{tls}token_file = \"/run/t\"\n"),
+            "listen = \"0.0.0.0:50051\"\ninsecure = true\n".to_string(),
+            "listen = \"0.0.0.0:50051\"\nenabled = false\n".to_string(),
+            format!("listen = \"0.0.0.0:50051\"\n{tls}{reviewer}"),
+        ] {
+            parse(&format!("{MODEL}[api]\n{ok}")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn reviewers_need_a_valid_unique_name_and_one_token() {
+        let r = |name: &str, key: &str| format!("[[api.reviewers]]\nname = \"{name}\"\n{key}\n");
+        let cases = [
+            (r("", "token = \"a\""), "api.reviewers[0].name"),
+            (r("ana\\n", "token = \"a\""), "api.reviewers[0].name"),
+            (r("api.token", "token = \"a\""), "reserved"),
+            (r("anonymous", "token = \"a\""), "reserved"),
+            (
+                format!("{}{}", r("ana", "token = \"a\""), r("ana", "token = \"b\"")),
+                "api.reviewers[1].name",
+            ),
+            (r("ana", ""), "api.reviewers[0].token_file"),
+            (r("ana", "token = \"a\"\ntoken_file = \"f\""), "not both"),
+            (r("ana", "token = \" \""), "api.reviewers[0].token"),
+        ];
+        for (api, named) in cases {
+            let err = api_error(&api);
+            assert!(err.contains(named), "{api}: {err}");
+        }
+        parse(&format!(
+            "{MODEL}[api]\n{}",
+            r("Ana María-2", "token = \"a\"")
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn credentials_come_from_files_and_must_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            Some(p)
+        };
+        let reviewer = |name: &str, token_file: Option<PathBuf>| ReviewerConfig {
+            name: name.into(),
+            token: None,
+            token_file,
+        };
+        let mut api = ApiConfig {
+            reviewers: vec![
+                reviewer("ana", file("ana", "t-ana\n")),
+                reviewer("bo", file("bo", "  t-bo ")),
+            ],
+            token: Some("shared".into()),
+            ..ApiConfig::default()
+        };
+        let got: Vec<_> = api
+            .credentials()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.reviewer, c.token))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ana".to_string(), "t-ana".to_string()),
+                ("bo".to_string(), "t-bo".to_string()),
+                (SHARED_TOKEN_REVIEWER.to_string(), "shared".to_string()),
+            ]
+        );
+        assert!(!format!("{:?}", api.credentials().unwrap()).contains("t-ana"));
+        api.reviewers[1].token_file = file("bo", "t-ana");
+        let err = api.credentials().unwrap_err().to_string();
+        assert!(
+            err.contains("\"ana\" and \"bo\" have the same token"),
+            "{err}"
+        );
+        api.reviewers[1].token_file = file("bo", "\n");
+        let err = api.credentials().unwrap_err().to_string();
+        assert!(
+            err.contains("api.reviewers[1].token_file") && err.contains("empty"),
+            "{err}"
+        );
+        api.reviewers[1].token_file = Some(dir.path().join("missing"));
+        let err = api.credentials().unwrap_err().to_string();
+        assert!(
+            err.contains("api.reviewers[1].token_file") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
         c(&m::CLOUD_FRAMES_RECEIVED, &s.frames_received),
         c(&m::CLOUD_VERDICTS_STORED, &s.verdicts_stored),
         c(&m::CLOUD_DUPLICATES, &s.duplicates),
+        c(&m::CLOUD_IDENTITY_CONFLICTS, &s.identity_conflicts),
         c(&m::CLOUD_VERDICTS_PUBLISHED, &s.verdicts_published),
         c(&m::CLOUD_UNREADABLE, &s.unreadable),
         c(&m::CLOUD_REJECTED_MALFORMED, &s.rejected_malformed),

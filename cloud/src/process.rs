@@ -4,7 +4,9 @@
 //!   acknowledgement) and counted as a duplicate; the model does not run again.
 //! - Infer: the full model, batched by the runner. An unreadable image gets an error verdict (`label =
 //!   "unreadable"`), which is stored and sent like any other, so the edge can let go of the frame.
-//! - Store: idempotent on `(edge_id, seq)`; if another worker stored first, its verdict wins and is sent.
+//! - Store: idempotent on `(edge_id, incarnation, seq)` and the image hash; if another worker stored first, its
+//!   verdict wins and is sent. A delivery whose key is stored with another image is a different frame:
+//!   stored beside it, judged, counted (`identity_conflicts`) and logged.
 //! - Acknowledge: after the verdict is stored, in arrival order. If inference or storage fails, no verdict is
 //!   stored or sent and the failure is counted; the message is still acknowledged in its turn (holding it
 //!   would stall every later acknowledgement), and the edge, which has no verdict, resends the frame after its
@@ -121,11 +123,7 @@ impl Processor {
     /// inference or storage failed (logged and counted).
     async fn verdict_for(&self, frame: &wire::FrameEnvelope) -> Option<Verdict> {
         let (edge_id, seq) = (frame.edge_id.as_str(), frame.seq);
-        match self
-            .store
-            .lookup(edge_id, seq, tierline_shared::action::local_action(frame))
-            .await
-        {
+        match self.store.lookup(frame).await {
             Ok(Some(existing)) => {
                 stats::inc(&self.stats.duplicates);
                 tracing::debug!(
@@ -147,6 +145,18 @@ impl Processor {
                     }
                     Ok(Stored::Existing(v)) => {
                         stats::inc(&self.stats.duplicates);
+                        Some(v)
+                    }
+                    Ok(Stored::Conflict(v)) => {
+                        stats::inc(&self.stats.verdicts_stored);
+                        stats::inc(&self.stats.identity_conflicts);
+                        tracing::warn!(
+                            edge_id,
+                            seq,
+                            incarnation = %frame.incarnation,
+                            image_sha256 = %hex::encode(&frame.image_sha256),
+                            "A frame arrived under the key of a stored frame with another image (an edge outbox restored from an old copy?); stored and judged as a different frame."
+                        );
                         Some(v)
                     }
                     Err(e) => {

@@ -13,6 +13,8 @@ pub struct CloudStats {
     pub verdicts_stored: AtomicU64,
     /// Deliveries of frames that already had a verdict (answered from the store).
     pub duplicates: AtomicU64,
+    /// Frames that arrived under the key of a stored frame with another image (stored as different frames).
+    pub identity_conflicts: AtomicU64,
     /// Verdicts published (including re-publications).
     pub verdicts_published: AtomicU64,
     /// Frames whose image could not be read (stored with an error verdict).

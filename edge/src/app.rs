@@ -272,6 +272,7 @@ impl App {
                 cfg: config.sink.clone(),
                 items: sink_rx,
                 client: client.clone(),
+                stats: stats.clone(),
             }
             .run(),
         );
@@ -407,6 +408,7 @@ impl App {
                 outbox: outbox.clone(),
                 verdicts: verdict_rx,
                 decisions: decision_tx,
+                stats: stats.clone(),
             }
             .run(),
         );

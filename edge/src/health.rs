@@ -5,6 +5,8 @@
 //! - `outbox` (required): the outbox can grow to its full budget on this disk (free space plus what it
 //!   holds covers `max_bytes`; otherwise the disk fills before the eviction policy can act), and no write
 //!   to it failed since the last check.
+//! - `sink` (required): the decision sink's last write succeeded. While it fails, the sink holds lines in
+//!   memory and retries; the detail names the cause and how many bytes wait.
 //! - `link` (not required): whether the MQTT link is up. The edge is built to work cut off from the cloud,
 //!   so a down link does not make it unready; it is reported here, in the metrics and in the alert rules.
 
@@ -20,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Name of the outbox check.
 pub const OUTBOX: &str = "outbox";
+/// Name of the decision-sink check.
+pub const SINK: &str = "sink";
 /// Name of the link check.
 pub use tierline_shared::admin::LINK;
 
@@ -64,6 +68,27 @@ impl HealthWatch {
                 max_age,
             );
             self.check_outbox(&dir, &mut errors_seen, max_age).await;
+            self.check_sink(max_age);
+        }
+    }
+
+    /// Sets the `sink` check.
+    fn check_sink(&self, max_age: Duration) {
+        let held = self.stats.sink_held_bytes.load(Ordering::Relaxed);
+        if self.stats.sink_failing.load(Ordering::Relaxed) {
+            let why = self.stats.sink_error.get().unwrap_or_default();
+            self.readiness.set(
+                SINK,
+                true,
+                false,
+                format!(
+                    "cannot write decisions ({why}); {held} bytes of lines held in memory and retried; free disk space or fix the sink target"
+                ),
+                max_age,
+            );
+        } else {
+            self.readiness
+                .set(SINK, true, true, "writing".to_string(), max_age);
         }
     }
 
@@ -174,6 +199,13 @@ pub fn samples(s: &EdgeStats) -> Vec<Sample> {
         c(&m::EDGE_AUDIT_MISSES, &s.audit_misses),
         c(&m::EDGE_EVICTIONS, &s.evictions),
         c(&m::EDGE_OUTBOX_ERRORS, &s.outbox_errors),
+        c(&m::EDGE_VERDICTS_MISMATCHED, &s.verdicts_mismatched),
+        c(&m::EDGE_SINK_ERRORS, &s.sink_errors),
+        c(&m::EDGE_SINK_HELD_BYTES, &s.sink_held_bytes),
+        Sample::of(
+            &m::EDGE_SINK_FAILING,
+            u64::from(s.sink_failing.load(Ordering::Relaxed)),
+        ),
         c(&m::EDGE_LINK_CONNECTS, &s.link_connects),
         Sample::of(
             &m::EDGE_LINK_UP,

@@ -61,6 +61,10 @@ impl Intake {
                         tracing::warn!(seq = e.seq, reason = ?e.reason, score = e.score, "Outbox budget reached; evicted a frame by policy (audits first, then lowest scores).");
                     }
                     stats::add(&stats.evictions, evicted.len() as u64);
+                    if !evicted.is_empty() {
+                        let seqs = evicted.iter().map(|e| e.seq).collect();
+                        let _ = decisions.send(Input::Unheld(seqs)).await;
+                    }
                     for f in &batch {
                         if evicted.iter().any(|e| e.seq == f.record.seq) {
                             continue;
@@ -77,6 +81,8 @@ impl Intake {
                     // The frames cannot be kept: suspects still get their decision locally at the deadline.
                     tracing::error!(frames = batch.len(), error = %e, "Outbox refused frames; they are decided locally and not forwarded.");
                     stats::add(&stats.outbox_errors, batch.len() as u64);
+                    let seqs = batch.iter().map(|f| f.record.seq).collect();
+                    let _ = decisions.send(Input::Unheld(seqs)).await;
                 }
             }
             batch.clear();

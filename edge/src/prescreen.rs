@@ -59,6 +59,7 @@ pub struct Prescreen {
 impl Prescreen {
     /// Runs until shutdown (or the camera queue closes), finishing frames already being scored.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+        // Never fails: an outbox that cannot number frames makes them local decisions (`SeqAllocator`).
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.settings.audit_seed);
         let mut scoring: JoinSet<(CapturedFrame, Result<Score, InferError>)> = JoinSet::new();
         let mut open = true;
@@ -68,7 +69,7 @@ impl Prescreen {
                 biased;
                 Some(done) = scoring.join_next(), if !scoring.is_empty() => {
                     let Ok((frame, result)) = done else { continue };
-                    let seq = self.seqs.next().await?;
+                    let seq = self.seqs.next().await;
                     self.route(&mut rng, seq, frame, result).await;
                 }
                 frame = self.frames.recv_async(), if open && scoring.len() < self.settings.concurrency => match frame {
@@ -187,10 +188,28 @@ impl Prescreen {
         } else {
             ForwardReason::Audit
         };
+        let pending = Pending {
+            seq,
+            frame_id: frame_id.clone(),
+            camera_id: frame.camera_id.to_string(),
+            captured_at: frame.captured_at,
+            edge_score: score.defect_score,
+            truth,
+            audit,
+        };
+        if crate::outbox::is_volatile(seq) {
+            // The outbox cannot number frames (see `SeqAllocator`): nothing is stored or forwarded, and a
+            // suspect is decided locally at its deadline under the offline policy.
+            stats::inc(&stats.outbox_errors);
+            if suspect {
+                let _ = decisions.send(Input::Forwarded(pending)).await;
+            }
+            return;
+        }
         let forward = Forward {
             record: Record {
                 seq,
-                frame_id: frame_id.clone(),
+                frame_id,
                 camera_id: frame.camera_id.to_string(),
                 capture_time_us: frame.capture_time_us,
                 reason,
@@ -199,16 +218,9 @@ impl Prescreen {
                 image: frame.image.to_vec(),
                 attempts: 0,
                 local_action: None,
+                image_sha256: wire::image_sha256(&frame.image),
             },
-            pending: Pending {
-                seq,
-                frame_id,
-                camera_id: frame.camera_id.to_string(),
-                captured_at: frame.captured_at,
-                edge_score: score.defect_score,
-                truth,
-                audit,
-            },
+            pending,
         };
         let _ = intake.send(forward).await;
     }

@@ -44,6 +44,17 @@ pub struct EdgeStats {
     pub evictions: AtomicU64,
     /// Frames that could not be written to the outbox.
     pub outbox_errors: AtomicU64,
+    /// Verdicts refused because they name another outbox incarnation or another image than the record held
+    /// under their seq.
+    pub verdicts_mismatched: AtomicU64,
+    /// Whether the decision sink's last write or sync failed (it holds lines and retries).
+    pub sink_failing: AtomicBool,
+    /// Why the decision sink fails, while it does.
+    pub sink_error: tierline_shared::mqtt::LastError,
+    /// Failed decision-sink write attempts.
+    pub sink_errors: AtomicU64,
+    /// Bytes of decision lines held in memory, not yet written.
+    pub sink_held_bytes: AtomicU64,
     /// MQTT connections established (1 + reconnects).
     pub link_connects: AtomicU64,
     /// Whether the MQTT link is up.
@@ -90,6 +101,11 @@ impl Default for EdgeStats {
             audit_misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             outbox_errors: AtomicU64::new(0),
+            verdicts_mismatched: AtomicU64::new(0),
+            sink_failing: AtomicBool::new(false),
+            sink_error: Default::default(),
+            sink_errors: AtomicU64::new(0),
+            sink_held_bytes: AtomicU64::new(0),
             link_connects: AtomicU64::new(0),
             link_up: AtomicBool::new(false),
             link_error: Default::default(),

@@ -19,9 +19,16 @@ use tokio_util::sync::CancellationToken;
 
 /// How often due records are checked without a wake-up.
 const POLL: Duration = Duration::from_millis(100);
+/// How soon a failed round is tried again.
+pub const RETRY: Duration = Duration::from_millis(500);
 
-/// Builds the wire envelope of a record.
-pub fn envelope(addr: &EdgeAddress, model_version: &str, r: &Record) -> FrameEnvelope {
+/// Builds the wire envelope of a record held by the outbox of `incarnation`.
+pub fn envelope(
+    addr: &EdgeAddress,
+    model_version: &str,
+    incarnation: &str,
+    r: &Record,
+) -> FrameEnvelope {
     let mut envelope = FrameEnvelope {
         protocol_version: wire::PROTOCOL_VERSION,
         edge_id: addr.edge_id().into(),
@@ -36,6 +43,8 @@ pub fn envelope(addr: &EdgeAddress, model_version: &str, r: &Record) -> FrameEnv
         image: r.image.clone(),
         site: addr.site().into(),
         line: addr.line().into(),
+        incarnation: incarnation.into(),
+        image_sha256: r.image_sha256.clone(),
         ..FrameEnvelope::default()
     };
     tierline_shared::action::set_local_action(&mut envelope, r.local_action);
@@ -65,86 +74,121 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// Runs until shutdown.
+    /// Runs until shutdown. An outbox that fails (a full or failing disk) does not stop it: the failure is
+    /// counted and logged, and the round is tried again after [`RETRY`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), OutboxError> {
-        let Uplink {
-            outbox,
-            client,
-            addr,
-            model_version,
-            cfg,
-            max_message_bytes,
-            mut link,
-            wake,
-            stats,
-        } = self;
-        let topic = addr.topic(TopicKind::Frames);
+        let topic = self.addr.topic(TopicKind::Frames);
         let mut rng = rand::rngs::SmallRng::from_os_rng();
+        let mut link = self.link.clone();
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(if failing { RETRY } else { POLL }) => {}
                 changed = link.changed() => {
                     if changed.is_err() {
                         return Ok(());
                     }
                     if *link.borrow_and_update() {
                         // Whatever was in flight when the link dropped may be gone: send it again now.
-                        outbox.resend_all().await?;
+                        if let Err(e) = self.outbox.resend_all().await {
+                            tracing::error!(error = %e, "Could not mark in-flight frames for resending; they are resent when their timers expire.");
+                        }
                     }
                 }
             }
             if !*link.borrow() {
                 continue;
             }
-            let now = tierline_shared::time::now_us();
-            let room = cfg
-                .max_in_flight
-                .get()
-                .saturating_sub(outbox.in_flight(now).await?);
-            if room == 0 {
-                continue;
-            }
-            let due = outbox.due(now, room.div_ceil(2), room / 2).await?;
-            let mut sent = Vec::with_capacity(due.len());
-            for r in &due {
-                let bytes = match wire::encode(
-                    &envelope(&addr, &model_version, r),
-                    max_message_bytes,
-                ) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // Cannot happen for records accepted under the same limit; if the limit was lowered since,
-                        // retrying forever would block nothing but fill logs, so back off hard.
-                        tracing::error!(seq = r.seq, error = %e, "Outbox record cannot be sent under the current size limit.");
-                        sent.push((r.seq, now + 3_600_000_000));
-                        continue;
+            match self.round(&topic, &mut rng, &shutdown).await {
+                Ok(Round::Continue) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("Outbox readable again; forwarding resumes.");
                     }
-                };
-                let publish = client.publish(topic.clone(), QoS::AtLeastOnce, false, bytes);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    res = publish => if res.is_err() { return Ok(()) },
                 }
-                stats::inc(&stats.publishes);
-                tracing::debug!(
-                    seq = r.seq,
-                    attempt = r.attempts + 1,
-                    age_us = tierline_shared::time::now_us() - r.capture_time_us,
-                    "Frame published."
-                );
-                let factor = 1u32 << r.attempts.min(3);
-                let jitter = rng.random_range(0.8..1.2);
-                let wait = cfg.resend_after.saturating_mul(factor).mul_f64(jitter);
-                sent.push((
-                    r.seq,
-                    now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2),
-                ));
-            }
-            if !sent.is_empty() {
-                outbox.mark_sent(&sent).await?;
+                Ok(Round::ClientGone) => return Ok(()),
+                Err(e) => {
+                    stats::inc(&self.stats.outbox_errors);
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::error!(error = %e, "Outbox failed while forwarding; retrying. Frames are still decided locally at their deadline.");
+                    }
+                }
             }
         }
     }
+
+    /// Publishes what is due and fits the window.
+    async fn round(
+        &self,
+        topic: &str,
+        rng: &mut rand::rngs::SmallRng,
+        shutdown: &CancellationToken,
+    ) -> Result<Round, OutboxError> {
+        let (outbox, cfg) = (&self.outbox, &self.cfg);
+        // Due times are monotonic and reset at every open (see the outbox spec): a wall-clock step cannot
+        // make records look in flight.
+        let now = tierline_shared::time::mono_us();
+        let room = cfg
+            .max_in_flight
+            .get()
+            .saturating_sub(outbox.in_flight(now).await?);
+        if room == 0 {
+            return Ok(Round::Continue);
+        }
+        let due = outbox.due(now, room.div_ceil(2), room / 2).await?;
+        let mut sent = Vec::with_capacity(due.len());
+        let mut result = Round::Continue;
+        for r in &due {
+            let bytes = match wire::encode(
+                &envelope(&self.addr, &self.model_version, outbox.incarnation(), r),
+                self.max_message_bytes,
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Cannot happen for records accepted under the same limit; if the limit was lowered since,
+                    // retrying forever would block nothing but fill logs, so back off hard.
+                    tracing::error!(seq = r.seq, error = %e, "Outbox record cannot be sent under the current size limit.");
+                    sent.push((r.seq, now + 3_600_000_000));
+                    continue;
+                }
+            };
+            let publish = self
+                .client
+                .publish(topic.to_string(), QoS::AtLeastOnce, false, bytes);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                res = publish => if res.is_err() {
+                    result = Round::ClientGone;
+                    break;
+                },
+            }
+            stats::inc(&self.stats.publishes);
+            tracing::debug!(
+                seq = r.seq,
+                attempt = r.attempts + 1,
+                age_us = tierline_shared::time::now_us() - r.capture_time_us,
+                "Frame published."
+            );
+            let factor = 1u32 << r.attempts.min(3);
+            let jitter = rng.random_range(0.8..1.2);
+            let wait = cfg.resend_after.saturating_mul(factor).mul_f64(jitter);
+            sent.push((
+                r.seq,
+                now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2),
+            ));
+        }
+        if !sent.is_empty() {
+            outbox.mark_sent(&sent).await?;
+        }
+        Ok(result)
+    }
+}
+
+/// How a round ended.
+enum Round {
+    /// Go on.
+    Continue,
+    /// The MQTT client is gone (shutdown).
+    ClientGone,
 }

@@ -171,6 +171,7 @@ async fn run(ops: Vec<Op>) {
                         image: vec![7; usize::from(len)],
                         attempts: 0,
                         local_action: None,
+                        image_sha256: Vec::new(),
                     });
                 }
                 let expected = model.append(&batch);

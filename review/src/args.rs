@@ -20,7 +20,8 @@ pub struct Args {
         global = true
     )]
     pub server: String,
-    /// Bearer token (the server's api.token). Prefer the environment variable.
+    /// Your reviewer token (the one the server's api.reviewers entry for you names); reviews are recorded
+    /// under its owner. Prefer the environment variable.
     #[arg(
         long,
         env = "TIERLINE_REVIEW_TOKEN",

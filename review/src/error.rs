@@ -30,7 +30,10 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
         let hint = match status.code() {
             tonic::Code::Unauthenticated => {
-                " (pass --token or set TIERLINE_REVIEW_TOKEN to the server's api.token)"
+                " (pass --token or set TIERLINE_REVIEW_TOKEN to your reviewer token)"
+            }
+            tonic::Code::PermissionDenied => {
+                " (drop --reviewer: the server records the owner of the token)"
             }
             tonic::Code::NotFound => " (list frames with: tierline-review list)",
             _ => "",

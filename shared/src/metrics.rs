@@ -169,6 +169,14 @@ metrics! {
     EDGE_EVICTIONS = ("tierline_edge_outbox_evictions", Counter, "Records evicted from the outbox to stay within its disk budget.");
     /// Outbox write failures.
     EDGE_OUTBOX_ERRORS = ("tierline_edge_outbox_errors", Counter, "Frames that could not be written to the outbox.");
+    /// Sink write failures.
+    EDGE_SINK_ERRORS = ("tierline_edge_sink_errors", Counter, "Failed decision-sink write attempts (the sink holds lines and retries).");
+    /// Sink backlog.
+    EDGE_SINK_HELD_BYTES = ("tierline_edge_sink_held_bytes", Gauge, "Bytes of decision lines held in memory because the sink cannot write.");
+    /// Sink state.
+    EDGE_SINK_FAILING = ("tierline_edge_sink_failing", Gauge, "1 while the decision sink cannot write.");
+    /// Verdicts for another frame than the one held.
+    EDGE_VERDICTS_MISMATCHED = ("tierline_edge_verdicts_mismatched", Counter, "Verdicts refused because they name another outbox incarnation or image than the frame held under their seq.");
     /// Link reconnects.
     EDGE_LINK_CONNECTS = ("tierline_edge_link_connects", Counter, "MQTT connections established (1 + reconnects).");
     /// Link state.
@@ -193,6 +201,8 @@ metrics! {
     CLOUD_VERDICTS_STORED = ("tierline_cloud_verdicts_stored", Counter, "Verdicts stored for the first time.");
     /// Duplicate deliveries.
     CLOUD_DUPLICATES = ("tierline_cloud_duplicates", Counter, "Deliveries of frames that already had a verdict, answered from the store.");
+    /// Key collisions with another image.
+    CLOUD_IDENTITY_CONFLICTS = ("tierline_cloud_identity_conflicts", Counter, "Frames that arrived under the key of a stored frame with another image; stored and judged as different frames.");
     /// Verdicts published.
     CLOUD_VERDICTS_PUBLISHED = ("tierline_cloud_verdicts_published", Counter, "Verdicts published, re-publications included.");
     /// Unreadable frames.

@@ -10,6 +10,15 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds on a monotonic clock since this process first asked, starting at 1. For timers that live
+/// only as long as the process (resend due times): a step of the wall clock (NTP, an operator, a VM resume)
+/// cannot move them.
+pub fn mono_us() -> i64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    1 + i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX / 2)
+}
+
 /// Where time-driven code reads the time: monotonic instants for deadlines, wall-clock microseconds for
 /// timestamps that cross processes. Injected, so tests can run on simulated time.
 pub trait Clock: Send + Sync + std::fmt::Debug {

@@ -100,6 +100,12 @@ impl WireMessage for FrameEnvelope {
         if !(0.0..=1.0).contains(&self.edge_score) {
             return Err(format!("edge_score {} is outside [0, 1]", self.edge_score));
         }
+        check_identity(&self.incarnation, &self.image_sha256)?;
+        if !self.image_sha256.is_empty() && self.image_sha256 != image_sha256(&self.image) {
+            return Err(
+                "image_sha256 is not the SHA-256 of the image (corrupted or altered)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -113,8 +119,27 @@ impl WireMessage for Verdict {
         if self.edge_id.is_empty() {
             return Err("edge_id is empty".into());
         }
-        Ok(())
+        check_identity(&self.incarnation, &self.image_sha256)
     }
+}
+
+/// Longest outbox incarnation accepted on the wire.
+const MAX_INCARNATION_LEN: usize = 64;
+
+fn check_identity(incarnation: &str, image_sha256: &[u8]) -> Result<(), String> {
+    if incarnation.len() > MAX_INCARNATION_LEN {
+        return Err(format!(
+            "incarnation is {} bytes long (at most {MAX_INCARNATION_LEN})",
+            incarnation.len()
+        ));
+    }
+    if !image_sha256.is_empty() && image_sha256.len() != 32 {
+        return Err(format!(
+            "image_sha256 is {} bytes long (a SHA-256 has 32)",
+            image_sha256.len()
+        ));
+    }
+    Ok(())
 }
 
 impl WireMessage for Presence {
@@ -174,9 +199,24 @@ pub fn decode<M: WireMessage>(bytes: &[u8], limit: usize) -> Result<M, WireError
     Ok(msg)
 }
 
-/// The globally unique id of a frame: `<edge_id>-<seq>`.
+/// The id of a frame: `<edge_id>-<seq>`. Unique within one outbox incarnation; with the incarnation
+/// (`FrameEnvelope::incarnation`) it is unique for good.
 pub fn frame_id(edge_id: &str, seq: u64) -> String {
     format!("{edge_id}-{seq}")
+}
+
+/// SHA-256 of an encoded image, as carried in `FrameEnvelope::image_sha256` and `Verdict::image_sha256`.
+pub fn image_sha256(image: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(image).to_vec()
+}
+
+/// Whether a verdict may settle the frame held under its key: it names the same outbox incarnation and the
+/// same image. An empty field on either side (a peer that predates them) is not a contradiction.
+pub fn verdict_matches(verdict: &Verdict, incarnation: &str, image_sha256: &[u8]) -> bool {
+    let same = |a: &[u8], b: &[u8]| a.is_empty() || b.is_empty() || a == b;
+    same(verdict.incarnation.as_bytes(), incarnation.as_bytes())
+        && same(&verdict.image_sha256, image_sha256)
 }
 
 #[cfg(test)]
@@ -196,12 +236,46 @@ mod tests {
             edge_score: 0.8,
             reason: ForwardReason::Suspect as i32,
             encoding: ImageEncoding::Jpeg as i32,
-            image,
             site: "plant".into(),
             line: "l1".into(),
             edge_local_action: String::new(),
             local_action: 0,
+            incarnation: "00000000000000a1".into(),
+            image_sha256: image_sha256(&image),
+            image,
         }
+    }
+
+    #[test]
+    fn an_image_hash_that_does_not_match_is_refused() {
+        let mut e = envelope(vec![1, 2, 3]);
+        e.image_sha256 = image_sha256(&[1, 2, 4]);
+        let bytes = e.encode_to_vec();
+        let err = decode::<FrameEnvelope>(&bytes, DEFAULT_MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(err.to_string().contains("image_sha256"), "{err}");
+        e.image_sha256 = vec![0; 5];
+        let err =
+            decode::<FrameEnvelope>(&e.encode_to_vec(), DEFAULT_MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(err.to_string().contains("32"), "{err}");
+        // An edge that predates the field sends none.
+        e.image_sha256.clear();
+        assert!(decode::<FrameEnvelope>(&e.encode_to_vec(), DEFAULT_MAX_MESSAGE_BYTES).is_ok());
+    }
+
+    #[test]
+    fn a_verdict_matches_only_its_own_frame() {
+        let v = Verdict {
+            incarnation: "a".into(),
+            image_sha256: vec![1; 32],
+            ..Verdict::default()
+        };
+        assert!(verdict_matches(&v, "a", &[1; 32]));
+        assert!(!verdict_matches(&v, "b", &[1; 32]), "another outbox");
+        assert!(!verdict_matches(&v, "a", &[2; 32]), "another image");
+        assert!(
+            verdict_matches(&Verdict::default(), "a", &[1; 32]),
+            "an older cloud echoes nothing"
+        );
     }
 
     #[test]
@@ -289,6 +363,8 @@ mod tests {
                 verdict_time_us: 1,
                 error: String::new(),
                 redelivery: false,
+                incarnation: "00000000000000a1".into(),
+                image_sha256: vec![7; 32],
             };
             let back: Verdict = decode(&encode(&msg, 1 << 20).unwrap(), 1 << 20).unwrap();
             prop_assert_eq!(back, msg);

@@ -63,6 +63,11 @@ pub struct Running<S> {
 }
 
 impl<S> Running<S> {
+    /// Whether it has ended (by itself: nothing asked it to stop).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Asks it to stop and waits for it, returning its result.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();

@@ -1,13 +1,27 @@
-//! A review API on a seeded SQLite store, for the API's own tests and the review CLI's.
+//! A review API on a seeded SQLite store, for the API's own tests and the review CLI's. Two reviewers have
+//! their own tokens ([`REVIEWER`] with [`TOKEN`], read from a file, and [`OTHER_REVIEWER`] with
+//! [`OTHER_TOKEN`]); the deprecated shared token [`SHARED_TOKEN`] is set too.
 
 use std::net::SocketAddr;
-use tierline_cloud::config::ApiConfig;
+use tierline_cloud::config::{ApiConfig, ReviewerConfig};
 use tierline_cloud::store::Store;
 use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Presence, Verdict};
 use tokio_util::sync::CancellationToken;
 
-/// The bearer token the test review API requires.
+/// The bearer token of [`REVIEWER`]; the token the CLI's tests use.
 pub const TOKEN: &str = "s3cret-token";
+
+/// The reviewer [`TOKEN`] belongs to.
+pub const REVIEWER: &str = "bo";
+
+/// Another reviewer's token.
+pub const OTHER_TOKEN: &str = "ana-s3cret";
+
+/// The reviewer [`OTHER_TOKEN`] belongs to.
+pub const OTHER_REVIEWER: &str = "ana";
+
+/// The deprecated shared token (`api.token`); its reviews are recorded as `api.token`.
+pub const SHARED_TOKEN: &str = "shared-s3cret";
 
 /// A review API serving a seeded store, stopped when dropped.
 pub struct ReviewServer {
@@ -96,9 +110,23 @@ pub async fn start() -> ReviewServer {
         .record_presence(&p, tierline_shared::time::now_us())
         .await
         .expect("seed presence");
+    let token_file = dir.path().join("bo.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the token file");
     let config = ApiConfig {
         listen: ([127, 0, 0, 1], 0).into(),
-        token: Some(TOKEN.into()),
+        reviewers: vec![
+            ReviewerConfig {
+                name: REVIEWER.into(),
+                token: None,
+                token_file: Some(token_file),
+            },
+            ReviewerConfig {
+                name: OTHER_REVIEWER.into(),
+                token: Some(OTHER_TOKEN.into()),
+                token_file: None,
+            },
+        ],
+        token: Some(SHARED_TOKEN.into()),
         ..ApiConfig::default()
     };
     let stop = CancellationToken::new();

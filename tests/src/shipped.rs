@@ -1,6 +1,7 @@
 //! Mosquitto run with the shipped `deploy/mosquitto/` files (config and ACL), unchanged except for what must
 //! move into a test directory: ports, file paths, the service user. TLS material comes from a throwaway CA
-//! made with rcgen; logins are written with `mosquitto_passwd`.
+//! made with rcgen; logins are written with `mosquitto_passwd`, the cloud's into the cloud listener's own
+//! password file (`passwd-cloud`), every other into the edges' (`passwd`).
 
 use crate::Mosquitto;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -54,28 +55,41 @@ pub fn make_pki(dir: &Path, name: &str) -> Pki {
     pki
 }
 
+/// The login of the cloud workers in the shipped ACL; it goes into the cloud listener's password file.
+pub const CLOUD_LOGIN: &str = "tierline-cloud";
+
 /// Mosquitto running the shipped config.
 pub struct ShippedBroker {
     /// The broker process; its `port()` is the plain loopback listener.
     pub broker: Mosquitto,
-    /// Port of the TLS listener.
+    /// Port of the edges' TLS listener (8883 in the shipped config).
     pub tls_port: u16,
+    /// Port of the cloud workers' TLS listener (8884 in the shipped config).
+    pub cloud_port: u16,
     /// The CA that signed the broker's certificate.
     pub pki: Pki,
 }
 
 /// Starts Mosquitto with `deploy/mosquitto/mosquitto.conf` and `deploy/mosquitto/acl`, with `users`
-/// (login, password) in its password file.
+/// (login, password) in its password files: [`CLOUD_LOGIN`] in the cloud listener's, the others in the
+/// edges'.
 pub fn start(dir: &Path, users: &[(&str, &str)]) -> ShippedBroker {
     let data = dir.join("mosquitto");
     std::fs::create_dir_all(&data).expect("mosquitto dir");
     let pki = make_pki(&data.join("tls"), "plant");
     let passwd = data.join("passwd");
+    let passwd_cloud = data.join("passwd-cloud");
     std::fs::write(&passwd, "").expect("passwd");
+    std::fs::write(&passwd_cloud, "").expect("passwd-cloud");
     for (user, password) in users {
+        let file = if *user == CLOUD_LOGIN {
+            &passwd_cloud
+        } else {
+            &passwd
+        };
         let status = Command::new("mosquitto_passwd")
             .arg("-b")
-            .arg(&passwd)
+            .arg(file)
             .arg(user)
             .arg(password)
             .status()
@@ -84,13 +98,14 @@ pub fn start(dir: &Path, users: &[(&str, &str)]) -> ShippedBroker {
     }
     let acl = data.join("acl");
     std::fs::copy(deploy_dir().join("mosquitto/acl"), &acl).expect("copy acl");
-    let plain = tierline_demo::broker::free_port().expect("free port");
-    let tls_port = loop {
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 3 {
         let p = tierline_demo::broker::free_port().expect("free port");
-        if p != plain {
-            break p;
+        if !ports.contains(&p) {
+            ports.push(p);
         }
-    };
+    }
+    let (plain, tls_port, cloud_port) = (ports[0], ports[1], ports[2]);
     let log = data.join("mosquitto.log");
     let shipped = std::fs::read_to_string(deploy_dir().join("mosquitto/mosquitto.conf"))
         .expect("shipped conf");
@@ -101,10 +116,14 @@ pub fn start(dir: &Path, users: &[(&str, &str)]) -> ShippedBroker {
             let mut words = l.split_whitespace();
             match (words.next(), words.next()) {
                 (Some("listener"), Some("8883")) => format!("listener {tls_port} 127.0.0.1"),
+                (Some("listener"), Some("8884")) => format!("listener {cloud_port} 127.0.0.1"),
                 (Some("listener"), _) => format!("listener {plain} 127.0.0.1"),
                 (Some("cafile"), _) => format!("cafile {}", path(&pki.ca)),
                 (Some("certfile"), _) => format!("certfile {}", path(&pki.broker_cert)),
                 (Some("keyfile"), _) => format!("keyfile {}", path(&pki.broker_key)),
+                (Some("password_file"), Some(shipped)) if shipped.ends_with("passwd-cloud") => {
+                    format!("password_file {}", path(&passwd_cloud))
+                }
                 (Some("password_file"), _) => format!("password_file {}", path(&passwd)),
                 (Some("acl_file"), _) => format!("acl_file {}", path(&acl)),
                 (Some("persistence_location"), _) => {
@@ -123,6 +142,7 @@ pub fn start(dir: &Path, users: &[(&str, &str)]) -> ShippedBroker {
     ShippedBroker {
         broker,
         tls_port,
+        cloud_port,
         pki,
     }
 }

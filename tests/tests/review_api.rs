@@ -1,5 +1,6 @@
 //! The review API over a real tonic server and client: authentication (no token and a wrong token are
-//! UNAUTHENTICATED), filters and paging, frames with images, reviews, watching verdicts, edges, health and
+//! UNAUTHENTICATED), reviews recorded under the token's owner, the refusal of an exposed listener without
+//! tokens and TLS, filters and paging, frames with images, reviews, watching verdicts, edges, health and
 //! reflection. The `tierline-review` CLI runs against the same server (`tierline_tests::review`) in
 //! `review/tests/cli.rs`.
 
@@ -7,8 +8,13 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use tierline_cloud::api::ReviewApi;
 use tierline_cloud::api::pb::{self, review_client::ReviewClient};
-use tierline_tests::review::{TOKEN, frame, start, verdict};
+use tierline_cloud::config::{ApiConfig, ReviewerConfig};
+use tierline_cloud::store::Store;
+use tierline_tests::review::{
+    OTHER_REVIEWER, OTHER_TOKEN, REVIEWER, SHARED_TOKEN, TOKEN, frame, start, verdict,
+};
 use tonic::transport::Channel;
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -170,15 +176,20 @@ async fn frames_are_listed_shown_reviewed_and_watched() {
                 seq: 2,
                 label: "scratch".into(),
                 defective: true,
-                reviewer: "ana".into(),
+                reviewer: String::new(),
                 note: "hairline".into(),
             },
             TOKEN,
         ))
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(reviewed.review.unwrap().label, "scratch");
+        .into_inner()
+        .review
+        .unwrap();
+    assert_eq!(
+        (reviewed.label.as_str(), reviewed.reviewer.as_str()),
+        ("scratch", REVIEWER)
+    );
     let open = client
         .list_frames(authed(
             pb::ListFramesRequest {
@@ -236,4 +247,171 @@ async fn frames_are_listed_shown_reviewed_and_watched() {
         (got.edge_id.as_str(), got.seq, got.label.as_str()),
         ("edge-b", 7, "dent")
     );
+}
+
+fn review(seq: u64, label: &str, reviewer: &str) -> pb::SubmitReviewRequest {
+    pb::SubmitReviewRequest {
+        edge_id: "edge-a".into(),
+        seq,
+        label: label.into(),
+        defective: label != "good",
+        reviewer: reviewer.into(),
+        note: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_are_recorded_under_the_owner_of_the_token() {
+    let s = start().await;
+    let mut client = ReviewClient::new(channel(s.addr).await);
+    // Who reviewed comes from the token; the request need not say.
+    let by_ana = client
+        .submit_review(authed(review(4, "dent", ""), OTHER_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .review
+        .unwrap();
+    assert_eq!(by_ana.reviewer, OTHER_REVIEWER);
+    // Naming oneself is fine.
+    let by_bo = client
+        .submit_review(authed(review(4, "scratch", REVIEWER), TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .review
+        .unwrap();
+    assert_eq!(by_bo.reviewer, REVIEWER);
+    // Naming someone else is refused, and nothing is recorded.
+    let impostor = client
+        .submit_review(authed(review(4, "good", REVIEWER), OTHER_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        impostor.code(),
+        tonic::Code::PermissionDenied,
+        "{impostor:?}"
+    );
+    assert!(
+        impostor.message().contains(REVIEWER) && impostor.message().contains(OTHER_REVIEWER),
+        "{impostor:?}"
+    );
+    // A wrong token is refused before anything else.
+    let wrong = client
+        .submit_review(authed(review(4, "good", ""), "not-a-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    // The deprecated shared token works, and says so in the record.
+    let shared = client
+        .submit_review(authed(review(4, "good", ""), SHARED_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .review
+        .unwrap();
+    assert_eq!(
+        shared.reviewer,
+        tierline_cloud::config::SHARED_TOKEN_REVIEWER
+    );
+    let shown = client
+        .get_frame(authed(
+            pb::GetFrameRequest {
+                edge_id: "edge-a".into(),
+                seq: 4,
+            },
+            OTHER_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let history: Vec<_> = shown
+        .reviews
+        .iter()
+        .map(|r| (r.reviewer.as_str(), r.label.as_str()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (OTHER_REVIEWER, "dent"),
+            (REVIEWER, "scratch"),
+            ("api.token", "good")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exposed_listener_needs_tokens_and_tls_unless_insecure_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cloud.db").display());
+    let store = Store::open(&url, true).await.unwrap();
+    let token_file = dir.path().join("ana.token");
+    std::fs::write(&token_file, "t-ana").unwrap();
+    let reviewers = vec![ReviewerConfig {
+        name: "ana".into(),
+        token: None,
+        token_file: Some(token_file),
+    }];
+    let exposed = ApiConfig {
+        listen: ([0, 0, 0, 0], 0).into(),
+        ..ApiConfig::default()
+    };
+    let tls = ApiConfig {
+        tls_cert: Some(dir.path().join("api.crt")),
+        tls_key: Some(dir.path().join("api.key")),
+        ..exposed.clone()
+    };
+    for (what, config) in [
+        ("no token, no TLS", exposed.clone()),
+        (
+            "tokens without TLS",
+            ApiConfig {
+                reviewers: reviewers.clone(),
+                ..exposed.clone()
+            },
+        ),
+        ("TLS without tokens", tls.clone()),
+    ] {
+        let Err(e) = ReviewApi::bind(config, store.clone()).await else {
+            panic!("{what}: the review API listened on 0.0.0.0");
+        };
+        let e = e.to_string();
+        println!("{what}: {e}");
+        for named in [
+            "api.listen",
+            "api.reviewers",
+            "api.token",
+            "api.tls_cert",
+            "api.insecure = true",
+        ] {
+            assert!(e.contains(named), "{what}: {e}");
+        }
+    }
+    // Tokens and TLS, or the explicit switch, and it listens. (TLS files are read when it starts serving.)
+    let secured = ReviewApi::bind(
+        ApiConfig {
+            reviewers,
+            ..tls.clone()
+        },
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(secured.addr().ip().is_unspecified());
+    let insecure = ReviewApi::bind(
+        ApiConfig {
+            insecure: true,
+            ..exposed
+        },
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(insecure.addr().ip().is_unspecified());
+    // Loopback needs neither.
+    let local = ApiConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..ApiConfig::default()
+    };
+    ReviewApi::bind(local, store).await.unwrap();
 }

@@ -67,7 +67,19 @@ fn frame(edge: &str, seq: u64, line: &str, capture_us: i64) -> FrameEnvelope {
         edge_model_version: "pre-1".into(),
         encoding: 2,
         image: vec![seq as u8; 100],
+        incarnation: "00000000000000a1".into(),
+        image_sha256: wire::image_sha256(&[seq as u8; 100]),
         ..FrameEnvelope::default()
+    }
+}
+
+/// `frame` from another outbox incarnation, or with another image.
+fn variant(edge: &str, seq: u64, incarnation: &str, image: Vec<u8>) -> FrameEnvelope {
+    FrameEnvelope {
+        incarnation: incarnation.into(),
+        image_sha256: wire::image_sha256(&image),
+        image,
+        ..frame(edge, seq, "l1", 10)
     }
 }
 
@@ -111,15 +123,10 @@ async fn storing_is_idempotent_and_counts_deliveries(s: Store) {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        s.lookup("e1", 1, Some(Action::Reject))
-            .await
-            .unwrap()
-            .unwrap()
-            .label,
-        "spot"
-    );
-    assert!(s.lookup("e1", 2, None).await.unwrap().is_none());
+    let mut again = frame("e1", 1, "l1", 10);
+    tierline_shared::action::set_local_action(&mut again, Some(Action::Reject));
+    assert_eq!(s.lookup(&again).await.unwrap().unwrap().label, "spot");
+    assert!(s.lookup(&frame("e1", 2, "l1", 10)).await.unwrap().is_none());
     assert_eq!(s.verdict_count().await.unwrap(), 1);
     let (row, image, _) = s.get_frame("e1", 1).await.unwrap().unwrap();
     assert_eq!(row.deliveries, 3, "store, store again, lookup");
@@ -135,6 +142,63 @@ async fn storing_is_idempotent_and_counts_deliveries(s: Store) {
         versions.contains(&("edge".into(), "pre-1".into())),
         "{versions:?}"
     );
+}
+
+contract!(a_reused_seq_is_another_frame_never_a_duplicate);
+async fn a_reused_seq_is_another_frame_never_a_duplicate(s: Store) {
+    let first = frame("e1", 1, "l1", 10);
+    s.store(&first, &verdict("e1", 1, "spot")).await.unwrap();
+    // A recreated outbox numbers a new frame 1 again, under a new incarnation.
+    let recreated = variant("e1", 1, "00000000000000b2", vec![7; 50]);
+    assert!(
+        s.lookup(&recreated).await.unwrap().is_none(),
+        "another incarnation's frame 1 is not answered with the stored verdict"
+    );
+    match s
+        .store(&recreated, &verdict("e1", 1, "good"))
+        .await
+        .unwrap()
+    {
+        Stored::New(v) => {
+            assert_eq!(v.label, "good");
+            assert_eq!(v.incarnation, "00000000000000b2");
+            assert_eq!(v.image_sha256, wire::image_sha256(&[7; 50]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An outbox restored from an old copy numbers a new frame 1 again under the old incarnation.
+    let restored = variant("e1", 1, "00000000000000a1", vec![8; 60]);
+    assert!(s.lookup(&restored).await.unwrap().is_none());
+    match s
+        .store(&restored, &verdict("e1", 1, "crack"))
+        .await
+        .unwrap()
+    {
+        Stored::Conflict(v) => {
+            assert_eq!(v.label, "crack");
+            assert_eq!(
+                v.incarnation, "00000000000000a1",
+                "the wire incarnation is echoed"
+            );
+            assert_eq!(v.image_sha256, wire::image_sha256(&[8; 60]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Each of the three is answered with its own verdict when delivered again.
+    for (f, label) in [(&first, "spot"), (&recreated, "good"), (&restored, "crack")] {
+        let v = s.lookup(f).await.unwrap().expect("stored");
+        assert_eq!(v.label, label);
+        assert_eq!(
+            v.image_sha256, f.image_sha256,
+            "the verdict names its image"
+        );
+        assert_eq!(v.incarnation, f.incarnation);
+        match s.store(f, &verdict("e1", 1, "stain")).await.unwrap() {
+            Stored::Existing(v) => assert_eq!(v.label, label),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(s.verdict_count().await.unwrap(), 3);
 }
 
 contract!(concurrent_deliveries_store_one_verdict);
@@ -160,6 +224,7 @@ async fn concurrent_deliveries_store_one_verdict(s: Store) {
                 labels.push(v.label)
             }
             Stored::Existing(v) => labels.push(v.label),
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(new, 1, "exactly one delivery stores its verdict");

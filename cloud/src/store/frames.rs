@@ -36,6 +36,9 @@ pub struct FrameFilter {
 pub struct FrameRow {
     /// Edge id.
     pub edge_id: String,
+    /// The edge outbox incarnation that numbered the frame ("" from edges that predate it; with a
+    /// `#<hash prefix>` suffix for a frame that arrived under the key of another image).
+    pub incarnation: String,
     /// Per-edge sequence number.
     pub seq: i64,
     /// `<edge_id>-<seq>`.
@@ -91,23 +94,23 @@ impl FrameRow {
 pub type FrameDetail = (FrameRow, Option<Vec<u8>>, Vec<ReviewRow>);
 
 /// Columns of [`FrameRow`], over `frames f JOIN verdicts v`.
-const FRAME_COLUMNS: &str = "f.edge_id, f.seq, f.frame_id, f.site, f.line, f.camera_id, f.capture_time_us,
+const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site, f.line, f.camera_id, f.capture_time_us,
     f.reason, f.edge_score, f.edge_model_version, f.edge_local_action, f.deliveries, f.image_encoding,
     f.image IS NOT NULL AS has_image, v.label, v.defective, v.defect_score, v.cloud_model_version,
     v.verdict_time_us, v.scores_json,
     (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) AS disagreement,
-    COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.seq = f.seq
+    COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq
               ORDER BY r.id DESC LIMIT 1), '') AS review_label";
 
 impl Store {
     /// Frames with verdicts, newest capture first, filtered and paged.
     pub async fn list_frames(&self, f: &FrameFilter) -> Result<Vec<FrameRow>, StoreError> {
         let sql = format!(
-            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
+            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq
              WHERE ($1 = '' OR f.edge_id = $1) AND ($2 = '' OR f.line = $2) AND ($3 = '' OR v.label = $3)
                AND ($4 = 0 OR f.capture_time_us >= $4) AND ($5 = 0 OR f.capture_time_us < $5)
                AND (NOT $6 OR (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)))
-               AND (NOT $7 OR NOT EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.seq = f.seq))
+               AND (NOT $7 OR NOT EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq))
                AND (NOT $8 OR f.capture_time_us < $9
                     OR (f.capture_time_us = $9 AND (f.edge_id < $10 OR (f.edge_id = $10 AND f.seq < $11))))
              ORDER BY f.capture_time_us DESC, f.edge_id DESC, f.seq DESC
@@ -133,15 +136,16 @@ impl Store {
             .map_err(self.err("list frames")))
     }
 
-    /// One frame with its verdict, its image bytes (`None` when pruned or not kept) and its reviews.
+    /// One frame with its verdict, its image bytes (`None` when pruned or not kept) and its reviews. When
+    /// several outbox incarnations of the edge numbered a frame `seq`, the one received last.
     pub async fn get_frame(
         &self,
         edge_id: &str,
         seq: u64,
     ) -> Result<Option<FrameDetail>, StoreError> {
         let sql = format!(
-            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
-             WHERE f.edge_id = $1 AND f.seq = $2"
+            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq
+             WHERE f.edge_id = $1 AND f.seq = $2 ORDER BY f.received_us DESC LIMIT 1"
         );
         on_pool!(self, |pool| {
             let row: Option<FrameRow> = sqlx::query_as(&sql)
@@ -153,18 +157,21 @@ impl Store {
             let Some(row) = row else {
                 return Ok(None);
             };
-            let image: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT image FROM frames WHERE edge_id = $1 AND seq = $2")
-                    .bind(edge_id)
-                    .bind(seq as i64)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(self.err("get frame"))?;
-            let reviews: Vec<ReviewRow> = sqlx::query_as(
-                "SELECT label, defective, reviewer, note, time_us FROM reviews
-                 WHERE edge_id = $1 AND seq = $2 ORDER BY id",
+            let image: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT image FROM frames WHERE edge_id = $1 AND incarnation = $2 AND seq = $3",
             )
             .bind(edge_id)
+            .bind(&row.incarnation)
+            .bind(seq as i64)
+            .fetch_one(pool)
+            .await
+            .map_err(self.err("get frame"))?;
+            let reviews: Vec<ReviewRow> = sqlx::query_as(
+                "SELECT label, defective, reviewer, note, time_us FROM reviews
+                 WHERE edge_id = $1 AND incarnation = $2 AND seq = $3 ORDER BY id",
+            )
+            .bind(edge_id)
+            .bind(&row.incarnation)
             .bind(seq as i64)
             .fetch_all(pool)
             .await
@@ -181,7 +188,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<FrameRow>, StoreError> {
         let sql = format!(
-            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.seq = f.seq
+            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq
              WHERE v.verdict_time_us > $1 AND ($2 = '' OR v.edge_id = $2)
              ORDER BY v.verdict_time_us, v.edge_id, v.seq LIMIT $3"
         );

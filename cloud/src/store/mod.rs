@@ -3,7 +3,7 @@
 //! Migrations live in `migrations/sqlite/` and `migrations/postgres/` and create the same tables.
 //!
 //! What the store holds, one file of this module per domain:
-//! - `frames`: every frame received, one row per `(edge_id, seq)` however often it was delivered, with its
+//! - `frames`: every frame received, one row per `(edge_id, incarnation, seq)` however often it was delivered, with its
 //!   image bytes until retention clears them; listed for review by [`Store::list_frames`].
 //! - `verdicts`: the cloud's verdict of each frame ([`Store::store`], [`Store::lookup`]).
 //! - `reviews`: human labels, a history per frame ([`Store::submit_review`]).
@@ -13,9 +13,11 @@
 //! - the `disagreements` view: frames whose edge decided locally against the later verdict.
 //!
 //! Contract (checked against both backends by `tests/tests/store_contract.rs`):
-//! - Storing is idempotent: the key is `(edge_id, seq)`, and there is exactly one verdict per key. A frame
-//!   delivered again is counted in `frames.deliveries` and answered with the verdict already stored, never
-//!   stored twice.
+//! - Storing is idempotent: the key is `(edge_id, incarnation, seq)` (the incarnation names the edge outbox
+//!   that numbered the frame), and there is exactly one verdict per key. A frame delivered again with the
+//!   same image is counted in `frames.deliveries` and answered with the verdict already stored, never stored
+//!   twice. One delivered under a stored key with another image is a different frame, stored beside it
+//!   (`verdicts` module). Frame and verdict rows carry the SHA-256 of the image.
 //! - Verdicts are never deleted. Retention ([`Store::prune_images`]) only clears old image bytes, by age and
 //!   by a total byte budget (oldest first), and only under the current leader lease: the write is guarded by
 //!   the lease's fencing token, so a leader that lost its lease cannot prune ([`StoreError::Fenced`]).

@@ -85,9 +85,9 @@ impl Store {
                 .map_err(self.err("retention"))?;
                 let mut excess = (total as u64).saturating_sub(max_bytes);
                 while excess > 0 {
-                    let oldest: Vec<(String, i64, i64)> = sqlx::query_as(
-                        "SELECT edge_id, seq, image_bytes FROM frames WHERE image IS NOT NULL
-                         ORDER BY received_us, edge_id, seq LIMIT 256",
+                    let oldest: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                        "SELECT edge_id, incarnation, seq, image_bytes FROM frames WHERE image IS NOT NULL
+                         ORDER BY received_us, edge_id, incarnation, seq LIMIT 256",
                     )
                     .fetch_all(&mut *tx)
                     .await
@@ -95,16 +95,17 @@ impl Store {
                     if oldest.is_empty() {
                         break;
                     }
-                    for (edge_id, seq, bytes) in oldest {
+                    for (edge_id, incarnation, seq, bytes) in oldest {
                         if excess == 0 {
                             break;
                         }
                         sqlx::query(
-                            "UPDATE frames SET image = NULL, image_pruned_us = $3 WHERE edge_id = $1 AND seq = $2",
+                            "UPDATE frames SET image = NULL, image_pruned_us = $3 WHERE edge_id = $1 AND seq = $2 AND incarnation = $4",
                         )
                         .bind(&edge_id)
                         .bind(seq)
                         .bind(now_us)
+                        .bind(&incarnation)
                         .execute(&mut *tx)
                         .await
                         .map_err(self.err("retention"))?;

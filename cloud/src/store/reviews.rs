@@ -20,30 +20,34 @@ pub struct ReviewRow {
 }
 
 impl Store {
-    /// Records a human review of a stored frame.
+    /// Records a human review of a stored frame (when several outbox incarnations numbered a frame `seq`, of
+    /// the one received last, as [`Store::get_frame`] shows it).
     pub async fn submit_review(
         &self,
         edge_id: &str,
         seq: u64,
         review: &ReviewRow,
     ) -> Result<(), StoreError> {
-        let exists: Option<i64> = on_pool!(self, |pool| sqlx::query_scalar(
-            "SELECT seq FROM verdicts WHERE edge_id = $1 AND seq = $2"
+        let incarnation: Option<String> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT f.incarnation FROM frames f JOIN verdicts v
+               ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq
+             WHERE f.edge_id = $1 AND f.seq = $2 ORDER BY f.received_us DESC LIMIT 1"
         )
         .bind(edge_id)
         .bind(seq as i64)
         .fetch_optional(pool)
         .await
         .map_err(self.err("submit review"))?);
-        if exists.is_none() {
+        let Some(incarnation) = incarnation else {
             return Err(StoreError::NotFound {
                 edge_id: edge_id.into(),
                 seq,
             });
-        }
-        on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO reviews (edge_id, seq, label, defective, reviewer, note, time_us)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        };
+        on_pool!(self, |pool| {
+            sqlx::query(
+            "INSERT INTO reviews (edge_id, seq, label, defective, reviewer, note, time_us, incarnation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         )
         .bind(edge_id)
         .bind(seq as i64)
@@ -52,10 +56,12 @@ impl Store {
         .bind(&review.reviewer)
         .bind(&review.note)
         .bind(review.time_us)
+        .bind(&incarnation)
         .execute(pool)
         .await
         .map(|_| ())
-        .map_err(self.err("submit review"))?);
+        .map_err(self.err("submit review"))?
+        });
         Ok(())
     }
 }

@@ -1,5 +1,10 @@
-//! Verdicts: storing a frame with its verdict exactly once per `(edge_id, seq)`, answering a frame delivered
-//! again with the verdict already stored, and counting verdicts.
+//! Verdicts: storing a frame with its verdict exactly once per `(edge_id, incarnation, seq)` and image,
+//! answering a frame delivered again with the verdict already stored, and counting verdicts.
+//!
+//! A delivery is a duplicate only when its key *and* its image hash match a stored frame. One whose key is
+//! stored with another image (an edge outbox restored from an old copy numbers new frames with old seqs) is a
+//! different frame: it is stored under the incarnation `<incarnation>#<first 16 hex digits of its hash>`,
+//! judged, and reported as [`Stored::Conflict`]; its verdict still names the wire incarnation and its own hash.
 
 use super::models::INSERT_MODEL_VERSION;
 use super::{Pool, Store, StoreError};
@@ -14,6 +19,19 @@ pub enum Stored {
     New(Verdict),
     /// A verdict for this frame already existed; this is it.
     Existing(Verdict),
+    /// The frame's key was stored with another image: this frame was stored now beside it, under the
+    /// conflict key, with this verdict.
+    Conflict(Verdict),
+}
+
+/// The stored incarnation of a frame whose key is already taken by another image.
+fn conflict_incarnation(frame: &FrameEnvelope) -> String {
+    let hash = hex::encode(&frame.image_sha256);
+    format!(
+        "{}#{}",
+        frame.incarnation,
+        hash.get(..16).unwrap_or(hash.as_str())
+    )
 }
 
 #[derive(FromRow)]
@@ -26,66 +44,73 @@ struct VerdictRow {
     error: String,
     verdict_time_us: i64,
     frame_id: String,
+    image_sha256: Vec<u8>,
 }
 
-const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-     ON CONFLICT (edge_id, seq) DO UPDATE SET deliveries = frames.deliveries + 1,
-       edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END";
+/// Inserts a frame, or counts a delivery of the same image under the same key. Affects no row when the key
+/// is stored with another image.
+const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action, incarnation, image_sha256)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+     ON CONFLICT (edge_id, incarnation, seq) DO UPDATE SET deliveries = frames.deliveries + 1,
+       edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END
+     WHERE frames.image_sha256 = excluded.image_sha256";
 
-const INSERT_VERDICT: &str = "INSERT INTO verdicts (edge_id, seq, cloud_model_version, label, defective, defect_score, scores_json, error, verdict_time_us, worker_id)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (edge_id, seq) DO NOTHING";
+const INSERT_VERDICT: &str = "INSERT INTO verdicts (edge_id, seq, cloud_model_version, label, defective, defect_score, scores_json, error, verdict_time_us, worker_id, incarnation, image_sha256)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (edge_id, incarnation, seq) DO NOTHING";
 
-const SELECT_VERDICT: &str = "SELECT v.cloud_model_version, v.label, v.defective, v.defect_score, v.scores_json, v.error, v.verdict_time_us, f.frame_id
-     FROM verdicts v JOIN frames f ON f.edge_id = v.edge_id AND f.seq = v.seq
-     WHERE v.edge_id = $1 AND v.seq = $2";
+const SELECT_VERDICT: &str = "SELECT v.cloud_model_version, v.label, v.defective, v.defect_score, v.scores_json, v.error, v.verdict_time_us, f.frame_id, v.image_sha256
+     FROM verdicts v JOIN frames f ON f.edge_id = v.edge_id AND f.incarnation = v.incarnation AND f.seq = v.seq
+     WHERE v.edge_id = $1 AND v.incarnation = $2 AND v.seq = $3";
 
+/// Counts a delivery of a stored frame: same key (or its conflict key) and the same image.
 const COUNT_DELIVERY: &str = "UPDATE frames SET deliveries = deliveries + 1,
      edge_local_action = CASE WHEN $1 != '' THEN $1 ELSE edge_local_action END
-     WHERE edge_id = $2 AND seq = $3";
+     WHERE edge_id = $2 AND seq = $3 AND (incarnation = $4 OR incarnation = $5) AND image_sha256 = $6
+     RETURNING incarnation";
 
 impl Store {
-    /// The stored verdict of `(edge_id, seq)`, counting this delivery.
-    /// A `local_action` (the edge decided locally meanwhile) is recorded too.
-    pub async fn lookup(
-        &self,
-        edge_id: &str,
-        seq: u64,
-        local_action: Option<Action>,
-    ) -> Result<Option<Verdict>, StoreError> {
-        let edge_local_action = local_action.map(Action::as_str).unwrap_or_default();
+    /// The stored verdict of this frame (same key, same image), counting this delivery. The edge's local
+    /// action, if it decided locally meanwhile, is recorded too.
+    pub async fn lookup(&self, frame: &FrameEnvelope) -> Result<Option<Verdict>, StoreError> {
+        let (edge_id, seq) = (frame.edge_id.as_str(), frame.seq);
+        let edge_local_action = tierline_shared::action::local_action(frame)
+            .map(Action::as_str)
+            .unwrap_or_default();
+        let conflict_key = conflict_incarnation(frame);
         let row: Option<VerdictRow> = on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("lookup"))?;
             // The write comes first: on SQLite a transaction that reads and then writes cannot wait for the
             // write lock (it fails at once with "database is locked" when another worker wrote meanwhile),
             // while one that starts by writing waits up to the busy timeout. A frame row exists exactly when
             // its verdict does (both are stored in one transaction).
-            let counted = sqlx::query(COUNT_DELIVERY)
+            let counted: Option<String> = sqlx::query_scalar(COUNT_DELIVERY)
                 .bind(edge_local_action)
                 .bind(edge_id)
                 .bind(seq as i64)
-                .execute(&mut *tx)
+                .bind(&frame.incarnation)
+                .bind(&conflict_key)
+                .bind(&frame.image_sha256)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(self.err("lookup"))?
-                .rows_affected()
-                > 0;
-            let found: Option<VerdictRow> = if counted {
-                sqlx::query_as(SELECT_VERDICT)
+                .map_err(self.err("lookup"))?;
+            let found: Option<VerdictRow> = match counted {
+                Some(stored_as) => sqlx::query_as(SELECT_VERDICT)
                     .bind(edge_id)
+                    .bind(&stored_as)
                     .bind(seq as i64)
                     .fetch_optional(&mut *tx)
                     .await
-                    .map_err(self.err("lookup"))?
-            } else {
-                None
+                    .map_err(self.err("lookup"))?,
+                None => None,
             };
             tx.commit().await.map_err(self.err("lookup"))?;
             found
         });
-        Ok(row.map(|r| to_verdict(edge_id, seq, r)))
+        Ok(row.map(|r| to_verdict(frame, r)))
     }
 
-    /// Stores the frame and its verdict unless a verdict for `(edge_id, seq)` exists already.
+    /// Stores the frame and its verdict unless a verdict for this frame (same key, same image) exists already.
+    /// A frame whose key is stored with another image is stored beside it ([`Stored::Conflict`]).
     pub async fn store(
         &self,
         frame: &FrameEnvelope,
@@ -102,34 +127,46 @@ impl Store {
         let image = self.keep_images.then_some(&frame.image);
         let image_bytes = image.map_or(0, |i| i.len() as i64);
         let now = tierline_shared::time::now_us();
-        let existing: Option<VerdictRow> = on_pool!(self, |pool| {
+        let local_action = tierline_shared::action::local_action(frame)
+            .map(Action::as_str)
+            .unwrap_or_default();
+        let (conflict, existing): (bool, Option<VerdictRow>) = on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("store"))?;
-            sqlx::query(INSERT_FRAME)
+            let mut incarnation = frame.incarnation.clone();
+            let mut conflict = false;
+            loop {
+                let stored = sqlx::query(INSERT_FRAME)
+                    .bind(&frame.edge_id)
+                    .bind(frame.seq as i64)
+                    .bind(&frame.frame_id)
+                    .bind(&frame.site)
+                    .bind(&frame.line)
+                    .bind(&frame.camera_id)
+                    .bind(frame.capture_time_us)
+                    .bind(frame.reason)
+                    .bind(f64::from(frame.edge_score))
+                    .bind(&frame.edge_model_version)
+                    .bind(frame.encoding)
+                    .bind(image)
+                    .bind(image_bytes)
+                    .bind(now)
+                    .bind(local_action)
+                    .bind(&incarnation)
+                    .bind(&frame.image_sha256)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err("store"))?
+                    .rows_affected();
+                if stored > 0 || conflict {
+                    break;
+                }
+                // The key holds another image: a different frame (see the module doc).
+                conflict = true;
+                incarnation = conflict_incarnation(frame);
+            }
+            let new = sqlx::query(INSERT_VERDICT)
                 .bind(&frame.edge_id)
                 .bind(frame.seq as i64)
-                .bind(&frame.frame_id)
-                .bind(&frame.site)
-                .bind(&frame.line)
-                .bind(&frame.camera_id)
-                .bind(frame.capture_time_us)
-                .bind(frame.reason)
-                .bind(f64::from(frame.edge_score))
-                .bind(&frame.edge_model_version)
-                .bind(frame.encoding)
-                .bind(image)
-                .bind(image_bytes)
-                .bind(now)
-                .bind(
-                    tierline_shared::action::local_action(frame)
-                        .map(Action::as_str)
-                        .unwrap_or_default(),
-                )
-                .execute(&mut *tx)
-                .await
-                .map_err(self.err("store"))?;
-            let new = sqlx::query(INSERT_VERDICT)
-                .bind(&verdict.edge_id)
-                .bind(verdict.seq as i64)
                 .bind(&verdict.cloud_model_version)
                 .bind(&verdict.label)
                 .bind(verdict.defective)
@@ -138,6 +175,8 @@ impl Store {
                 .bind(&verdict.error)
                 .bind(verdict.verdict_time_us)
                 .bind(&self.worker)
+                .bind(&incarnation)
+                .bind(&frame.image_sha256)
                 .execute(&mut *tx)
                 .await
                 .map_err(self.err("store"))?
@@ -161,18 +200,25 @@ impl Store {
                 None
             } else {
                 sqlx::query_as(SELECT_VERDICT)
-                    .bind(&verdict.edge_id)
-                    .bind(verdict.seq as i64)
+                    .bind(&frame.edge_id)
+                    .bind(&incarnation)
+                    .bind(frame.seq as i64)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(self.err("store"))?
             };
             tx.commit().await.map_err(self.err("store"))?;
-            existing
+            (conflict, existing)
         });
+        let judged = Verdict {
+            incarnation: frame.incarnation.clone(),
+            image_sha256: frame.image_sha256.clone(),
+            ..verdict.clone()
+        };
         Ok(match existing {
-            None => Stored::New(verdict.clone()),
-            Some(r) => Stored::Existing(to_verdict(&verdict.edge_id, verdict.seq, r)),
+            Some(r) => Stored::Existing(to_verdict(frame, r)),
+            None if conflict => Stored::Conflict(judged),
+            None => Stored::New(judged),
         })
     }
 
@@ -200,11 +246,14 @@ pub(super) fn scores_from_json(json: &str) -> Vec<ClassScore> {
         .collect()
 }
 
-fn to_verdict(edge_id: &str, seq: u64, r: VerdictRow) -> Verdict {
+/// A stored verdict as sent again for `frame` (a repeated delivery of the frame it judged).
+fn to_verdict(frame: &FrameEnvelope, r: VerdictRow) -> Verdict {
     Verdict {
         protocol_version: wire::PROTOCOL_VERSION,
-        edge_id: edge_id.into(),
-        seq,
+        edge_id: frame.edge_id.clone(),
+        seq: frame.seq,
+        incarnation: frame.incarnation.clone(),
+        image_sha256: r.image_sha256,
         frame_id: r.frame_id,
         cloud_model_version: r.cloud_model_version,
         scores: scores_from_json(&r.scores_json),

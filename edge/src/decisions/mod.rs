@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tierline_shared::time::{Clock, SystemClock};
-use tierline_shared::wire::Verdict;
+use tierline_shared::wire::{ForwardReason, Verdict};
 
 pub mod stage;
 
@@ -142,6 +142,8 @@ pub struct Book {
     rules: OfflineRules,
     deadline: Duration,
     frames: HashMap<u64, State>,
+    /// Waiting suspects the outbox does not hold (see [`Book::unheld`]).
+    unheld: std::collections::HashSet<u64>,
     clock: Arc<dyn Clock>,
 }
 
@@ -221,6 +223,7 @@ impl Book {
             rules: rules.into(),
             deadline,
             frames: HashMap::new(),
+            unheld: Default::default(),
             clock,
         }
     }
@@ -251,6 +254,22 @@ impl Book {
         self.frames.insert(seq, state);
     }
 
+    /// The outbox does not hold `seq` (evicted, refused, or its write failed): no verdict can be counted on.
+    /// An audit or provisional entry is forgotten at once; a waiting suspect is still decided at its deadline
+    /// (or by a verdict, if one was sent before and comes in time), but finally, not provisionally, so
+    /// nothing waits for a reconciliation that cannot come. Keeps the book bounded.
+    pub fn unheld(&mut self, seq: u64) {
+        match self.frames.get(&seq) {
+            Some(State::Waiting(_)) => {
+                self.unheld.insert(seq);
+            }
+            Some(_) => {
+                self.frames.remove(&seq);
+            }
+            None => {}
+        }
+    }
+
     /// The deadline of `seq` passed: decide locally if still waiting.
     pub fn expire(&mut self, seq: u64) -> Option<Event> {
         let now = self.clock.now();
@@ -261,6 +280,21 @@ impl Book {
             return None;
         };
         let action = self.rules.action(p.edge_score);
+        if self.unheld.remove(&seq) {
+            return Some(Event::Decision {
+                seq,
+                frame_id: p.frame_id,
+                camera_id: p.camera_id,
+                action,
+                source: Source::LocalFallback,
+                provisional: false,
+                edge_score: p.edge_score,
+                cloud_label: None,
+                truth: p.truth,
+                latency_us: micros(now.saturating_duration_since(p.captured_at)),
+                detail: Some("not held by the outbox: decided locally for good".into()),
+            });
+        }
         let event = Event::Decision {
             seq,
             frame_id: p.frame_id.clone(),
@@ -290,8 +324,19 @@ impl Book {
     /// before a restart a reconciliation if the outbox remembered a local decision (`known`).
     pub fn verdict(&mut self, v: &Verdict, known: Option<&Acked>) -> Option<Event> {
         let now = self.clock.now();
+        self.unheld.remove(&v.seq);
         let Some(state) = self.frames.remove(&v.seq) else {
             let known = known?;
+            if known.reason == ForwardReason::Audit {
+                // An audit sample from before a restart: its outcome still counts.
+                return Some(Event::Audit {
+                    seq: v.seq,
+                    frame_id: v.frame_id.clone(),
+                    edge_score: known.score,
+                    cloud_label: v.label.clone(),
+                    miss: cloud_action(v) == Action::Reject,
+                });
+            }
             let local = known.local_action?;
             let cloud = cloud_action(v);
             let deadline_us = known.capture_time_us + micros(self.deadline) as i64;
@@ -396,6 +441,8 @@ pub enum Input {
     Verdict(Verdict, Option<Acked>),
     /// Fires once every event caused by the inputs before it has been written by the sink.
     Written(tokio::sync::oneshot::Sender<()>),
+    /// Forwarded frames the outbox does not hold: evicted, refused, or not written ([`Book::unheld`]).
+    Unheld(Vec<u64>),
 }
 
 /// The decision for a suspect that a crash left undecided past its deadline.
@@ -542,6 +589,9 @@ mod tests {
             seq: 9,
             local_action: Some(Action::Reject),
             capture_time_us: clock.wall_us(),
+            image_sha256: Vec::new(),
+            reason: ForwardReason::Suspect,
+            score: 0.9,
         };
         clock.advance(ms(400));
         let e = b.verdict(&verdict(9, false), Some(&known)).unwrap();
@@ -557,9 +607,20 @@ mod tests {
         ));
         let undecided = Acked {
             local_action: None,
-            ..known
+            ..known.clone()
         };
         assert!(b.verdict(&verdict(9, false), Some(&undecided)).is_none());
+        // An audit sample from before the restart: its outcome is reported, a miss as a miss.
+        let audit = Acked {
+            local_action: None,
+            reason: ForwardReason::Audit,
+            score: 0.2,
+            ..known
+        };
+        assert!(matches!(
+            b.verdict(&verdict(9, true), Some(&audit)),
+            Some(Event::Audit { miss: true, .. })
+        ));
     }
 
     #[test]

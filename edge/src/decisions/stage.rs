@@ -72,6 +72,12 @@ impl Decisions {
                         }
                         e
                     }
+                    Some(Input::Unheld(seqs)) => {
+                        for seq in seqs {
+                            book.unheld(seq);
+                        }
+                        None
+                    }
                     Some(Input::Written(done)) => {
                         let _ = sink.send(Item::Barrier(done)).await;
                         None

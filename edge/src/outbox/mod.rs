@@ -8,8 +8,17 @@
 //! `outbox_image` with the encoded image. Keeping images apart keeps every metadata scan (the budget at open,
 //! the backlog, the startup checks) small however large the backlog: a restart reads no image.
 //!
+//! **Incarnation.** Each outbox database gets a random 64-bit id when it is created (`meta.incarnation`, shown
+//! as 16 hex digits). Sequence numbers restart when the database is lost or replaced; the incarnation does
+//! not, so `(edge_id, incarnation, seq)` names one frame for good. Each record also keeps the SHA-256 of its
+//! image; both travel with the frame and come back in its verdict, and a verdict that names another
+//! incarnation or another image never settles a record (see `settle`).
+//!
 //! **Sequence numbers** are reserved in blocks: `meta.seq_reserved` is raised (and committed) before any number
 //! of the block is used, so after a crash numbers are never reused, only skipped.
+//!
+//! **Write transactions** start with `BEGIN IMMEDIATE`, so concurrent writers wait for each other (up to the
+//! busy timeout) instead of failing on a lock upgrade.
 //!
 //! **When data is synced.** Appends are grouped: the writer stage commits up to `commit_batch` records in one
 //! transaction. With `sync = "full"` every commit is fsynced (one fsync per batch) and survives power loss; with
@@ -26,7 +35,9 @@
 //! or the eviction policy below removed it. A successful
 //! publish or an MQTT PUBACK never deletes anything (brokers PUBACK messages they drop).
 //!
-//! **Redelivery.** A record sent for the n-th time becomes due again after `resend_after × 2^(n-1)` (capped
+//! **Redelivery.** Due times (`next_attempt_us`) are read on the process's monotonic clock
+//! ([`tierline_shared::time::mono_us`]) and reset to 0 at every open, so a step of the wall clock cannot make
+//! records look in flight. A record sent for the n-th time becomes due again after `resend_after × 2^(n-1)` (capped
 //! at 8×), with jitter. After a reconnect and at startup every unacknowledged record is due at once.
 //!
 //! **Disk budget.** Stored image bytes never exceed `max_bytes`. Over the budget, an arriving record competes
@@ -34,7 +45,7 @@
 //! score, oldest first among equals. The lowest-ranked record leaves: a stored one is deleted, or the
 //! arriving one is refused (an arriving audit sample never displaces a stored suspect). Suspects keep their
 //! line decision either way: it is taken at the deadline, from memory. Each eviction is counted (`meta.evicted`), recorded in the `evicted` table (seq, reason,
-//! score, size, time), logged with its seq and score, and reported to the caller. A record larger than the whole budget is refused with an error.
+//! score, size, time; the most recent 10,000 rows are kept), logged with its seq and score, and reported to the caller. A record larger than the whole budget is refused with an error.
 //!
 //! **Invariants the tests check.** (1) An appended record is returned by [`Outbox::due`] until acked or
 //! evicted, across close and reopen. (2) `ack` removes exactly the named records. (3) The stored bytes never
@@ -57,7 +68,7 @@ mod seqs;
 
 pub use evict::ranks_below;
 use evict::{delete, record_eviction};
-pub use seqs::SeqAllocator;
+pub use seqs::{SeqAllocator, is_volatile};
 
 /// The local action a row holds (its text form; anything else reads as none).
 fn action(row: &sqlx::sqlite::SqliteRow) -> Option<Action> {
@@ -129,6 +140,8 @@ pub struct Record {
     pub attempts: u32,
     /// The provisional line decision taken when the verdict missed its deadline, if any.
     pub local_action: Option<Action>,
+    /// SHA-256 of `image` ([`tierline_shared::wire::image_sha256`]).
+    pub image_sha256: Vec<u8>,
 }
 
 /// What the outbox knew about a record when its verdict arrived.
@@ -140,6 +153,24 @@ pub struct Acked {
     pub local_action: Option<Action>,
     /// Capture time, µs since the epoch.
     pub capture_time_us: i64,
+    /// SHA-256 of the held image (empty for records stored before it was kept).
+    pub image_sha256: Vec<u8>,
+    /// Why it was forwarded (an audit sample's verdict is an audit outcome, also after a restart).
+    pub reason: ForwardReason,
+    /// Its prescreen score.
+    pub score: f32,
+}
+
+fn acked(seq: u64, row: &sqlx::sqlite::SqliteRow) -> Acked {
+    Acked {
+        seq,
+        local_action: action(row),
+        capture_time_us: row.get("capture_time_us"),
+        image_sha256: row.get("image_sha256"),
+        reason: ForwardReason::try_from(row.get::<i64, _>("reason") as i32)
+            .unwrap_or(ForwardReason::Unspecified),
+        score: row.get::<f64, _>("score") as f32,
+    }
 }
 
 /// A suspect held without a local decision (see [`Outbox::undecided_suspects`]).
@@ -186,6 +217,7 @@ pub struct Outbox {
     path: Arc<str>,
     budget: u64,
     stored_bytes: Arc<AtomicU64>,
+    incarnation: Arc<str>,
 }
 
 impl Outbox {
@@ -232,12 +264,36 @@ impl Outbox {
             .execute(&pool)
             .await
             .map_err(db_err("open"))?;
+        // Created once with the database; a recreated database gets a new one.
+        let incarnation: i64 = sqlx::query_scalar(
+            "INSERT INTO meta (key, value) VALUES ('incarnation', ?) ON CONFLICT(key) DO UPDATE SET value = value RETURNING value",
+        )
+        .bind({
+            use rand::{Rng, SeedableRng};
+            rand::rngs::SmallRng::from_os_rng().random::<i64>()
+        })
+        .fetch_one(&pool)
+        .await
+        .map_err(db_err("open"))?;
         Ok(Self {
             pool,
             path,
             budget: cfg.max_bytes.0,
             stored_bytes: Arc::new(AtomicU64::new(stored as u64)),
+            incarnation: format!("{:016x}", incarnation as u64).into(),
         })
+    }
+
+    /// This outbox's incarnation: 16 hex digits, fixed for the life of the database file.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// A write transaction, holding the write lock from its first statement (`BEGIN IMMEDIATE`). A deferred
+    /// transaction that reads before it writes cannot wait for the lock: it fails at once with "database is
+    /// locked" when another connection committed in between, whereas this one waits up to the busy timeout.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> OutboxError + use<> {
@@ -270,7 +326,7 @@ impl Outbox {
                 budget: self.budget,
             });
         }
-        let mut tx = self.pool.begin().await.map_err(self.err("append"))?;
+        let mut tx = self.write().await.map_err(self.err("append"))?;
         let mut stored = self.stored_bytes.load(Ordering::Acquire);
         let start = stored;
         let mut evicted = Vec::new();
@@ -319,7 +375,7 @@ impl Outbox {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes, image_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.seq as i64)
             .bind(&r.frame_id)
@@ -329,6 +385,7 @@ impl Outbox {
             .bind(f64::from(r.score))
             .bind(r.encoding)
             .bind(len as i64)
+            .bind(&r.image_sha256)
             .execute(&mut *tx)
             .await
             .map_err(self.err("append"))?;
@@ -390,7 +447,7 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT o.seq, o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.attempts, o.local_action FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.next_attempt_us <= ? ORDER BY o.seq {order} LIMIT ?"
+            "SELECT o.seq, o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.attempts, o.local_action, o.image_sha256 FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.next_attempt_us <= ? ORDER BY o.seq {order} LIMIT ?"
         );
         let rows = sqlx::query(&sql)
             .bind(now_us)
@@ -412,13 +469,14 @@ impl Outbox {
                 image: row.get("image"),
                 attempts: row.get::<i64, _>("attempts") as u32,
                 local_action: action(&row),
+                image_sha256: row.get("image_sha256"),
             })
             .collect())
     }
 
     /// Records that `seqs` were sent and when each becomes due again.
     pub async fn mark_sent(&self, sent: &[(u64, i64)]) -> Result<(), OutboxError> {
-        let mut tx = self.pool.begin().await.map_err(self.err("mark sent"))?;
+        let mut tx = self.write().await.map_err(self.err("mark sent"))?;
         for (seq, next) in sent {
             sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_us = ? WHERE seq = ?",
@@ -456,17 +514,13 @@ impl Outbox {
         let mut found = Vec::with_capacity(seqs.len());
         let mut conn = self.pool.acquire().await.map_err(self.err("look up"))?;
         for seq in seqs {
-            let row = sqlx::query("SELECT local_action, capture_time_us FROM outbox WHERE seq = ?")
+            let row = sqlx::query("SELECT local_action, capture_time_us, image_sha256, reason, score FROM outbox WHERE seq = ?")
                 .bind(*seq as i64)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(self.err("look up"))?;
             if let Some(row) = row {
-                found.push(Acked {
-                    seq: *seq,
-                    local_action: action(&row),
-                    capture_time_us: row.get("capture_time_us"),
-                });
+                found.push(acked(*seq, &row));
             }
         }
         Ok(found)
@@ -474,7 +528,7 @@ impl Outbox {
 
     /// Deletes acknowledged records; returns what was known about those that existed.
     pub async fn ack(&self, seqs: &[u64]) -> Result<Vec<Acked>, OutboxError> {
-        let mut tx = self.pool.begin().await.map_err(self.err("ack"))?;
+        let mut tx = self.write().await.map_err(self.err("ack"))?;
         let mut freed = 0u64;
         let mut found = Vec::new();
         for seq in seqs {
@@ -484,7 +538,7 @@ impl Outbox {
                 .await
                 .map_err(self.err("ack"))?;
             let row = sqlx::query(
-                "DELETE FROM outbox WHERE seq = ? RETURNING bytes, local_action, capture_time_us",
+                "DELETE FROM outbox WHERE seq = ? RETURNING bytes, local_action, capture_time_us, image_sha256, reason, score",
             )
             .bind(*seq as i64)
             .fetch_optional(&mut *tx)
@@ -492,11 +546,7 @@ impl Outbox {
             .map_err(self.err("ack"))?;
             if let Some(row) = row {
                 freed += row.get::<i64, _>("bytes") as u64;
-                found.push(Acked {
-                    seq: *seq,
-                    local_action: action(&row),
-                    capture_time_us: row.get("capture_time_us"),
-                });
+                found.push(acked(*seq, &row));
             }
         }
         tx.commit().await.map_err(self.err("ack"))?;
@@ -507,8 +557,7 @@ impl Outbox {
     /// Records provisional local decisions (`seq`, action) taken at the deadline.
     pub async fn record_local(&self, decided: &[(u64, Action)]) -> Result<(), OutboxError> {
         let mut tx = self
-            .pool
-            .begin()
+            .write()
             .await
             .map_err(self.err("record local decision"))?;
         for (seq, action) in decided {
@@ -597,6 +646,7 @@ mod tests {
             image: vec![seq as u8; len],
             attempts: 0,
             local_action: None,
+            image_sha256: Vec::new(),
         }
     }
 
@@ -739,5 +789,78 @@ mod tests {
             .map(|r| r.seq)
             .collect();
         assert_eq!(seqs, vec![10, 9, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn the_incarnation_lives_and_dies_with_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let first = ob.incarnation().to_string();
+        assert_eq!(first.len(), 16);
+        let mut r = rec(1, ForwardReason::Suspect, 0.9, 10);
+        r.image_sha256 = tierline_shared::wire::image_sha256(&r.image);
+        ob.append(std::slice::from_ref(&r)).await.unwrap();
+        ob.close().await;
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        assert_eq!(
+            ob.incarnation(),
+            first,
+            "a reopened outbox keeps its incarnation"
+        );
+        assert_eq!(
+            ob.due(0, 1, 0).await.unwrap()[0].image_sha256,
+            r.image_sha256
+        );
+        assert_eq!(
+            ob.lookup(&[1]).await.unwrap()[0].image_sha256,
+            r.image_sha256
+        );
+        ob.close().await;
+        for f in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        assert_ne!(
+            ob.incarnation(),
+            first,
+            "a recreated outbox is a new incarnation"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_wait_for_the_lock_instead_of_failing() {
+        // Over-budget appends read their victims before writing; local decisions are written meanwhile from
+        // another connection. A deferred transaction fails its lock upgrade here ("database is locked").
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 400)).await.unwrap();
+        let writer = {
+            let ob = ob.clone();
+            tokio::spawn(async move {
+                for seq in 1..=600u64 {
+                    let r = rec(seq, ForwardReason::Suspect, (seq % 97) as f32 / 97.0, 10);
+                    ob.append(&[r]).await?;
+                }
+                Ok::<_, OutboxError>(())
+            })
+        };
+        let decider = {
+            let ob = ob.clone();
+            tokio::spawn(async move {
+                for seq in 1..=600u64 {
+                    ob.record_local(&[(seq, Action::Reject)]).await?;
+                    ob.mark_sent(&[(seq, 1)]).await?;
+                }
+                Ok::<_, OutboxError>(())
+            })
+        };
+        writer
+            .await
+            .unwrap()
+            .expect("appends never fail on the lock");
+        decider
+            .await
+            .unwrap()
+            .expect("local decisions never fail on the lock");
+        assert!(ob.backlog().await.unwrap().bytes <= 400);
     }
 }

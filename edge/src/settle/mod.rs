@@ -13,11 +13,18 @@
 //! A crash anywhere before step 4 leaves the record: the frame is sent again, the cloud answers from its
 //! stored verdict, and the record (with any local decision it remembers) settles the frame after the restart.
 //! The decision or reconciliation line may then appear twice; it is never lost.
+//!
+//! A verdict settles a record only if it names the record's outbox incarnation and image
+//! ([`wire::verdict_matches`]). Anything else is a verdict for another frame that happens to share the seq
+//! (an outbox that was lost and recreated, or restored from an old copy, while the cloud still holds the
+//! earlier frame): it is refused, counted and logged, and the record stays until its own verdict comes.
 
 use crate::decisions::Input;
 use crate::outbox::{Acked, Outbox, OutboxError};
+use crate::stats::{self, EdgeStats};
 use std::collections::{HashMap, HashSet};
-use tierline_shared::wire::Verdict;
+use std::sync::Arc;
+use tierline_shared::wire::{self, Verdict};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most verdicts settled per barrier.
@@ -31,6 +38,8 @@ pub struct Settle {
     pub verdicts: mpsc::Receiver<Verdict>,
     /// Verdicts and barriers, to the decision stage.
     pub decisions: mpsc::Sender<Input>,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
 }
 
 impl Settle {
@@ -40,6 +49,7 @@ impl Settle {
             outbox,
             verdicts: mut rx,
             decisions,
+            stats,
         } = self;
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -47,12 +57,31 @@ impl Settle {
             let mut seen = HashSet::with_capacity(batch.len());
             batch.retain(|v: &Verdict| seen.insert(v.seq));
             let seqs: Vec<u64> = batch.iter().map(|v| v.seq).collect();
-            let mut known: HashMap<u64, Acked> = outbox
-                .lookup(&seqs)
-                .await?
+            let mut known: HashMap<u64, Acked> = retry("look up", &stats, || outbox.lookup(&seqs))
+                .await
                 .into_iter()
                 .map(|a| (a.seq, a))
                 .collect();
+            let incarnation = outbox.incarnation();
+            let mut seqs = seqs;
+            batch.retain(|v| {
+                let held = known.get(&v.seq).map_or(&[][..], |k| &k.image_sha256[..]);
+                if wire::verdict_matches(v, incarnation, held) {
+                    return true;
+                }
+                stats::inc(&stats.verdicts_mismatched);
+                tracing::warn!(
+                    seq = v.seq,
+                    verdict_incarnation = %v.incarnation,
+                    outbox_incarnation = %incarnation,
+                    verdict_image = %hex::encode(&v.image_sha256),
+                    held_image = %hex::encode(held),
+                    "Verdict names another frame than the one held under its seq; refused. The record stays until its own verdict arrives."
+                );
+                known.remove(&v.seq);
+                seqs.retain(|s| *s != v.seq);
+                false
+            });
             for v in batch.drain(..) {
                 let known = known.remove(&v.seq);
                 if decisions.send(Input::Verdict(v, known)).await.is_err() {
@@ -68,9 +97,39 @@ impl Settle {
                 );
                 return Ok(());
             }
-            outbox.ack(&seqs).await?;
+            retry("delete", &stats, || outbox.ack(&seqs)).await;
         }
         Ok(())
+    }
+}
+
+/// Runs an outbox operation until it succeeds, backing off from 100 ms to 2 s: a full or failing disk
+/// delays settling (verdicts wait, records stay, line decisions go on), it does not stop the edge.
+async fn retry<T, F, Fut>(what: &str, stats: &EdgeStats, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OutboxError>>,
+{
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut logged = false;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if logged {
+                    tracing::info!(op = what, "Outbox works again; settling resumes.");
+                }
+                return v;
+            }
+            Err(e) => {
+                stats::inc(&stats.outbox_errors);
+                if !logged {
+                    tracing::error!(op = what, error = %e, "Outbox failed while settling verdicts; retrying. Records stay until it works.");
+                    logged = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
     }
 }
 
@@ -102,6 +161,7 @@ mod tests {
                 image: vec![1; 16],
                 attempts: 0,
                 local_action: None,
+                image_sha256: vec![seq as u8; 32],
             })
             .collect();
         ob.append(&records).await.unwrap();
@@ -120,10 +180,20 @@ mod tests {
     /// Runs the settle stage on verdicts for `seqs`; the fake decision stage answers the write barrier only when
     /// `written` is true. Returns the verdicts it saw with what the outbox knew.
     async fn settle(ob: &Outbox, seqs: &[u64], written: bool) -> Vec<(u64, Option<Action>)> {
+        let verdicts: Vec<Verdict> = seqs.iter().map(|&s| verdict(s)).collect();
+        settle_verdicts(ob, verdicts, written, &Arc::default()).await
+    }
+
+    async fn settle_verdicts(
+        ob: &Outbox,
+        verdicts: Vec<Verdict>,
+        written: bool,
+        stats: &Arc<EdgeStats>,
+    ) -> Vec<(u64, Option<Action>)> {
         let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(16);
         let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(16);
-        for &s in seqs {
-            verdict_tx.send(verdict(s)).await.unwrap();
+        for v in verdicts {
+            verdict_tx.send(v).await.unwrap();
         }
         drop(verdict_tx);
         let acks = tokio::spawn(
@@ -131,6 +201,7 @@ mod tests {
                 outbox: ob.clone(),
                 verdicts: verdict_rx,
                 decisions: decision_tx,
+                stats: stats.clone(),
             }
             .run(),
         );
@@ -165,5 +236,42 @@ mod tests {
         let seen = settle(&ob, &[1, 2], true).await;
         assert_eq!(seen, vec![(1, Some(Action::Reject)), (2, None)]);
         assert!(ob.lookup(&[1, 2]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_verdict_for_another_image_or_incarnation_never_settles_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox_with(dir.path(), &[1, 2, 3]).await;
+        let stats = Arc::new(EdgeStats::default());
+        let other_image = Verdict {
+            incarnation: ob.incarnation().into(),
+            image_sha256: vec![9; 32],
+            ..verdict(1)
+        };
+        let other_outbox = Verdict {
+            incarnation: "0123456789abcdef".into(),
+            image_sha256: vec![2; 32],
+            ..verdict(2)
+        };
+        let own = Verdict {
+            incarnation: ob.incarnation().into(),
+            image_sha256: vec![3; 32],
+            ..verdict(3)
+        };
+        let seen = settle_verdicts(&ob, vec![other_image, other_outbox, own], true, &stats).await;
+        assert_eq!(
+            seen,
+            vec![(3, None)],
+            "only the verdict for the held image counts"
+        );
+        assert_eq!(stats::get(&stats.verdicts_mismatched), 2);
+        let left: Vec<u64> = ob
+            .lookup(&[1, 2, 3])
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.seq)
+            .collect();
+        assert_eq!(left, vec![1, 2], "refused verdicts leave their records");
     }
 }

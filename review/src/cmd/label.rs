@@ -16,8 +16,9 @@ pub struct LabelArgs {
     /// The part is defective (default: good).
     #[arg(long)]
     defective: bool,
-    /// Who reviewed (default: $USER).
-    #[arg(long, env = "USER")]
+    /// Who reviewed. Optional: the server records the owner of the token; if this names someone else, the
+    /// server refuses the call.
+    #[arg(long)]
     reviewer: Option<String>,
     /// A note.
     #[arg(long, default_value = "")]
