@@ -300,7 +300,7 @@ async fn pipeline(
     let (intake_tx, intake_rx) = mpsc::channel(256);
     let (decision_tx, decision_rx) = mpsc::channel(1024);
     let (sink_tx, mut sink_rx) = mpsc::channel(1024);
-    let (local_tx, local_rx) = mpsc::channel(1024);
+    let (local_tx, local_rx) = mpsc::unbounded_channel();
     let decision = DecisionConfig::default();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(

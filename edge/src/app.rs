@@ -86,7 +86,7 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(10);
 /// Capacity of the channel into the outbox intake.
 const INTAKE_CHANNEL: usize = 256;
-/// Capacity of the channels into the decision stage, the sink and the local-decision recorder.
+/// Capacity of the channels into the decision stage and the sink.
 const DECISION_CHANNEL: usize = 1024;
 /// Capacity of the channel of verdicts from the link.
 const VERDICT_CHANNEL: usize = 256;
@@ -189,6 +189,11 @@ impl App {
         self.skeleton.admin_addr()
     }
 
+    /// The served edge model (for fault drills: [`tierline_shared::runner::ModelRunner::inject_fault`]).
+    pub fn model(&self) -> Arc<ServedModel> {
+        self.model.clone()
+    }
+
     /// Runs every stage until `shutdown` or a stage failure, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EdgeError> {
         let span = tracing::info_span!("edge", edge_id = %self.addr.edge_id());
@@ -232,7 +237,7 @@ impl App {
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_CHANNEL);
         let (decision_tx, decision_rx) = mpsc::channel(DECISION_CHANNEL);
         let (sink_tx, sink_rx) = mpsc::channel(DECISION_CHANNEL);
-        let (local_tx, local_rx) = mpsc::channel(DECISION_CHANNEL);
+        let (local_tx, local_rx) = mpsc::unbounded_channel();
         let (verdict_tx, verdict_rx) = mpsc::channel(VERDICT_CHANNEL);
         let (link_tx, link_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Name of the outbox check.
 pub const OUTBOX: &str = "outbox";
+/// Most outbox pages returned to the file system per check (16 MiB of 4 KiB pages).
+const RECLAIM_PAGES: u32 = 4096;
+
 /// Name of the decision-sink check.
 pub const SINK: &str = "sink";
 /// Name of the link check.
@@ -68,6 +71,10 @@ impl HealthWatch {
                 max_age,
             );
             self.check_outbox(&dir, &mut errors_seen, max_age).await;
+            // Free pages go back to the file system (a failure here only delays it).
+            if let Err(e) = self.outbox.reclaim(RECLAIM_PAGES).await {
+                tracing::debug!(error = %e, "Outbox vacuum skipped.");
+            }
             self.check_sink(max_age);
         }
     }
@@ -200,6 +207,8 @@ pub fn samples(s: &EdgeStats) -> Vec<Sample> {
         c(&m::EDGE_EVICTIONS, &s.evictions),
         c(&m::EDGE_OUTBOX_ERRORS, &s.outbox_errors),
         c(&m::EDGE_VERDICTS_MISMATCHED, &s.verdicts_mismatched),
+        c(&m::EDGE_FRAMES_UNSCORED, &s.frames_unscored),
+        c(&m::EDGE_DECISIONS_UNSCORED, &s.decisions_unscored),
         c(&m::EDGE_SINK_ERRORS, &s.sink_errors),
         c(&m::EDGE_SINK_HELD_BYTES, &s.sink_held_bytes),
         Sample::of(

@@ -4,15 +4,17 @@
 //! - below → pass: decided at once; with probability `audit_rate` also forwarded as an audit sample;
 //! - unreadable image → rejected at once as a precaution, logged with the camera and file, counted.
 //!
-//! Every frame taken from the queue gets the next sequence number. Scoring runs on the model runner's
+//! Every frame taken from the queue gets the next sequence number and is registered with the decision stage
+//! at once, before it is scored: its deadline runs from capture whatever the model does. Scoring runs on the model runner's
 //! threads; up to `concurrency` frames are in flight so the runner can batch.
 
 use crate::camera::CapturedFrame;
-use crate::decisions::{Action, Event, Input, Pending, Source};
+use crate::decisions::{Action, Captured, Event, Input, Pending, Source};
 use crate::intake::Forward;
 use crate::outbox::{OutboxError, Record, SeqAllocator};
 use crate::stats::{self, EdgeStats};
 use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tierline_shared::runner::{InferError, Score};
 use tierline_shared::serving::ServedModel;
@@ -61,24 +63,52 @@ impl Prescreen {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
         // Never fails: an outbox that cannot number frames makes them local decisions (`SeqAllocator`).
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.settings.audit_seed);
-        let mut scoring: JoinSet<(CapturedFrame, Result<Score, InferError>)> = JoinSet::new();
+        let mut scoring: JoinSet<(u64, CapturedFrame, Result<Score, InferError>)> = JoinSet::new();
+        // Frames taken from the camera queue and registered, waiting for a free scoring slot. Frames are taken
+        // as they come, so each is registered within moments of capture and a stalled model delays no
+        // deadline: the decision stage decides a frame locally when its deadline passes unscored. Beyond
+        // `held` waiting frames the oldest is not scored at all (it keeps its registration, and so its
+        // decision at the deadline), counted in `frames_unscored`.
+        let mut waiting: VecDeque<(u64, CapturedFrame)> = VecDeque::new();
+        let held = self.settings.concurrency.max(1) * 4;
         let mut open = true;
-        while open || !scoring.is_empty() {
+        while open || !scoring.is_empty() || !waiting.is_empty() {
+            while scoring.len() < self.settings.concurrency {
+                let Some((seq, frame)) = waiting.pop_front() else {
+                    break;
+                };
+                let model = self.model.clone();
+                scoring.spawn(async move {
+                    let r = model.score(frame.image.clone()).await;
+                    (seq, frame, r)
+                });
+            }
             tokio::select! {
                 // Finish scored frames before taking new ones.
                 biased;
                 Some(done) = scoring.join_next(), if !scoring.is_empty() => {
-                    let Ok((frame, result)) = done else { continue };
-                    let seq = self.seqs.next().await;
+                    // A scoring task that panicked leaves its frame to its deadline.
+                    let Ok((seq, frame, result)) = done else { continue };
                     self.route(&mut rng, seq, frame, result).await;
                 }
-                frame = self.frames.recv_async(), if open && scoring.len() < self.settings.concurrency => match frame {
+                frame = self.frames.recv_async(), if open => match frame {
                     Ok(frame) => {
-                        let model = self.model.clone();
-                        scoring.spawn(async move {
-                            let r = model.score(frame.image.clone()).await;
-                            (frame, r)
-                        });
+                        let seq = self.seqs.next().await;
+                        let _ = self
+                            .decisions
+                            .send(Input::Captured(Captured {
+                                seq,
+                                frame_id: wire::frame_id(&self.settings.edge_id, seq),
+                                camera_id: frame.camera_id.to_string(),
+                                captured_at: frame.captured_at,
+                                capture_time_us: frame.capture_time_us,
+                                truth: frame.truth.map(|t| t.as_str()),
+                            }))
+                            .await;
+                        waiting.push_back((seq, frame));
+                        if waiting.len() > held && waiting.pop_front().is_some() {
+                            stats::inc(&self.stats.frames_unscored);
+                        }
                     }
                     Err(_) => open = false,
                 },
@@ -113,6 +143,7 @@ impl Prescreen {
                 truth,
                 latency_us: u64::try_from(frame.captured_at.elapsed().as_micros())
                     .unwrap_or(u64::MAX),
+                capture_time_us: frame.capture_time_us,
                 detail,
             })
         };
@@ -193,6 +224,7 @@ impl Prescreen {
             frame_id: frame_id.clone(),
             camera_id: frame.camera_id.to_string(),
             captured_at: frame.captured_at,
+            capture_time_us: frame.capture_time_us,
             edge_score: score.defect_score,
             truth,
             audit,

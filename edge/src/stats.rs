@@ -14,6 +14,9 @@ pub struct EdgeStats {
     pub frames_dropped: AtomicU64,
     /// Encoded bytes delivered by cameras.
     pub bytes_captured: AtomicU64,
+    /// Frames taken while the model was too far behind to score them: decided at their deadline under the
+    /// offline policy.
+    pub frames_unscored: AtomicU64,
     /// Frames the prescreen could not read.
     pub frames_unreadable: AtomicU64,
     /// Frames passed locally (not forwarded, or forwarded only as audit).
@@ -34,6 +37,8 @@ pub struct EdgeStats {
     pub decisions_cloud: AtomicU64,
     /// Suspect decisions taken locally because the deadline passed.
     pub decisions_fallback: AtomicU64,
+    /// Frames decided at their deadline before the prescreen scored them.
+    pub decisions_unscored: AtomicU64,
     /// Late verdicts matched to a provisional decision.
     pub reconciliations: AtomicU64,
     /// Reconciliations where the cloud disagreed with the local decision.
@@ -87,6 +92,8 @@ impl Default for EdgeStats {
             frames_dropped: AtomicU64::new(0),
             bytes_captured: AtomicU64::new(0),
             frames_unreadable: AtomicU64::new(0),
+            frames_unscored: AtomicU64::new(0),
+            decisions_unscored: AtomicU64::new(0),
             frames_passed: AtomicU64::new(0),
             frames_suspect: AtomicU64::new(0),
             frames_audit: AtomicU64::new(0),

@@ -169,6 +169,10 @@ metrics! {
     EDGE_EVICTIONS = ("tierline_edge_outbox_evictions", Counter, "Records evicted from the outbox to stay within its disk budget.");
     /// Outbox write failures.
     EDGE_OUTBOX_ERRORS = ("tierline_edge_outbox_errors", Counter, "Frames that could not be written to the outbox.");
+    /// Frames the model was too far behind to score.
+    EDGE_FRAMES_UNSCORED = ("tierline_edge_frames_unscored", Counter, "Frames taken while the model was too far behind to score them; decided at their deadline under the offline policy.");
+    /// Decisions taken before a score.
+    EDGE_DECISIONS_UNSCORED = ("tierline_edge_decisions_unscored", Counter, "Frames decided at their deadline before the prescreen scored them (offline policy for an unknown score).");
     /// Sink write failures.
     EDGE_SINK_ERRORS = ("tierline_edge_sink_errors", Counter, "Failed decision-sink write attempts (the sink holds lines and retries).");
     /// Sink backlog.

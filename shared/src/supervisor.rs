@@ -467,7 +467,9 @@ mod faults {
     use std::future::Future;
     use std::time::Instant;
 
-    /// The stage as it is (fault injection is compiled out).
+    /// The stage as it is (fault injection is compiled out). Not an `async fn`: the returned future must not
+    /// borrow `_stage`.
+    #[allow(clippy::manual_async_fn)]
     pub(super) fn wrap(
         _stage: &str,
         fut: impl Future<Output = Result<(), BoxError>> + Send + 'static,

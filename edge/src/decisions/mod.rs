@@ -37,6 +37,9 @@ pub enum Source {
     LocalFallback,
     /// The frame could not be read; rejected as a precaution.
     Unreadable,
+    /// The prescreen had not scored the frame by its deadline (a stalled or overloaded model); the offline
+    /// policy for an unknown score decided.
+    Unscored,
 }
 
 /// One line of the decision sink.
@@ -67,6 +70,8 @@ pub enum Event {
         truth: Option<&'static str>,
         /// Capture → decision, µs.
         latency_us: u64,
+        /// Capture time, µs since the epoch (the camera's wall clock).
+        capture_time_us: i64,
         /// Why the frame could not be judged (unreadable frames), naming the file when there is one.
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
@@ -114,6 +119,8 @@ pub struct Pending {
     pub camera_id: String,
     /// Capture instant.
     pub captured_at: Instant,
+    /// Capture time, µs since the epoch.
+    pub capture_time_us: i64,
     /// Prescreen score.
     pub edge_score: f32,
     /// Ground truth if known.
@@ -122,8 +129,30 @@ pub struct Pending {
     pub audit: bool,
 }
 
+/// A frame taken from the camera queue, registered before it is scored so that its deadline runs from
+/// capture whatever the model does.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Sequence number.
+    pub seq: u64,
+    /// Frame id.
+    pub frame_id: String,
+    /// Camera id.
+    pub camera_id: String,
+    /// Capture instant.
+    pub captured_at: Instant,
+    /// Capture time, µs since the epoch.
+    pub capture_time_us: i64,
+    /// Ground truth if known.
+    pub truth: Option<&'static str>,
+}
+
 #[derive(Debug)]
 enum State {
+    /// Taken for scoring; the prescreen has not answered yet.
+    Scoring(Captured),
+    /// Decided at the deadline before the prescreen answered; whatever it answers later adds no decision.
+    DecidedEarly(Action),
     /// Suspect awaiting its verdict before the deadline.
     Waiting(Pending),
     /// Decided locally; waiting for the late verdict.
@@ -243,15 +272,49 @@ impl Book {
         self.frames.len()
     }
 
-    /// Registers a forwarded frame. Suspects wait; audits were decided `pass` by the caller.
-    pub fn insert(&mut self, p: Pending) {
+    /// Registers a frame taken for scoring: from now on its deadline runs ([`Book::expire`]).
+    pub fn captured(&mut self, c: Captured) {
+        self.frames.insert(c.seq, State::Scoring(c));
+    }
+
+    /// A decision the prescreen took at once (pass, unreadable, refused). Returns it unless the frame was
+    /// already decided at its deadline while the prescreen had not answered.
+    pub fn immediate(&mut self, e: Event) -> Option<Event> {
+        if let Event::Decision { seq, .. } = &e {
+            match self.frames.remove(seq) {
+                Some(State::DecidedEarly(_)) => return None,
+                Some(State::Scoring(_)) | None => {}
+                // Not a frame being scored: leave it as it was.
+                Some(other) => {
+                    self.frames.insert(*seq, other);
+                }
+            }
+        }
+        Some(e)
+    }
+
+    /// Registers a forwarded frame. Suspects wait; audits were decided `pass` by the caller. A suspect
+    /// already decided at its deadline (the prescreen answered late) waits for its verdict as a local
+    /// decision would. Returns whether the frame still needs a deadline timer.
+    pub fn insert(&mut self, p: Pending) -> bool {
         let seq = p.seq;
-        let state = if p.audit {
-            State::Audit(p)
-        } else {
-            State::Waiting(p)
+        let (state, timer) = match self.frames.remove(&seq) {
+            _ if p.audit => (State::Audit(p), false),
+            Some(State::DecidedEarly(action)) => {
+                let deadline = self.deadline_of(p.captured_at);
+                (
+                    State::Provisional {
+                        pending: p,
+                        action,
+                        deadline,
+                    },
+                    false,
+                )
+            }
+            _ => (State::Waiting(p), true),
         };
         self.frames.insert(seq, state);
+        timer
     }
 
     /// The outbox does not hold `seq` (evicted, refused, or its write failed): no verdict can be counted on.
@@ -270,9 +333,31 @@ impl Book {
         }
     }
 
-    /// The deadline of `seq` passed: decide locally if still waiting.
+    /// The deadline of `seq` passed: decide locally if still waiting, or still being scored.
     pub fn expire(&mut self, seq: u64) -> Option<Event> {
         let now = self.clock.now();
+        if matches!(self.frames.get(&seq), Some(State::Scoring(_))) {
+            let Some(State::Scoring(c)) = self.frames.remove(&seq) else {
+                return None;
+            };
+            // No score: the policy for an unknown score (the default, above every band).
+            let action = self.rules.action(f32::INFINITY);
+            self.frames.insert(seq, State::DecidedEarly(action));
+            return Some(Event::Decision {
+                seq,
+                frame_id: c.frame_id,
+                camera_id: c.camera_id,
+                action,
+                source: Source::Unscored,
+                provisional: false,
+                edge_score: 1.0,
+                cloud_label: None,
+                truth: c.truth,
+                latency_us: micros(now.saturating_duration_since(c.captured_at)),
+                capture_time_us: c.capture_time_us,
+                detail: Some("the prescreen had not answered by the deadline".into()),
+            });
+        }
         if !matches!(self.frames.get(&seq), Some(State::Waiting(_))) {
             return None;
         }
@@ -292,6 +377,7 @@ impl Book {
                 cloud_label: None,
                 truth: p.truth,
                 latency_us: micros(now.saturating_duration_since(p.captured_at)),
+                capture_time_us: p.capture_time_us,
                 detail: Some("not held by the outbox: decided locally for good".into()),
             });
         }
@@ -306,6 +392,7 @@ impl Book {
             cloud_label: None,
             truth: p.truth,
             latency_us: micros(now.saturating_duration_since(p.captured_at)),
+            capture_time_us: p.capture_time_us,
             detail: None,
         };
         let deadline = self.deadline_of(p.captured_at);
@@ -362,6 +449,7 @@ impl Book {
                 cloud_label: Some(v.label.clone()),
                 truth: p.truth,
                 latency_us: micros(now.saturating_duration_since(p.captured_at)),
+                capture_time_us: p.capture_time_us,
                 detail: None,
             }),
             State::Provisional {
@@ -381,6 +469,11 @@ impl Book {
                     late_by_us: micros(now.saturating_duration_since(deadline)),
                 })
             }
+            // A verdict cannot come before the frame was forwarded; keep the state as it was.
+            state @ (State::Scoring(_) | State::DecidedEarly(_)) => {
+                self.frames.insert(v.seq, state);
+                None
+            }
             State::Audit(p) => Some(Event::Audit {
                 seq: v.seq,
                 frame_id: p.frame_id,
@@ -396,7 +489,7 @@ impl Book {
         let waiting: Vec<u64> = self
             .frames
             .iter()
-            .filter(|(_, s)| matches!(s, State::Waiting(_)))
+            .filter(|(_, s)| matches!(s, State::Waiting(_) | State::Scoring(_)))
             .map(|(k, _)| *k)
             .collect();
         waiting
@@ -443,6 +536,8 @@ pub enum Input {
     Written(tokio::sync::oneshot::Sender<()>),
     /// Forwarded frames the outbox does not hold: evicted, refused, or not written ([`Book::unheld`]).
     Unheld(Vec<u64>),
+    /// A frame taken for scoring ([`Book::captured`]).
+    Captured(Captured),
 }
 
 /// The decision for a suspect that a crash left undecided past its deadline.
@@ -463,6 +558,7 @@ pub fn decided_at_restart(
         cloud_label: None,
         truth: None,
         latency_us: (clock.wall_us() - r.capture_time_us).max(0) as u64,
+        capture_time_us: r.capture_time_us,
         detail: Some("decided at restart: the edge stopped before this frame's deadline".into()),
     }
 }
@@ -492,6 +588,7 @@ mod tests {
             frame_id: format!("e-{seq}"),
             camera_id: "c".into(),
             captured_at: at,
+            capture_time_us: 0,
             edge_score: 0.9,
             truth: None,
             audit,
@@ -520,6 +617,7 @@ mod tests {
                 source: Source::Cloud,
                 provisional: false,
                 latency_us: 10_000,
+                capture_time_us: 0,
                 ..
             }
         ));
@@ -644,5 +742,73 @@ mod tests {
             b.insert(pending(s, t0, s == 4));
         }
         assert_eq!(b.drain().len(), 4);
+    }
+
+    fn captured(seq: u64, at: Instant) -> Captured {
+        Captured {
+            seq,
+            frame_id: format!("e-{seq}"),
+            camera_id: "c".into(),
+            captured_at: at,
+            capture_time_us: 0,
+            truth: None,
+        }
+    }
+
+    #[test]
+    fn a_frame_the_prescreen_has_not_answered_is_decided_at_its_deadline() {
+        let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
+        b.captured(captured(1, t0));
+        b.captured(captured(2, t0));
+        b.captured(captured(3, t0));
+        // Frame 1 is scored in time and passed: the deadline then finds nothing to do.
+        let pass = Event::Decision {
+            seq: 1,
+            frame_id: "e-1".into(),
+            camera_id: "c".into(),
+            action: Action::Pass,
+            source: Source::Edge,
+            provisional: false,
+            edge_score: 0.1,
+            cloud_label: None,
+            truth: None,
+            latency_us: 10_000,
+            capture_time_us: 0,
+            detail: None,
+        };
+        assert_eq!(b.immediate(pass.clone()), Some(pass.clone()));
+        clock.advance(ms(100));
+        assert!(b.expire(1).is_none());
+        // Frames 2 and 3 are still being scored at their deadline: decided locally, once.
+        for seq in [2, 3] {
+            assert!(matches!(
+                b.expire(seq),
+                Some(Event::Decision {
+                    action: Action::Reject,
+                    source: Source::Unscored,
+                    provisional: false,
+                    latency_us: 100_000,
+                    ..
+                })
+            ));
+        }
+        // The prescreen answers late: frame 2 passes (no second decision), frame 3 is a suspect and is
+        // forwarded; its verdict reconciles the early decision.
+        let mut late_pass = pass;
+        if let Event::Decision { seq, .. } = &mut late_pass {
+            *seq = 2;
+        }
+        assert!(b.immediate(late_pass).is_none(), "no second decision");
+        assert!(!b.insert(pending(3, t0, false)), "no second deadline");
+        assert!(matches!(
+            b.verdict(&verdict(3, false), None),
+            Some(Event::Reconciliation {
+                local_action: Action::Reject,
+                cloud_action: Action::Pass,
+                agree: false,
+                ..
+            })
+        ));
+        assert_eq!(b.open(), 0, "nothing left behind");
     }
 }

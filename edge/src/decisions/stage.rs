@@ -21,8 +21,9 @@ pub struct Decisions {
     pub inputs: mpsc::Receiver<Input>,
     /// Events and barriers, to the sink.
     pub sink: mpsc::Sender<Item>,
-    /// Provisional local decisions, to the recorder.
-    pub local: mpsc::Sender<(u64, Action)>,
+    /// Provisional local decisions, to the recorder. Unbounded, so a slow disk never holds up a decision;
+    /// it holds at most one entry per provisional decision not yet recorded.
+    pub local: mpsc::UnboundedSender<(u64, Action)>,
     /// Counters.
     pub stats: Arc<EdgeStats>,
 }
@@ -51,14 +52,32 @@ impl Decisions {
                 // Not biased: under a flood of inputs (backlog verdicts after a partition) deadlines must still fire.
                 input = inputs.recv() => match input {
                     None => break,
-                    Some(Input::Immediate(e)) => Some(e),
+                    Some(Input::Captured(c)) => {
+                        let deadline = book.deadline_of(c.captured_at);
+                        let seq = c.seq;
+                        book.captured(c);
+                        let key = timers.insert_at(seq, tokio::time::Instant::from_std(deadline));
+                        keys.insert(seq, key);
+                        None
+                    }
+                    Some(Input::Immediate(e)) => {
+                        if let Event::Decision { seq, .. } = &e
+                            && let Some(key) = keys.remove(seq)
+                        {
+                            timers.remove(&key);
+                        }
+                        book.immediate(e)
+                    }
                     Some(Input::Forwarded(p)) => {
                         let deadline = book.deadline_of(p.captured_at);
-                        let (seq, audit) = (p.seq, p.audit);
-                        book.insert(p);
-                        if !audit {
-                            let key = timers.insert_at(seq, tokio::time::Instant::from_std(deadline));
-                            keys.insert(seq, key);
+                        let seq = p.seq;
+                        if book.insert(p) {
+                            // The timer set at capture still runs to the same deadline.
+                            keys.entry(seq).or_insert_with(|| {
+                                timers.insert_at(seq, tokio::time::Instant::from_std(deadline))
+                            });
+                        } else if let Some(key) = keys.remove(&seq) {
+                            timers.remove(&key);
                         }
                         None
                     }
@@ -99,7 +118,7 @@ impl Decisions {
                     ..
                 } = &e
                 {
-                    let _ = local.send((*seq, *action)).await;
+                    let _ = local.send((*seq, *action));
                 }
                 account(&stats, &e);
                 if sink.send(Item::Event(e)).await.is_err() {
@@ -109,7 +128,7 @@ impl Decisions {
         }
         for e in book.drain() {
             if let Event::Decision { seq, action, .. } = &e {
-                let _ = local.send((*seq, *action)).await;
+                let _ = local.send((*seq, *action));
             }
             account(&stats, &e);
             let _ = sink.send(Item::Event(e)).await;
@@ -122,7 +141,7 @@ pub struct LocalRecorder {
     /// Where the records are.
     pub outbox: Outbox,
     /// Provisional decisions, from the decision stage.
-    pub decided: mpsc::Receiver<(u64, Action)>,
+    pub decided: mpsc::UnboundedReceiver<(u64, Action)>,
 }
 
 impl LocalRecorder {
@@ -159,6 +178,10 @@ fn account(stats: &EdgeStats, e: &Event) {
                 }
                 Source::LocalFallback => {
                     stats::inc(&stats.decisions_fallback);
+                    stats::record_decision(stats, *latency_us);
+                }
+                Source::Unscored => {
+                    stats::inc(&stats.decisions_unscored);
                     stats::record_decision(stats, *latency_us);
                 }
                 Source::Edge | Source::Unreadable => {}

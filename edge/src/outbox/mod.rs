@@ -47,13 +47,18 @@
 //! line decision either way: it is taken at the deadline, from memory. Each eviction is counted (`meta.evicted`), recorded in the `evicted` table (seq, reason,
 //! score, size, time; the most recent 10,000 rows are kept), logged with its seq and score, and reported to the caller. A record larger than the whole budget is refused with an error.
 //!
+//! **File size.** The database uses incremental vacuum: the health watcher returns free pages to the file
+//! system at every check ([`Outbox::reclaim`]), so the file shrinks as the backlog drains.
+//!
 //! **Invariants the tests check.** (1) An appended record is returned by [`Outbox::due`] until acked or
 //! evicted, across close and reopen. (2) `ack` removes exactly the named records. (3) The stored bytes never
 //! exceed the budget. (4) Eviction follows the priority above. (5) Sequence numbers handed out are strictly
 //! increasing across reopen.
 
 use crate::config::{OutboxConfig, SyncPolicy};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use std::ops::Range;
 use std::sync::Arc;
@@ -105,6 +110,9 @@ pub enum OutboxError {
         /// Migration error.
         source: sqlx::migrate::MigrateError,
     },
+    /// A background outbox task failed.
+    #[error("outbox task failed: {0}")]
+    Task(String),
     /// A single record is larger than the whole budget.
     #[error(
         "frame of {len} bytes is larger than the outbox budget of {budget} bytes; raise outbox.max_bytes"
@@ -239,6 +247,7 @@ impl Outbox {
             .filename(&cfg.path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .synchronous(match cfg.sync {
                 SyncPolicy::Full => SqliteSynchronous::Full,
                 SyncPolicy::Normal => SqliteSynchronous::Normal,
@@ -256,6 +265,18 @@ impl Outbox {
                 path: path.to_string(),
                 source,
             })?;
+        // A database created before incremental vacuum was on keeps its freed pages for good: convert it once.
+        let vacuum: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_err("open"))?;
+        if vacuum != 2 {
+            tracing::info!(path = %path, "Converting the outbox to incremental vacuum (once; rewrites the file).");
+            sqlx::query("VACUUM")
+                .execute(&pool)
+                .await
+                .map_err(db_err("vacuum"))?;
+        }
         let stored: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(bytes), 0) FROM outbox")
             .fetch_one(&pool)
             .await
@@ -606,6 +627,36 @@ impl Outbox {
         })
     }
 
+    /// Returns free pages to the file system (incremental vacuum), at most `pages` at a time; returns how many
+    /// pages were free before. Keeps the file near the size of what it holds, so the disk budget bounds the
+    /// file and not only the image bytes.
+    pub async fn reclaim(&self, pages: u32) -> Result<u64, OutboxError> {
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("reclaim"))?;
+        if free > 0 {
+            sqlx::query(&format!("PRAGMA incremental_vacuum({pages})"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err("reclaim"))?;
+        }
+        Ok(free.max(0) as u64)
+    }
+
+    /// Size of the database file in bytes (pages × page size; the WAL apart).
+    pub async fn file_bytes(&self) -> Result<u64, OutboxError> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("read size"))?;
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("read size"))?;
+        Ok((pages * size).max(0) as u64)
+    }
+
     /// Total evictions ever made by this outbox.
     pub async fn evicted_total(&self) -> Result<u64, OutboxError> {
         let n: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'evicted'")
@@ -862,5 +913,24 @@ mod tests {
             .unwrap()
             .expect("local decisions never fail on the lock");
         assert!(ob.backlog().await.unwrap().bytes <= 400);
+    }
+
+    #[tokio::test]
+    async fn the_file_shrinks_when_the_backlog_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 64 << 20)).await.unwrap();
+        let recs: Vec<Record> = (1..=200)
+            .map(|s| rec(s, ForwardReason::Suspect, 0.9, 40_000))
+            .collect();
+        ob.append(&recs).await.unwrap();
+        let full = ob.file_bytes().await.unwrap();
+        let seqs: Vec<u64> = (1..=200).collect();
+        ob.ack(&seqs).await.unwrap();
+        while ob.reclaim(10_000).await.unwrap() > 0 {}
+        let drained = ob.file_bytes().await.unwrap();
+        assert!(
+            drained < full / 10,
+            "a drained outbox gives its pages back: {full} bytes full, {drained} after"
+        );
     }
 }
