@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tierline_edge::EdgeStats;
 use tierline_edge::stats::get;
 use tierline_shared::runner::Fault;
