@@ -7,8 +7,10 @@ pub mod mosquitto;
 pub mod oracle;
 pub mod outage;
 pub mod pg;
+pub mod pgserver;
 pub mod pipeline;
 pub mod process;
+pub mod proxy;
 pub mod review;
 pub mod shipped;
 
