@@ -46,6 +46,20 @@ impl Decisions {
         m
     }
 
+    /// Checks that `frames` frames got exactly one decision line each.
+    pub fn assert_one_decision_each(&self, frames: u64) {
+        let per_seq = self.per_seq();
+        assert!(
+            per_seq.values().all(|&n| n == 1),
+            "a frame was decided twice"
+        );
+        assert_eq!(
+            per_seq.len() as u64,
+            frames,
+            "every frame taken has exactly one decision line"
+        );
+    }
+
     /// Seqs of suspects: decided by the cloud or by local fallback after being accepted.
     pub fn suspect_seqs(&self) -> BTreeSet<u64> {
         self.decisions()
@@ -176,16 +190,7 @@ pub fn check_pipeline_against(
 ) -> (Decisions, Stored) {
     use tierline_edge::stats::get;
     let log = Decisions::read(&dir.join("decisions.jsonl"));
-    let per_seq = log.per_seq();
-    assert!(
-        per_seq.values().all(|&n| n == 1),
-        "a frame was decided twice"
-    );
-    assert_eq!(
-        per_seq.len() as u64,
-        total - get(&stats.frames_dropped),
-        "every frame taken gets a decision"
-    );
+    log.assert_one_decision_each(total - get(&stats.frames_dropped));
     let reconciled: BTreeSet<u64> = log
         .of("reconciliation")
         .filter_map(|r| r["seq"].as_u64())

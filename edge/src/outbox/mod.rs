@@ -111,7 +111,9 @@ pub enum OutboxError {
         source: sqlx::migrate::MigrateError,
     },
     /// A background outbox task failed.
-    #[error("outbox task failed: {0}")]
+    #[error(
+        "outbox background task (sequence reservation) ended abnormally: {0}; frames are decided locally meanwhile and it is retried; report it if it repeats"
+    )]
     Task(String),
     /// A single record is larger than the whole budget.
     #[error(
