@@ -9,8 +9,8 @@
 //!                                               │ wake                          │  ▲         ▲
 //!                                               ▼                               │  │         │
 //!                       uplink: outbox.due ──► MQTT publish (QoS 1)     local ◄─┘  │         │ barrier
-//!  link: MQTT event loop ──► verdicts ──► settle: outbox.lookup ───────────────────┘         │
-//!                                               └── outbox.ack once the sink wrote ─────────┘
+//!                          ▲  link: MQTT event loop ──► verdicts ──► settle: outbox.lookup ─┘         │
+//!                          └─ wake ─────────────────────────────── outbox.ack once the sink wrote ───┘
 //! ```
 //!
 //! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
@@ -371,7 +371,7 @@ impl App {
                 cfg: config.outbox.clone(),
                 max_message_bytes: config.mqtt.max_message_bytes,
                 link: link_rx,
-                wake,
+                wake: wake.clone(),
                 stats: stats.clone(),
             }
             .run(stop.clone()),
@@ -413,6 +413,7 @@ impl App {
                 outbox: outbox.clone(),
                 verdicts: verdict_rx,
                 decisions: decision_tx,
+                uplink: wake,
                 stats: stats.clone(),
             }
             .run(),

@@ -1,5 +1,9 @@
 //! Publishes due outbox records to the cloud, keeping at most `max_in_flight` sent and unacknowledged.
 //!
+//! Rounds run when woken (a commit by the intake, an acknowledgement by the settle stage, a reconnect) and at
+//! least every 100 ms for resend timers; the send state they read is in memory (see the outbox spec), so a
+//! round costs one read of each picked record and no write.
+//!
 //! Order: each round fills half the free window with the newest due records and half with the oldest, so
 //! live suspects are not stuck behind a backlog and the backlog still drains. A sent record becomes due
 //! again after `resend_after × 2^(attempts)` (capped at 8×, ±20 % jitter) unless its verdict deletes it.
@@ -67,7 +71,7 @@ pub struct Uplink {
     pub max_message_bytes: usize,
     /// Whether the link is up, from the link stage.
     pub link: watch::Receiver<bool>,
-    /// Woken by the intake after each commit.
+    /// Woken by the intake after each commit and by the settle stage after each acknowledgement.
     pub wake: Arc<Notify>,
     /// Counters.
     pub stats: Arc<EdgeStats>,
@@ -92,9 +96,7 @@ impl Uplink {
                     }
                     if *link.borrow_and_update() {
                         // Whatever was in flight when the link dropped may be gone: send it again now.
-                        if let Err(e) = self.outbox.resend_all().await {
-                            tracing::error!(error = %e, "Could not mark in-flight frames for resending; they are resent when their timers expire.");
-                        }
+                        self.outbox.resend_all();
                     }
                 }
             }
@@ -132,7 +134,7 @@ impl Uplink {
         let room = cfg
             .max_in_flight
             .get()
-            .saturating_sub(outbox.in_flight(now).await?);
+            .saturating_sub(outbox.in_flight(now));
         if room == 0 {
             return Ok(Round::Continue);
         }
@@ -178,14 +180,17 @@ impl Uplink {
                 now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2),
             ));
         }
-        if !sent.is_empty() {
-            outbox.mark_sent(&sent).await?;
+        outbox.mark_sent(&sent);
+        if result == Round::Continue && due.len() == room.div_ceil(2) + room / 2 {
+            // The window was filled and more may be due: go round again without waiting for a wake-up.
+            self.wake.notify_one();
         }
         Ok(result)
     }
 }
 
 /// How a round ended.
+#[derive(PartialEq)]
 enum Round {
     /// Go on.
     Continue,

@@ -104,6 +104,7 @@ fn cfg(dir: &std::path::Path) -> OutboxConfig {
 }
 
 async fn check(ob: &Outbox, model: &Model) {
+    assert_eq!(ob.held(), model.held.len(), "records in the send index");
     let mut seqs: Vec<u64> = ob
         .due(i64::MAX, 0, 10_000)
         .await
@@ -192,7 +193,7 @@ async fn run(ops: Vec<Op>) {
                     .keys()
                     .nth(usize::from(pick) % model.held.len().max(1))
                 {
-                    ob.mark_sent(&[(seq, i64::MAX / 2)]).await.unwrap();
+                    ob.mark_sent(&[(seq, i64::MAX / 2)]);
                 }
             }
             Op::Ack { pick } => {
@@ -211,7 +212,7 @@ async fn run(ops: Vec<Op>) {
                 ob = Outbox::open(&cfg(dir.path())).await.unwrap();
                 seqs = ob.reserve_seqs().await.unwrap();
                 // After reopen everything held is due again.
-                assert_eq!(ob.in_flight(0).await.unwrap(), 0);
+                assert_eq!(ob.in_flight(0), 0);
             }
         }
         check(&ob, &model).await;

@@ -605,6 +605,37 @@ mod tests {
     }
 
     #[test]
+    fn frames_the_outbox_does_not_hold_leave_the_book() {
+        // Refused audit samples, suspects evicted before their deadline and suspects evicted after their
+        // provisional decision: none of them can get a verdict, so none may stay in the book.
+        let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
+        for seq in 0..3000u64 {
+            b.insert(pending(seq, t0, seq % 3 == 0));
+            if seq % 3 != 2 {
+                b.unheld(seq);
+            }
+        }
+        clock.advance(ms(100));
+        for seq in 0..3000u64 {
+            if let Some(Event::Decision { provisional, .. }) = b.expire(seq) {
+                assert_eq!(
+                    provisional,
+                    seq % 3 == 2,
+                    "seq {seq}: only a held suspect is decided provisionally"
+                );
+            }
+        }
+        for seq in (2..3000u64).step_by(3) {
+            b.unheld(seq);
+        }
+        assert_eq!(
+            b.open(),
+            0,
+            "the book holds nothing that can no longer be settled"
+        );
+    }
+
+    #[test]
     fn verdict_in_time_decides_and_later_expiry_is_ignored() {
         let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
         b.insert(pending(1, t0, false));

@@ -25,7 +25,7 @@ use crate::stats::{self, EdgeStats};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tierline_shared::wire::{self, Verdict};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Most verdicts settled per barrier.
 const BATCH: usize = 64;
@@ -38,6 +38,8 @@ pub struct Settle {
     pub verdicts: mpsc::Receiver<Verdict>,
     /// Verdicts and barriers, to the decision stage.
     pub decisions: mpsc::Sender<Input>,
+    /// Woken after each acknowledgement (the uplink's window has room again).
+    pub uplink: Arc<Notify>,
     /// Counters.
     pub stats: Arc<EdgeStats>,
 }
@@ -49,6 +51,7 @@ impl Settle {
             outbox,
             verdicts: mut rx,
             decisions,
+            uplink,
             stats,
         } = self;
         let mut batch = Vec::with_capacity(BATCH);
@@ -98,6 +101,8 @@ impl Settle {
                 return Ok(());
             }
             retry("delete", &stats, || outbox.ack(&seqs)).await;
+            // Room in the in-flight window: the uplink sends the next records now, not at its next poll.
+            uplink.notify_one();
         }
         Ok(())
     }
@@ -201,6 +206,7 @@ mod tests {
                 outbox: ob.clone(),
                 verdicts: verdict_rx,
                 decisions: decision_tx,
+                uplink: Arc::new(Notify::new()),
                 stats: stats.clone(),
             }
             .run(),
