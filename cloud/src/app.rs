@@ -3,7 +3,8 @@
 //! ```text
 //!  MQTT ($share/<group>/tierline/v1/+/+/+/frames, manual acks)
 //!    └─► ingest: topic, size, version, edge-id checks ─► bounded queue ─► processing × concurrency:
-//!            dedup (store lookup) ─► infer (ModelRunner, batched) ─► store (idempotent on edge_id, seq)
+//!            dedup (store lookup) ─► infer (ModelRunner, batched) ─► store (grouped commits, idempotent on
+//!            edge_id, incarnation, seq)
 //!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
 //!    └─► presence / heartbeats ─► bounded queue ─► presence: edges table
 //!  retention candidate: leader lease (fencing token) ─► prune old images (verdicts stay)
@@ -22,6 +23,7 @@
 
 use crate::acks::{self, Acker};
 use crate::api::ReviewApi;
+use crate::commit;
 use crate::config::CloudConfig;
 use crate::health::{self, HealthWatch};
 use crate::ingest::Ingest;
@@ -241,6 +243,12 @@ impl App {
             }
             .run(stop.clone()),
         );
+        let (committer, commits) = commit::stage(store.clone(), stats.clone());
+        sup.spawn(
+            "verdict commits",
+            Ends::after(["processing"]),
+            committer.run(),
+        );
         sup.spawn(
             "processing",
             Ends::after(["ingest"]),
@@ -248,6 +256,7 @@ impl App {
                 processor: Arc::new(Processor {
                     model,
                     store: store.clone(),
+                    commits,
                     client: client.clone(),
                     max_message_bytes: config.mqtt.max_message_bytes,
                     stats: stats.clone(),

@@ -68,7 +68,7 @@ fn default_group() -> String {
     "tierline-cloud".into()
 }
 fn default_concurrency() -> NonZeroUsize {
-    NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN)
+    NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl Default for WorkerConfig {

@@ -83,6 +83,7 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
         ),
         Sample::histogram(&m::CLOUD_INFERENCE_LATENCY, &s.inference_latency),
         Sample::histogram(&m::CLOUD_STORE_COMMIT, &s.store_commit),
+        c(&m::CLOUD_STORE_TRANSACTIONS, &s.store_transactions),
         c(&m::CLOUD_PRESENCE_UPDATES, &s.presence_updates),
         Sample::of(
             &m::CLOUD_LEADER,

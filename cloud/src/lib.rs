@@ -6,6 +6,7 @@
 pub mod acks;
 pub mod api;
 pub mod app;
+pub mod commit;
 pub mod config;
 pub mod health;
 pub mod ingest;

@@ -4,7 +4,8 @@
 //!   acknowledgement) and counted as a duplicate; the model does not run again.
 //! - Infer: the full model, batched by the runner. An unreadable image gets an error verdict (`label =
 //!   "unreadable"`), which is stored and sent like any other, so the edge can let go of the frame.
-//! - Store: idempotent on `(edge_id, incarnation, seq)` and the image hash; if another worker stored first, its
+//! - Store: grouped with the verdicts of other frames ready at the same moment (one transaction, see
+//!   [`crate::commit`]), idempotent on `(edge_id, incarnation, seq)` and the image hash; if another worker stored first, its
 //!   verdict wins and is sent. A delivery whose key is stored with another image is a different frame:
 //!   stored beside it, judged, counted (`identity_conflicts`) and logged.
 //! - Acknowledge: after the verdict is stored, in arrival order. If inference or storage fails, no verdict is
@@ -13,6 +14,7 @@
 //!   timeout. Two deliveries of one frame processed at the same moment may both run the model; the store
 //!   keeps the first verdict and both replies carry it.
 
+use crate::commit::Commits;
 use crate::ingest::Job;
 use crate::order::Ticket;
 use crate::stats::{self, CloudStats};
@@ -33,8 +35,10 @@ pub const UNREADABLE: &str = "unreadable";
 pub struct Processor {
     /// The full model.
     pub model: Arc<ServedModel>,
-    /// Verdict store.
+    /// Verdict store (lookups).
     pub store: Store,
+    /// Grouped verdict commits.
+    pub commits: Commits,
     /// MQTT client for verdicts and acks.
     pub client: AsyncClient,
     /// Largest message.
@@ -89,6 +93,7 @@ impl Processor {
             frame,
         } = job;
         let started = std::time::Instant::now();
+        let frame = Arc::new(frame);
         let (edge_id, seq) = (frame.edge_id.clone(), frame.seq);
         tracing::debug!(edge_id = %edge_id, seq, age_us = tierline_shared::time::now_us() - frame.capture_time_us, "Frame processing starts.");
         if let Some(verdict) = self.verdict_for(&frame).await {
@@ -121,7 +126,7 @@ impl Processor {
 
     /// The stored verdict for a frame: the existing one for a duplicate, else a new one. `None` when
     /// inference or storage failed (logged and counted).
-    async fn verdict_for(&self, frame: &wire::FrameEnvelope) -> Option<Verdict> {
+    async fn verdict_for(&self, frame: &Arc<wire::FrameEnvelope>) -> Option<Verdict> {
         let (edge_id, seq) = (frame.edge_id.as_str(), frame.seq);
         match self.store.lookup(frame).await {
             Ok(Some(existing)) => {
@@ -135,10 +140,7 @@ impl Processor {
             }
             Ok(None) => {
                 let v = self.judge(frame).await?;
-                let started = std::time::Instant::now();
-                let stored = self.store.store(frame, &v).await;
-                self.stats.store_commit.observe(started.elapsed());
-                match stored {
+                match self.commits.store(frame.clone(), v).await {
                     Ok(Stored::New(v)) => {
                         stats::inc(&self.stats.verdicts_stored);
                         Some(v)

@@ -35,8 +35,10 @@ pub struct CloudStats {
     pub presence_updates: AtomicU64,
     /// Time each frame spent in inference (queueing for a batch plus the batch run).
     pub inference_latency: Latency,
-    /// Time each verdict took to store.
+    /// Time each group of verdicts took to store (one transaction).
     pub store_commit: Latency,
+    /// Verdict store transactions: verdicts stored ÷ this is the mean group size.
+    pub store_transactions: AtomicU64,
     /// Gauge: this worker holds the retention leader lease.
     pub leader: AtomicBool,
     /// Gauge: fencing token of the lease this worker holds (0 when none).

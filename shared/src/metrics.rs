@@ -222,7 +222,9 @@ metrics! {
     /// Inference latency per frame.
     CLOUD_INFERENCE_LATENCY = ("tierline_cloud_inference_latency_seconds", Histogram, "Time a frame spends in inference (waiting for a batch plus the batch run), in seconds; its _count is the number of frames scored.");
     /// Store commit latency.
-    CLOUD_STORE_COMMIT = ("tierline_cloud_store_commit_seconds", Histogram, "Time to store one verdict (its transaction, with the database's fsync), in seconds.");
+    CLOUD_STORE_COMMIT = ("tierline_cloud_store_commit_seconds", Histogram, "Time to store one group of verdicts (one transaction, with the database's fsync), in seconds.");
+    /// Grouped commits.
+    CLOUD_STORE_TRANSACTIONS = ("tierline_cloud_store_transactions", Counter, "Verdict store transactions; verdicts stored divided by this is the mean group size.");
     /// Presence updates.
     CLOUD_PRESENCE_UPDATES = ("tierline_cloud_presence_updates", Counter, "Edge presence and heartbeat messages recorded in the edges table.");
     /// Leader lease.

@@ -62,6 +62,10 @@ const SELECT_VERDICT: &str = "SELECT v.cloud_model_version, v.label, v.defective
      FROM verdicts v JOIN frames f ON f.edge_id = v.edge_id AND f.incarnation = v.incarnation AND f.seq = v.seq
      WHERE v.edge_id = $1 AND v.incarnation = $2 AND v.seq = $3";
 
+/// Whether a frame is stored under this key (or its conflict key) with the same image.
+const FRAME_EXISTS: &str = "SELECT COUNT(*) FROM frames
+     WHERE edge_id = $1 AND seq = $2 AND (incarnation = $3 OR incarnation = $4) AND image_sha256 = $5";
+
 /// Counts a delivery of a stored frame: same key (or its conflict key) and the same image.
 const COUNT_DELIVERY: &str = "UPDATE frames SET deliveries = deliveries + 1,
      edge_local_action = CASE WHEN $1 != '' THEN $1 ELSE edge_local_action END
@@ -78,6 +82,21 @@ impl Store {
             .unwrap_or_default();
         let conflict_key = conflict_incarnation(frame);
         let row: Option<VerdictRow> = on_pool!(self, |pool| {
+            // Most deliveries are new frames: a plain read says so without taking the write lock, which the
+            // grouped verdict commits hold (on SQLite every transaction below would wait for them in turn).
+            // A frame stored after this read is caught by `store`, which is idempotent.
+            let stored: i64 = sqlx::query_scalar(FRAME_EXISTS)
+                .bind(edge_id)
+                .bind(seq as i64)
+                .bind(&frame.incarnation)
+                .bind(&conflict_key)
+                .bind(&frame.image_sha256)
+                .fetch_one(pool)
+                .await
+                .map_err(self.err("lookup"))?;
+            if stored == 0 {
+                return Ok(None);
+            }
             let mut tx = pool.begin().await.map_err(self.err("lookup"))?;
             // The write comes first: on SQLite a transaction that reads and then writes cannot wait for the
             // write lock (it fails at once with "database is locked" when another worker wrote meanwhile),
@@ -116,110 +135,135 @@ impl Store {
         frame: &FrameEnvelope,
         verdict: &Verdict,
     ) -> Result<Stored, StoreError> {
-        let scores = serde_json::to_string(
-            &verdict
-                .scores
-                .iter()
-                .map(|c| (c.class_name.as_str(), c.probability))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_else(|_| "[]".into());
-        let image = self.keep_images.then_some(&frame.image);
-        let image_bytes = image.map_or(0, |i| i.len() as i64);
+        let mut stored = self.store_many(&[(frame, verdict)]).await?;
+        Ok(stored.remove(0))
+    }
+
+    /// [`Store::store`] for several frames in one transaction (one commit, one fsync): all are stored, or
+    /// none. Outcomes are in the order of `items`; a frame given twice is stored once and the second gets
+    /// [`Stored::Existing`].
+    pub async fn store_many(
+        &self,
+        items: &[(&FrameEnvelope, &Verdict)],
+    ) -> Result<Vec<Stored>, StoreError> {
         let now = tierline_shared::time::now_us();
-        let local_action = tierline_shared::action::local_action(frame)
-            .map(Action::as_str)
-            .unwrap_or_default();
-        let (conflict, existing): (bool, Option<VerdictRow>) = on_pool!(self, |pool| {
+        let outcomes: Vec<(bool, Option<VerdictRow>)> = on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("store"))?;
-            let mut incarnation = frame.incarnation.clone();
-            let mut conflict = false;
-            loop {
-                let stored = sqlx::query(INSERT_FRAME)
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut versions: Vec<(&str, &str)> = Vec::new();
+            for &(frame, verdict) in items {
+                let scores = serde_json::to_string(
+                    &verdict
+                        .scores
+                        .iter()
+                        .map(|c| (c.class_name.as_str(), c.probability))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_else(|_| "[]".into());
+                let image = self.keep_images.then_some(&frame.image);
+                let image_bytes = image.map_or(0, |i| i.len() as i64);
+                let local_action = tierline_shared::action::local_action(frame)
+                    .map(Action::as_str)
+                    .unwrap_or_default();
+                let mut incarnation = frame.incarnation.clone();
+                let mut conflict = false;
+                loop {
+                    let stored = sqlx::query(INSERT_FRAME)
+                        .bind(&frame.edge_id)
+                        .bind(frame.seq as i64)
+                        .bind(&frame.frame_id)
+                        .bind(&frame.site)
+                        .bind(&frame.line)
+                        .bind(&frame.camera_id)
+                        .bind(frame.capture_time_us)
+                        .bind(frame.reason)
+                        .bind(f64::from(frame.edge_score))
+                        .bind(&frame.edge_model_version)
+                        .bind(frame.encoding)
+                        .bind(image)
+                        .bind(image_bytes)
+                        .bind(now)
+                        .bind(local_action)
+                        .bind(&incarnation)
+                        .bind(&frame.image_sha256)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.err("store"))?
+                        .rows_affected();
+                    if stored > 0 || conflict {
+                        break;
+                    }
+                    // The key holds another image: a different frame (see the module doc).
+                    conflict = true;
+                    incarnation = conflict_incarnation(frame);
+                }
+                let new = sqlx::query(INSERT_VERDICT)
                     .bind(&frame.edge_id)
                     .bind(frame.seq as i64)
-                    .bind(&frame.frame_id)
-                    .bind(&frame.site)
-                    .bind(&frame.line)
-                    .bind(&frame.camera_id)
-                    .bind(frame.capture_time_us)
-                    .bind(frame.reason)
-                    .bind(f64::from(frame.edge_score))
-                    .bind(&frame.edge_model_version)
-                    .bind(frame.encoding)
-                    .bind(image)
-                    .bind(image_bytes)
-                    .bind(now)
-                    .bind(local_action)
+                    .bind(&verdict.cloud_model_version)
+                    .bind(&verdict.label)
+                    .bind(verdict.defective)
+                    .bind(f64::from(verdict.defect_score))
+                    .bind(scores.as_str())
+                    .bind(&verdict.error)
+                    .bind(verdict.verdict_time_us)
+                    .bind(&self.worker)
                     .bind(&incarnation)
                     .bind(&frame.image_sha256)
                     .execute(&mut *tx)
                     .await
                     .map_err(self.err("store"))?
-                    .rows_affected();
-                if stored > 0 || conflict {
-                    break;
-                }
-                // The key holds another image: a different frame (see the module doc).
-                conflict = true;
-                incarnation = conflict_incarnation(frame);
-            }
-            let new = sqlx::query(INSERT_VERDICT)
-                .bind(&frame.edge_id)
-                .bind(frame.seq as i64)
-                .bind(&verdict.cloud_model_version)
-                .bind(&verdict.label)
-                .bind(verdict.defective)
-                .bind(f64::from(verdict.defect_score))
-                .bind(scores.as_str())
-                .bind(&verdict.error)
-                .bind(verdict.verdict_time_us)
-                .bind(&self.worker)
-                .bind(&incarnation)
-                .bind(&frame.image_sha256)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.err("store"))?
-                .rows_affected()
-                == 1;
-            let existing = if new {
-                for (tier, version) in [
-                    ("cloud", &verdict.cloud_model_version),
-                    ("edge", &frame.edge_model_version),
-                ] {
-                    if !version.is_empty() {
-                        sqlx::query(INSERT_MODEL_VERSION)
-                            .bind(tier)
-                            .bind(version)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(self.err("store"))?;
+                    .rows_affected()
+                    == 1;
+                let existing = if new {
+                    for version in [
+                        ("cloud", verdict.cloud_model_version.as_str()),
+                        ("edge", frame.edge_model_version.as_str()),
+                    ] {
+                        if !version.1.is_empty() && !versions.contains(&version) {
+                            versions.push(version);
+                        }
                     }
-                }
-                None
-            } else {
-                sqlx::query_as(SELECT_VERDICT)
-                    .bind(&frame.edge_id)
-                    .bind(&incarnation)
-                    .bind(frame.seq as i64)
-                    .fetch_optional(&mut *tx)
+                    None
+                } else {
+                    sqlx::query_as(SELECT_VERDICT)
+                        .bind(&frame.edge_id)
+                        .bind(&incarnation)
+                        .bind(frame.seq as i64)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(self.err("store"))?
+                };
+                outcomes.push((conflict, existing));
+            }
+            for (tier, version) in versions {
+                sqlx::query(INSERT_MODEL_VERSION)
+                    .bind(tier)
+                    .bind(version)
+                    .bind(now)
+                    .execute(&mut *tx)
                     .await
-                    .map_err(self.err("store"))?
-            };
+                    .map_err(self.err("store"))?;
+            }
             tx.commit().await.map_err(self.err("store"))?;
-            (conflict, existing)
+            outcomes
         });
-        let judged = Verdict {
-            incarnation: frame.incarnation.clone(),
-            image_sha256: frame.image_sha256.clone(),
-            ..verdict.clone()
-        };
-        Ok(match existing {
-            Some(r) => Stored::Existing(to_verdict(frame, r)),
-            None if conflict => Stored::Conflict(judged),
-            None => Stored::New(judged),
-        })
+        Ok(items
+            .iter()
+            .zip(outcomes)
+            .map(|(&(frame, verdict), (conflict, existing))| {
+                let judged = Verdict {
+                    incarnation: frame.incarnation.clone(),
+                    image_sha256: frame.image_sha256.clone(),
+                    ..verdict.clone()
+                };
+                match existing {
+                    Some(r) => Stored::Existing(to_verdict(frame, r)),
+                    None if conflict => Stored::Conflict(judged),
+                    None => Stored::New(judged),
+                }
+            })
+            .collect())
     }
 
     /// Number of stored verdicts.
