@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tierline_cloud::{CloudConfig, CloudStats};
-use tierline_demo::{broker::EmbeddedBroker, summary};
+use tierline_demo::broker::{EmbeddedBroker, LocalMosquitto};
+use tierline_demo::summary;
 use tierline_edge::stats::get;
 use tierline_edge::{EdgeConfig, EdgeStats};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +33,13 @@ struct Args {
     /// Fraction of frames with a defect.
     #[arg(long, default_value_t = 0.05)]
     defect_rate: f64,
-    /// Use this MQTT broker (host:port) instead of the embedded one, e.g. a local Mosquitto.
+    /// Use this MQTT broker (host:port) instead of starting one.
     #[arg(long)]
     broker: Option<String>,
+    /// Use the in-process broker even when Mosquitto is installed (by default a private Mosquitto is
+    /// started when it is installed, since the in-process broker delays small messages).
+    #[arg(long, conflicts_with = "broker")]
+    embedded_broker: bool,
     /// Directory for the outbox, the verdict store and the decision log (default: a fresh temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -104,19 +109,37 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (host, port) = match &args.broker {
+    let max_payload = tierline_shared::wire::DEFAULT_MAX_MESSAGE_BYTES;
+    let mut _mosquitto = None;
+    let (host, port, kind) = match &args.broker {
         Some(hp) => {
             let (h, p) = hp.rsplit_once(':').context("--broker must be host:port")?;
-            (h.to_string(), p.parse().context("--broker port")?)
+            (h.to_string(), p.parse().context("--broker port")?, "given")
         }
+        None if !args.embedded_broker => match LocalMosquitto::start(max_payload)? {
+            Some(m) => {
+                let port = m.port();
+                _mosquitto = Some(m);
+                ("127.0.0.1".to_string(), port, "private Mosquitto")
+            }
+            None => {
+                let b = EmbeddedBroker::start(max_payload)?;
+                (
+                    "127.0.0.1".to_string(),
+                    b.port(),
+                    "embedded; Mosquitto is not installed (scripts/setup installs it), so verdicts may wait \
+                     tens of ms for Nagle's algorithm",
+                )
+            }
+        },
         None => {
-            let b = EmbeddedBroker::start(tierline_shared::wire::DEFAULT_MAX_MESSAGE_BYTES)?;
-            ("127.0.0.1".to_string(), b.port())
+            let b = EmbeddedBroker::start(max_payload)?;
+            ("127.0.0.1".to_string(), b.port(), "embedded")
         }
     };
     let (edge_cfg, cloud_cfg) = configs(&args, &host, port, &dir)?;
     eprintln!(
-        "Tierline demo: broker {host}:{port}, data in {}",
+        "Tierline demo: broker {host}:{port} ({kind}), data in {}",
         dir.display()
     );
 
