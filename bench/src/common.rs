@@ -125,3 +125,17 @@ pub fn histogram() -> Histogram<u64> {
 pub fn record(h: &mut Histogram<u64>, d: std::time::Duration) {
     h.saturating_record((d.as_micros() as u64).max(1));
 }
+
+/// The distribution of a microsecond histogram as (share of samples, ms) points, one per percent; empty
+/// for an empty histogram.
+pub fn cdf_ms(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    (0..=100)
+        .map(|p| {
+            let q = f64::from(p) / 100.0;
+            [q, h.value_at_quantile(q) as f64 / 1000.0]
+        })
+        .collect()
+}

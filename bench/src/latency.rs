@@ -34,6 +34,9 @@ pub struct LatencyRow {
     pub by_fallback: u64,
     /// Capture → line decision for suspects.
     pub latency: Percentiles,
+    /// The latency distribution: (share of suspects, ms), one point per percent.
+    #[serde(default)]
+    pub cdf_ms: Vec<[f64; 2]>,
 }
 
 /// Results of measurement 2.
@@ -107,8 +110,8 @@ pub async fn run(seconds: f64) -> anyhow::Result<LatencyResults> {
         // Let verdicts still on their way arrive before stopping.
         tokio::time::sleep(deadline).await;
         edge.stop().await?;
-        let latency = match e.decision_latency_us.lock() {
-            Ok(h) => Percentiles::from_us(&h),
+        let (latency, cdf_ms) = match e.decision_latency_us.lock() {
+            Ok(h) => (Percentiles::from_us(&h), crate::common::cdf_ms(&h)),
             Err(_) => anyhow::bail!("latency histogram poisoned"),
         };
         let captured = get(&e.frames_captured);
@@ -121,6 +124,7 @@ pub async fn run(seconds: f64) -> anyhow::Result<LatencyResults> {
             from_cloud: get(&e.decisions_cloud),
             by_fallback: get(&e.decisions_fallback),
             latency,
+            cdf_ms,
         });
         eprintln!(
             "latency: {load}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} suspects",

@@ -7,6 +7,7 @@
 //!                                  └──────────── results.json (merged by section) ─► report ─► benchmarks.md
 //! ```
 
+pub mod charts;
 pub mod cloud;
 pub mod common;
 pub mod edge;
@@ -14,6 +15,8 @@ pub mod flops;
 pub mod latency;
 pub mod machine;
 pub mod outbox;
+pub mod peak;
+pub mod peers;
 pub mod recovery;
 pub mod report;
 
@@ -37,16 +40,19 @@ pub enum Section {
     Cloud,
     /// 6: edge memory.
     Memory,
+    /// 7: the cascade written without Tierline (Python peers in `bench/peers`).
+    Peers,
 }
 
 /// Every section, in report order.
-pub const ALL: [Section; 6] = [
+pub const ALL: [Section; 7] = [
     Section::Edge,
     Section::Latency,
     Section::Outbox,
     Section::Recovery,
     Section::Cloud,
     Section::Memory,
+    Section::Peers,
 ];
 
 /// What to run and where to write.
@@ -86,6 +92,9 @@ pub struct Results {
     pub cloud: Option<cloud::CloudResults>,
     /// Measurement 6.
     pub memory: Option<recovery::MemoryResults>,
+    /// Measurement 7.
+    #[serde(default)]
+    pub peers: Option<peers::PeerResults>,
 }
 
 /// The repository root (this crate's parent directory).
@@ -112,7 +121,13 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
     let wants = |s: Section| opts.only.contains(&s);
     let q = opts.quick;
     let before = machine::describe(&root);
-    let peak = before.core_peak_gflops;
+    let measured_peak = if opts.render_only {
+        None
+    } else {
+        peak::measure(if q { 0.2 } else { 2.0 })
+    };
+    // The fraction of peak uses the measured figure; the estimate from flags and clock is only a fallback.
+    let peak = measured_peak.map_or(before.core_peak_gflops, |(g, _)| g);
 
     let previous: Option<Results> = std::fs::read_to_string(json_path(&opts.out_dir))
         .ok()
@@ -127,6 +142,7 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         let md = markdown_path(&opts.out_dir);
         std::fs::write(&md, report::markdown(&r))
             .with_context(|| format!("writing {}", md.display()))?;
+        charts::draw(&r, &opts.out_dir.join("benchmarks"))?;
         eprintln!("wrote {}", md.display());
         return Ok(r);
     }
@@ -141,6 +157,7 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         recovery: None,
         cloud: None,
         memory: None,
+        peers: None,
     });
 
     if wants(Section::Edge) {
@@ -199,7 +216,26 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         );
     }
 
+    if wants(Section::Peers) {
+        // Tierline's side of the edge comparison is section 1's pipeline on one thread, from this run or the
+        // last one that measured it.
+        let tierline_fps = r
+            .edge
+            .as_ref()
+            .and_then(|e| e.rows.iter().find(|row| row.threads == 1))
+            .map_or(0.0, |row| row.pipeline_fps);
+        r.peers = Some(
+            peers::run(if q { 3.0 } else { 15.0 }, tierline_fps)
+                .await
+                .context("measurement 7 (peers)")?,
+        );
+    }
+
     r.machine = machine::describe(&root);
+    if let Some((gflops, kernel)) = measured_peak {
+        r.machine.measured_peak_gflops = gflops;
+        r.machine.measured_peak_kernel = kernel.into();
+    }
     r.quick = q;
     r.command = command;
     r.load_at_start = before.load_average;
@@ -212,6 +248,7 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
     let md = markdown_path(&opts.out_dir);
     std::fs::write(&md, report::markdown(&r))
         .with_context(|| format!("writing {}", md.display()))?;
+    charts::draw(&r, &opts.out_dir.join("benchmarks"))?;
     eprintln!("wrote {} and {}", json.display(), md.display());
     Ok(r)
 }

@@ -31,6 +31,12 @@ pub struct Machine {
     pub clock_source: String,
     /// Estimated FP32 peak of one core, GFLOP/s.
     pub core_peak_gflops: f64,
+    /// FP32 peak of one core measured in the run ([`crate::peak`]), GFLOP/s (0 when not measured).
+    #[serde(default)]
+    pub measured_peak_gflops: f64,
+    /// The instructions the measured peak used.
+    #[serde(default)]
+    pub measured_peak_kernel: String,
     /// 1-minute load average when the description was taken (other work on the machine skews results).
     pub load_average: f64,
     /// Cargo profile of the harness binary (`release` or `debug`).
@@ -127,6 +133,8 @@ pub fn describe(repo: &Path) -> Machine {
         clock_ghz,
         clock_source,
         core_peak_gflops: per_cycle * clock_ghz,
+        measured_peak_gflops: 0.0,
+        measured_peak_kernel: String::new(),
         load_average: std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|l| l.split_whitespace().next()?.parse().ok())

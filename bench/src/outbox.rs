@@ -28,6 +28,21 @@ pub struct OutboxRow {
     pub mb_per_s: f64,
     /// Latency of one commit.
     pub commit: Percentiles,
+    /// Bytes this process caused to be written to storage per image byte enqueued (`write_bytes` of
+    /// `/proc/self/io`; 0 when unreadable): the write amplification of the outbox.
+    #[serde(default)]
+    pub written_per_image_byte: f64,
+}
+
+/// Bytes this process has caused to be written to storage so far (`write_bytes` in `/proc/self/io`).
+fn written_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Results of measurement 3.
@@ -39,6 +54,38 @@ pub struct OutboxResults {
     pub frame_bytes: usize,
     /// One row per commit size.
     pub rows: Vec<OutboxRow>,
+    /// The disk's own synced write rate in the same directory, MB/s: the same bytes written in chunks of one
+    /// batched commit, each followed by `fdatasync` (what `dd oflag=dsync bs=<chunk>` measures).
+    #[serde(default)]
+    pub disk_synced_mb_per_s: f64,
+}
+
+/// Writes `total` bytes into a new file under `dir` in `chunk`-byte writes, each followed by `fdatasync`;
+/// returns MB/s.
+fn disk_synced_rate(dir: &std::path::Path, chunk: usize, total: usize) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("dsync.bin");
+    let mut file = std::fs::File::create(&path)?;
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let block: Vec<u8> = (0..chunk)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let started = Instant::now();
+    let mut written = 0;
+    while written < total {
+        file.write_all(&block)?;
+        file.sync_data()?;
+        written += chunk;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(written as f64 / secs / 1e6)
 }
 
 fn frame(seq: u64, image: &[u8]) -> Record {
@@ -71,6 +118,12 @@ pub async fn run(frames: u64) -> anyhow::Result<OutboxResults> {
         })
         .collect();
     let mut rows = Vec::new();
+    let disk = {
+        let dir = tempfile::tempdir_in(std::env::temp_dir())?;
+        let chunk = defaults.commit_batch.get() * FRAME_BYTES;
+        disk_synced_rate(dir.path(), chunk, frames as usize * FRAME_BYTES)?
+    };
+    eprintln!("outbox: the disk's synced write rate: {disk:.1} MB/s");
     for (per_commit, total) in [
         (defaults.commit_batch.get(), frames),
         (1, (frames / 10).max(10)),
@@ -85,6 +138,7 @@ pub async fn run(frames: u64) -> anyhow::Result<OutboxResults> {
         let mut seqs = outbox.reserve_seqs().await?;
         let mut h = histogram();
         let mut done = 0u64;
+        let written_before = written_bytes();
         let started = Instant::now();
         while done < total {
             let n = (per_commit as u64).min(total - done);
@@ -106,16 +160,21 @@ pub async fn run(frames: u64) -> anyhow::Result<OutboxResults> {
         }
         let secs = started.elapsed().as_secs_f64();
         outbox.close().await;
+        let written = match (written_before, written_bytes()) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / (total as f64 * FRAME_BYTES as f64),
+            _ => 0.0,
+        };
         let row = OutboxRow {
             frames_per_commit: per_commit,
             frames: total,
             frames_per_s: total as f64 / secs,
             mb_per_s: (total as f64 * FRAME_BYTES as f64) / secs / 1e6,
             commit: Percentiles::from_us(&h),
+            written_per_image_byte: written,
         };
         eprintln!(
-            "outbox: {per_commit} per commit: {:.0} frames/s, {:.1} MB/s, commit p99 {:.2} ms",
-            row.frames_per_s, row.mb_per_s, row.commit.p99_ms
+            "outbox: {per_commit} per commit: {:.0} frames/s, {:.1} MB/s, commit p99 {:.2} ms, {:.2} bytes written per image byte",
+            row.frames_per_s, row.mb_per_s, row.commit.p99_ms, row.written_per_image_byte
         );
         rows.push(row);
     }
@@ -123,5 +182,6 @@ pub async fn run(frames: u64) -> anyhow::Result<OutboxResults> {
         sync: format!("{:?}", defaults.sync).to_lowercase(),
         frame_bytes: FRAME_BYTES,
         rows,
+        disk_synced_mb_per_s: disk,
     })
 }

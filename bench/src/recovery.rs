@@ -50,6 +50,9 @@ pub struct RecoveryResults {
     pub live_suspects_cloud: u64,
     /// Live suspects decided by local fallback during the drain (verdict later than the deadline).
     pub live_suspects_fallback: u64,
+    /// Backlog left over the drain: (seconds since the first publish, frames left), every 100 ms.
+    #[serde(default)]
+    pub drain_curve: Vec<[f64; 2]>,
 }
 
 /// Results of measurement 6.
@@ -137,7 +140,7 @@ impl Edge {
             &config,
             format!(
                 "[edge]\nid = \"{name}\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\n[model]\nmanifest = {:?}\n\
-                 [outbox]\npath = {:?}\nmax_bytes = \"100 GiB\"\n[sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [outbox]\npath = {:?}\nmax_bytes = \"100 GiB\"\nmax_in_flight = 512\n[sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                  [[camera]]\nid = \"cam-0\"\nkind = \"files\"\npath = {:?}\nloop = true\nfps = 30\n",
                 pipeline::models_dir().join("prescreen.toml"),
                 db,
@@ -242,6 +245,21 @@ fn live_decisions(log: &Path, from_seq: u64) -> (u64, u64) {
     (cloud, fallback)
 }
 
+/// Waits until the cloud worker has received no frame for one second (at most two minutes).
+async fn quiesce(stats: &tierline_cloud::CloudStats) {
+    let until = Instant::now() + Duration::from_secs(120);
+    let mut last = tierline_cloud::stats::get(&stats.frames_received);
+    let mut still_since = Instant::now();
+    while Instant::now() < until && still_since.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tierline_cloud::stats::get(&stats.frames_received);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+    }
+}
+
 /// Runs measurements 4 and 6.
 pub async fn run(sizes: Sizes) -> anyhow::Result<(RecoveryResults, MemoryResults)> {
     let dir = tempfile::tempdir()?;
@@ -256,7 +274,11 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<(RecoveryResults, MemoryResults
     let image = tierline_edge::synth::render(3, 1, 160, 120, 1.0).to_jpeg(90)?;
 
     let broker = Mosquitto::start(dir.path());
-    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let mut cloud_cfg = pipeline::cloud_config(broker.port(), dir.path(), "w1");
+    // One worker sized for this machine: an inference thread per core.
+    cloud_cfg.model.threads =
+        std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+    let cloud = pipeline::start_cloud(cloud_cfg);
     let c = cloud.stats.clone();
     pipeline::wait_until(
         "cloud subscribed",
@@ -305,6 +327,10 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<(RecoveryResults, MemoryResults
         "recovery: restart with {n} queued: first publish after {restart_ms:.0} ms, RSS {rss_at_start:.1} MiB, peak {rss_peak:.1} MiB"
     );
 
+    // The restart phase left frames queued at the broker for the cloud worker: let it finish them, so the
+    // drain below measures its own backlog only.
+    quiesce(&cloud.stats).await;
+
     // Drain with live traffic.
     let m = sizes.drain_queued;
     eprintln!("recovery: draining {m} queued frames with live traffic");
@@ -320,8 +346,10 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<(RecoveryResults, MemoryResults
     let first = first_publish(&mut published, &edge, &dir.path().join("edge-drain.log")).await?;
     let limit = first + sizes.drain_limit;
     let mut left = m;
+    let mut drain_curve = vec![[0.0, m as f64]];
     while Instant::now() < limit {
         left = backlog_left(&pool, m).await?;
+        drain_curve.push([first.elapsed().as_secs_f64(), left as f64]);
         if left == 0 {
             break;
         }
@@ -361,6 +389,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<(RecoveryResults, MemoryResults
             live_frames,
             live_suspects_cloud: live_cloud,
             live_suspects_fallback: live_fallback,
+            drain_curve,
         },
         MemoryResults {
             empty_rss_mib: empty_rss,

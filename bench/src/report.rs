@@ -6,18 +6,32 @@ use std::fmt::Write;
 
 /// Targets from the benchmark issue.
 pub mod targets {
-    /// Edge pipeline throughput as a share of the same work in a bare loop.
-    pub const PIPELINE_VS_BARE: f64 = 0.97;
-    /// End-to-end frames/s for 720p JPEG on this machine.
-    pub const PIPELINE_FPS: f64 = 150.0;
+    /// Edge pipeline throughput as a share of the same work in a bare loop (about 10 % of frames forwarded).
+    pub const PIPELINE_VS_BARE: f64 = 0.95;
+    /// Edge 720p JPEG frames/s on one core (the pipeline with one thread).
+    pub const EDGE_FPS_PER_CORE: f64 = 1500.0;
     /// Suspect decision p99, unloaded, ms.
-    pub const DECISION_P99_MS: f64 = 15.0;
-    /// Durable 50 KB enqueues per second.
-    pub const ENQUEUE_FPS: f64 = 5000.0;
-    /// Backlog drain, frames/s.
-    pub const DRAIN_FPS: f64 = 2000.0;
+    pub const DECISION_P99_MS: f64 = 10.0;
+    /// Suspect decision p99 at 60 frames/s, ms.
+    pub const DECISION_P99_LOADED_MS: f64 = 15.0;
+    /// Durable 50 KB enqueues (batched commits) as a share of the disk's own synced write rate.
+    pub const ENQUEUE_VS_DISK: f64 = 0.90;
+    /// Backlog drain with live traffic, one cloud worker, frames/s.
+    pub const DRAIN_FPS: f64 = 5000.0;
+    /// Cloud runner vs raw ONNX Runtime at batch 8.
+    pub const RUNNER_VS_RAW: f64 = 0.95;
     /// Edge RSS with 100k queued, MB.
     pub const RSS_MB: f64 = 100.0;
+}
+
+/// Shows the chart `file` if the run has its data.
+fn chart(s: &mut String, r: &Results, file: &str) {
+    if let Some((f, caption)) = crate::charts::written(r)
+        .into_iter()
+        .find(|(f, _)| *f == file)
+    {
+        let _ = writeln!(s, "![{caption}](benchmarks/{f})\n");
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -72,9 +86,16 @@ pub fn markdown(r: &Results) -> String {
         "| load average at start / end | {:.2} / {:.2} (other work on the machine skews the numbers) |",
         r.load_at_start, m.load_average
     );
+    if m.measured_peak_gflops > 0.0 {
+        let _ = writeln!(
+            s,
+            "| FP32 peak of one core, measured | {:.1} GFLOP/s ({} on independent accumulators, one thread, best of a 2 s run; `bench/src/peak.rs`) |",
+            m.measured_peak_gflops, m.measured_peak_kernel
+        );
+    }
     let _ = writeln!(
         s,
-        "| FP32 peak of one core | {:.1} GFLOP/s = {} FLOP/cycle ({}: two FMA units × vector width × 2) × {:.2} GHz ({}) |\n",
+        "| FP32 peak of one core, estimated | {:.1} GFLOP/s = {} FLOP/cycle ({}: two FMA units × vector width × 2) × {:.2} GHz ({}) |\n",
         m.core_peak_gflops, m.flops_per_cycle, m.simd, m.clock_ghz, m.clock_source
     );
 
@@ -84,52 +105,76 @@ pub fn markdown(r: &Results) -> String {
         for row in &e.rows {
             let _ = writeln!(
                 s,
-                "| edge pipeline ≥ {:.0} % of the same work in a bare loop ({} thread{}) | {:.1} % | {} |",
+                "| edge pipeline ≥ {:.0} % of the same work in a bare loop, {:.0} % of frames forwarded ({} thread{}) | {:.1} % | {} |",
                 targets::PIPELINE_VS_BARE * 100.0,
+                row.forwarded_share * 100.0,
                 row.threads,
                 if row.threads == 1 { "" } else { "s" },
                 row.pipeline_vs_bare * 100.0,
                 verdict(row.pipeline_vs_bare >= targets::PIPELINE_VS_BARE)
             );
         }
-        let best = e.rows.iter().map(|r| r.pipeline_fps).fold(0.0, f64::max);
-        let _ = writeln!(
-            s,
-            "| ≥ {:.0} frames/s end to end, 720p JPEG | {:.1} frames/s | {} |",
-            targets::PIPELINE_FPS,
-            best,
-            verdict(best >= targets::PIPELINE_FPS)
-        );
+        if let Some(one) = e.rows.iter().find(|r| r.threads == 1) {
+            let _ = writeln!(
+                s,
+                "| edge ≥ {:.0} 720p JPEG frames/s per core (pipeline, one thread) | {:.0} frames/s | {} |",
+                targets::EDGE_FPS_PER_CORE,
+                one.pipeline_fps,
+                verdict(one.pipeline_fps >= targets::EDGE_FPS_PER_CORE)
+            );
+        }
     }
-    if let Some(l) = &r.latency
-        && let Some(u) = l.rows.iter().find(|r| r.load == "unloaded")
-    {
-        let _ = writeln!(
-            s,
-            "| suspect decision p99 ≤ {:.0} ms unloaded on loopback | {:.2} ms | {} |",
-            targets::DECISION_P99_MS,
-            u.latency.p99_ms,
-            verdict(u.latency.p99_ms <= targets::DECISION_P99_MS && u.latency.count > 0)
-        );
+    if let Some(l) = &r.latency {
+        for (load, target) in [
+            ("unloaded", targets::DECISION_P99_MS),
+            ("loaded", targets::DECISION_P99_LOADED_MS),
+        ] {
+            if let Some(u) = l.rows.iter().find(|r| r.load == load) {
+                let _ = writeln!(
+                    s,
+                    "| suspect decision p99 ≤ {:.0} ms, {} ({:.0} frames/s offered), `sync = \"full\"` | {:.2} ms | {} |",
+                    target,
+                    load,
+                    u.offered_fps,
+                    u.latency.p99_ms,
+                    verdict(u.latency.p99_ms <= target && u.latency.count > 0)
+                );
+            }
+        }
     }
     if let Some(o) = &r.outbox
         && let Some(b) = o.rows.first()
+        && o.disk_synced_mb_per_s > 0.0
     {
+        let share = b.mb_per_s / o.disk_synced_mb_per_s;
         let _ = writeln!(
             s,
-            "| ≥ {:.0} durable 50 KB enqueues/s | {:.0} /s | {} |",
-            targets::ENQUEUE_FPS,
+            "| durable 50 KB enqueues ≥ {:.0} % of the disk's synced write rate ({:.1} MB/s in the run) | {:.1} % ({:.0} frames/s) | {} |",
+            targets::ENQUEUE_VS_DISK * 100.0,
+            o.disk_synced_mb_per_s,
+            share * 100.0,
             b.frames_per_s,
-            verdict(b.frames_per_s >= targets::ENQUEUE_FPS)
+            verdict(share >= targets::ENQUEUE_VS_DISK)
         );
     }
     if let Some(rec) = &r.recovery {
         let _ = writeln!(
             s,
-            "| drain ≥ {:.0} frames/s | {:.0} frames/s | {} |",
+            "| drain of a backlog with live traffic, one cloud worker, ≥ {:.0} frames/s | {:.0} frames/s | {} |",
             targets::DRAIN_FPS,
             rec.drain_fps,
             verdict(rec.drain_fps >= targets::DRAIN_FPS)
+        );
+    }
+    if let Some(c) = &r.cloud
+        && let Some(row) = c.rows.iter().find(|r| r.batch == 8)
+    {
+        let _ = writeln!(
+            s,
+            "| cloud runner ≥ {:.0} % of raw ONNX Runtime, batch 8 | {:.1} % | {} |",
+            targets::RUNNER_VS_RAW * 100.0,
+            row.runner_vs_raw * 100.0,
+            verdict(row.runner_vs_raw >= targets::RUNNER_VS_RAW)
         );
     }
     if let Some(mem) = &r.memory {
@@ -189,7 +234,7 @@ pub fn markdown(r: &Results) -> String {
             s,
             "Model compute: {:.2} MFLOP per image (2 × multiply-accumulates of Conv/Gemm/MatMul counted from the \
              ONNX graph; operators: {}), {:.2} GFLOP/s in the raw single-thread loop = {:.1} % of one core's \
-             estimated FP32 peak ({:.1} GFLOP/s).\n",
+             FP32 peak ({:.1} GFLOP/s, measured when the table above says so).\n",
             e.model_flops / 1e6,
             e.model_operators.join(", "),
             e.model_gflops,
@@ -228,6 +273,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         s.push('\n');
+        chart(&mut s, r, crate::charts::LATENCY);
     }
 
     if let Some(o) = &r.outbox {
@@ -235,21 +281,25 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "{} byte frames into the SQLite outbox with `sync = \"{}\"` (one fsync per commit). A frame is \
-             enqueued when its commit returned.\n",
-            o.frame_bytes, o.sync
+             enqueued when its commit returned. The disk's own synced write rate, measured in the same \
+             directory just before (the same bytes in chunks of one batched commit, each followed by \
+             `fdatasync`): {:.1} MB/s.\n",
+            o.frame_bytes, o.sync, o.disk_synced_mb_per_s
         );
         let _ = writeln!(
             s,
-            "| frames per commit | frames | frames/s | MB/s | commit p50 ms | commit p99 ms | commit max ms |\n|---|---|---|---|---|---|---|"
+            "| frames per commit | frames | frames/s | MB/s | share of the disk's synced rate | bytes written per image byte | commit p50 ms | commit p99 ms | commit max ms |\n|---|---|---|---|---|---|---|---|---|"
         );
         for row in &o.rows {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.1} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.2} |",
                 row.frames_per_commit,
                 row.frames,
                 row.frames_per_s,
                 row.mb_per_s,
+                100.0 * row.mb_per_s / o.disk_synced_mb_per_s.max(1e-9),
+                row.written_per_image_byte,
                 row.commit.p50_ms,
                 row.commit.p99_ms,
                 row.commit.max_ms
@@ -263,8 +313,10 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "The edge runs as its own process with a live camera (720p JPEG, 30 frames/s); queued frames are \
-             {} byte JPEGs already decided locally, as after an outage. One cloud worker with shipped defaults.\n",
-            rec.frame_bytes
+             {} byte JPEGs already decided locally, as after an outage. One cloud worker with shipped defaults \
+             (128 frames in process, Mosquitto's in-flight window raised to match, as `deploy/mosquitto` ships it) \
+             and one inference thread per core ({}); edge, worker and broker share the machine's cores.\n",
+            rec.frame_bytes, m.cores
         );
         let _ = writeln!(s, "| | |\n|---|---|");
         let _ = writeln!(
@@ -291,6 +343,7 @@ pub fn markdown(r: &Results) -> String {
             "| live frames decided during the drain | {} ({} suspects from cloud verdicts, {} by local fallback) |\n",
             rec.live_frames, rec.live_suspects_cloud, rec.live_suspects_fallback
         );
+        chart(&mut s, r, crate::charts::DRAIN);
     }
 
     if let Some(c) = &r.cloud {
@@ -321,6 +374,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         s.push('\n');
+        chart(&mut s, r, crate::charts::BATCH);
     }
 
     if let Some(mem) = &r.memory {
@@ -343,8 +397,58 @@ pub fn markdown(r: &Results) -> String {
             mem.queued, mem.queued_rss_peak_mib
         );
     }
+    if let Some(p) = &r.peers {
+        peers_section(&mut s, p);
+    }
     s.push_str(NOTES);
     s
+}
+
+fn peers_section(s: &mut String, p: &crate::peers::PeerResults) {
+    let _ = writeln!(s, "## 7. Peers: the same cascade without Tierline\n");
+    let _ = writeln!(
+        s,
+        "`bench/peers/peer.py` ({}), on the same models and frames: the *mqtt peer* is Pillow + onnxruntime + \
+         paho-mqtt with a SQLite outbox (WAL, `synchronous=FULL`) and a SQLite verdict store, one sequential \
+         loop per edge; the *sedna peer* is KubeEdge Sedna's joint inference, one blocking HTTP POST per hard \
+         example. Edge frames/s: decode, resize, normalize and prescreen of 720p JPEG frames on one thread \
+         (Tierline: section 1's pipeline on one thread). Latency: camera production time to line decision, \
+         every frame a suspect, 10 frames/s, deadline 500 ms, Mosquitto on loopback.\n",
+        p.python
+    );
+    let _ = writeln!(
+        s,
+        "| system | edge frames/s, one core | suspect p50 ms | suspect p99 ms | suspects | local fallbacks |\n|---|---|---|---|---|---|"
+    );
+    for row in &p.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            row.system,
+            row.edge_fps,
+            row.latency.p50_ms,
+            row.latency.p99_ms,
+            row.latency.count,
+            row.fallbacks
+        );
+    }
+    if let Some(t) = p.rows.first() {
+        let _ = writeln!(
+            s,
+            "\n| Tierline ÷ peer | edge frames/s | suspect p50 | suspect p99 |\n|---|---|---|---|"
+        );
+        for peer in p.rows.iter().skip(1) {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2}× | {:.2}× | {:.2}× |",
+                peer.system,
+                t.edge_fps / peer.edge_fps.max(1e-9),
+                t.latency.p50_ms / peer.latency.p50_ms.max(1e-9),
+                t.latency.p99_ms / peer.latency.p99_ms.max(1e-9)
+            );
+        }
+        s.push('\n');
+    }
 }
 
 /// Hand-written analysis kept with the generator (the numbers above change, the reasoning rarely does).

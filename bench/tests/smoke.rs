@@ -1,6 +1,7 @@
 //! Smoke run of the benchmark harness: `--quick` sizes into a temporary directory. Checks that every
 //! section is present and every number is finite and not negative, and that the key figures are positive.
-//! It checks no timing: these machines are too noisy for thresholds.
+//! It checks no timing: these machines are too noisy for thresholds. The peers section is left out: it
+//! installs the Python peers with pip, which the tests never need.
 
 use std::process::Command;
 
@@ -36,6 +37,8 @@ fn quick_run_writes_every_section() {
     let dir = tempfile::tempdir().expect("temp dir");
     let status = Command::new(env!("CARGO_BIN_EXE_tierline-bench"))
         .arg("--quick")
+        .arg("--only")
+        .arg("edge,latency,outbox,recovery,cloud,memory")
         .arg("--out-dir")
         .arg(dir.path())
         .status()
@@ -58,6 +61,7 @@ fn quick_run_writes_every_section() {
     for p in [
         "/machine/cores",
         "/machine/core_peak_gflops",
+        "/machine/measured_peak_gflops",
         "/edge/rows/0/raw_ort_fps",
         "/edge/rows/0/bare_loop_fps",
         "/edge/rows/0/pipeline_fps",
@@ -68,6 +72,7 @@ fn quick_run_writes_every_section() {
         "/latency/rows/1/latency/p99_ms",
         "/outbox/rows/0/frames_per_s",
         "/outbox/rows/0/commit/p99_ms",
+        "/outbox/disk_synced_mb_per_s",
         "/recovery/restart_first_publish_ms",
         "/recovery/drain_fps",
         "/cloud/rows/0/raw_ort_ips",
@@ -90,5 +95,19 @@ fn quick_run_writes_every_section() {
         "## 6.",
     ] {
         assert!(md.contains(heading), "benchmarks.md lacks {heading}");
+    }
+    // The charts the report shows exist and are SVG.
+    for chart in ["latency.svg", "batch.svg", "drain.svg"] {
+        let path = dir.path().join("benchmarks").join(chart);
+        let svg = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            svg.starts_with("<svg"),
+            "{} is not an SVG chart",
+            path.display()
+        );
+        assert!(
+            md.contains(&format!("benchmarks/{chart}")),
+            "benchmarks.md does not show {chart}"
+        );
     }
 }
