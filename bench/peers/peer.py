@@ -221,7 +221,7 @@ def cmd_edge(a):
     seq = 0
     # The camera produces frame k at t0 + k * period; a frame taken late (the loop was busy waiting for a
     # verdict) keeps its production time, so the wait counts in its latency.
-    while time.monotonic() - t0 < a.seconds:
+    while seq < int(a.seconds * a.fps):
         due = t0 + seq * period
         pause = due - time.monotonic()
         if pause > 0:

@@ -449,6 +449,39 @@ fn peers_section(s: &mut String, p: &crate::peers::PeerResults) {
         }
         s.push('\n');
     }
+    if !p.partition.is_empty() {
+        let _ = writeln!(
+            s,
+            "**A 10 s partition** in the middle of a 30 s run at 10 frames/s, a quarter of the frames suspects: \
+             the broker stopped (Tierline, mqtt peer) or the cloud server stopped (sedna peer), then restarted. \
+             *Late*: decided after the deadline (500 ms) plus 200 ms. *Never judged*: suspects without a stored \
+             cloud verdict at the end (for the sedna peer, the hard examples it decided alone, which it never \
+             sends again). *Drain*: healing until the edge's backlog is empty. *Reconnected*: healing until \
+             Tierline's edge and cloud worker were both connected again (their reconnect backoff: 250 ms doubling \
+             up to 30 s, with jitter; the peer's paho clients retry every 0.1–1 s).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| system | frames | decided | late | suspects | never judged | drain after healing | reconnected after healing |\n|---|---|---|---|---|---|---|---|"
+        );
+        for row in &p.partition {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.system,
+                row.frames,
+                row.decided,
+                row.late,
+                row.suspects,
+                row.never_judged,
+                row.drain_s
+                    .map_or("never (nothing kept)".to_string(), |d| format!("{d:.1} s")),
+                row.reconnect_s
+                    .map_or("–".to_string(), |d| format!("{d:.1} s"))
+            );
+        }
+        s.push('\n');
+    }
 }
 
 /// Hand-written analysis kept with the generator (the numbers above change, the reasoning rarely does).
