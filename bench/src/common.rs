@@ -139,3 +139,46 @@ pub fn cdf_ms(h: &Histogram<u64>) -> Vec<[f64; 2]> {
         })
         .collect()
 }
+
+/// Starts a cloud worker with `config` and waits until it is subscribed (at most a minute).
+pub async fn subscribed_cloud(
+    config: tierline_cloud::CloudConfig,
+) -> tierline_tests::pipeline::Running<tierline_cloud::CloudStats> {
+    let cloud = tierline_tests::pipeline::start_cloud(config);
+    let c = cloud.stats.clone();
+    tierline_tests::pipeline::wait_until(
+        "cloud subscribed",
+        std::time::Duration::from_secs(60),
+        || c.link_up.load(std::sync::atomic::Ordering::Relaxed),
+        String::new,
+    )
+    .await;
+    cloud
+}
+
+/// Writes 16 synthetic 720p JPEG frames with `defect_rate` into `parent/name`; returns that directory.
+pub fn write_frames(
+    parent: &Path,
+    name: &str,
+    defect_rate: f64,
+) -> anyhow::Result<std::path::PathBuf> {
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d)?;
+    for (i, j) in jpeg_frames(16, 1280, 720, defect_rate)?.iter().enumerate() {
+        std::fs::write(d.join(format!("frame-{i:02}.jpg")), j)?;
+    }
+    Ok(d)
+}
+
+/// `len` incompressible bytes (xorshift64 from `seed`), as a JPEG is.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

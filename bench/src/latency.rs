@@ -8,9 +8,8 @@
 //!
 //! The latency is the edge's own histogram of suspect line decisions (capture to decision).
 
-use crate::common::{Percentiles, jpeg_frames};
+use crate::common::Percentiles;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tierline_edge::stats::get;
 use tierline_tests::{Mosquitto, pipeline};
@@ -53,27 +52,14 @@ pub struct LatencyResults {
 /// Runs measurement 2. `seconds` is the length of each load level.
 pub async fn run(seconds: f64) -> anyhow::Result<LatencyResults> {
     let dir = tempfile::tempdir()?;
-    let frames_dir = |name: &str, rate: f64| -> anyhow::Result<std::path::PathBuf> {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d)?;
-        for (i, j) in jpeg_frames(16, 1280, 720, rate)?.iter().enumerate() {
-            std::fs::write(d.join(format!("frame-{i:02}.jpg")), j)?;
-        }
-        Ok(d)
-    };
     eprintln!("latency: rendering 720p frames");
-    let all_suspect = frames_dir("suspects", 1.0)?;
-    let mixed = frames_dir("mixed", 0.25)?;
+    let all_suspect = crate::common::write_frames(dir.path(), "suspects", 1.0)?;
+    let mixed = crate::common::write_frames(dir.path(), "mixed", 0.25)?;
     let broker = Mosquitto::start(dir.path());
-    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let cloud =
+        crate::common::subscribed_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"))
+            .await;
     let c = cloud.stats.clone();
-    pipeline::wait_until(
-        "cloud subscribed",
-        Duration::from_secs(60),
-        || c.link_up.load(Ordering::Relaxed),
-        String::new,
-    )
-    .await;
     let deadline = tierline_edge::config::DecisionConfig::default().deadline;
     let mut rows = Vec::new();
     for (load, frames, cameras, fps) in [

@@ -66,15 +66,7 @@ fn disk_synced_rate(dir: &std::path::Path, chunk: usize, total: usize) -> anyhow
     use std::io::Write;
     let path = dir.join("dsync.bin");
     let mut file = std::fs::File::create(&path)?;
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let block: Vec<u8> = (0..chunk)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let block = crate::common::noise(chunk, 0x2545_F491_4F6C_DD1D);
     let started = Instant::now();
     let mut written = 0;
     while written < total {
@@ -107,16 +99,7 @@ fn frame(seq: u64, image: &[u8]) -> Record {
 /// Runs measurement 3 with `frames` frames at the batched commit size (a tenth as many one per commit).
 pub async fn run(frames: u64) -> anyhow::Result<OutboxResults> {
     let defaults = OutboxConfig::default();
-    // Incompressible bytes, as a JPEG is.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let image: Vec<u8> = (0..FRAME_BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let image = crate::common::noise(FRAME_BYTES, 0x9E37_79B9_7F4A_7C15);
     let mut rows = Vec::new();
     let disk = {
         let dir = tempfile::tempdir_in(std::env::temp_dir())?;

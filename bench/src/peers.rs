@@ -12,7 +12,7 @@
 //! from healing until the edge's backlog is empty. The peers run in their own virtualenv (`target/peers/venv`), created here with
 //! `pip` on first use; the tests never need it.
 
-use crate::common::{Percentiles, histogram, jpeg_frames};
+use crate::common::{Percentiles, histogram, write_frames};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -244,16 +244,8 @@ pub async fn run(seconds: f64, tierline_edge_fps: f64) -> anyhow::Result<PeerRes
         .output()?;
     let python_version = String::from_utf8_lossy(&version.stdout).trim().to_string();
     let dir = tempfile::tempdir()?;
-    let write = |name: &str, rate: f64| -> anyhow::Result<PathBuf> {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d)?;
-        for (i, j) in jpeg_frames(16, 1280, 720, rate)?.iter().enumerate() {
-            std::fs::write(d.join(format!("frame-{i:02}.jpg")), j)?;
-        }
-        Ok(d)
-    };
-    let mixed = write("mixed", 0.05)?;
-    let suspects = write("suspects", 1.0)?;
+    let mixed = write_frames(dir.path(), "mixed", 0.05)?;
+    let suspects = write_frames(dir.path(), "suspects", 1.0)?;
     let models = pipeline::models_dir();
     let prescreen = models.join("prescreen-1.1.0.onnx").display().to_string();
     let full = models.join("full-1.0.0.onnx").display().to_string();
@@ -283,15 +275,10 @@ pub async fn run(seconds: f64, tierline_edge_fps: f64) -> anyhow::Result<PeerRes
 
     // Tierline's suspect latency, measured here with the same frames and rate as the peers.
     let broker = Mosquitto::start(dir.path());
-    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let cloud =
+        crate::common::subscribed_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"))
+            .await;
     let c = cloud.stats.clone();
-    pipeline::wait_until(
-        "cloud subscribed",
-        Duration::from_secs(60),
-        || c.link_up.load(Ordering::Relaxed),
-        String::new,
-    )
-    .await;
     let frames = (seconds * 10.0) as u64;
     let cams = format!(
         "[[camera]]\nid = \"cam-0\"\nkind = \"files\"\npath = {:?}\nloop = true\nfps = 10\nframes = {frames}\n",
@@ -402,7 +389,7 @@ pub async fn run(seconds: f64, tierline_edge_fps: f64) -> anyhow::Result<PeerRes
     drop(broker);
 
     // A 10 s partition in the middle of a 30 s run, a quarter of the frames suspects.
-    let quarter = write("quarter", 0.25)?;
+    let quarter = write_frames(dir.path(), "quarter", 0.25)?;
     let mut partition = vec![tierline_partition(dir.path(), &quarter).await?];
     for kind in ["mqtt", "sedna"] {
         partition.push(
@@ -444,15 +431,10 @@ async fn tierline_partition(dir: &Path, frames_dir: &Path) -> anyhow::Result<Par
     let run_dir = dir.join("tierline-partition");
     std::fs::create_dir_all(&run_dir)?;
     let mut broker = Mosquitto::start(&run_dir);
-    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), &run_dir, "w1"));
+    let cloud =
+        crate::common::subscribed_cloud(pipeline::cloud_config(broker.port(), &run_dir, "w1"))
+            .await;
     let c = cloud.stats.clone();
-    pipeline::wait_until(
-        "cloud subscribed",
-        Duration::from_secs(60),
-        || c.link_up.load(Ordering::Relaxed),
-        String::new,
-    )
-    .await;
     let frames = RUN.as_secs() * 10;
     let cams = format!(
         "[[camera]]\nid = \"cam-0\"\nkind = \"files\"\npath = {:?}\nloop = true\nfps = 10\nframes = {frames}\n",

@@ -18,7 +18,6 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tierline_edge::config::OutboxConfig;
 use tierline_edge::outbox::{Outbox, Record};
@@ -278,15 +277,7 @@ pub async fn run(sizes: Sizes) -> anyhow::Result<(RecoveryResults, MemoryResults
     // One worker sized for this machine: an inference thread per core.
     cloud_cfg.model.threads =
         std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
-    let cloud = pipeline::start_cloud(cloud_cfg);
-    let c = cloud.stats.clone();
-    pipeline::wait_until(
-        "cloud subscribed",
-        Duration::from_secs(60),
-        || c.link_up.load(Ordering::Relaxed),
-        String::new,
-    )
-    .await;
+    let cloud = crate::common::subscribed_cloud(cloud_cfg).await;
     let mut published = watch_frames(broker.port()).await?;
 
     // Memory with an empty outbox.
