@@ -260,6 +260,16 @@ impl Outbox {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
+            // A COMMIT that fails on a full disk can leave SQLite's transaction already rolled back: sqlx's own
+            // ROLLBACK then fails, and the connection would stay "in a transaction" for good (every later
+            // `BEGIN` on it refused, its reads on a stale snapshot). Such a connection is closed on release and
+            // the pool opens a fresh one. The ping first runs any rollback still queued.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Connection::ping(&mut *conn).await?;
+                    Ok(!sqlx::Connection::is_in_transaction(&*conn))
+                })
+            })
             .connect_with(options)
             .await
             .map_err(db_err("open"))?;
