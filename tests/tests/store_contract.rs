@@ -144,6 +144,46 @@ async fn storing_is_idempotent_and_counts_deliveries(s: Store) {
     );
 }
 
+contract!(a_group_is_stored_as_the_frames_would_be_one_by_one);
+async fn a_group_is_stored_as_the_frames_would_be_one_by_one(s: Store) {
+    // One transaction: two new frames, the first one again (a repeated delivery in the same group) and a
+    // frame under the first one's key with another image (a reused seq). Outcomes come back in order.
+    let (a, b) = (frame("e1", 1, "l1", 10), frame("e1", 2, "l1", 10));
+    let other = variant("e1", 1, "00000000000000a1", vec![7u8; 100]);
+    let (va, vb, va2, vo) = (
+        verdict("e1", 1, "spot"),
+        verdict("e1", 2, "good"),
+        verdict("e1", 1, "good"),
+        verdict("e1", 1, "crack"),
+    );
+    let stored = s
+        .store_many(&[(&a, &va), (&b, &vb), (&a, &va2), (&other, &vo)])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 4);
+    assert!(
+        matches!(&stored[0], Stored::New(v) if v.label == "spot"),
+        "{stored:?}"
+    );
+    assert!(
+        matches!(&stored[1], Stored::New(v) if v.label == "good"),
+        "{stored:?}"
+    );
+    assert!(
+        matches!(&stored[2], Stored::Existing(v) if v.label == "spot"),
+        "the repeat gets the first verdict of its group: {stored:?}"
+    );
+    assert!(
+        matches!(&stored[3], Stored::Conflict(v) if v.label == "crack" && v.image_sha256 == other.image_sha256),
+        "another image under a stored key is another frame: {stored:?}"
+    );
+    assert_eq!(s.verdict_count().await.unwrap(), 3);
+    // Each frame is found again by its own key and image.
+    assert_eq!(s.lookup(&a).await.unwrap().unwrap().label, "spot");
+    assert_eq!(s.lookup(&b).await.unwrap().unwrap().label, "good");
+    assert_eq!(s.lookup(&other).await.unwrap().unwrap().label, "crack");
+}
+
 contract!(a_reused_seq_is_another_frame_never_a_duplicate);
 async fn a_reused_seq_is_another_frame_never_a_duplicate(s: Store) {
     let first = frame("e1", 1, "l1", 10);
