@@ -164,12 +164,15 @@ fn script() -> PathBuf {
 
 /// Runs a peer command to its end; returns the JSON object on its last line.
 fn run_json(python: &Path, args: &[String]) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(python)
-        .arg(script())
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running peer.py {}", args.join(" ")))?;
+    // Seconds of waiting on a child process: keep the async workers (the cloud worker's tasks) free.
+    let out = tokio::task::block_in_place(|| {
+        Command::new(python)
+            .arg(script())
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+    })
+    .with_context(|| format!("running peer.py {}", args.join(" ")))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or_default();
     if !out.status.success() {
@@ -193,7 +196,9 @@ impl Server {
         // It prints {"ready": true} once listening or connected.
         let stdout = child.stdout.take().context("peer stdout")?;
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        tokio::task::block_in_place(|| {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        })?;
         anyhow::ensure!(
             line.contains("ready"),
             "peer server did not start: {line:?}"
@@ -235,7 +240,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// Runs measurement 7. `tierline_edge_fps` is Tierline's pipeline on one thread (section 1), measured in
 /// the same run.
 pub async fn run(seconds: f64, tierline_edge_fps: f64) -> anyhow::Result<PeerResults> {
-    let python = venv()?;
+    let python = tokio::task::block_in_place(venv)?;
     let version = Command::new(&python)
         .args([
             "-c",

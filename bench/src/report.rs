@@ -454,7 +454,8 @@ fn peers_section(s: &mut String, p: &crate::peers::PeerResults) {
             s,
             "**A 10 s partition** in the middle of a 30 s run at 10 frames/s, a quarter of the frames suspects: \
              the broker stopped (Tierline, mqtt peer) or the cloud server stopped (sedna peer), then restarted. \
-             *Late*: decided after the deadline (500 ms) plus 200 ms. *Never judged*: suspects without a stored \
+             *Late*: decided after the deadline (500 ms) plus 200 ms (Tierline: the `latency_us` its decision log \
+             reports; the peers: the decision and production times they log). *Never judged*: suspects without a stored \
              cloud verdict at the end (for the sedna peer, the hard examples it decided alone, which it never \
              sends again). *Drain*: healing until the edge's backlog is empty. *Reconnected*: healing until \
              Tierline's edge and cloud worker were both connected again (their reconnect backoff: 250 ms doubling \
