@@ -374,6 +374,8 @@ async fn pipeline(
                 encoding: ImageEncoding::Jpeg,
                 truth: None,
                 origin: None,
+                part_id: None,
+                clock: tierline_edge::camera::CaptureClock::Arrival,
             };
             if frames_tx.send_async(frame).await.is_err() {
                 break;

@@ -60,8 +60,34 @@ pub struct CapturedFrame {
     pub encoding: ImageEncoding,
     /// Ground truth, for synthetic frames.
     pub truth: Option<Truth>,
-    /// Source file, for file cameras.
+    /// Where the frame came from: the file for file cameras, the stream URL (password redacted) for
+    /// streams.
     pub origin: Option<Arc<str>>,
+    /// The part the frame shows, for frames taken on a trigger.
+    pub part_id: Option<Arc<str>>,
+    /// Where `capture_time_us` came from.
+    pub clock: CaptureClock,
+}
+
+/// Where a frame's capture time came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureClock {
+    /// The edge's clock when the frame arrived (files, synthetic, HTTP, streams without sender reports).
+    #[default]
+    Arrival,
+    /// The stream's own timestamp, mapped to wall time through the camera's RTCP sender reports.
+    Stream,
+}
+
+impl CaptureClock {
+    /// The name used in the decision log and the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Arrival => "arrival",
+            Self::Stream => "stream",
+        }
+    }
 }
 
 enum Feed {
@@ -205,6 +231,8 @@ impl Camera {
             encoding,
             truth,
             origin,
+            part_id: None,
+            clock: CaptureClock::Arrival,
         }
     }
 }
@@ -222,6 +250,8 @@ mod tests {
             encoding: ImageEncoding::Jpeg,
             truth: None,
             origin: None,
+            part_id: None,
+            clock: CaptureClock::Arrival,
         }
     }
 
