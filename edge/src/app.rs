@@ -23,7 +23,8 @@
 //! cameras, prescreen and uplink stop; the intake commits what it holds; the link closes; the settle stage
 //! and the decision stage then finish (whatever still waits is decided locally) and the sink flushes.
 
-use crate::camera::{Camera, CameraError, FrameQueue};
+use crate::camera::triggers::Triggers;
+use crate::camera::{Camera, CameraError, CameraStatus, FrameQueue};
 use crate::config::EdgeConfig;
 use crate::decisions::stage::{Decisions, LocalRecorder};
 use crate::decisions::{self, Book, OfflineRules};
@@ -129,6 +130,7 @@ pub struct App {
     undecided: Vec<Undecided>,
     queue: FrameQueue,
     cameras: Vec<Camera>,
+    triggers: Triggers,
     skeleton: Skeleton,
     mqtt: rumqttc::MqttOptions,
 }
@@ -143,11 +145,13 @@ impl App {
             problem: e.to_string(),
         })?;
         let queue = FrameQueue::new(2 * config.model.max_batch.get() * config.model.threads.get());
+        let mut triggers = Triggers::default();
         let cameras = config
             .cameras
             .iter()
-            .map(|c| Camera::new(c, queue.clone(), stats.clone()))
+            .map(|c| Camera::new(c, queue.clone(), stats.clone(), &mut triggers))
             .collect::<Result<Vec<_>, _>>()?;
+        let statuses: Vec<Arc<CameraStatus>> = cameras.iter().map(Camera::status).collect();
         let model = load_model(&config).await?;
         let mqtt =
             crate::link::options(&config.mqtt, &addr, &model.manifest().version).map_err(|e| {
@@ -160,7 +164,13 @@ impl App {
         let undecided = outbox.undecided_suspects().await?;
         let samples = {
             let stats = stats.clone();
-            Arc::new(move || health::samples(&stats))
+            Arc::new(move || {
+                let mut s = health::samples(&stats);
+                for c in &statuses {
+                    c.samples(&mut s);
+                }
+                s
+            })
         };
         let skeleton = Skeleton::bind(
             model.clone(),
@@ -169,7 +179,11 @@ impl App {
             samples,
         )
         .await
-        .map_err(EdgeError::Admin)?;
+        .map_err(EdgeError::Admin)?
+        .with_routes(crate::camera::triggers::routes(
+            triggers.clone(),
+            stats.clone(),
+        ));
         Ok(Self {
             config,
             addr,
@@ -179,6 +193,7 @@ impl App {
             undecided,
             queue,
             cameras,
+            triggers,
             skeleton,
             mqtt,
         })
@@ -210,6 +225,7 @@ impl App {
             undecided,
             queue,
             cameras,
+            triggers,
             skeleton,
             mqtt,
         } = self;
@@ -255,6 +271,7 @@ impl App {
                 stats: stats.clone(),
                 readiness,
                 every: config.admin.check_every,
+                cameras: cameras.iter().map(Camera::status).collect(),
             }
             .run(stop.clone()),
         );
@@ -402,6 +419,7 @@ impl App {
                 model_version,
                 verdicts: verdict_tx,
                 link: link_tx,
+                triggers,
                 stats: stats.clone(),
             }
             .run(link_stop.clone()),

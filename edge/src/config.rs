@@ -104,12 +104,35 @@ fn default_batch() -> NonZeroUsize {
 pub struct CameraConfig {
     /// Camera id (one topic level).
     pub id: String,
-    /// Frames per second this camera delivers.
+    /// Frames per second this camera delivers: the rate of synthetic and file cameras and of snapshots,
+    /// and for streams the most frames per second kept (a 30 fps stream with `fps = 10` is judged on every
+    /// third frame; the others are not decoded where the codec allows).
     #[serde(default = "default_fps")]
     pub fps: f64,
     /// Stop after this many frames (unset: run until shut down).
     #[serde(default)]
     pub frames: Option<u64>,
+    /// `continuous` (frames at `fps`) or `trigger` (one frame per part trigger, carrying its part id).
+    #[serde(default)]
+    pub mode: CameraMode,
+    /// Crop rectangle applied before the model (unset: the whole frame).
+    #[serde(default)]
+    pub roi: Option<crate::camera::roi::Roi>,
+    /// A stream that sends no frame for this long is stalled and reconnected.
+    #[serde(default = "default_no_frame_timeout", with = "humantime_serde")]
+    pub no_frame_timeout: Duration,
+    /// Time allowed to connect to a network camera (and, for snapshots, to fetch one).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles (with jitter) up to `reconnect_max`.
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// JPEG quality of frames the edge encodes itself (decoded H.264, ROI crops), 1-100.
+    #[serde(default = "default_encode_quality")]
+    pub encode_quality: u8,
     /// Where frames come from.
     #[serde(flatten)]
     pub source: SourceConfig,
@@ -117,6 +140,32 @@ pub struct CameraConfig {
 
 fn default_fps() -> f64 {
     30.0
+}
+fn default_no_frame_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_encode_quality() -> u8 {
+    90
+}
+
+/// How a camera takes frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraMode {
+    /// Frames at the camera's `fps`.
+    #[default]
+    Continuous,
+    /// One frame per part trigger (MQTT `…/trigger` or `POST /trigger` on the admin port).
+    Trigger,
 }
 
 /// Kinds of camera sources.
@@ -148,6 +197,24 @@ pub enum SourceConfig {
         /// Start again at the first file after the last.
         #[serde(default, rename = "loop")]
         repeat: bool,
+    },
+    /// An RTSP camera streaming H.264 or MJPEG: `rtsp://user:password@host:554/path`.
+    Rtsp {
+        /// Stream URL; credentials in the URL are used for Basic or Digest auth and hidden in logs.
+        url: String,
+        /// `tcp` (interleaved, the default) or `udp` (LAN only).
+        #[serde(default)]
+        transport: crate::camera::rtsp::RtspTransport,
+    },
+    /// An HTTP MJPEG camera (`multipart/x-mixed-replace`).
+    Mjpeg {
+        /// Stream URL, `http://user:password@host/path`.
+        url: String,
+    },
+    /// An HTTP snapshot camera: one `GET` per frame (at `fps`, or per part trigger).
+    Snapshot {
+        /// Snapshot URL, e.g. `http://host/snapshot.jpg`.
+        url: String,
     },
 }
 
@@ -347,6 +414,27 @@ impl EdgeConfig {
                 return Err(field(
                     "camera.fps",
                     format!("is {}, must be in (0, 10000]", c.fps),
+                ));
+            }
+            if !(1..=100).contains(&c.encode_quality) {
+                return Err(field("camera.encode_quality", "must be 1..=100".into()));
+            }
+            if c.no_frame_timeout < Duration::from_millis(100) {
+                return Err(field(
+                    "camera.no_frame_timeout",
+                    "must be at least 100ms (slow cameras and long GOPs need seconds)".into(),
+                ));
+            }
+            if c.reconnect_min.is_zero() || c.reconnect_max < c.reconnect_min {
+                return Err(field(
+                    "camera.reconnect_min",
+                    "must be above zero and at most reconnect_max".into(),
+                ));
+            }
+            if c.roi.is_some_and(|r| r.width == 0 || r.height == 0) {
+                return Err(field(
+                    "camera.roi",
+                    "width and height must be above zero".into(),
                 ));
             }
             if let SourceConfig::Synthetic {

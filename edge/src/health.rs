@@ -44,6 +44,9 @@ pub struct HealthWatch {
     pub readiness: Arc<Readiness>,
     /// How often it checks.
     pub every: Duration,
+    /// The cameras, each reported as a check `camera <id>` (not required: a camera down leaves the edge
+    /// ready but degraded, named in `/readyz`).
+    pub cameras: Vec<Arc<crate::camera::CameraStatus>>,
 }
 
 impl HealthWatch {
@@ -57,6 +60,12 @@ impl HealthWatch {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         let mut errors_seen = stats::get(&self.stats.outbox_errors);
+        // Check names live as long as the process; one per configured camera.
+        let camera_checks: Vec<&'static str> = self
+            .cameras
+            .iter()
+            .map(|c| &*Box::leak(format!("camera {}", c.id).into_boxed_str()))
+            .collect();
         let mut ticker = admin::Ticker::new(self.every);
         while ticker.next(&shutdown).await {
             admin::set_link(
@@ -76,6 +85,11 @@ impl HealthWatch {
                 tracing::debug!(error = %e, "Outbox vacuum skipped.");
             }
             self.check_sink(max_age);
+            for (camera, name) in self.cameras.iter().zip(&camera_checks) {
+                camera.refresh_fps();
+                let (ok, detail) = camera.check();
+                self.readiness.set(name, false, ok, detail, max_age);
+            }
         }
     }
 
@@ -208,6 +222,8 @@ pub fn samples(s: &EdgeStats) -> Vec<Sample> {
         c(&m::EDGE_OUTBOX_ERRORS, &s.outbox_errors),
         c(&m::EDGE_VERDICTS_MISMATCHED, &s.verdicts_mismatched),
         c(&m::EDGE_FRAMES_UNSCORED, &s.frames_unscored),
+        c(&m::EDGE_TRIGGERS, &s.triggers),
+        c(&m::EDGE_TRIGGERS_REFUSED, &s.triggers_refused),
         c(&m::EDGE_DECISIONS_UNSCORED, &s.decisions_unscored),
         c(&m::EDGE_SINK_ERRORS, &s.sink_errors),
         c(&m::EDGE_SINK_HELD_BYTES, &s.sink_held_bytes),

@@ -19,6 +19,10 @@ pub struct EdgeStats {
     pub frames_unscored: AtomicU64,
     /// Frames the prescreen could not read.
     pub frames_unreadable: AtomicU64,
+    /// Part triggers received and handed to a camera.
+    pub triggers: AtomicU64,
+    /// Part triggers refused.
+    pub triggers_refused: AtomicU64,
     /// Frames passed locally (not forwarded, or forwarded only as audit).
     pub frames_passed: AtomicU64,
     /// Frames accepted into the outbox as suspects.
@@ -92,6 +96,8 @@ impl Default for EdgeStats {
             frames_dropped: AtomicU64::new(0),
             bytes_captured: AtomicU64::new(0),
             frames_unreadable: AtomicU64::new(0),
+            triggers: AtomicU64::new(0),
+            triggers_refused: AtomicU64::new(0),
             frames_unscored: AtomicU64::new(0),
             decisions_unscored: AtomicU64::new(0),
             frames_passed: AtomicU64::new(0),

@@ -87,6 +87,9 @@ pub struct ReadinessReport {
     pub ready: bool,
     /// No check is stale.
     pub live: bool,
+    /// The checks that fail without making the process unready (a camera or the link down): the process
+    /// runs degraded.
+    pub degraded: Vec<String>,
     /// All checks, by name.
     pub checks: Vec<CheckReport>,
 }
@@ -183,9 +186,15 @@ impl Readiness {
             .all(|c| c.age_seconds <= self.max_age_of(&c.name).as_secs_f64());
         // No checks yet means nothing has been verified: not ready.
         let ready = !checks.is_empty() && checks.iter().all(|c| c.ok || !c.required);
+        let degraded = checks
+            .iter()
+            .filter(|c| !c.ok && !c.required)
+            .map(|c| c.name.clone())
+            .collect();
         ReadinessReport {
             ready,
             live,
+            degraded,
             checks,
         }
     }
@@ -249,6 +258,8 @@ pub struct Admin {
     pub readiness: Arc<Readiness>,
     /// Produces the metric samples at each scrape.
     pub samples: Arc<dyn Fn() -> Vec<Sample> + Send + Sync>,
+    /// Routes a binary adds to the admin endpoint (the edge's `POST /trigger`).
+    pub extra: Option<Router>,
 }
 
 impl Admin {
@@ -286,7 +297,11 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(admin);
+        .with_state(admin.clone());
+    let app = match admin.extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    };
     tracing::info!(address = %local, "Admin endpoint listening (/healthz, /readyz, /metrics).");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -55,6 +55,9 @@ pub struct Sample {
     pub value: f64,
     /// Its distribution (histograms).
     pub histogram: Option<Latency>,
+    /// One label (name, value), for metrics kept per camera; samples of one metric with different labels
+    /// are exported as one family.
+    pub label: Option<(&'static str, String)>,
 }
 
 impl Sample {
@@ -69,7 +72,14 @@ impl Sample {
             metric,
             value,
             histogram: None,
+            label: None,
         }
+    }
+
+    /// The same sample with a label, e.g. `("camera", "cam-1")`.
+    pub fn labelled(mut self, name: &'static str, value: &str) -> Self {
+        self.label = Some((name, value.to_string()));
+        self
     }
 
     /// A histogram's current state.
@@ -78,6 +88,7 @@ impl Sample {
             metric,
             value: 0.0,
             histogram: Some(latency.clone()),
+            label: None,
         }
     }
 }
@@ -137,6 +148,24 @@ metrics! {
     EDGE_FRAMES_CAPTURED = ("tierline_edge_frames_captured", Counter, "Frames delivered by the cameras.");
     /// Frames dropped by backpressure.
     EDGE_FRAMES_DROPPED = ("tierline_edge_frames_dropped", Counter, "Frames dropped (oldest first) because the prescreen fell behind.");
+    /// Per camera.
+    EDGE_CAMERA_FRAMES = ("tierline_edge_camera_frames", Counter, "Frames a camera delivered to the prescreen (label camera).");
+    /// Per camera.
+    EDGE_CAMERA_SKIPPED = ("tierline_edge_camera_frames_skipped", Counter, "Frames a camera received and left out, by pacing or because no part trigger was waiting (label camera).");
+    /// Per camera.
+    EDGE_CAMERA_CORRUPT = ("tierline_edge_camera_decode_errors", Counter, "Frames a camera received that could not be used: corrupt NAL units, truncated JPEG parts (label camera).");
+    /// Per camera.
+    EDGE_CAMERA_RECONNECTS = ("tierline_edge_camera_reconnects", Counter, "Times a camera's source failed or stalled and was reconnected (label camera).");
+    /// Per camera.
+    EDGE_CAMERA_FPS = ("tierline_edge_camera_fps", Gauge, "Frames per second a camera delivered over the last health interval (label camera).");
+    /// Per camera.
+    EDGE_CAMERA_LAST_FRAME_AGE = ("tierline_edge_camera_last_frame_age_seconds", Gauge, "Seconds since a camera's source last sent a frame, kept or skipped (label camera; -1 before the first).");
+    /// Per camera.
+    EDGE_CAMERA_UP = ("tierline_edge_camera_up", Gauge, "1 while a camera's source is connected and sending frames in time (label camera).");
+    /// Part triggers.
+    EDGE_TRIGGERS = ("tierline_edge_triggers", Counter, "Part triggers received (MQTT or HTTP) and handed to a camera in trigger mode.");
+    /// Part triggers refused.
+    EDGE_TRIGGERS_REFUSED = ("tierline_edge_triggers_refused", Counter, "Part triggers refused: malformed, naming no camera in trigger mode, or arriving while the camera's trigger queue was full.");
     /// Encoded bytes captured.
     EDGE_BYTES_CAPTURED = ("tierline_edge_bytes_captured", Counter, "Encoded image bytes delivered by the cameras.");
     /// Unreadable frames.
@@ -245,30 +274,56 @@ struct Snapshot(Vec<Sample>);
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for s in &self.0 {
+        // One family per metric: labelled samples of a metric are written under one descriptor.
+        let mut done = std::collections::HashSet::new();
+        for (i, s) in self.0.iter().enumerate() {
             let m = s.metric;
-            match m.kind {
-                Kind::Counter => {
-                    let c = ConstCounter::new(s.value.max(0.0));
-                    c.encode(encoder.encode_descriptor(m.name, m.help, None, c.metric_type())?)?;
-                }
-                Kind::Gauge => {
-                    let g = ConstGauge::new(s.value);
-                    g.encode(encoder.encode_descriptor(m.name, m.help, None, g.metric_type())?)?;
-                }
-                Kind::Histogram => {
-                    if let Some(Latency(h)) = &s.histogram {
-                        h.encode(encoder.encode_descriptor(
-                            m.name,
-                            m.help,
-                            None,
-                            h.metric_type(),
-                        )?)?;
+            if !done.insert(m.name) {
+                continue;
+            }
+            let family: Vec<&Sample> = self.0[i..]
+                .iter()
+                .filter(|o| std::ptr::eq(o.metric, m))
+                .collect();
+            let metric_type = match m.kind {
+                Kind::Counter => ConstCounter::new(0.0).metric_type(),
+                Kind::Gauge => ConstGauge::new(0.0).metric_type(),
+                Kind::Histogram => Histogram::new(std::iter::empty()).metric_type(),
+            };
+            let descriptor = encoder.encode_descriptor(m.name, m.help, None, metric_type)?;
+            let labelled: Vec<&Sample> = family
+                .iter()
+                .copied()
+                .filter(|s| s.label.is_some())
+                .collect();
+            if labelled.is_empty() {
+                encode_value(s, descriptor)?;
+            } else {
+                let mut descriptor = descriptor;
+                for l in labelled {
+                    if let Some((k, v)) = &l.label {
+                        let labels = vec![(*k, v.as_str())];
+                        encode_value(l, descriptor.encode_family(&labels)?)?;
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Writes one sample's value.
+fn encode_value(
+    s: &Sample,
+    encoder: prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match s.metric.kind {
+        Kind::Counter => ConstCounter::new(s.value.max(0.0)).encode(encoder),
+        Kind::Gauge => ConstGauge::new(s.value).encode(encoder),
+        Kind::Histogram => match &s.histogram {
+            Some(Latency(h)) => h.encode(encoder),
+            None => Ok(()),
+        },
     }
 }
 

@@ -67,6 +67,7 @@ pub struct Skeleton {
     readiness: std::sync::Arc<crate::admin::Readiness>,
     admin: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
     samples: Samples,
+    routes: Option<axum::Router>,
 }
 
 /// Produces a binary's metric samples at each scrape (the model's are added by the skeleton).
@@ -96,7 +97,14 @@ impl Skeleton {
             readiness,
             admin,
             samples,
+            routes: None,
         })
+    }
+
+    /// Adds routes to the admin endpoint.
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        self.routes = Some(routes);
+        self
     }
 
     /// The readiness checks, for the stages that report them.
@@ -140,6 +148,7 @@ impl Skeleton {
             let admin = crate::admin::Admin {
                 readiness: self.readiness,
                 samples,
+                extra: self.routes,
             };
             sup.spawn(
                 "admin endpoint",

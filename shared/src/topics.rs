@@ -34,6 +34,8 @@ pub enum TopicKind {
     Presence,
     /// Periodic heartbeats.
     Heartbeat,
+    /// Part triggers, line controller → edge.
+    Trigger,
 }
 
 impl TopicKind {
@@ -43,6 +45,7 @@ impl TopicKind {
             TopicKind::Verdicts => "verdicts",
             TopicKind::Presence => "presence",
             TopicKind::Heartbeat => "heartbeat",
+            TopicKind::Trigger => "trigger",
         }
     }
 
@@ -52,6 +55,7 @@ impl TopicKind {
             "verdicts" => TopicKind::Verdicts,
             "presence" => TopicKind::Presence,
             "heartbeat" => TopicKind::Heartbeat,
+            "trigger" => TopicKind::Trigger,
             _ => return None,
         })
     }

@@ -1,14 +1,80 @@
-//! File cameras: images from a directory or a glob pattern, in name order, once or repeated.
+//! File cameras: images from a directory or a glob pattern, in name order, once or repeated, one per
+//! pacing interval or per part trigger.
 
 use super::CameraError;
+use super::gate::Gate;
+use super::source::{BoxFuture, Connector, FrameSource, Item, SourceError, SourceFrame};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tierline_shared::wire::ImageEncoding;
 
+/// Opens file sources (the list is made once, at start-up, so a wrong path fails the config check).
+pub(super) struct FilesConnector {
+    pub(super) camera: String,
+    pub(super) files: Vec<PathBuf>,
+    pub(super) repeat: bool,
+    pub(super) shown: String,
+}
+
+impl Connector for FilesConnector {
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn FrameSource>, SourceError>> {
+        Box::pin(async move {
+            Ok(Box::new(FilesSource {
+                camera: self.camera.clone(),
+                files: self.files.clone(),
+                repeat: self.repeat,
+                next: 0,
+            }) as Box<dyn FrameSource>)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("files {}", self.shown)
+    }
+}
+
+struct FilesSource {
+    camera: String,
+    files: Vec<PathBuf>,
+    repeat: bool,
+    next: usize,
+}
+
+impl FrameSource for FilesSource {
+    fn next<'a>(&'a mut self, gate: &'a mut Gate) -> BoxFuture<'a, Result<Item, SourceError>> {
+        Box::pin(async move {
+            // Do not wait for a turn when there is nothing left to show.
+            if !self.repeat && self.next >= self.files.len() {
+                return Ok(Item::End);
+            }
+            let Some(take) = gate.due().await else {
+                return Ok(Item::End);
+            };
+            Ok(
+                match next(&self.camera, &self.files, self.repeat, &mut self.next).await {
+                    Some((image, encoding, origin)) => Item::Frame(SourceFrame {
+                        image,
+                        encoding,
+                        stream_time_us: None,
+                        origin: Some(origin),
+                        truth: None,
+                        take,
+                    }),
+                    None => Item::End,
+                },
+            )
+        })
+    }
+
+    fn watched(&self) -> bool {
+        false
+    }
+}
+
 /// The next readable file of a file camera: its bytes, encoding and path. At most one pass over the files
 /// per frame: if none can be read, the camera stops instead of spinning.
-pub(super) async fn next(
+async fn next(
     camera: &str,
     files: &[PathBuf],
     repeat: bool,

@@ -1,20 +1,43 @@
-//! Camera sources and the frame queue between cameras and the prescreen.
+//! Cameras: one stage per camera, each owning its source, its reconnects and its watchdog, feeding the
+//! frame queue between cameras and the prescreen.
+//!
+//! ```text
+//!  Connector::open ──► FrameSource::next ──► Gate (pacing | part triggers) ──► ROI ──► FrameQueue
+//!       ▲   (rtsp, mjpeg, snapshot,          │ skipped / corrupt: counted
+//!       │    files, synthetic)               │ no item within no_frame_timeout (streams): stalled
+//!       └── jittered exponential backoff ◄───┘ source error: logged with the camera id, in /readyz
+//! ```
+//!
+//! A camera that is down at start-up or later never blocks start-up or the other cameras: each runs its
+//! own loop, and a failure only changes its own `/readyz` line and metrics.
 //!
 //! Camera frames are perishable: when the prescreen falls behind, the queue drops the *oldest* frame and
 //! counts it (`frames_dropped`), so the line is always judged on recent frames.
 
-use crate::config::{CameraConfig, SourceConfig};
+use crate::config::{CameraConfig, CameraMode, SourceConfig};
 use crate::stats::{self, EdgeStats};
 use crate::synth::Truth;
 use bytes::Bytes;
-use std::path::PathBuf;
 
 mod files;
+pub mod gate;
+mod http;
+mod mjpeg;
+pub mod multipart;
 mod queue;
+pub mod roi;
+pub mod rtsp;
+mod snapshot;
+pub mod source;
+pub mod status;
 mod synthetic;
+pub mod triggers;
 
 pub use queue::FrameQueue;
+use source::{Connector, FrameSource, Item, SourceError, SourceFrame};
+pub use status::CameraStatus;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tierline_shared::wire::ImageEncoding;
@@ -31,6 +54,14 @@ pub enum CameraError {
         /// Pattern.
         pattern: String,
         /// Problem.
+        message: String,
+    },
+    /// The camera URL or its settings are unusable.
+    #[error("camera {camera}: {message}")]
+    Setup {
+        /// Camera id.
+        camera: String,
+        /// Problem, naming the setting.
         message: String,
     },
     /// No image files matched.
@@ -90,67 +121,89 @@ impl CaptureClock {
     }
 }
 
-enum Feed {
-    Synthetic {
-        seed: u64,
-        defect_rate: f64,
-        width: u32,
-        height: u32,
-        quality: u8,
-        index: u64,
-    },
-    Files {
-        files: Vec<PathBuf>,
-        repeat: bool,
-        next: usize,
-    },
-}
-
-/// A camera stage: delivers frames from its source into the frame queue at its rate.
+/// A camera stage: opens its source, keeps it open (reconnecting with backoff after failures and stalls)
+/// and delivers the frames its gate keeps into the frame queue.
 pub struct Camera {
     id: Arc<str>,
-    interval: Duration,
-    limit: Option<u64>,
-    feed: Feed,
+    cfg: CameraConfig,
+    connector: Box<dyn Connector>,
+    gate: gate::Gate,
     queue: FrameQueue,
     stats: Arc<EdgeStats>,
+    status: Arc<CameraStatus>,
+    last_time_us: i64,
 }
 
 impl Camera {
-    /// Prepares a camera from its config (lists files for file cameras), feeding `queue`.
+    /// Prepares a camera from its config (lists files for file cameras, parses URLs), feeding `queue`.
+    /// Nothing here touches the network: a camera that is down cannot delay start-up.
     pub fn new(
         cfg: &CameraConfig,
         queue: FrameQueue,
         stats: Arc<EdgeStats>,
+        triggers: &mut triggers::Triggers,
     ) -> Result<Self, CameraError> {
-        let source = match &cfg.source {
+        let setup = |message: String| CameraError::Setup {
+            camera: cfg.id.clone(),
+            message,
+        };
+        let connector: Box<dyn Connector> = match &cfg.source {
             SourceConfig::Synthetic {
                 seed,
                 defect_rate,
                 width,
                 height,
                 jpeg_quality,
-            } => Feed::Synthetic {
-                seed: *seed,
-                defect_rate: *defect_rate,
-                width: width.get(),
-                height: height.get(),
-                quality: *jpeg_quality,
-                index: 0,
-            },
-            SourceConfig::Files { path, repeat } => Feed::Files {
+            } => Box::new(synthetic::SyntheticConnector {
+                camera: cfg.id.clone(),
+                settings: synthetic::Settings {
+                    seed: *seed,
+                    defect_rate: *defect_rate,
+                    width: width.get(),
+                    height: height.get(),
+                    quality: *jpeg_quality,
+                },
+            }),
+            SourceConfig::Files { path, repeat } => Box::new(files::FilesConnector {
+                camera: cfg.id.clone(),
                 files: files::list(&cfg.id, path)?,
                 repeat: *repeat,
-                next: 0,
-            },
+                shown: path.clone(),
+            }),
+            SourceConfig::Rtsp { url, transport } => Box::new(
+                rtsp::RtspConnector::new(
+                    url,
+                    *transport,
+                    cfg.connect_timeout,
+                    cfg.roi,
+                    cfg.encode_quality,
+                )
+                .map_err(setup)?,
+            ),
+            SourceConfig::Mjpeg { url } => Box::new(mjpeg::MjpegConnector {
+                target: http::Target::parse(url).map_err(setup)?,
+                connect_timeout: cfg.connect_timeout,
+            }),
+            SourceConfig::Snapshot { url } => Box::new(snapshot::SnapshotConnector {
+                target: http::Target::parse(url).map_err(setup)?,
+                timeout: cfg.connect_timeout,
+            }),
         };
+        let id: Arc<str> = cfg.id.as_str().into();
+        let gate = match cfg.mode {
+            CameraMode::Continuous => gate::Gate::paced(cfg.fps),
+            CameraMode::Trigger => gate::Gate::triggered(triggers.register(&cfg.id)),
+        };
+        let status = Arc::new(CameraStatus::new(id.clone(), connector.describe()));
         Ok(Self {
-            id: cfg.id.as_str().into(),
-            interval: Duration::from_secs_f64(1.0 / cfg.fps),
-            limit: cfg.frames,
-            feed: source,
+            id,
+            cfg: cfg.clone(),
+            connector,
+            gate,
             queue,
             stats,
+            status,
+            last_time_us: i64::MIN,
         })
     }
 
@@ -159,81 +212,190 @@ impl Camera {
         &self.id
     }
 
-    /// Delivers frames into `queue` at the camera's rate until its limit, its files run out, or shutdown.
+    /// Its live state, for `/readyz` and the metrics.
+    pub fn status(&self) -> Arc<CameraStatus> {
+        self.status.clone()
+    }
+
+    /// Delivers frames until its limit, the end of its files, or shutdown; never returns on a source
+    /// failure (it reconnects).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut backoff =
+            tierline_shared::mqtt::Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         let mut delivered = 0u64;
-        loop {
-            if self.limit.is_some_and(|l| delivered >= l) {
-                break;
-            }
-            tokio::select! {
+        'session: loop {
+            let opened = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let Some(frame) = self.next_frame().await else {
-                break;
+                r = self.connector.open() => r,
             };
-            delivered += 1;
-            stats::inc(&self.stats.frames_captured);
-            stats::add(&self.stats.bytes_captured, frame.image.len() as u64);
-            self.queue.push(frame, &self.stats);
+            let mut source = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    self.failed(&e, false);
+                    if !sleep(backoff.next_delay(), &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if !source.watched() {
+                // Pulled sources have nothing to wait for; they are up until a request fails.
+                self.status.up.store(true, Ordering::Relaxed);
+            }
+            loop {
+                if self.cfg.frames.is_some_and(|l| delivered >= l) {
+                    self.status.ended.store(true, Ordering::Relaxed);
+                    break 'session;
+                }
+                let watched = source.watched();
+                let timeout = self.cfg.no_frame_timeout;
+                let item = tokio::select! {
+                    _ = shutdown.cancelled() => break 'session,
+                    r = next_item(&mut *source, &mut self.gate, watched, timeout) => r,
+                };
+                match item {
+                    Ok(Item::Frame(f)) => {
+                        self.status.arrived();
+                        backoff.reset();
+                        let clock = source.clock();
+                        let crops = source.crops();
+                        if self.deliver(f, clock, crops).await {
+                            delivered += 1;
+                        }
+                    }
+                    Ok(Item::Skipped) => {
+                        self.status.arrived();
+                        self.status.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Item::Corrupt(why)) => {
+                        self.status.arrived();
+                        self.status.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(camera = %self.id, source = %self.status.source, problem = %why, "Camera frame unusable; skipped, the stream continues.");
+                    }
+                    Ok(Item::Missed { take, error }) => {
+                        // A part was triggered and no picture could be taken: the part still gets a decision
+                        // (the prescreen rejects an empty image as unreadable, naming the cause).
+                        self.missed(take, &error);
+                        self.failed(&error, true);
+                        break;
+                    }
+                    Ok(Item::End) => {
+                        self.status.ended.store(true, Ordering::Relaxed);
+                        break 'session;
+                    }
+                    Err(e) => {
+                        self.failed(&e, true);
+                        break;
+                    }
+                }
+            }
+            drop(source);
+            if !sleep(backoff.next_delay(), &shutdown).await {
+                break;
+            }
         }
         tracing::info!(camera = %self.id, frames = delivered, "Camera stopped.");
     }
 
-    async fn next_frame(&mut self) -> Option<CapturedFrame> {
-        match &mut self.feed {
-            Feed::Synthetic {
-                seed,
-                defect_rate,
-                width,
-                height,
-                quality,
-                index,
-            } => {
-                let i = *index;
-                *index += 1;
-                let settings = synthetic::Settings {
-                    seed: *seed,
-                    defect_rate: *defect_rate,
-                    width: *width,
-                    height: *height,
-                    quality: *quality,
-                };
-                let (jpeg, truth) = synthetic::render(&self.id, settings, i).await?;
-                Some(self.frame(jpeg, ImageEncoding::Jpeg, Some(truth), None))
-            }
-            Feed::Files {
-                files,
-                repeat,
-                next,
-            } => {
-                let (bytes, encoding, origin) = files::next(&self.id, files, *repeat, next).await?;
-                Some(self.frame(bytes, encoding, None, Some(origin)))
-            }
+    fn failed(&self, e: &SourceError, reconnect: bool) {
+        if reconnect {
+            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
         }
+        tracing::warn!(camera = %self.id, source = %self.status.source, error = %e, "Camera source failed; reconnecting after a backoff. The other cameras are not affected.");
+        self.status.failed(e.to_string());
     }
 
-    fn frame(
-        &self,
-        image: Bytes,
-        encoding: ImageEncoding,
-        truth: Option<Truth>,
-        origin: Option<Arc<str>>,
-    ) -> CapturedFrame {
+    fn missed(&mut self, take: gate::Take, error: &SourceError) {
+        let frame = SourceFrame {
+            image: Bytes::new(),
+            encoding: ImageEncoding::Jpeg,
+            stream_time_us: None,
+            origin: Some(format!("no picture taken ({error})").into()),
+            truth: None,
+            take,
+        };
+        let frame = self.stamp(frame, CaptureClock::Arrival);
+        stats::inc(&self.stats.frames_captured);
+        self.queue.push(frame, &self.stats);
+    }
+
+    /// Applies the ROI, stamps the frame and queues it. False when the frame could not be used.
+    async fn deliver(&mut self, mut f: SourceFrame, clock: CaptureClock, crops: bool) -> bool {
+        if let (Some(roi), false) = (self.cfg.roi, crops) {
+            let (image, quality) = (f.image.clone(), self.cfg.encode_quality);
+            match tokio::task::spawn_blocking(move || roi::crop_encoded(&image, roi, quality)).await
+            {
+                Ok(Ok(jpeg)) => {
+                    f.image = jpeg.into();
+                    f.encoding = ImageEncoding::Jpeg;
+                }
+                Ok(Err(why)) => {
+                    self.status.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(camera = %self.id, problem = %why, "Frame could not be cropped to the camera's roi; skipped.");
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        let clock = if f.stream_time_us.is_some() {
+            clock
+        } else {
+            CaptureClock::Arrival
+        };
+        let frame = self.stamp(f, clock);
+        self.status.frames.fetch_add(1, Ordering::Relaxed);
+        stats::inc(&self.stats.frames_captured);
+        stats::add(&self.stats.bytes_captured, frame.image.len() as u64);
+        self.queue.push(frame, &self.stats);
+        true
+    }
+
+    /// Capture time: the stream's where it has one, else now; never earlier than the previous frame's.
+    fn stamp(&mut self, f: SourceFrame, clock: CaptureClock) -> CapturedFrame {
+        let mut t = f
+            .stream_time_us
+            .unwrap_or_else(tierline_shared::time::now_us);
+        if t <= self.last_time_us {
+            t = self.last_time_us + 1;
+        }
+        self.last_time_us = t;
         CapturedFrame {
             camera_id: self.id.clone(),
             captured_at: Instant::now(),
-            capture_time_us: tierline_shared::time::now_us(),
-            image,
-            encoding,
-            truth,
-            origin,
-            part_id: None,
-            clock: CaptureClock::Arrival,
+            capture_time_us: t,
+            image: f.image,
+            encoding: f.encoding,
+            truth: f.truth,
+            origin: f.origin,
+            part_id: f.take.part_id,
+            clock,
         }
+    }
+}
+
+/// The source's next item; for watched sources, silence beyond `timeout` is a stall.
+async fn next_item(
+    source: &mut dyn FrameSource,
+    gate: &mut gate::Gate,
+    watched: bool,
+    timeout: Duration,
+) -> Result<Item, SourceError> {
+    if !watched {
+        return source.next(gate).await;
+    }
+    match tokio::time::timeout(timeout, source.next(gate)).await {
+        Ok(r) => r,
+        Err(_) => Err(SourceError::Connection(format!(
+            "no frame for {timeout:?}: the stream is stalled (connection open, nothing sent); raise no_frame_timeout for slow cameras or long GOPs"
+        ))),
+    }
+}
+
+/// Sleeps `d` unless shut down first (then false).
+async fn sleep(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Link {
     pub verdicts: mpsc::Sender<Verdict>,
     /// Whether the link is up, to the uplink.
     pub link: watch::Sender<bool>,
+    /// Part triggers, to the cameras in trigger mode (the trigger topic is subscribed only when there are
+    /// any).
+    pub triggers: crate::camera::triggers::Triggers,
     /// Counters.
     pub stats: Arc<EdgeStats>,
 }
@@ -52,9 +55,11 @@ impl Link {
             model_version,
             verdicts,
             link,
+            triggers,
             stats,
         } = self;
         let verdict_topic = addr.topic(TopicKind::Verdicts);
+        let trigger_topic = addr.topic(TopicKind::Trigger);
         let mut backoff = Backoff::new(mqtt.reconnect_delay, Duration::from_secs(30));
         loop {
             let polled = tokio::select! {
@@ -70,6 +75,9 @@ impl Link {
                         "Connected to the broker."
                     );
                     let _ = client.try_subscribe(verdict_topic.clone(), QoS::AtLeastOnce);
+                    if triggers.any() {
+                        let _ = client.try_subscribe(trigger_topic.clone(), QoS::AtLeastOnce);
+                    }
                     let _ = client.try_publish(
                         addr.topic(TopicKind::Presence),
                         QoS::AtLeastOnce,
@@ -96,6 +104,11 @@ impl Link {
                         Err(e) => {
                             tracing::warn!(error = %e, "Ignoring a malformed verdict.")
                         }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == trigger_topic => {
+                    if let Ok(cameras) = triggers.fire_json(&p.payload, &stats) {
+                        tracing::debug!(?cameras, "Part trigger received over MQTT.");
                     }
                 }
                 Ok(_) => {}

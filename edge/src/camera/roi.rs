@@ -1,0 +1,111 @@
+//! The region of interest: an optional crop rectangle per camera, applied before the model (and so also
+//! to what is forwarded to the cloud and stored).
+
+use image::codecs::jpeg::JpegEncoder;
+use image::{ExtendedColorType, GenericImageView};
+use serde::Deserialize;
+
+/// A crop rectangle in the camera's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roi {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+impl Roi {
+    /// The rectangle clipped to a `w`×`h` picture; an error when nothing of it lies inside.
+    fn within(self, w: u32, h: u32) -> Result<(u32, u32, u32, u32), String> {
+        if self.x >= w || self.y >= h || self.width == 0 || self.height == 0 {
+            return Err(format!(
+                "roi {}x{}+{}+{} lies outside the {w}x{h} picture; fix the camera's roi",
+                self.width, self.height, self.x, self.y
+            ));
+        }
+        Ok((
+            self.x,
+            self.y,
+            self.width.min(w - self.x),
+            self.height.min(h - self.y),
+        ))
+    }
+}
+
+/// Encodes interleaved RGB pixels as JPEG, cropped to `roi` first when set.
+pub fn encode_rgb(
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    roi: Option<Roi>,
+    quality: u8,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity((w * h / 4) as usize);
+    let mut enc = JpegEncoder::new_with_quality(&mut out, quality);
+    match roi {
+        None => enc
+            .encode(rgb, w, h, ExtendedColorType::Rgb8)
+            .map_err(|e| format!("JPEG encoding failed: {e}"))?,
+        Some(r) => {
+            let (x, y, cw, ch) = r.within(w, h)?;
+            let mut crop = Vec::with_capacity((cw * ch * 3) as usize);
+            for row in y..y + ch {
+                let start = ((row * w + x) * 3) as usize;
+                crop.extend_from_slice(&rgb[start..start + (cw * 3) as usize]);
+            }
+            enc.encode(&crop, cw, ch, ExtendedColorType::Rgb8)
+                .map_err(|e| format!("JPEG encoding failed: {e}"))?
+        }
+    }
+    Ok(out)
+}
+
+/// Crops an encoded image (JPEG or PNG) to `roi` and encodes the crop as JPEG.
+pub fn crop_encoded(encoded: &[u8], roi: Roi, quality: u8) -> Result<Vec<u8>, String> {
+    let img = image::load_from_memory(encoded).map_err(|e| format!("cannot decode: {e}"))?;
+    let (w, h) = img.dimensions();
+    let (x, y, cw, ch) = roi.within(w, h)?;
+    let crop = img.crop_imm(x, y, cw, ch).into_rgb8();
+    encode_rgb(crop.as_raw(), cw, ch, None, quality)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crops_to_the_rectangle_and_clips_at_the_edge() {
+        let img = image::RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8 * 4, 0, 0]));
+        let jpeg = encode_rgb(img.as_raw(), 64, 48, None, 95).unwrap();
+        let out = crop_encoded(
+            &jpeg,
+            Roi {
+                x: 32,
+                y: 8,
+                width: 100,
+                height: 16,
+            },
+            95,
+        )
+        .unwrap();
+        let got = image::load_from_memory(&out).unwrap();
+        assert_eq!(got.dimensions(), (32, 16));
+        let err = crop_encoded(
+            &jpeg,
+            Roi {
+                x: 64,
+                y: 0,
+                width: 8,
+                height: 8,
+            },
+            95,
+        )
+        .unwrap_err();
+        assert!(err.contains("outside"), "{err}");
+    }
+}
