@@ -1,0 +1,337 @@
+//! Cameras against real servers: the GStreamer RTSP server (H.264 and MJPEG over RTP, killed and restarted
+//! as a rebooting camera), an HTTP MJPEG and snapshot camera, and a fault proxy between camera and edge that
+//! freezes (socket open, no data) and resets. The oracle is what the servers sent and what the edge's
+//! decision log and the cloud's store hold, not the edge's own counters alone.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tierline_edge::stats::get;
+use tierline_tests::camera::{self, HttpCamera, RtspServer};
+use tierline_tests::oracle::{Decisions, Stored};
+use tierline_tests::pipeline;
+use tierline_tests::proxy::{Mode, Proxy};
+use tierline_tests::Mosquitto;
+
+/// Seconds-scale watchdog settings so faults are seen quickly.
+const WATCHDOG: &str = "no_frame_timeout = \"1s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nconnect_timeout = \"3s\"\n";
+
+fn camera_frames(d: &Decisions, camera: &str) -> usize {
+    d.decisions().filter(|e| e["camera_id"] == camera).count()
+}
+
+async fn readyz(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (_, body) = tierline_tests::http::get(addr, "/readyz").await.unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {r}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    // Every other frame carries a defect; the server loops over them at 30 fps.
+    let truth = camera::write_frames(&frames, 20, 11, 0.5, 640, 480);
+    let defects = truth.iter().filter(|t| *t != "good").count();
+    println!("frames: {} with a defect of {}", defects, truth.len());
+    let mut server = RtspServer::start(&["--frames", frames.to_str().unwrap(), "--fps", "30"]);
+    let broker = Mosquitto::start(dir.path());
+    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let cameras = format!(
+        "[[camera]]\nid = \"h264\"\nkind = \"rtsp\"\nurl = \"{}\"\nfps = 10\n{WATCHDOG}\
+         [[camera]]\nid = \"mjpeg\"\nkind = \"rtsp\"\nurl = \"{}\"\ntransport = \"udp\"\nfps = 10\n{WATCHDOG}",
+        server.url("h264"),
+        server.url("mjpeg"),
+    );
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        "deadline = \"5s\"",
+    ));
+    let log = dir.path().join("decisions.jsonl");
+    let (e, c) = (edge.stats.clone(), cloud.stats.clone());
+    pipeline::wait_until(
+        "both RTSP cameras delivering and suspects judged by the cloud",
+        Duration::from_secs(60),
+        || {
+            let d = Decisions::read(&log);
+            camera_frames(&d, "h264") >= 30 && camera_frames(&d, "mjpeg") >= 30 && get(&c.verdicts_stored) >= 4
+        },
+        || pipeline::describe(&e, &c),
+    )
+    .await;
+    let admin = *edge.admin_addr.get().unwrap();
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    // Pacing: a 30 fps stream judged at 10 fps leaves about two frames of three.
+    let value = |name: &str, cam: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{camera=\"{cam}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} for {cam} missing from metrics:\n{metrics}"))
+    };
+    let (kept, skipped) = (
+        value("tierline_edge_camera_frames_total", "h264"),
+        value("tierline_edge_camera_frames_skipped_total", "h264"),
+    );
+    println!("h264 camera: kept {kept}, skipped by pacing {skipped}");
+    assert!(skipped >= kept * 1.5 && skipped <= kept * 2.6, "pacing 30 → 10 fps: kept {kept}, skipped {skipped}");
+
+    // A camera reboot: the server is killed and comes back on the same port.
+    server.kill();
+    let started = std::time::Instant::now();
+    loop {
+        let r = readyz(admin).await;
+        let h = check(&r, "camera h264");
+        if h["ok"] == false {
+            println!("while the camera is off: {h}");
+            assert!(r["degraded"].as_array().unwrap().iter().any(|n| n == "camera h264"), "{r}");
+            assert_eq!(r["ready"], true, "a camera down leaves the edge ready, degraded: {r}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "camera never reported down: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.restart();
+    let before = Decisions::read(&log);
+    let (h0, m0) = (camera_frames(&before, "h264"), camera_frames(&before, "mjpeg"));
+    pipeline::wait_until(
+        "both RTSP cameras back after the reboot",
+        Duration::from_secs(30),
+        || {
+            let d = Decisions::read(&log);
+            camera_frames(&d, "h264") >= h0 + 10 && camera_frames(&d, "mjpeg") >= m0 + 10
+        },
+        || pipeline::describe(&e, &c),
+    )
+    .await;
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("tierline_edge_camera_reconnects_total{camera=\"h264\"} 1")
+            || metrics.lines().any(|l| l.starts_with("tierline_edge_camera_reconnects_total{camera=\"h264\"}") && !l.ends_with(" 0")),
+        "the reboot is counted as a reconnect:\n{metrics}"
+    );
+    let r = readyz(admin).await;
+    assert_eq!(check(&r, "camera h264")["ok"], true, "{r}");
+
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
+    // Oracle: every frame taken got one decision; the suspects of both cameras reached the cloud and were
+    // judged there, and the edge acted on exactly what the cloud stored.
+    let d = Decisions::read(&log);
+    d.assert_one_decision_each(d.per_seq().len() as u64);
+    let stored = Stored::read(&dir.path().join("cloud.db")).await;
+    stored.check_labels("edge-t", &d);
+    for cam in ["h264", "mjpeg"] {
+        let judged = d
+            .decisions()
+            .filter(|e| e["camera_id"] == cam && e["source"] == "cloud")
+            .count();
+        let defects_found = d
+            .decisions()
+            .filter(|e| e["camera_id"] == cam && e["source"] == "cloud" && e["cloud_label"] != "good")
+            .count();
+        println!("{cam}: {judged} frames judged by the cloud, {defects_found} of them defective");
+        assert!(defects_found > 0, "{cam}: defective frames from the stream reached the cloud and were found");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    camera::write_frames(&frames, 8, 3, 0.0, 320, 240);
+    let jpegs: Vec<Vec<u8>> = (0..8)
+        .map(|i| std::fs::read(frames.join(format!("frame-{i:05}.jpg"))).unwrap())
+        .collect();
+    // Every 7th part is a truncated JPEG: counted and skipped, the stream goes on.
+    let cam = HttpCamera::start(jpegs.clone(), 20.0, 7).await;
+    let proxy = Proxy::start(cam.addr).await.unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let cameras = format!(
+        "[[camera]]\nid = \"behind-proxy\"\nkind = \"mjpeg\"\nurl = \"http://127.0.0.1:{}/mjpeg\"\nfps = 20\n{WATCHDOG}\
+         [[camera]]\nid = \"direct\"\nkind = \"mjpeg\"\nurl = \"http://{}/mjpeg\"\nfps = 20\n{WATCHDOG}\
+         [[camera]]\nid = \"snap\"\nkind = \"snapshot\"\nurl = \"http://{}/snapshot.jpg\"\nfps = 5\n{WATCHDOG}\
+         [[camera]]\nid = \"not-a-camera\"\nkind = \"mjpeg\"\nurl = \"http://user:hunter2@{}/page\"\n{WATCHDOG}\
+         [[camera]]\nid = \"nobody-home\"\nkind = \"rtsp\"\nurl = \"rtsp://127.0.0.1:1/x\"\n{WATCHDOG}",
+        proxy.port(),
+        cam.addr,
+        cam.addr,
+        cam.addr,
+    );
+    // No cloud worker: these frames are decided at the edge; the cameras are what is under test.
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        "deadline = \"300ms\"",
+    ));
+    let log = dir.path().join("decisions.jsonl");
+    let e = edge.stats.clone();
+    let count = |cam: &str| camera_frames(&Decisions::read(&log), cam);
+    pipeline::wait_until(
+        "the working cameras deliver, though two cameras are broken from the start",
+        Duration::from_secs(30),
+        || count("behind-proxy") >= 20 && count("direct") >= 20 && count("snap") >= 3,
+        || format!("captured {}", get(&e.frames_captured)),
+    )
+    .await;
+    let admin = *edge.admin_addr.get().unwrap();
+    let r = readyz(admin).await;
+    let bad = check(&r, "camera not-a-camera")["detail"].as_str().unwrap().to_string();
+    assert!(bad.contains("not an MJPEG stream") && !bad.contains("hunter2") && bad.contains("***"), "{bad}");
+    let nobody = check(&r, "camera nobody-home")["detail"].as_str().unwrap().to_string();
+    assert!(nobody.contains("down"), "{nobody}");
+    assert_eq!(r["ready"], true, "{r}");
+
+    for (fault, mode) in [("freeze", Mode::BlackHole), ("reset", Mode::Reset)] {
+        proxy.set_mode(mode);
+        let (p0, d0) = (count("behind-proxy"), count("direct"));
+        let started = std::time::Instant::now();
+        loop {
+            let r = readyz(admin).await;
+            if check(&r, "camera behind-proxy")["ok"] == false {
+                println!("{fault}: {}", check(&r, "camera behind-proxy")["detail"]);
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{fault} not detected: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let noticed = started.elapsed();
+        println!("{fault}: noticed after {noticed:?}");
+        // The other camera keeps going while this one is broken.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(count("direct") >= d0 + 10, "{fault}: the direct camera stopped");
+        assert!(count("behind-proxy") <= p0 + 25, "{fault}: frames still arrive through a broken proxy?");
+        proxy.set_mode(Mode::Forward);
+        let p1 = count("behind-proxy");
+        pipeline::wait_until(
+            &format!("camera back after the {fault}"),
+            Duration::from_secs(10),
+            || count("behind-proxy") >= p1 + 10,
+            || format!("captured {}", get(&e.frames_captured)),
+        )
+        .await;
+    }
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing:\n{metrics}"))
+    };
+    assert!(line("tierline_edge_camera_reconnects_total{camera=\"behind-proxy\"}") >= 2.0);
+    assert!(line("tierline_edge_camera_decode_errors_total{camera=\"direct\"}") >= 1.0);
+    assert_eq!(line("tierline_edge_camera_reconnects_total{camera=\"direct\"}"), 0.0);
+    assert!(cam.served.load(Ordering::Relaxed) > 0);
+    edge.stop().await.unwrap();
+    // Every frame the edge took got exactly one decision.
+    let d = Decisions::read(&log);
+    d.assert_one_decision_each(d.per_seq().len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    camera::write_frames(&frames, 4, 5, 0.0, 320, 240);
+    let jpegs: Vec<Vec<u8>> = (0..4)
+        .map(|i| std::fs::read(frames.join(format!("frame-{i:05}.jpg"))).unwrap())
+        .collect();
+    let cam = HttpCamera::start(jpegs, 10.0, 0).await;
+    let broker = Mosquitto::start(dir.path());
+    let cameras = format!(
+        "[[camera]]\nid = \"station\"\nkind = \"snapshot\"\nmode = \"trigger\"\nurl = \"http://{}/snapshot.jpg\"\n{WATCHDOG}\
+         [[camera]]\nid = \"stream\"\nkind = \"mjpeg\"\nmode = \"trigger\"\nurl = \"http://{}/mjpeg\"\n{WATCHDOG}",
+        cam.addr, cam.addr,
+    );
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        "deadline = \"300ms\"",
+    ));
+    let admin = loop {
+        if let Some(a) = edge.admin_addr.get() {
+            break *a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Five parts over HTTP to both cameras, five over MQTT to the snapshot camera only.
+    let mut want_station = Vec::new();
+    let mut want_stream = Vec::new();
+    for i in 0..5 {
+        let part = format!("P-http-{i}");
+        let (code, body) = camera::post(admin, "/trigger", &format!("{{\"part_id\":\"{part}\"}}"))
+            .await
+            .unwrap();
+        assert_eq!(code, 202, "{body}");
+        want_station.push(part.clone());
+        want_stream.push(part);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let (code, body) = camera::post(admin, "/trigger", "{\"part_id\":\"\"}").await.unwrap();
+    assert_eq!(code, 400, "an empty part id is refused: {body}");
+    let (client, mut ev) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new("line-plc", "127.0.0.1", broker.port()),
+        16,
+    );
+    let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    // The edge subscribes after it connects: wait for its link.
+    let e = edge.stats.clone();
+    pipeline::wait_until("edge link up", Duration::from_secs(10), || e.link_up.load(Ordering::Relaxed), String::new).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        let part = format!("P-mqtt-{i}");
+        client
+            .publish(
+                "tierline/v1/plant/l1/edge-t/trigger",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                format!("{{\"part_id\":\"{part}\",\"camera\":\"station\"}}"),
+            )
+            .await
+            .unwrap();
+        want_station.push(part);
+    }
+    let log = dir.path().join("decisions.jsonl");
+    let parts_of = |cam: &str| -> Vec<String> {
+        Decisions::read(&log)
+            .decisions()
+            .filter(|e| e["camera_id"] == cam)
+            .map(|e| e["part_id"].as_str().unwrap_or("<none>").to_string())
+            .collect()
+    };
+    pipeline::wait_until(
+        "one decision per trigger",
+        Duration::from_secs(20),
+        || parts_of("station").len() >= 10 && parts_of("stream").len() >= 5,
+        || format!("station {:?} stream {:?}", parts_of("station"), parts_of("stream")),
+    )
+    .await;
+    // Nothing more comes without triggers.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    edge.stop().await.unwrap();
+    pump.abort();
+    let mut station = parts_of("station");
+    station.sort();
+    want_station.sort();
+    assert_eq!(station, want_station, "exactly one decision per trigger, with its part id");
+    let mut stream = parts_of("stream");
+    stream.sort();
+    want_stream.sort();
+    assert_eq!(stream, want_stream);
+}
