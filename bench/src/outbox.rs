@@ -93,6 +93,7 @@ fn frame(seq: u64, image: &[u8]) -> Record {
         attempts: 0,
         local_action: None,
         image_sha256: tierline_shared::wire::image_sha256(image),
+        provenance: Default::default(),
     }
 }
 

@@ -110,6 +110,7 @@ async fn fill(db: &Path, n: u64, image: &[u8], edge_id: &str) -> anyhow::Result<
             attempts: 0,
             local_action: Some(tierline_shared::action::Action::Reject),
             image_sha256: tierline_shared::wire::image_sha256(image),
+            provenance: Default::default(),
         });
         decided.push(seq);
         if batch.len() == 1000 || i + 1 == n {

@@ -236,6 +236,9 @@ pub fn summary(r: &FrameRow) -> pb::FrameSummary {
         review_label: r.review_label.clone(),
         deliveries: r.deliveries.max(0) as u64,
         has_image: r.has_image,
+        part_id: r.part_id.clone(),
+        origin: r.origin.clone(),
+        capture_clock: r.capture_clock.clone(),
     }
 }
 
@@ -279,6 +282,7 @@ impl Review for ReviewService {
             edge_id: r.edge_id,
             line: r.line,
             label: r.label,
+            part_id: r.part_id,
             since_us: r.since_us,
             until_us: r.until_us,
             disagreement: r.disagreement,

@@ -12,6 +12,7 @@ pub mod intake;
 pub mod link;
 pub mod outbox;
 pub mod prescreen;
+pub mod provenance;
 pub mod settle;
 pub mod sink;
 pub mod stats;

@@ -8,10 +8,11 @@
 //! at once, before it is scored: its deadline runs from capture whatever the model does. Scoring runs on the model runner's
 //! threads; up to `concurrency` frames are in flight so the runner can batch.
 
-use crate::camera::CapturedFrame;
+use crate::camera::{self, CapturedFrame};
 use crate::decisions::{Action, Captured, Event, Input, Pending, Source};
 use crate::intake::Forward;
 use crate::outbox::{OutboxError, Record, SeqAllocator};
+use crate::provenance::{CaptureClock, Provenance};
 use crate::stats::{self, EdgeStats};
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
@@ -103,6 +104,7 @@ impl Prescreen {
                                 captured_at: frame.captured_at,
                                 capture_time_us: frame.capture_time_us,
                                 truth: frame.truth.map(|t| t.as_str()),
+                                provenance: provenance(&frame),
                             }))
                             .await;
                         waiting.push_back((seq, frame));
@@ -130,6 +132,7 @@ impl Prescreen {
             (&self.settings, &self.intake, &self.decisions, &*self.stats);
         let frame_id = wire::frame_id(&s.edge_id, seq);
         let truth = frame.truth.map(|t| t.as_str());
+        let provenance = provenance(&frame);
         let immediate = |action, source, edge_score, detail: Option<String>| {
             Input::Immediate(Event::Decision {
                 seq,
@@ -144,6 +147,7 @@ impl Prescreen {
                 latency_us: u64::try_from(frame.captured_at.elapsed().as_micros())
                     .unwrap_or(u64::MAX),
                 capture_time_us: frame.capture_time_us,
+                provenance: provenance.clone(),
                 detail,
             })
         };
@@ -228,6 +232,7 @@ impl Prescreen {
             edge_score: score.defect_score,
             truth,
             audit,
+            provenance: provenance.clone(),
         };
         if crate::outbox::is_volatile(seq) {
             // The outbox cannot number frames (see `SeqAllocator`): nothing is stored or forwarded, and a
@@ -251,9 +256,22 @@ impl Prescreen {
                 attempts: 0,
                 local_action: None,
                 image_sha256: wire::image_sha256(&frame.image),
+                provenance,
             },
             pending,
         };
         let _ = intake.send(forward).await;
+    }
+}
+
+/// Where a camera frame came from, as the decision log, the outbox and the wire record it.
+pub fn provenance(frame: &CapturedFrame) -> Provenance {
+    Provenance {
+        part_id: frame.part_id.clone(),
+        origin: frame.origin.clone(),
+        clock: match frame.clock {
+            camera::CaptureClock::Arrival => CaptureClock::Arrival,
+            camera::CaptureClock::Stream => CaptureClock::Stream,
+        },
     }
 }

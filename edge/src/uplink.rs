@@ -49,6 +49,9 @@ pub fn envelope(
         line: addr.line().into(),
         incarnation: incarnation.into(),
         image_sha256: r.image_sha256.clone(),
+        part_id: r.provenance.part_id_text().into(),
+        origin: r.provenance.origin_text().into(),
+        capture_clock: r.provenance.clock as i32,
         ..FrameEnvelope::default()
     };
     tierline_shared::action::set_local_action(&mut envelope, r.local_action);

@@ -173,6 +173,7 @@ async fn run(ops: Vec<Op>) {
                         attempts: 0,
                         local_action: None,
                         image_sha256: Vec::new(),
+                        provenance: Default::default(),
                     });
                 }
                 let expected = model.append(&batch);

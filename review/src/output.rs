@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header of the frame tables (`list`, `watch`), matching [`frame_cells`].
-pub const FRAME_HEADER: [&str; 11] = [
-    "EDGE", "SEQ", "CAPTURED", "LINE", "REASON", "EDGE", "LABEL", "DEFECT", "LOCAL", "DISAGREE",
-    "REVIEW",
+pub const FRAME_HEADER: [&str; 12] = [
+    "EDGE", "SEQ", "CAPTURED", "LINE", "PART", "REASON", "EDGE", "LABEL", "DEFECT", "LOCAL",
+    "DISAGREE", "REVIEW",
 ];
 
 /// A time in microseconds since the Unix epoch as RFC 3339 with milliseconds; `-` when unset.
@@ -64,7 +64,13 @@ pub fn frame_json(f: &pb::FrameSummary) -> Value {
         "defect_score": f.defect_score, "cloud_model_version": f.cloud_model_version,
         "verdict_time_us": f.verdict_time_us, "disagreement": f.disagreement,
         "review_label": f.review_label, "deliveries": f.deliveries, "has_image": f.has_image,
+        "part_id": f.part_id, "origin": f.origin, "capture_clock": f.capture_clock,
     })
+}
+
+/// `s`, or `-` when it is empty.
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
 }
 
 /// A frame as a table row under [`FRAME_HEADER`].
@@ -74,6 +80,7 @@ pub fn frame_cells(f: &pb::FrameSummary) -> Vec<String> {
         f.seq.to_string(),
         time(f.capture_time_us),
         f.line.clone(),
+        or_dash(&f.part_id),
         f.reason.clone(),
         format!("{:.2}", f.edge_score),
         f.label.clone(),
@@ -108,6 +115,7 @@ mod tests {
                 "4133",
                 "2026-12-01T18:40:12.512Z",
                 "l1",
+                "P-1187",
                 "suspect",
                 "1.00",
                 "good",
@@ -121,6 +129,7 @@ mod tests {
                 "4108",
                 "2026-12-01T18:40:11.201Z",
                 "l1",
+                "-",
                 "suspect",
                 "1.00",
                 "scratch",
@@ -133,9 +142,9 @@ mod tests {
         assert_eq!(
             render(&FRAME_HEADER, &rows),
             "\
-EDGE     SEQ   CAPTURED                  LINE  REASON   EDGE  LABEL    DEFECT  LOCAL   DISAGREE  REVIEW
-edge-07  4133  2026-12-01T18:40:12.512Z  l1    suspect  1.00  good     0.08    reject  yes       -
-edge-07  4108  2026-12-01T18:40:11.201Z  l1    suspect  1.00  scratch  0.97    -                 -"
+EDGE     SEQ   CAPTURED                  LINE  PART    REASON   EDGE  LABEL    DEFECT  LOCAL   DISAGREE  REVIEW
+edge-07  4133  2026-12-01T18:40:12.512Z  l1    P-1187  suspect  1.00  good     0.08    reject  yes       -
+edge-07  4108  2026-12-01T18:40:11.201Z  l1    -       suspect  1.00  scratch  0.97    -                 -"
         );
     }
 

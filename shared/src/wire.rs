@@ -11,8 +11,8 @@ pub mod pb {
 }
 
 pub use pb::{
-    ClassScore, ForwardReason, FrameEnvelope, Heartbeat, ImageEncoding, LineAction, Presence,
-    Verdict, presence::State as PresenceState,
+    CaptureClock, ClassScore, ForwardReason, FrameEnvelope, Heartbeat, ImageEncoding, LineAction,
+    Presence, Verdict, presence::State as PresenceState,
 };
 
 /// The protocol major version this build speaks.
@@ -199,6 +199,25 @@ pub fn decode<M: WireMessage>(bytes: &[u8], limit: usize) -> Result<M, WireError
     Ok(msg)
 }
 
+impl CaptureClock {
+    /// The name used in decision logs, the cloud store and the review API: `arrival` or `stream`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Arrival => "arrival",
+            Self::Stream => "stream",
+        }
+    }
+
+    /// The clock a [`CaptureClock::name`] stands for; anything else (empty, unknown) is the arrival clock,
+    /// the only one edges that predate the field had.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "stream" => Self::Stream,
+            _ => Self::Arrival,
+        }
+    }
+}
+
 /// The id of a frame: `<edge_id>-<seq>`. Unique within one outbox incarnation; with the incarnation
 /// (`FrameEnvelope::incarnation`) it is unique for good.
 pub fn frame_id(edge_id: &str, seq: u64) -> String {
@@ -243,7 +262,68 @@ mod tests {
             incarnation: "00000000000000a1".into(),
             image_sha256: image_sha256(&image),
             image,
+            part_id: String::new(),
+            origin: String::new(),
+            capture_clock: CaptureClock::Arrival as i32,
         }
+    }
+
+    /// A `FrameEnvelope` as edges wrote it before fields 18–20 (part, origin, capture clock).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldFrameEnvelope {
+        #[prost(uint32, tag = "1")]
+        protocol_version: u32,
+        #[prost(string, tag = "2")]
+        edge_id: String,
+        #[prost(uint64, tag = "4")]
+        seq: u64,
+        #[prost(int64, tag = "6")]
+        capture_time_us: i64,
+        #[prost(bytes = "vec", tag = "11")]
+        image: Vec<u8>,
+        #[prost(string, tag = "16")]
+        incarnation: String,
+        #[prost(bytes = "vec", tag = "17")]
+        image_sha256: Vec<u8>,
+    }
+
+    #[test]
+    fn an_old_envelope_without_provenance_decodes_as_unknown_part_and_arrival_clock() {
+        let image = vec![1, 2, 3];
+        let old = OldFrameEnvelope {
+            protocol_version: PROTOCOL_VERSION,
+            edge_id: "edge-1".into(),
+            seq: 7,
+            capture_time_us: 1_700_000_000_000_000,
+            image_sha256: image_sha256(&image),
+            image,
+            incarnation: "00000000000000a1".into(),
+        };
+        let msg: FrameEnvelope = decode(&old.encode_to_vec(), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!((msg.seq, msg.capture_time_us), (7, 1_700_000_000_000_000));
+        assert_eq!(msg.part_id, "");
+        assert_eq!(msg.origin, "");
+        assert_eq!(msg.capture_clock(), CaptureClock::Arrival);
+        assert_eq!(msg.capture_clock().name(), "arrival");
+    }
+
+    #[test]
+    fn provenance_round_trips_and_an_old_peer_still_reads_the_rest() {
+        let mut msg = envelope(vec![4, 5, 6]);
+        msg.part_id = "P-2026-0042".into();
+        msg.origin = "rtsp://cam@10.0.0.7:554/main".into();
+        msg.capture_clock = CaptureClock::Stream as i32;
+        let bytes = encode(&msg, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        let back: FrameEnvelope = decode(&bytes, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(back.capture_clock().name(), "stream");
+        // A cloud that predates fields 18-20 skips them and reads everything else.
+        let old = OldFrameEnvelope::decode(bytes.as_slice()).unwrap();
+        assert_eq!((old.seq, old.image), (7, vec![4, 5, 6]));
+        for c in [CaptureClock::Arrival, CaptureClock::Stream] {
+            assert_eq!(CaptureClock::from_name(c.name()), c);
+        }
+        assert_eq!(CaptureClock::from_name(""), CaptureClock::Arrival);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! End to end on real parts: a Mosquitto process (and the embedded broker), a cloud worker on SQLite with the
-//! full ONNX model, and an edge with synthetic cameras and the prescreen model. The oracle checks that every
-//! frame got exactly one line decision, every suspect exactly one stored verdict, and nothing was left behind.
+//! full ONNX model, and an edge with synthetic cameras, a file camera and the prescreen model. The oracle checks
+//! that every frame got exactly one line decision, every suspect exactly one stored verdict, and nothing was
+//! left behind; and every decision-log line and every stored frame says where its frame came from.
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tierline_edge::outbox::Outbox;
 use tierline_edge::stats::get;
@@ -13,18 +15,110 @@ use tierline_tests::pipeline;
 
 const CAMERAS: u32 = 2;
 const FRAMES_PER_CAMERA: u64 = 60;
+/// The file camera's id; it reads the committed sample frames once.
+const FILE_CAMERA: &str = "files";
+
+/// The sample frames, as the file camera names them (its directory joined with each file name).
+fn sample_files() -> (PathBuf, Vec<String>) {
+    let dir = pipeline::models_dir().join("samples");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    (dir, files)
+}
+
+/// Every line of the log names its frame's capture clock and no part (no trigger here); lines of the file
+/// camera name the file each frame was read from, each sample file once (every one of them when the camera
+/// queue dropped no frame), and the others name no origin.
+/// Every frame the cloud stored has the origin and clock of its decision line. Returns the file camera's
+/// frames the cloud stored.
+async fn check_provenance(
+    dir: &Path,
+    log: &tierline_tests::oracle::Decisions,
+    none_dropped: bool,
+) -> usize {
+    let (_, files) = sample_files();
+    let camera_of: BTreeMap<u64, &str> = log
+        .decisions()
+        .map(|d| (d["seq"].as_u64().unwrap(), d["camera_id"].as_str().unwrap()))
+        .collect();
+    let mut origins: BTreeMap<u64, String> = BTreeMap::new();
+    for e in &log.events {
+        let seq = e["seq"].as_u64().unwrap();
+        assert_eq!(e["capture_clock"], "arrival", "{e}");
+        assert!(e.get("part_id").is_none(), "no part trigger here: {e}");
+        match camera_of.get(&seq) {
+            Some(&FILE_CAMERA) => {
+                let origin = e["origin"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no origin: {e}"));
+                assert!(
+                    files.iter().any(|f| f == origin),
+                    "origin {origin} is no sample file: {e}"
+                );
+                if let Some(seen) = origins.insert(seq, origin.to_string()) {
+                    assert_eq!(seen, origin, "one frame, one origin: {e}");
+                }
+            }
+            _ => assert!(
+                e.get("origin").is_none(),
+                "a synthetic frame has no origin: {e}"
+            ),
+        }
+    }
+    let mut decided: Vec<&String> = origins.values().collect();
+    decided.sort();
+    let before = decided.len();
+    decided.dedup();
+    assert_eq!(decided.len(), before, "each sample file is one frame");
+    if none_dropped {
+        assert_eq!(
+            decided,
+            files.iter().collect::<Vec<_>>(),
+            "each sample file decided under its own name"
+        );
+    }
+    let url = format!("sqlite://{}?mode=ro", dir.join("cloud.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let stored: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT seq, camera_id, part_id, origin, capture_clock FROM frames WHERE edge_id = 'edge-t'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut from_files = 0;
+    for (seq, camera, part, origin, clock) in &stored {
+        let logged = origins.get(&(*seq as u64)).map_or("", String::as_str);
+        assert_eq!(
+            (part.as_str(), origin.as_str(), clock.as_str()),
+            ("", logged, "arrival"),
+            "stored frame {seq} of {camera}"
+        );
+        if camera == FILE_CAMERA {
+            from_files += 1;
+        }
+    }
+    from_files
+}
 
 async fn run_pipeline(port: u16, dir: &Path) {
     let cloud = pipeline::start_cloud(pipeline::cloud_config(port, dir, "w1"));
-    let edge_cfg = pipeline::edge_config(
-        port,
-        dir,
-        &pipeline::synthetic_cameras(CAMERAS, FRAMES_PER_CAMERA, 40.0, 0.3),
-        "deadline = \"5s\"\naudit_rate = 0.1",
+    let (samples, files) = sample_files();
+    let cameras = format!(
+        "{}[[camera]]\nid = \"{FILE_CAMERA}\"\nkind = \"files\"\npath = {:?}\nfps = 40\n",
+        pipeline::synthetic_cameras(CAMERAS, FRAMES_PER_CAMERA, 40.0, 0.3),
+        samples.display().to_string()
     );
+    let edge_cfg =
+        pipeline::edge_config(port, dir, &cameras, "deadline = \"5s\"\naudit_rate = 0.1");
     let outbox_cfg = edge_cfg.outbox.clone();
     let edge = pipeline::start_edge(edge_cfg);
-    let total = u64::from(CAMERAS) * FRAMES_PER_CAMERA;
+    let total = u64::from(CAMERAS) * FRAMES_PER_CAMERA + files.len() as u64;
     let (e, c) = (edge.stats.clone(), cloud.stats.clone());
     pipeline::wait_until(
         "every frame decided and every forwarded frame judged",
@@ -42,7 +136,13 @@ async fn run_pipeline(port: u16, dir: &Path) {
     let edge_stats = edge.stats.clone();
     edge.stop().await.expect("edge stops cleanly");
     cloud.stop().await.expect("cloud stops cleanly");
-    tierline_tests::oracle::check_pipeline(dir, "edge-t", &edge_stats, total).await;
+    let (log, _) = tierline_tests::oracle::check_pipeline(dir, "edge-t", &edge_stats, total).await;
+    let none_dropped = get(&edge_stats.frames_dropped) == 0;
+    let from_files = check_provenance(dir, &log, none_dropped).await;
+    assert!(
+        from_files > 0,
+        "the sample frames include defects: some must reach the cloud"
+    );
     let backlog = Outbox::open(&outbox_cfg)
         .await
         .unwrap()

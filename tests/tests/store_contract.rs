@@ -645,3 +645,76 @@ async fn watch_reads_verdicts_in_time_order(s: Store) {
     assert_eq!(s.verdicts_since(0, "e2", 10).await.unwrap().len(), 0);
     assert_eq!(s.verdicts_since(0, "", 2).await.unwrap().len(), 2);
 }
+
+contract!(frames_keep_where_they_came_from);
+async fn frames_keep_where_they_came_from(s: Store) {
+    // A frame taken on a part trigger from a stream timed by its sender reports, one from a file camera, and
+    // one from an edge that predates the fields.
+    let mut streamed = frame("e1", 1, "l1", 100);
+    streamed.part_id = "P-2026-0042".into();
+    streamed.origin = "rtsp://cam@10.0.0.7:554/main".into();
+    streamed.capture_clock = wire::CaptureClock::Stream as i32;
+    let mut filed = frame("e1", 2, "l1", 200);
+    filed.origin = "/data/line-1/0002.png".into();
+    let old = frame("e1", 3, "l1", 300);
+    for f in [&streamed, &filed, &old] {
+        s.store(f, &verdict("e1", f.seq, "spot")).await.unwrap();
+    }
+    // A delivery again changes nothing of it.
+    s.store(&streamed, &verdict("e1", 1, "spot")).await.unwrap();
+
+    let provenance = |r: &tierline_cloud::store::FrameRow| {
+        (
+            r.seq,
+            r.part_id.clone(),
+            r.origin.clone(),
+            r.capture_clock.clone(),
+        )
+    };
+    let expected = [
+        (3, String::new(), String::new(), "arrival".to_string()),
+        (
+            2,
+            String::new(),
+            "/data/line-1/0002.png".into(),
+            "arrival".into(),
+        ),
+        (
+            1,
+            "P-2026-0042".into(),
+            "rtsp://cam@10.0.0.7:554/main".into(),
+            "stream".into(),
+        ),
+    ];
+    let rows = s
+        .list_frames(&FrameFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(provenance).collect::<Vec<_>>(), expected);
+    let (row, _, _) = s.get_frame("e1", 1).await.unwrap().unwrap();
+    assert_eq!(provenance(&row), expected[2]);
+    let watched = s.verdicts_since(0, "e1", 10).await.unwrap();
+    assert!(watched.iter().any(|r| provenance(r) == expected[2]));
+    // The part filter.
+    let of_part = s
+        .list_frames(&FrameFilter {
+            part_id: "P-2026-0042".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(&of_part), ["e1/1"]);
+    let none = s
+        .list_frames(&FrameFilter {
+            part_id: "P-0".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}

@@ -17,6 +17,8 @@ pub struct FrameFilter {
     pub line: String,
     /// Only this cloud label (empty: all).
     pub label: String,
+    /// Only frames of this part (empty: all).
+    pub part_id: String,
     /// Captured at or after (0: unbounded).
     pub since_us: i64,
     /// Captured before (0: unbounded).
@@ -81,6 +83,12 @@ pub struct FrameRow {
     pub disagreement: bool,
     /// Latest human label ("" if none).
     pub review_label: String,
+    /// The part the frame shows ("" when it was not taken on a part trigger).
+    pub part_id: String,
+    /// The file or stream URL (password removed) the frame came from ("" when not reported).
+    pub origin: String,
+    /// Where the capture time came from: "arrival" or "stream".
+    pub capture_clock: String,
 }
 
 impl FrameRow {
@@ -100,7 +108,8 @@ const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site
     v.verdict_time_us, v.scores_json,
     (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) AS disagreement,
     COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq
-              ORDER BY r.id DESC LIMIT 1), '') AS review_label";
+              ORDER BY r.id DESC LIMIT 1), '') AS review_label,
+    f.part_id, f.origin, f.capture_clock";
 
 impl Store {
     /// Frames with verdicts, newest capture first, filtered and paged.
@@ -113,6 +122,7 @@ impl Store {
                AND (NOT $7 OR NOT EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq))
                AND (NOT $8 OR f.capture_time_us < $9
                     OR (f.capture_time_us = $9 AND (f.edge_id < $10 OR (f.edge_id = $10 AND f.seq < $11))))
+               AND ($13 = '' OR f.part_id = $13)
              ORDER BY f.capture_time_us DESC, f.edge_id DESC, f.seq DESC
              LIMIT $12"
         );
@@ -131,6 +141,7 @@ impl Store {
             .bind(after_edge.as_str())
             .bind(after_seq as i64)
             .bind(limit)
+            .bind(&f.part_id)
             .fetch_all(pool)
             .await
             .map_err(self.err("list frames")))

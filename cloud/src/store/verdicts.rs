@@ -49,8 +49,8 @@ struct VerdictRow {
 
 /// Inserts a frame, or counts a delivery of the same image under the same key. Affects no row when the key
 /// is stored with another image.
-const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action, incarnation, image_sha256)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action, incarnation, image_sha256, part_id, origin, capture_clock)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
      ON CONFLICT (edge_id, incarnation, seq) DO UPDATE SET deliveries = frames.deliveries + 1,
        edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END
      WHERE frames.image_sha256 = excluded.image_sha256";
@@ -186,6 +186,9 @@ impl Store {
                         .bind(local_action)
                         .bind(&incarnation)
                         .bind(&frame.image_sha256)
+                        .bind(&frame.part_id)
+                        .bind(&frame.origin)
+                        .bind(frame.capture_clock().name())
                         .execute(&mut *tx)
                         .await
                         .map_err(self.err("store"))?

@@ -14,6 +14,7 @@
 
 use crate::config::OfflinePolicy;
 use crate::outbox::Acked;
+use crate::provenance::Provenance;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,6 +73,9 @@ pub enum Event {
         latency_us: u64,
         /// Capture time, µs since the epoch (the camera's wall clock).
         capture_time_us: i64,
+        /// Where the frame came from: `part_id`, `origin`, `capture_clock`.
+        #[serde(flatten)]
+        provenance: Provenance,
         /// Why the frame could not be judged (unreadable frames), naming the file when there is one.
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
@@ -92,6 +96,9 @@ pub enum Event {
         agree: bool,
         /// How long after the deadline the verdict came, µs.
         late_by_us: u64,
+        /// Where the frame came from: `part_id`, `origin`, `capture_clock`.
+        #[serde(flatten)]
+        provenance: Provenance,
     },
     /// The verdict on an audit sample of a passed frame.
     Audit {
@@ -105,6 +112,9 @@ pub enum Event {
         cloud_label: String,
         /// The prescreen passed a frame the cloud found defective.
         miss: bool,
+        /// Where the frame came from: `part_id`, `origin`, `capture_clock`.
+        #[serde(flatten)]
+        provenance: Provenance,
     },
 }
 
@@ -127,6 +137,8 @@ pub struct Pending {
     pub truth: Option<&'static str>,
     /// True for audit samples (already decided `pass`).
     pub audit: bool,
+    /// Where the frame came from.
+    pub provenance: Provenance,
 }
 
 /// A frame taken from the camera queue, registered before it is scored so that its deadline runs from
@@ -145,6 +157,8 @@ pub struct Captured {
     pub capture_time_us: i64,
     /// Ground truth if known.
     pub truth: Option<&'static str>,
+    /// Where the frame came from.
+    pub provenance: Provenance,
 }
 
 #[derive(Debug)]
@@ -355,6 +369,7 @@ impl Book {
                 truth: c.truth,
                 latency_us: micros(now.saturating_duration_since(c.captured_at)),
                 capture_time_us: c.capture_time_us,
+                provenance: c.provenance,
                 detail: Some("the prescreen had not answered by the deadline".into()),
             });
         }
@@ -378,6 +393,7 @@ impl Book {
                 truth: p.truth,
                 latency_us: micros(now.saturating_duration_since(p.captured_at)),
                 capture_time_us: p.capture_time_us,
+                provenance: p.provenance,
                 detail: Some("not held by the outbox: decided locally for good".into()),
             });
         }
@@ -393,6 +409,7 @@ impl Book {
             truth: p.truth,
             latency_us: micros(now.saturating_duration_since(p.captured_at)),
             capture_time_us: p.capture_time_us,
+            provenance: p.provenance.clone(),
             detail: None,
         };
         let deadline = self.deadline_of(p.captured_at);
@@ -422,6 +439,7 @@ impl Book {
                     edge_score: known.score,
                     cloud_label: v.label.clone(),
                     miss: cloud_action(v) == Action::Reject,
+                    provenance: known.provenance.clone(),
                 });
             }
             let local = known.local_action?;
@@ -435,6 +453,7 @@ impl Book {
                 cloud_label: v.label.clone(),
                 agree: agrees(local, cloud),
                 late_by_us: (self.clock.wall_us() - deadline_us).max(0) as u64,
+                provenance: known.provenance.clone(),
             });
         };
         match state {
@@ -450,6 +469,7 @@ impl Book {
                 truth: p.truth,
                 latency_us: micros(now.saturating_duration_since(p.captured_at)),
                 capture_time_us: p.capture_time_us,
+                provenance: p.provenance,
                 detail: None,
             }),
             State::Provisional {
@@ -467,6 +487,7 @@ impl Book {
                     cloud_label: v.label.clone(),
                     agree,
                     late_by_us: micros(now.saturating_duration_since(deadline)),
+                    provenance: pending.provenance,
                 })
             }
             // A verdict cannot come before the frame was forwarded; keep the state as it was.
@@ -480,6 +501,7 @@ impl Book {
                 edge_score: p.edge_score,
                 cloud_label: v.label.clone(),
                 miss: cloud_action(v) == Action::Reject,
+                provenance: p.provenance,
             }),
         }
     }
@@ -559,6 +581,7 @@ pub fn decided_at_restart(
         truth: None,
         latency_us: (clock.wall_us() - r.capture_time_us).max(0) as u64,
         capture_time_us: r.capture_time_us,
+        provenance: r.provenance.clone(),
         detail: Some("decided at restart: the edge stopped before this frame's deadline".into()),
     }
 }
@@ -592,6 +615,7 @@ mod tests {
             edge_score: 0.9,
             truth: None,
             audit,
+            provenance: Provenance::default(),
         }
     }
 
@@ -688,6 +712,7 @@ mod tests {
                 cloud_label: "good".into(),
                 agree: false,
                 late_by_us: 250_000,
+                provenance: Provenance::default(),
             }
         );
     }
@@ -721,6 +746,7 @@ mod tests {
             image_sha256: Vec::new(),
             reason: ForwardReason::Suspect,
             score: 0.9,
+            provenance: Provenance::default(),
         };
         clock.advance(ms(400));
         let e = b.verdict(&verdict(9, false), Some(&known)).unwrap();
@@ -775,6 +801,68 @@ mod tests {
         assert_eq!(b.drain().len(), 4);
     }
 
+    #[test]
+    fn every_line_says_where_its_frame_came_from() {
+        use crate::provenance::CaptureClock;
+        let from = Provenance::from_text("P-9", "/data/l1/9.png", CaptureClock::Stream);
+        let with = |mut p: Pending| {
+            p.provenance = from.clone();
+            p
+        };
+        let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
+        // A cloud decision, a local fallback and its correction, an audit outcome, an unscored decision.
+        b.insert(with(pending(1, t0, false)));
+        b.insert(with(pending(2, t0, false)));
+        b.insert(with(pending(3, t0, true)));
+        b.captured(Captured {
+            provenance: from.clone(),
+            ..captured(4, t0)
+        });
+        let mut events = vec![b.verdict(&verdict(1, true), None).unwrap()];
+        clock.advance(ms(100));
+        events.push(b.expire(2).unwrap());
+        events.push(b.expire(4).unwrap());
+        events.push(b.verdict(&verdict(2, false), None).unwrap());
+        events.push(b.verdict(&verdict(3, false), None).unwrap());
+        // After a restart: a reconciliation from what the outbox kept, and a decision at restart.
+        let known = Acked {
+            seq: 5,
+            local_action: Some(Action::Reject),
+            capture_time_us: 0,
+            image_sha256: Vec::new(),
+            reason: ForwardReason::Suspect,
+            score: 0.9,
+            provenance: from.clone(),
+        };
+        events.push(b.verdict(&verdict(5, false), Some(&known)).unwrap());
+        let undecided = crate::outbox::Undecided {
+            seq: 6,
+            frame_id: "e-6".into(),
+            camera_id: "c".into(),
+            capture_time_us: 0,
+            score: 0.9,
+            provenance: from.clone(),
+        };
+        events.push(decided_at_restart(&undecided, &b.rules, &*clock));
+        assert_eq!(events.len(), 7);
+        for e in &events {
+            let line = serde_json::to_value(e).unwrap();
+            assert_eq!(line["part_id"], "P-9", "{line}");
+            assert_eq!(line["origin"], "/data/l1/9.png", "{line}");
+            assert_eq!(line["capture_clock"], "stream", "{line}");
+        }
+        // A frame without part or origin: those keys are left out, the clock is still named.
+        let (mut b, _, t0) = book(OfflinePolicy::Reject, ms(100));
+        b.insert(pending(7, t0, false));
+        let line = serde_json::to_value(b.verdict(&verdict(7, true), None).unwrap()).unwrap();
+        assert!(
+            line.get("part_id").is_none() && line.get("origin").is_none(),
+            "{line}"
+        );
+        assert_eq!(line["capture_clock"], "arrival");
+        assert_eq!(line["event"], "decision");
+    }
+
     fn captured(seq: u64, at: Instant) -> Captured {
         Captured {
             seq,
@@ -783,6 +871,7 @@ mod tests {
             captured_at: at,
             capture_time_us: 0,
             truth: None,
+            provenance: Provenance::default(),
         }
     }
 
@@ -805,6 +894,7 @@ mod tests {
             truth: None,
             latency_us: 10_000,
             capture_time_us: 0,
+            provenance: Provenance::default(),
             detail: None,
         };
         assert_eq!(b.immediate(pass.clone()), Some(pass.clone()));

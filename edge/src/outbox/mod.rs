@@ -14,6 +14,12 @@
 //! image; both travel with the frame and come back in its verdict, and a verdict that names another
 //! incarnation or another image never settles a record (see `settle`).
 //!
+//! **Provenance.** Each record keeps where its frame came from (`part_id`, `origin`, `capture_clock`; see
+//! [`crate::provenance`]). It is sent with the frame and read back with the record ([`Outbox::due`],
+//! [`Outbox::lookup`], [`Outbox::ack`], [`Outbox::undecided_suspects`]), so decisions taken after a restart
+//! name the part and the source too. Records written before migration 0003 read as no part, no origin and
+//! the arrival clock.
+//!
 //! **Sequence numbers** are reserved in blocks: `meta.seq_reserved` is raised (and committed) before any number
 //! of the block is used, so after a crash numbers are never reused, only skipped.
 //!
@@ -57,6 +63,7 @@
 //! increasing across reopen.
 
 use crate::config::{OutboxConfig, SyncPolicy};
+use crate::provenance::{CaptureClock, Provenance};
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -82,6 +89,21 @@ fn action(row: &sqlx::sqlite::SqliteRow) -> Option<Action> {
     row.get::<Option<String>, _>("local_action")
         .as_deref()
         .and_then(Action::parse)
+}
+
+/// The provenance a row holds (columns `part_id`, `origin`, `capture_clock`; NULL text is none).
+fn provenance(row: &sqlx::sqlite::SqliteRow) -> Provenance {
+    let text = |column: &str| {
+        row.get::<Option<String>, _>(column)
+            .filter(|s| !s.is_empty())
+            .map(Into::into)
+    };
+    Provenance {
+        part_id: text("part_id"),
+        origin: text("origin"),
+        clock: CaptureClock::try_from(row.get::<i64, _>("capture_clock") as i32)
+            .unwrap_or(CaptureClock::Arrival),
+    }
 }
 
 /// How many sequence numbers one reservation covers.
@@ -154,6 +176,8 @@ pub struct Record {
     pub local_action: Option<Action>,
     /// SHA-256 of `image` ([`tierline_shared::wire::image_sha256`]).
     pub image_sha256: Vec<u8>,
+    /// Where the frame came from.
+    pub provenance: Provenance,
 }
 
 /// What the outbox knew about a record when its verdict arrived.
@@ -171,6 +195,8 @@ pub struct Acked {
     pub reason: ForwardReason,
     /// Its prescreen score.
     pub score: f32,
+    /// Where the frame came from.
+    pub provenance: Provenance,
 }
 
 fn acked(seq: u64, row: &sqlx::sqlite::SqliteRow) -> Acked {
@@ -182,6 +208,7 @@ fn acked(seq: u64, row: &sqlx::sqlite::SqliteRow) -> Acked {
         reason: ForwardReason::try_from(row.get::<i64, _>("reason") as i32)
             .unwrap_or(ForwardReason::Unspecified),
         score: row.get::<f64, _>("score") as f32,
+        provenance: provenance(row),
     }
 }
 
@@ -198,6 +225,8 @@ pub struct Undecided {
     pub capture_time_us: i64,
     /// Prescreen defect score.
     pub score: f32,
+    /// Where the frame came from.
+    pub provenance: Provenance,
 }
 
 /// A record removed to stay within the disk budget.
@@ -418,7 +447,7 @@ impl Outbox {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes, image_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes, image_sha256, part_id, origin, capture_clock) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.seq as i64)
             .bind(&r.frame_id)
@@ -429,6 +458,9 @@ impl Outbox {
             .bind(r.encoding)
             .bind(len as i64)
             .bind(&r.image_sha256)
+            .bind(r.provenance.part_id.as_deref())
+            .bind(r.provenance.origin.as_deref())
+            .bind(r.provenance.clock as i32)
             .execute(&mut *tx)
             .await
             .map_err(self.err("append"))?;
@@ -481,7 +513,7 @@ impl Outbox {
         let mut out = Vec::with_capacity(picked.len());
         for (seq, attempts) in picked {
             let row = sqlx::query(
-                "SELECT o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.local_action, o.image_sha256 FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.seq = ?",
+                "SELECT o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.local_action, o.image_sha256, o.part_id, o.origin, o.capture_clock FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.seq = ?",
             )
             .bind(seq as i64)
             .fetch_optional(&mut *conn)
@@ -502,6 +534,7 @@ impl Outbox {
                 attempts,
                 local_action: action(&row),
                 image_sha256: row.get("image_sha256"),
+                provenance: provenance(&row),
             });
         }
         Ok(out)
@@ -542,7 +575,7 @@ impl Outbox {
         let mut found = Vec::with_capacity(seqs.len());
         let mut conn = self.pool.acquire().await.map_err(self.err("look up"))?;
         for seq in seqs {
-            let row = sqlx::query("SELECT local_action, capture_time_us, image_sha256, reason, score FROM outbox WHERE seq = ?")
+            let row = sqlx::query("SELECT local_action, capture_time_us, image_sha256, reason, score, part_id, origin, capture_clock FROM outbox WHERE seq = ?")
                 .bind(*seq as i64)
                 .fetch_optional(&mut *conn)
                 .await
@@ -566,7 +599,7 @@ impl Outbox {
                 .await
                 .map_err(self.err("ack"))?;
             let row = sqlx::query(
-                "DELETE FROM outbox WHERE seq = ? RETURNING bytes, local_action, capture_time_us, image_sha256, reason, score",
+                "DELETE FROM outbox WHERE seq = ? RETURNING bytes, local_action, capture_time_us, image_sha256, reason, score, part_id, origin, capture_clock",
             )
             .bind(*seq as i64)
             .fetch_optional(&mut *tx)
@@ -607,7 +640,7 @@ impl Outbox {
     /// down. Few (those within one deadline of the crash), so they are read at once.
     pub async fn undecided_suspects(&self) -> Result<Vec<Undecided>, OutboxError> {
         let rows = sqlx::query(
-            "SELECT seq, frame_id, camera_id, capture_time_us, score FROM outbox WHERE local_action IS NULL AND reason = ? ORDER BY seq",
+            "SELECT seq, frame_id, camera_id, capture_time_us, score, part_id, origin, capture_clock FROM outbox WHERE local_action IS NULL AND reason = ? ORDER BY seq",
         )
         .bind(ForwardReason::Suspect as i32)
         .fetch_all(&self.pool)
@@ -621,6 +654,7 @@ impl Outbox {
                 camera_id: row.get("camera_id"),
                 capture_time_us: row.get("capture_time_us"),
                 score: row.get::<f64, _>("score") as f32,
+                provenance: provenance(&row),
             })
             .collect())
     }
@@ -709,6 +743,7 @@ mod tests {
             attempts: 0,
             local_action: None,
             image_sha256: Vec::new(),
+            provenance: Provenance::default(),
         }
     }
 
@@ -748,6 +783,105 @@ mod tests {
             .collect();
         assert_eq!(left, vec![2]);
         assert_eq!(ob.backlog().await.unwrap().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn provenance_survives_reopen_and_comes_back_with_undecided_suspects() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let from_stream = Provenance {
+            part_id: Some("P-2026-0042".into()),
+            origin: Some("rtsp://cam@10.0.0.7:554/main".into()),
+            clock: CaptureClock::Stream,
+        };
+        let from_file = Provenance {
+            part_id: None,
+            origin: Some("/data/line-1/0001.png".into()),
+            clock: CaptureClock::Arrival,
+        };
+        let mut a = rec(1, ForwardReason::Suspect, 0.9, 10);
+        a.provenance = from_stream.clone();
+        let mut b = rec(2, ForwardReason::Suspect, 0.8, 10);
+        b.provenance = from_file.clone();
+        let c = rec(3, ForwardReason::Suspect, 0.7, 10);
+        ob.append(&[a, b, c]).await.unwrap();
+        ob.close().await;
+
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let undecided = ob.undecided_suspects().await.unwrap();
+        let got: Vec<(u64, Provenance)> = undecided
+            .iter()
+            .map(|u| (u.seq, u.provenance.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, from_stream.clone()),
+                (2, from_file.clone()),
+                (3, Provenance::default())
+            ]
+        );
+        let mut due = ob.due(0, 10, 0).await.unwrap();
+        due.sort_by_key(|r| r.seq);
+        assert_eq!(due[0].provenance, from_stream, "sent with the frame");
+        assert_eq!(ob.lookup(&[2]).await.unwrap()[0].provenance, from_file);
+        let acked = ob.ack(&[1]).await.unwrap();
+        assert_eq!(
+            acked[0].provenance, from_stream,
+            "known when the verdict settles it"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outbox_from_before_provenance_opens_and_keeps_its_records() {
+        // An outbox file as the previous release left it: migrations 0001 and 0002 only, one suspect held.
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old-migrations");
+        std::fs::create_dir(&old).unwrap();
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for f in ["0001_outbox.sql", "0002_identity.sql"] {
+            std::fs::copy(here.join(f), old.join(f)).unwrap();
+        }
+        let path = dir.path().join("outbox.db");
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes) VALUES (5, 'e-5', 'cam', 5, 1, 0.9, 1, 3)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO outbox_image (seq, image) VALUES (5, x'010203')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
+        let undecided = ob.undecided_suspects().await.unwrap();
+        assert_eq!(undecided.len(), 1);
+        assert_eq!(undecided[0].seq, 5);
+        assert_eq!(
+            undecided[0].provenance,
+            Provenance::default(),
+            "no part, no origin, timed on arrival"
+        );
+        let due = ob.due(0, 1, 0).await.unwrap();
+        assert_eq!(due[0].image, vec![1, 2, 3]);
+        // New records of the upgraded file keep theirs.
+        let mut r = rec(6, ForwardReason::Suspect, 0.9, 10);
+        r.provenance = Provenance::from_text("P-7", "/data/7.png", CaptureClock::Stream);
+        ob.append(std::slice::from_ref(&r)).await.unwrap();
+        assert_eq!(ob.lookup(&[6]).await.unwrap()[0].provenance, r.provenance);
     }
 
     #[tokio::test]

@@ -167,6 +167,7 @@ mod tests {
                 attempts: 0,
                 local_action: None,
                 image_sha256: vec![seq as u8; 32],
+                provenance: Default::default(),
             })
             .collect();
         ob.append(&records).await.unwrap();

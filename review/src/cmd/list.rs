@@ -19,6 +19,9 @@ pub struct ListArgs {
     /// Only this cloud label.
     #[arg(long)]
     label: Option<String>,
+    /// Only frames of this part.
+    #[arg(long)]
+    part: Option<String>,
     /// Only frames captured within this long ago, e.g. 1h, 30m, 2days.
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
@@ -61,6 +64,7 @@ pub async fn run(client: &mut Client, args: &ListArgs, json: bool) -> anyhow::Re
             unreviewed: args.unreviewed,
             page_size: args.limit,
             page_token: args.page_token.clone().unwrap_or_default(),
+            part_id: args.part.clone().unwrap_or_default(),
         })
         .await?
         .into_inner();

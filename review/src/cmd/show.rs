@@ -1,7 +1,7 @@
 //! `show`: one frame with its verdict, class scores and reviews; optionally saves its image.
 
 use crate::conn::Client;
-use crate::output::{frame_json, table, time};
+use crate::output::{frame_json, or_dash, table, time};
 use crate::pb;
 use anyhow::{Context, bail};
 use serde_json::json;
@@ -68,7 +68,16 @@ pub async fn run(client: &mut Client, args: &ShowArgs, json: bool) -> anyhow::Re
             "where".into(),
             format!("{}/{} camera {}", f.site, f.line, f.camera_id),
         ],
-        vec!["captured".into(), time(f.capture_time_us)],
+        vec![
+            "captured".into(),
+            format!(
+                "{} ({} clock)",
+                time(f.capture_time_us),
+                or_dash(&f.capture_clock)
+            ),
+        ],
+        vec!["part".into(), or_dash(&f.part_id)],
+        vec!["origin".into(), or_dash(&f.origin)],
         vec![
             "edge".into(),
             format!(
