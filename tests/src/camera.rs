@@ -13,7 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Writes `n` synthetic frames `frame-00000.jpg`… into `dir`; returns each frame's truth (`good`, `scratch`…).
-pub fn write_frames(dir: &Path, n: u64, seed: u64, defect_rate: f64, w: u32, h: u32) -> Vec<String> {
+pub fn write_frames(
+    dir: &Path,
+    n: u64,
+    seed: u64,
+    defect_rate: f64,
+    w: u32,
+    h: u32,
+) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("frames dir");
     (0..n)
         .map(|i| {
@@ -114,7 +121,9 @@ impl HttpCamera {
     /// Serves `frames` (JPEG files' bytes) at `fps`; every `corrupt_every`-th MJPEG part (0: none) is cut
     /// short (a truncated JPEG).
     pub async fn start(frames: Vec<Vec<u8>>, fps: f64, corrupt_every: u64) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let served = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
@@ -143,12 +152,17 @@ impl HttpCamera {
                                 let mut i = 0u64;
                                 loop {
                                     let f = &frames[(i as usize) % frames.len()];
-                                    let body: &[u8] = if corrupt_every > 0 && i % corrupt_every == corrupt_every - 1 {
+                                    let body: &[u8] = if corrupt_every > 0
+                                        && i % corrupt_every == corrupt_every - 1
+                                    {
                                         &f[..f.len() / 2]
                                     } else {
                                         f
                                     };
-                                    let part = format!("--frameboundary\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", body.len());
+                                    let part = format!(
+                                        "--frameboundary\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                                        body.len()
+                                    );
                                     let ok = sock.write_all(part.as_bytes()).await.is_ok()
                                         && sock.write_all(body).await.is_ok()
                                         && sock.write_all(b"\r\n").await.is_ok();
@@ -166,13 +180,19 @@ impl HttpCamera {
                             "/snapshot.jpg" => {
                                 let i = served.fetch_add(1, Ordering::Relaxed);
                                 let f = &frames[(i as usize) % frames.len()];
-                                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", f.len());
+                                let head = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    f.len()
+                                );
                                 let _ = sock.write_all(head.as_bytes()).await;
                                 let _ = sock.write_all(f).await;
                             }
                             _ => {
                                 let body = "<html>not a camera</html>";
-                                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                                let head = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                    body.len()
+                                );
                                 let _ = sock.write_all(head.as_bytes()).await;
                             }
                         }
@@ -209,6 +229,9 @@ pub async fn post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }

@@ -8,11 +8,15 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tierline_edge::stats::get;
+use tierline_tests::Mosquitto;
 use tierline_tests::camera::{self, HttpCamera, RtspServer};
 use tierline_tests::oracle::{Decisions, Stored};
 use tierline_tests::pipeline;
 use tierline_tests::proxy::{Mode, Proxy};
-use tierline_tests::Mosquitto;
+
+/// Refreshes `/readyz` twice a second. It lands in the `[admin]` table: `pipeline::edge_config` writes the
+/// cameras' text right after that table's keys.
+const FAST_CHECKS: &str = "check_every = \"500ms\"\n";
 
 /// Seconds-scale watchdog settings so faults are seen quickly.
 const WATCHDOG: &str = "no_frame_timeout = \"1s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nconnect_timeout = \"3s\"\n";
@@ -24,6 +28,22 @@ fn camera_frames(d: &Decisions, camera: &str) -> usize {
 async fn readyz(addr: std::net::SocketAddr) -> serde_json::Value {
     let (_, body) = tierline_tests::http::get(addr, "/readyz").await.unwrap();
     serde_json::from_str(&body).unwrap()
+}
+
+/// Polls `/readyz` until check `name` has `ok`; returns that report.
+async fn wait_check(admin: std::net::SocketAddr, name: &str, ok: bool) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let r = readyz(admin).await;
+        if check(&r, name)["ok"] == ok {
+            return r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name} never became ok = {ok}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -47,7 +67,7 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
     let broker = Mosquitto::start(dir.path());
     let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
     let cameras = format!(
-        "[[camera]]\nid = \"h264\"\nkind = \"rtsp\"\nurl = \"{}\"\nfps = 10\n{WATCHDOG}\
+        "{FAST_CHECKS}[[camera]]\nid = \"h264\"\nkind = \"rtsp\"\nurl = \"{}\"\nfps = 10\n{WATCHDOG}\
          [[camera]]\nid = \"mjpeg\"\nkind = \"rtsp\"\nurl = \"{}\"\ntransport = \"udp\"\nfps = 10\n{WATCHDOG}",
         server.url("h264"),
         server.url("mjpeg"),
@@ -65,7 +85,9 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
         Duration::from_secs(60),
         || {
             let d = Decisions::read(&log);
-            camera_frames(&d, "h264") >= 30 && camera_frames(&d, "mjpeg") >= 30 && get(&c.verdicts_stored) >= 4
+            camera_frames(&d, "h264") >= 30
+                && camera_frames(&d, "mjpeg") >= 30
+                && get(&c.verdicts_stored) >= 4
         },
         || pipeline::describe(&e, &c),
     )
@@ -86,26 +108,34 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
         value("tierline_edge_camera_frames_skipped_total", "h264"),
     );
     println!("h264 camera: kept {kept}, skipped by pacing {skipped}");
-    assert!(skipped >= kept * 1.5 && skipped <= kept * 2.6, "pacing 30 → 10 fps: kept {kept}, skipped {skipped}");
+    assert!(
+        skipped >= kept * 1.5 && skipped <= kept * 2.6,
+        "pacing 30 → 10 fps: kept {kept}, skipped {skipped}"
+    );
 
     // A camera reboot: the server is killed and comes back on the same port.
+    wait_check(admin, "camera h264", true).await;
     server.kill();
-    let started = std::time::Instant::now();
-    loop {
-        let r = readyz(admin).await;
-        let h = check(&r, "camera h264");
-        if h["ok"] == false {
-            println!("while the camera is off: {h}");
-            assert!(r["degraded"].as_array().unwrap().iter().any(|n| n == "camera h264"), "{r}");
-            assert_eq!(r["ready"], true, "a camera down leaves the edge ready, degraded: {r}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "camera never reported down: {r}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let r = wait_check(admin, "camera h264", false).await;
+    println!("while the camera is off: {}", check(&r, "camera h264"));
+    assert!(
+        r["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "camera h264"),
+        "{r}"
+    );
+    assert_eq!(
+        r["ready"], true,
+        "a camera down leaves the edge ready, degraded: {r}"
+    );
     server.restart();
     let before = Decisions::read(&log);
-    let (h0, m0) = (camera_frames(&before, "h264"), camera_frames(&before, "mjpeg"));
+    let (h0, m0) = (
+        camera_frames(&before, "h264"),
+        camera_frames(&before, "mjpeg"),
+    );
     pipeline::wait_until(
         "both RTSP cameras back after the reboot",
         Duration::from_secs(30),
@@ -119,11 +149,12 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
     let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("tierline_edge_camera_reconnects_total{camera=\"h264\"} 1")
-            || metrics.lines().any(|l| l.starts_with("tierline_edge_camera_reconnects_total{camera=\"h264\"}") && !l.ends_with(" 0")),
+            || metrics.lines().any(|l| l
+                .starts_with("tierline_edge_camera_reconnects_total{camera=\"h264\"}")
+                && !l.ends_with(" 0")),
         "the reboot is counted as a reconnect:\n{metrics}"
     );
-    let r = readyz(admin).await;
-    assert_eq!(check(&r, "camera h264")["ok"], true, "{r}");
+    wait_check(admin, "camera h264", true).await;
 
     edge.stop().await.unwrap();
     cloud.stop().await.unwrap();
@@ -140,10 +171,15 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
             .count();
         let defects_found = d
             .decisions()
-            .filter(|e| e["camera_id"] == cam && e["source"] == "cloud" && e["cloud_label"] != "good")
+            .filter(|e| {
+                e["camera_id"] == cam && e["source"] == "cloud" && e["cloud_label"] != "good"
+            })
             .count();
         println!("{cam}: {judged} frames judged by the cloud, {defects_found} of them defective");
-        assert!(defects_found > 0, "{cam}: defective frames from the stream reached the cloud and were found");
+        assert!(
+            defects_found > 0,
+            "{cam}: defective frames from the stream reached the cloud and were found"
+        );
     }
 }
 
@@ -160,7 +196,7 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
     let proxy = Proxy::start(cam.addr).await.unwrap();
     let broker = Mosquitto::start(dir.path());
     let cameras = format!(
-        "[[camera]]\nid = \"behind-proxy\"\nkind = \"mjpeg\"\nurl = \"http://127.0.0.1:{}/mjpeg\"\nfps = 20\n{WATCHDOG}\
+        "{FAST_CHECKS}[[camera]]\nid = \"behind-proxy\"\nkind = \"mjpeg\"\nurl = \"http://127.0.0.1:{}/mjpeg\"\nfps = 20\n{WATCHDOG}\
          [[camera]]\nid = \"direct\"\nkind = \"mjpeg\"\nurl = \"http://{}/mjpeg\"\nfps = 20\n{WATCHDOG}\
          [[camera]]\nid = \"snap\"\nkind = \"snapshot\"\nurl = \"http://{}/snapshot.jpg\"\nfps = 5\n{WATCHDOG}\
          [[camera]]\nid = \"not-a-camera\"\nkind = \"mjpeg\"\nurl = \"http://user:hunter2@{}/page\"\n{WATCHDOG}\
@@ -189,9 +225,18 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
     .await;
     let admin = *edge.admin_addr.get().unwrap();
     let r = readyz(admin).await;
-    let bad = check(&r, "camera not-a-camera")["detail"].as_str().unwrap().to_string();
-    assert!(bad.contains("not an MJPEG stream") && !bad.contains("hunter2") && bad.contains("***"), "{bad}");
-    let nobody = check(&r, "camera nobody-home")["detail"].as_str().unwrap().to_string();
+    let bad = check(&r, "camera not-a-camera")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        bad.contains("not an MJPEG stream") && !bad.contains("hunter2") && bad.contains("***"),
+        "{bad}"
+    );
+    let nobody = check(&r, "camera nobody-home")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(nobody.contains("down"), "{nobody}");
     assert_eq!(r["ready"], true, "{r}");
 
@@ -199,21 +244,20 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
         proxy.set_mode(mode);
         let (p0, d0) = (count("behind-proxy"), count("direct"));
         let started = std::time::Instant::now();
-        loop {
-            let r = readyz(admin).await;
-            if check(&r, "camera behind-proxy")["ok"] == false {
-                println!("{fault}: {}", check(&r, "camera behind-proxy")["detail"]);
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "{fault} not detected: {r}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let r = wait_check(admin, "camera behind-proxy", false).await;
+        println!("{fault}: {}", check(&r, "camera behind-proxy")["detail"]);
         let noticed = started.elapsed();
         println!("{fault}: noticed after {noticed:?}");
         // The other camera keeps going while this one is broken.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(count("direct") >= d0 + 10, "{fault}: the direct camera stopped");
-        assert!(count("behind-proxy") <= p0 + 25, "{fault}: frames still arrive through a broken proxy?");
+        assert!(
+            count("direct") >= d0 + 10,
+            "{fault}: the direct camera stopped"
+        );
+        assert!(
+            count("behind-proxy") <= p0 + 25,
+            "{fault}: frames still arrive through a broken proxy?"
+        );
         proxy.set_mode(Mode::Forward);
         let p1 = count("behind-proxy");
         pipeline::wait_until(
@@ -235,7 +279,10 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
     };
     assert!(line("tierline_edge_camera_reconnects_total{camera=\"behind-proxy\"}") >= 2.0);
     assert!(line("tierline_edge_camera_decode_errors_total{camera=\"direct\"}") >= 1.0);
-    assert_eq!(line("tierline_edge_camera_reconnects_total{camera=\"direct\"}"), 0.0);
+    assert_eq!(
+        line("tierline_edge_camera_reconnects_total{camera=\"direct\"}"),
+        0.0
+    );
     assert!(cam.served.load(Ordering::Relaxed) > 0);
     edge.stop().await.unwrap();
     // Every frame the edge took got exactly one decision.
@@ -283,7 +330,9 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
         want_stream.push(part);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let (code, body) = camera::post(admin, "/trigger", "{\"part_id\":\"\"}").await.unwrap();
+    let (code, body) = camera::post(admin, "/trigger", "{\"part_id\":\"\"}")
+        .await
+        .unwrap();
     assert_eq!(code, 400, "an empty part id is refused: {body}");
     let (client, mut ev) = rumqttc::AsyncClient::new(
         rumqttc::MqttOptions::new("line-plc", "127.0.0.1", broker.port()),
@@ -292,7 +341,13 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
     // The edge subscribes after it connects: wait for its link.
     let e = edge.stats.clone();
-    pipeline::wait_until("edge link up", Duration::from_secs(10), || e.link_up.load(Ordering::Relaxed), String::new).await;
+    pipeline::wait_until(
+        "edge link up",
+        Duration::from_secs(10),
+        || e.link_up.load(Ordering::Relaxed),
+        String::new,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..5 {
         let part = format!("P-mqtt-{i}");
@@ -319,7 +374,13 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
         "one decision per trigger",
         Duration::from_secs(20),
         || parts_of("station").len() >= 10 && parts_of("stream").len() >= 5,
-        || format!("station {:?} stream {:?}", parts_of("station"), parts_of("stream")),
+        || {
+            format!(
+                "station {:?} stream {:?}",
+                parts_of("station"),
+                parts_of("stream")
+            )
+        },
     )
     .await;
     // Nothing more comes without triggers.
@@ -329,7 +390,10 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     let mut station = parts_of("station");
     station.sort();
     want_station.sort();
-    assert_eq!(station, want_station, "exactly one decision per trigger, with its part id");
+    assert_eq!(
+        station, want_station,
+        "exactly one decision per trigger, with its part id"
+    );
     let mut stream = parts_of("stream");
     stream.sort();
     want_stream.sort();
