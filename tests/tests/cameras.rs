@@ -156,8 +156,51 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
     );
     wait_check(admin, "camera h264", true).await;
 
+    // Capture times come from the stream once the camera's first RTCP sender report arrived (every few
+    // seconds): the frame's RTP time mapped to wall time, within moments of now on this one machine.
+    pipeline::wait_until(
+        "a frame timed by the stream's sender reports",
+        Duration::from_secs(20),
+        || {
+            Decisions::read(&log)
+                .decisions()
+                .any(|e| e["camera_id"] == "h264" && e["capture_clock"] == "stream")
+        },
+        || pipeline::describe(&e, &c),
+    )
+    .await;
+    let now_us = tierline_shared::time::now_us();
+    for d in Decisions::read(&log)
+        .decisions()
+        .filter(|e| e["capture_clock"] == "stream")
+    {
+        let t = d["capture_time_us"].as_i64().unwrap();
+        assert!(
+            (now_us - t).abs() < 30_000_000,
+            "stream time far from wall time: {d}"
+        );
+    }
     edge.stop().await.unwrap();
     cloud.stop().await.unwrap();
+    // Capture times never go back within a camera.
+    for cam in ["h264", "mjpeg"] {
+        let times: Vec<i64> = Decisions::read(&log)
+            .decisions()
+            .filter(|e| e["camera_id"] == cam)
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["capture_time_us"].as_i64().unwrap(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_values()
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{cam}: capture times go back"
+        );
+    }
     // Oracle: every frame taken got one decision; the suspects of both cameras reached the cloud and were
     // judged there, and the edge acted on exactly what the cloud stored.
     let d = Decisions::read(&log);
@@ -398,4 +441,69 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     stream.sort();
     want_stream.sort();
     assert_eq!(stream, want_stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_baseline_main_and_high_profiles_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    camera::write_frames(&frames, 10, 2, 0.0, 640, 480);
+    let servers: Vec<RtspServer> = ["baseline", "main", "high"]
+        .iter()
+        .map(|p| {
+            RtspServer::start(&[
+                "--frames",
+                frames.to_str().unwrap(),
+                "--fps",
+                "10",
+                "--profile",
+                p,
+            ])
+        })
+        .collect();
+    let broker = Mosquitto::start(dir.path());
+    let cameras: String = ["baseline", "main", "high"]
+        .iter()
+        .zip(&servers)
+        .map(|(p, s)| {
+            format!(
+                "[[camera]]\nid = \"{p}\"\nkind = \"rtsp\"\nurl = \"{}\"\nframes = 15\n{WATCHDOG}",
+                s.url("h264")
+            )
+        })
+        .collect();
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        "deadline = \"300ms\"",
+    ));
+    let log = dir.path().join("decisions.jsonl");
+    pipeline::wait_until(
+        "15 frames from each profile",
+        Duration::from_secs(30),
+        || {
+            let d = Decisions::read(&log);
+            ["baseline", "main", "high"]
+                .iter()
+                .all(|p| camera_frames(&d, p) >= 15)
+        },
+        String::new,
+    )
+    .await;
+    let admin = *edge.admin_addr.get().unwrap();
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    edge.stop().await.unwrap();
+    for p in ["baseline", "main", "high"] {
+        let line = format!("tierline_edge_camera_decode_errors_total{{camera=\"{p}\"}} 0");
+        assert!(metrics.contains(&line), "{p}: decode errors:\n{metrics}");
+    }
+    // Decoded pictures are judged, not refused as unreadable.
+    let d = Decisions::read(&log);
+    assert_eq!(
+        d.decisions()
+            .filter(|e| e["source"] == "unreadable")
+            .count(),
+        0
+    );
 }
