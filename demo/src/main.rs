@@ -24,9 +24,14 @@ struct Args {
     /// Total frames to capture across all cameras (0 = until Ctrl-C).
     #[arg(long, default_value_t = 1200)]
     frames: u64,
-    /// Number of synthetic cameras.
+    /// Number of synthetic cameras (ignored when --camera is given).
     #[arg(long, default_value_t = 2)]
     cameras: u32,
+    /// A real camera instead of the synthetic ones (repeatable): `rtsp://user:pass@host/path` (H.264 or
+    /// MJPEG), `http://host/video.mjpg` (MJPEG stream), `http://host/snapshot.jpg` (snapshots; any http URL
+    /// ending in .jpg, .jpeg or .png, or prefixed `snapshot:`), or a directory or glob of image files.
+    #[arg(long = "camera", value_name = "URL")]
+    camera_urls: Vec<String>,
     /// Frames per second per camera.
     #[arg(long, default_value_t = 30.0)]
     fps: f64,
@@ -57,15 +62,53 @@ fn default_models() -> PathBuf {
     }
 }
 
+/// The `[[camera]]` source keys for a `--camera` argument.
+fn camera_source(arg: &str) -> String {
+    let lower = arg.to_ascii_lowercase();
+    if let Some(url) = arg.strip_prefix("snapshot:") {
+        format!("kind = \"snapshot\"\nurl = {url:?}")
+    } else if let Some(url) = arg.strip_prefix("mjpeg:") {
+        format!("kind = \"mjpeg\"\nurl = {url:?}")
+    } else if lower.starts_with("rtsp://") {
+        format!("kind = \"rtsp\"\nurl = {arg:?}")
+    } else if lower.starts_with("http://") || lower.starts_with("https://") {
+        let path = lower.split(['?', '#']).next().unwrap_or("");
+        if [".jpg", ".jpeg", ".png"].iter().any(|e| path.ends_with(e)) {
+            format!("kind = \"snapshot\"\nurl = {arg:?}")
+        } else {
+            format!("kind = \"mjpeg\"\nurl = {arg:?}")
+        }
+    } else {
+        format!("kind = \"files\"\npath = {arg:?}\nloop = true")
+    }
+}
+
 fn configs(
     args: &Args,
     host: &str,
     port: u16,
     dir: &Path,
 ) -> anyhow::Result<(EdgeConfig, CloudConfig)> {
-    let per_camera =
-        (args.frames > 0).then(|| args.frames.div_ceil(u64::from(args.cameras.max(1))));
-    let cameras: String = (0..args.cameras.max(1))
+    let n = if args.camera_urls.is_empty() {
+        args.cameras.max(1)
+    } else {
+        args.camera_urls.len() as u32
+    };
+    let per_camera = (args.frames > 0).then(|| args.frames.div_ceil(u64::from(n)));
+    let limit = per_camera.map(|n| format!("frames = {n}")).unwrap_or_default();
+    let real: String = args
+        .camera_urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            format!(
+                "[[camera]]\nid = \"cam-{i}\"\n{}\nfps = {}\n{limit}\n",
+                camera_source(url),
+                args.fps
+            )
+        })
+        .collect();
+    let synthetic: String = (0..args.cameras.max(1))
         .map(|i| {
             format!(
                 "[[camera]]\nid = \"cam-{i}\"\nkind = \"synthetic\"\nseed = {}\nfps = {}\ndefect_rate = {}\n{}\n",
@@ -76,6 +119,7 @@ fn configs(
             )
         })
         .collect();
+    let cameras = if real.is_empty() { synthetic } else { real };
     let edge = format!(
         "[edge]\nid = \"edge-demo\"\nsite = \"demo-plant\"\nline = \"line-1\"\n\
          [mqtt]\nhost = \"{host}\"\nport = {port}\n\
