@@ -7,6 +7,7 @@
 //!                                  └──────────── results.json (merged by section) ─► report ─► benchmarks.md
 //! ```
 
+pub mod camera;
 pub mod charts;
 pub mod cloud;
 pub mod common;
@@ -42,10 +43,12 @@ pub enum Section {
     Memory,
     /// 7: the cascade written without Tierline (Python peers in `bench/peers`).
     Peers,
+    /// 8: camera streams (1080p H.264 and MJPEG over RTSP) per core, next to FFmpeg.
+    Camera,
 }
 
 /// Every section, in report order.
-pub const ALL: [Section; 7] = [
+pub const ALL: [Section; 8] = [
     Section::Edge,
     Section::Latency,
     Section::Outbox,
@@ -53,6 +56,7 @@ pub const ALL: [Section; 7] = [
     Section::Cloud,
     Section::Memory,
     Section::Peers,
+    Section::Camera,
 ];
 
 /// What to run and where to write.
@@ -95,6 +99,9 @@ pub struct Results {
     /// Measurement 7.
     #[serde(default)]
     pub peers: Option<peers::PeerResults>,
+    /// Measurement 8.
+    #[serde(default)]
+    pub camera: Option<camera::CameraResults>,
 }
 
 /// The repository root (this crate's parent directory).
@@ -158,6 +165,7 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         cloud: None,
         memory: None,
         peers: None,
+        camera: None,
     });
 
     if wants(Section::Edge) {
@@ -228,6 +236,14 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
             peers::run(if q { 3.0 } else { 15.0 }, tierline_fps)
                 .await
                 .context("measurement 7 (peers)")?,
+        );
+    }
+
+    if wants(Section::Camera) {
+        let window = Duration::from_secs(if q { 3 } else { 12 });
+        r.camera = Some(
+            tokio::task::block_in_place(|| camera::run(window, if q { 1 } else { 6 }))
+                .context("measurement 8 (camera)")?,
         );
     }
 

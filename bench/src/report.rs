@@ -400,8 +400,65 @@ pub fn markdown(r: &Results) -> String {
     if let Some(p) = &r.peers {
         peers_section(&mut s, p);
     }
+    if let Some(c) = &r.camera {
+        camera_section(&mut s, c);
+    }
     s.push_str(NOTES);
     s
+}
+
+fn camera_section(s: &mut String, c: &crate::camera::CameraResults) {
+    let _ = writeln!(s, "## 8. Cameras: 1080p streams per core\n");
+    let _ = writeln!(
+        s,
+        "{} streams at 30 fps from the local RTSP server (`tests/camera/rtsp_server.py`, H.264 main profile \
+         pre-encoded, MJPEG passed through; the server runs on core 1) into the `tierline-edge` binary pinned to \
+         core 0 with one inference thread: RTSP, decode (H.264: OpenH264, then RGB pixels of each kept frame, \
+         which the prescreen reads directly; a JPEG is encoded only for a frame forwarded to the cloud; MJPEG: \
+         the JPEG as sent, decoded by the prescreen), prescreen, decision. \
+         Frames decided per second come from the decision log over {:.0} s after a 5 s warm-up; CPU from \
+         `/proc/<pid>/stat`. FFmpeg decodes the same stream on the same core with `-f null` (decode only).\n",
+        c.size, c.window_s
+    );
+    let _ = writeln!(
+        s,
+        "| codec | streams | sent frames/s | decided frames/s | lost % | edge CPU, cores | CPU ms per frame |\n|---|---|---|---|---|---|---|"
+    );
+    for r in &c.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            r.codec,
+            r.streams,
+            r.sent_fps,
+            r.decided_fps,
+            r.lost_pct,
+            r.edge_cores,
+            r.cpu_ms_per_frame
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| codec | streams one core sustains (< 1 % lost) | Tierline frames per CPU second | FFmpeg decode-only frames per CPU second | Tierline ÷ FFmpeg |\n|---|---|---|---|---|"
+    );
+    for b in &c.baselines {
+        let ours = c
+            .rows
+            .iter()
+            .filter(|r| r.codec == b.codec)
+            .map(|r| 1000.0 / r.cpu_ms_per_frame)
+            .fold(0.0f64, f64::max);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {:.2} |",
+            b.codec,
+            c.sustained(&b.codec),
+            ours,
+            b.fps_per_core,
+            ours / b.fps_per_core
+        );
+    }
+    let _ = writeln!(s);
 }
 
 fn peers_section(s: &mut String, p: &crate::peers::PeerResults) {

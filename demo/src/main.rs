@@ -95,7 +95,9 @@ fn configs(
         args.camera_urls.len() as u32
     };
     let per_camera = (args.frames > 0).then(|| args.frames.div_ceil(u64::from(n)));
-    let limit = per_camera.map(|n| format!("frames = {n}")).unwrap_or_default();
+    let limit = per_camera
+        .map(|n| format!("frames = {n}"))
+        .unwrap_or_default();
     let real: String = args
         .camera_urls
         .iter()

@@ -192,21 +192,48 @@ impl Prescreen {
                 return;
             }
         }
-        if frame.image.len() + 4096 > s.max_image_bytes {
+        // A frame the camera decoded itself (H.264) is encoded once, here, when it is forwarded.
+        let (image, encoding) = if tierline_shared::rawframe::is_raw(&frame.image) {
+            let raw = frame.image.clone();
+            match tokio::task::spawn_blocking(move || tierline_shared::rawframe::to_jpeg(&raw))
+                .await
+            {
+                Ok(Ok(jpeg)) => (bytes::Bytes::from(jpeg), wire::ImageEncoding::Jpeg),
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e,
+                        _ => "the encoder stopped".to_string(),
+                    };
+                    tracing::error!(camera = %frame.camera_id, seq, error = %why, "Decoded frame could not be encoded for forwarding; it is decided locally.");
+                    stats::inc(&stats.outbox_errors);
+                    if suspect {
+                        let _ = decisions
+                            .send(immediate(
+                                Action::Reject,
+                                Source::LocalFallback,
+                                score.defect_score,
+                                Some(format!("frame could not be encoded: {why}")),
+                            ))
+                            .await;
+                    }
+                    return;
+                }
+            }
+        } else {
+            (frame.image.clone(), frame.encoding)
+        };
+        if image.len() + 4096 > s.max_image_bytes {
             // Checked before the frame is accepted, so nothing unsendable enters the outbox.
             tracing::error!(
                 camera = %frame.camera_id,
                 seq,
-                bytes = frame.image.len(),
+                bytes = image.len(),
                 limit = s.max_image_bytes,
                 "Frame too large to forward; it is decided locally. Lower the camera resolution or JPEG quality, or raise mqtt.max_message_bytes."
             );
             stats::inc(&stats.outbox_errors);
             if suspect {
-                let detail = format!(
-                    "frame of {} bytes exceeds the message limit",
-                    frame.image.len()
-                );
+                let detail = format!("frame of {} bytes exceeds the message limit", image.len());
                 let _ = decisions
                     .send(immediate(
                         Action::Reject,
@@ -251,11 +278,11 @@ impl Prescreen {
                 capture_time_us: frame.capture_time_us,
                 reason,
                 score: score.defect_score,
-                encoding: frame.encoding as i32,
-                image: frame.image.to_vec(),
+                encoding: encoding as i32,
+                image: image.to_vec(),
                 attempts: 0,
                 local_action: None,
-                image_sha256: wire::image_sha256(&frame.image),
+                image_sha256: wire::image_sha256(&image),
                 provenance,
             },
             pending,

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod onnx;
 pub mod preprocess;
+pub mod rawframe;
 pub mod redact;
 pub mod runner;
 pub mod service;

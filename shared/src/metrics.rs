@@ -167,7 +167,7 @@ metrics! {
     /// Part triggers refused.
     EDGE_TRIGGERS_REFUSED = ("tierline_edge_triggers_refused", Counter, "Part triggers refused: malformed, naming no camera in trigger mode, or arriving while the camera's trigger queue was full.");
     /// Encoded bytes captured.
-    EDGE_BYTES_CAPTURED = ("tierline_edge_bytes_captured", Counter, "Encoded image bytes delivered by the cameras.");
+    EDGE_BYTES_CAPTURED = ("tierline_edge_bytes_captured", Counter, "Image bytes delivered by the cameras: encoded images, or RGB pixels for frames the edge decoded itself (H.264, ROI crops).");
     /// Unreadable frames.
     EDGE_FRAMES_UNREADABLE = ("tierline_edge_frames_unreadable", Counter, "Frames the prescreen could not read (rejected as a precaution).");
     /// Frames passed at the edge.

@@ -54,11 +54,22 @@ impl Preprocessor {
 
     /// Decodes `encoded` and writes its normalized tensor into `out` (length [`Self::tensor_len`]).
     pub fn run(&mut self, encoded: &[u8], out: &mut [f32]) -> Result<(), PreprocessError> {
-        check_complete(encoded)?;
-        let decoded = image::load_from_memory(encoded).map_err(|e| PreprocessError::Decode {
-            len: encoded.len(),
-            message: e.to_string(),
-        })?;
+        let decoded = match crate::rawframe::parse(encoded) {
+            // Pixels a camera decoded already (H.264): no second decode.
+            Some((w, h, _, rgb)) => image::RgbImage::from_raw(w, h, rgb.to_vec())
+                .map(image::DynamicImage::ImageRgb8)
+                .ok_or(PreprocessError::BadSize {
+                    width: w,
+                    height: h,
+                })?,
+            None => {
+                check_complete(encoded)?;
+                image::load_from_memory(encoded).map_err(|e| PreprocessError::Decode {
+                    len: encoded.len(),
+                    message: e.to_string(),
+                })?
+            }
+        };
         let (w, h) = (decoded.width(), decoded.height());
         if w == 0 || h == 0 || w > 16384 || h > 16384 {
             return Err(PreprocessError::BadSize {

@@ -325,8 +325,8 @@ impl Camera {
             let (image, quality) = (f.image.clone(), self.cfg.encode_quality);
             match tokio::task::spawn_blocking(move || roi::crop_encoded(&image, roi, quality)).await
             {
-                Ok(Ok(jpeg)) => {
-                    f.image = jpeg.into();
+                Ok(Ok(raw)) => {
+                    f.image = raw.into();
                     f.encoding = ImageEncoding::Jpeg;
                 }
                 Ok(Err(why)) => {

@@ -1,8 +1,7 @@
 //! The region of interest: an optional crop rectangle per camera, applied before the model (and so also
 //! to what is forwarded to the cloud and stored).
 
-use image::codecs::jpeg::JpegEncoder;
-use image::{ExtendedColorType, GenericImageView};
+use image::GenericImageView;
 use serde::Deserialize;
 
 /// A crop rectangle in the camera's pixels.
@@ -37,20 +36,17 @@ impl Roi {
     }
 }
 
-/// Encodes interleaved RGB pixels as JPEG, cropped to `roi` first when set.
-pub fn encode_rgb(
+/// Wraps decoded RGB pixels as an in-process frame ([`tierline_shared::rawframe`]), cropped to `roi` first
+/// when set; `quality` is used if the frame is ever encoded.
+pub fn crop_raw(
     rgb: &[u8],
     w: u32,
     h: u32,
     roi: Option<Roi>,
     quality: u8,
 ) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity((w * h / 4) as usize);
-    let mut enc = JpegEncoder::new_with_quality(&mut out, quality);
     match roi {
-        None => enc
-            .encode(rgb, w, h, ExtendedColorType::Rgb8)
-            .map_err(|e| format!("JPEG encoding failed: {e}"))?,
+        None => Ok(tierline_shared::rawframe::wrap(w, h, quality, rgb)),
         Some(r) => {
             let (x, y, cw, ch) = r.within(w, h)?;
             let mut crop = Vec::with_capacity((cw * ch * 3) as usize);
@@ -58,20 +54,24 @@ pub fn encode_rgb(
                 let start = ((row * w + x) * 3) as usize;
                 crop.extend_from_slice(&rgb[start..start + (cw * 3) as usize]);
             }
-            enc.encode(&crop, cw, ch, ExtendedColorType::Rgb8)
-                .map_err(|e| format!("JPEG encoding failed: {e}"))?
+            Ok(tierline_shared::rawframe::wrap(cw, ch, quality, &crop))
         }
     }
-    Ok(out)
 }
 
-/// Crops an encoded image (JPEG or PNG) to `roi` and encodes the crop as JPEG.
+/// Crops an encoded image (JPEG or PNG) to `roi`: the crop's pixels, wrapped as an in-process frame (the
+/// prescreen reads them without decoding again; a forwarded frame is encoded at `quality`).
 pub fn crop_encoded(encoded: &[u8], roi: Roi, quality: u8) -> Result<Vec<u8>, String> {
     let img = image::load_from_memory(encoded).map_err(|e| format!("cannot decode: {e}"))?;
     let (w, h) = img.dimensions();
     let (x, y, cw, ch) = roi.within(w, h)?;
     let crop = img.crop_imm(x, y, cw, ch).into_rgb8();
-    encode_rgb(crop.as_raw(), cw, ch, None, quality)
+    Ok(tierline_shared::rawframe::wrap(
+        cw,
+        ch,
+        quality,
+        crop.as_raw(),
+    ))
 }
 
 #[cfg(test)]
@@ -81,7 +81,9 @@ mod tests {
     #[test]
     fn crops_to_the_rectangle_and_clips_at_the_edge() {
         let img = image::RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8 * 4, 0, 0]));
-        let jpeg = encode_rgb(img.as_raw(), 64, 48, None, 95).unwrap();
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
         let out = crop_encoded(
             &jpeg,
             Roi {
@@ -93,7 +95,10 @@ mod tests {
             95,
         )
         .unwrap();
-        let got = image::load_from_memory(&out).unwrap();
+        let (w, h, q, _) = tierline_shared::rawframe::parse(&out).unwrap();
+        assert_eq!((w, h, q), (32, 16, 95));
+        let forwarded = tierline_shared::rawframe::to_jpeg(&out).unwrap();
+        let got = image::load_from_memory(&forwarded).unwrap();
         assert_eq!(got.dimensions(), (32, 16));
         let err = crop_encoded(
             &jpeg,

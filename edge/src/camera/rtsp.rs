@@ -339,7 +339,8 @@ struct Job {
     keep: Option<(Take, Option<i64>)>,
 }
 
-/// What the decoder thread hands back for a kept frame.
+/// What the decoder thread hands back for a kept frame: its pixels, wrapped
+/// ([`tierline_shared::rawframe`]); they are encoded as JPEG only if the frame is forwarded.
 enum Done {
     Frame {
         jpeg: Bytes,
@@ -401,9 +402,7 @@ fn decode_loop(
                     let (w, h) = yuv.dimensions();
                     rgb.resize(w * h * 3, 0);
                     yuv.write_rgb8(&mut rgb);
-                    Some(super::roi::encode_rgb(
-                        &rgb, w as u32, h as u32, roi, quality,
-                    ))
+                    Some(super::roi::crop_raw(&rgb, w as u32, h as u32, roi, quality))
                 }
                 None => None,
             },
