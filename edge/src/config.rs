@@ -117,7 +117,7 @@ pub struct CameraConfig {
     pub mode: CameraMode,
     /// Crop rectangle applied before the model (unset: the whole frame).
     #[serde(default)]
-    pub roi: Option<crate::camera::roi::Roi>,
+    pub roi: Option<Roi>,
     /// A stream that sends no frame for this long is stalled and reconnected.
     #[serde(default = "default_no_frame_timeout", with = "humantime_serde")]
     pub no_frame_timeout: Duration,
@@ -155,6 +155,42 @@ fn default_reconnect_max() -> Duration {
 }
 fn default_encode_quality() -> u8 {
     90
+}
+
+/// Pixel formats the edge asks a V4L2 device for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum V4l2Format {
+    /// Motion JPEG (most USB cameras above 640x480): frames pass on as JPEG.
+    #[default]
+    Mjpeg,
+    /// YUYV 4:2:2: converted to RGB for the frames kept.
+    Yuyv,
+}
+
+/// A crop rectangle in the camera's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roi {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+/// Which RTP transport to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    /// RTP interleaved on the RTSP TCP connection (works through NAT and firewalls; the default).
+    #[default]
+    Tcp,
+    /// RTP over UDP (LAN only: no reorder buffer).
+    Udp,
 }
 
 /// How a camera takes frames.
@@ -204,7 +240,7 @@ pub enum SourceConfig {
         url: String,
         /// `tcp` (interleaved, the default) or `udp` (LAN only).
         #[serde(default)]
-        transport: crate::camera::rtsp::RtspTransport,
+        transport: RtspTransport,
     },
     /// An HTTP MJPEG camera (`multipart/x-mixed-replace`).
     Mjpeg {
@@ -216,6 +252,31 @@ pub enum SourceConfig {
         /// Snapshot URL, e.g. `http://host/snapshot.jpg`.
         url: String,
     },
+    /// A V4L2 device (USB or CSI camera on Linux); needs an edge built with the `v4l2` feature.
+    V4l2 {
+        /// Device path.
+        #[serde(default = "default_v4l2_device")]
+        device: String,
+        /// Requested frame width.
+        #[serde(default = "default_v4l2_width")]
+        width: u32,
+        /// Requested frame height.
+        #[serde(default = "default_v4l2_height")]
+        height: u32,
+        /// `mjpeg` (default) or `yuyv`.
+        #[serde(default)]
+        format: V4l2Format,
+    },
+}
+
+fn default_v4l2_device() -> String {
+    "/dev/video0".into()
+}
+fn default_v4l2_width() -> u32 {
+    1280
+}
+fn default_v4l2_height() -> u32 {
+    720
 }
 
 fn default_seed() -> u64 {

@@ -507,3 +507,46 @@ async fn h264_baseline_main_and_high_profiles_decode() {
         0
     );
 }
+
+/// A V4L2 camera: with the `v4l2` feature and a video device, frames are decided; where this machine has no
+/// video device the test says so and checks nothing else (never a fake device). Without the feature, the
+/// config names the feature to build with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v4l2_camera_is_judged_or_the_reason_it_cannot_be_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let device = std::env::var("TIERLINE_TEST_V4L2").unwrap_or_else(|_| "/dev/video0".into());
+    let cameras = format!(
+        "[[camera]]\nid = \"usb\"\nkind = \"v4l2\"\ndevice = \"{device}\"\nframes = 10\nfps = 5\n"
+    );
+    let config = pipeline::edge_config(broker.port(), dir.path(), &cameras, "deadline = \"300ms\"");
+    if !cfg!(feature = "v4l2") {
+        let err = tierline_edge::App::build(config, Default::default())
+            .await
+            .err()
+            .expect("a v4l2 camera needs the feature")
+            .to_string();
+        assert!(
+            err.contains("--features v4l2") && err.contains("usb"),
+            "{err}"
+        );
+        println!("skipped the capture check: built without the v4l2 feature ({err})");
+        return;
+    }
+    if !std::path::Path::new(&device).exists() {
+        println!(
+            "skipped: no video device at {device} on this machine (set TIERLINE_TEST_V4L2 to another)"
+        );
+        return;
+    }
+    let edge = pipeline::start_edge(config);
+    let log = dir.path().join("decisions.jsonl");
+    pipeline::wait_until(
+        "10 frames from the V4L2 camera decided",
+        Duration::from_secs(30),
+        || camera_frames(&Decisions::read(&log), "usb") >= 10,
+        String::new,
+    )
+    .await;
+    edge.stop().await.unwrap();
+}

@@ -32,6 +32,8 @@ pub mod source;
 pub mod status;
 mod synthetic;
 pub mod triggers;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
 
 pub use queue::FrameQueue;
 use source::{Connector, FrameSource, Item, SourceError, SourceFrame};
@@ -188,6 +190,26 @@ impl Camera {
                 target: http::Target::parse(url).map_err(setup)?,
                 timeout: cfg.connect_timeout,
             }),
+            #[cfg(feature = "v4l2")]
+            SourceConfig::V4l2 {
+                device,
+                width,
+                height,
+                format,
+            } => Box::new(v4l2::V4l2Connector {
+                device: device.clone(),
+                width: *width,
+                height: *height,
+                format: *format,
+                roi: cfg.roi,
+                quality: cfg.encode_quality,
+            }),
+            #[cfg(not(feature = "v4l2"))]
+            SourceConfig::V4l2 { device, .. } => {
+                return Err(setup(format!(
+                    "{device}: this edge was built without V4L2 support; build it with `cargo build --release -p tierline-edge --features v4l2` (needs Debian's libclang-dev)"
+                )));
+            }
         };
         let id: Arc<str> = cfg.id.as_str().into();
         let gate = match cfg.mode {

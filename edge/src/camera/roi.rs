@@ -1,26 +1,12 @@
 //! The region of interest: an optional crop rectangle per camera, applied before the model (and so also
 //! to what is forwarded to the cloud and stored).
 
+pub use crate::config::Roi;
 use image::GenericImageView;
-use serde::Deserialize;
-
-/// A crop rectangle in the camera's pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Roi {
-    /// Left edge.
-    pub x: u32,
-    /// Top edge.
-    pub y: u32,
-    /// Width.
-    pub width: u32,
-    /// Height.
-    pub height: u32,
-}
 
 impl Roi {
     /// The rectangle clipped to a `w`×`h` picture; an error when nothing of it lies inside.
-    fn within(self, w: u32, h: u32) -> Result<(u32, u32, u32, u32), String> {
+    pub(super) fn within(self, w: u32, h: u32) -> Result<(u32, u32, u32, u32), String> {
         if self.x >= w || self.y >= h || self.width == 0 || self.height == 0 {
             return Err(format!(
                 "roi {}x{}+{}+{} lies outside the {w}x{h} picture; fix the camera's roi",

@@ -24,16 +24,7 @@ use std::time::Duration;
 use tierline_shared::wire::ImageEncoding;
 use url::Url;
 
-/// Which RTP transport to ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RtspTransport {
-    /// RTP interleaved on the RTSP TCP connection (works through NAT and firewalls; the default).
-    #[default]
-    Tcp,
-    /// RTP over UDP (LAN only: no reorder buffer).
-    Udp,
-}
+pub use crate::config::RtspTransport;
 
 /// Opens RTSP sessions.
 pub struct RtspConnector {
