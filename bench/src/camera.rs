@@ -4,7 +4,8 @@
 //! of the frames the server sent get no line decision in the window. Beside it, FFmpeg decoding the same
 //! stream on the same core (`ffmpeg -benchmark … -f null -`): decode alone, the baseline of the ratio.
 //!
-//! The oracle is the decision log (frames decided per second against the 30 per second each stream sends)
+//! The oracle is the decision log (frames captured in the window that got a decision, per second, against
+//! the 30 per second each stream sends)
 //! and `/proc/<pid>/stat` (the edge's CPU time), not the edge's own counters.
 
 use anyhow::{Context, bail};

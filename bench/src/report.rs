@@ -416,7 +416,7 @@ fn camera_section(s: &mut String, c: &crate::camera::CameraResults) {
          core 0 with one inference thread: RTSP, decode (H.264: OpenH264, then RGB pixels of each kept frame, \
          which the prescreen reads directly; a JPEG is encoded only for a frame forwarded to the cloud; MJPEG: \
          the JPEG as sent, decoded by the prescreen), prescreen, decision. \
-         Frames decided per second come from the decision log over {:.0} s after a 5 s warm-up; CPU from \
+         Frames decided per second: decision-log lines whose capture time falls in a {:.0} s window after a 5 s warm-up; CPU from \
          `/proc/<pid>/stat`. FFmpeg decodes the same stream on the same core with `-f null` (decode only).\n",
         c.size, c.window_s
     );
