@@ -32,6 +32,17 @@ pub fn write_frames(
         .collect()
 }
 
+/// `n` good synthetic frames as JPEG bytes, for the HTTP camera.
+pub fn jpeg_frames(n: u64, seed: u64, w: u32, h: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            tierline_edge::synth::render(seed, i, w, h, 0.0)
+                .to_jpeg(90)
+                .expect("encode")
+        })
+        .collect()
+}
+
 /// The GStreamer RTSP server, serving `/h264` and `/mjpeg` from a folder of frames.
 pub struct RtspServer {
     child: Child,
@@ -208,30 +219,4 @@ impl Drop for HttpCamera {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-/// POSTs `body` to `path` on `addr`; returns the status code and the body.
-pub async fn post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }

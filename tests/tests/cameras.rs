@@ -229,11 +229,7 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = dir.path().join("frames");
-    camera::write_frames(&frames, 8, 3, 0.0, 320, 240);
-    let jpegs: Vec<Vec<u8>> = (0..8)
-        .map(|i| std::fs::read(frames.join(format!("frame-{i:05}.jpg"))).unwrap())
-        .collect();
+    let jpegs = camera::jpeg_frames(8, 3, 320, 240);
     // Every 7th part is a truncated JPEG: counted and skipped, the stream goes on.
     let cam = HttpCamera::start(jpegs.clone(), 20.0, 7).await;
     let proxy = Proxy::start(cam.addr).await.unwrap();
@@ -336,11 +332,7 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = dir.path().join("frames");
-    camera::write_frames(&frames, 4, 5, 0.0, 320, 240);
-    let jpegs: Vec<Vec<u8>> = (0..4)
-        .map(|i| std::fs::read(frames.join(format!("frame-{i:05}.jpg"))).unwrap())
-        .collect();
+    let jpegs = camera::jpeg_frames(4, 5, 320, 240);
     let cam = HttpCamera::start(jpegs, 10.0, 0).await;
     let broker = Mosquitto::start(dir.path());
     let cameras = format!(
@@ -365,15 +357,16 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     let mut want_stream = Vec::new();
     for i in 0..5 {
         let part = format!("P-http-{i}");
-        let (code, body) = camera::post(admin, "/trigger", &format!("{{\"part_id\":\"{part}\"}}"))
-            .await
-            .unwrap();
+        let (code, body) =
+            tierline_tests::http::post(admin, "/trigger", &format!("{{\"part_id\":\"{part}\"}}"))
+                .await
+                .unwrap();
         assert_eq!(code, 202, "{body}");
         want_station.push(part.clone());
         want_stream.push(part);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let (code, body) = camera::post(admin, "/trigger", "{\"part_id\":\"\"}")
+    let (code, body) = tierline_tests::http::post(admin, "/trigger", "{\"part_id\":\"\"}")
         .await
         .unwrap();
     assert_eq!(code, 400, "an empty part id is refused: {body}");
