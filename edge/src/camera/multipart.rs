@@ -28,6 +28,9 @@ pub struct Parser {
     delimiter: Vec<u8>,
     buf: BytesMut,
     state: State,
+    /// How far the buffer was already searched for the next delimiter (bodies without `Content-Length`),
+    /// so each byte is scanned about once however the body arrives.
+    searched: usize,
 }
 
 enum State {
@@ -50,6 +53,7 @@ impl Parser {
             delimiter: format!("--{b}").into_bytes(),
             buf: BytesMut::new(),
             state: State::Delimiter,
+            searched: 0,
         }
     }
 
@@ -103,9 +107,13 @@ impl Parser {
                     return Some(Part::Body(body));
                 }
                 State::Unsized => {
-                    let Some(at) = find(&self.buf, &self.delimiter) else {
+                    let from = self.searched.saturating_sub(self.delimiter.len());
+                    let found = find(&self.buf[from..], &self.delimiter).map(|i| i + from);
+                    self.searched = self.buf.len();
+                    let Some(at) = found else {
                         if self.buf.len() > MAX_PART {
                             self.buf.clear();
+                            self.searched = 0;
                             self.state = State::Delimiter;
                             return Some(Part::Corrupt(format!(
                                 "no boundary within {MAX_PART} bytes"
@@ -113,6 +121,7 @@ impl Parser {
                         }
                         return None;
                     };
+                    self.searched = 0;
                     let mut body = self.buf.split_to(at).freeze();
                     // The line end before the delimiter belongs to it, not to the body.
                     if body.ends_with(b"\r\n") {
