@@ -30,6 +30,16 @@ async fn readyz(addr: std::net::SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The value of metric `name` for `camera` in a scrape.
+fn camera_metric(metrics: &str, name: &str, camera: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{camera=\"{camera}\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} for {camera} missing from metrics:\n{metrics}"))
+}
+
 /// Polls `/readyz` until check `name` has `ok`; returns that report.
 async fn wait_check(admin: std::net::SocketAddr, name: &str, ok: bool) -> serde_json::Value {
     let started = std::time::Instant::now();
@@ -95,14 +105,7 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
     let admin = *edge.admin_addr.get().unwrap();
     let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
     // Pacing: a 30 fps stream judged at 10 fps leaves about two frames of three.
-    let value = |name: &str, cam: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{{camera=\"{cam}\"}}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} for {cam} missing from metrics:\n{metrics}"))
-    };
+    let value = |name: &str, cam: &str| camera_metric(&metrics, name, cam);
     let (kept, skipped) = (
         value("tierline_edge_camera_frames_total", "h264"),
         value("tierline_edge_camera_frames_skipped_total", "h264"),
@@ -308,18 +311,11 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
         .await;
     }
     let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
-    let line = |prefix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{prefix} missing:\n{metrics}"))
-    };
-    assert!(line("tierline_edge_camera_reconnects_total{camera=\"behind-proxy\"}") >= 2.0);
-    assert!(line("tierline_edge_camera_decode_errors_total{camera=\"direct\"}") >= 1.0);
+    let value = |name: &str, cam: &str| camera_metric(&metrics, name, cam);
+    assert!(value("tierline_edge_camera_reconnects_total", "behind-proxy") >= 2.0);
+    assert!(value("tierline_edge_camera_decode_errors_total", "direct") >= 1.0);
     assert_eq!(
-        line("tierline_edge_camera_reconnects_total{camera=\"direct\"}"),
+        value("tierline_edge_camera_reconnects_total", "direct"),
         0.0
     );
     assert!(cam.served.load(Ordering::Relaxed) > 0);
