@@ -317,6 +317,7 @@ mod tests {
                 defective: cloud != "good",
                 label: cloud.into(),
                 class_scores: Vec::new(),
+                regions: Vec::new(),
             },
         }
     }

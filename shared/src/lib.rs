@@ -11,6 +11,8 @@
 //! - [`manifest`]: model manifests (input spec, normalization, output meaning, checksum, golden samples).
 //! - [`onnx`]: locating and loading the ONNX Runtime library.
 //! - [`preprocess`]: image decoding, resizing and normalization into model tensors.
+//! - [`decode`]: reading every kind of model output (classifier, anomaly, detection, segmentation) into one
+//!   score per frame with the regions it found; [`regions`]: boxes, connected areas and NMS.
 //! - [`runner`]: a model runner on dedicated threads behind a bounded queue, with batching.
 //! - [`mqtt`]: MQTT connection settings common to both tiers.
 //! - [`service`]: the binaries' shared skeleton (exit codes, `--check`, signals, the admin endpoint, readiness,
@@ -22,6 +24,7 @@
 pub mod action;
 pub mod admin;
 pub mod config;
+pub mod decode;
 pub mod manifest;
 pub mod metrics;
 pub mod mqtt;
@@ -29,6 +32,7 @@ pub mod onnx;
 pub mod preprocess;
 pub mod rawframe;
 pub mod redact;
+pub mod regions;
 pub mod runner;
 pub mod service;
 pub mod serving;

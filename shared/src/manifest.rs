@@ -27,6 +27,7 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -93,6 +94,55 @@ pub enum Layout {
     Nhwc,
 }
 
+/// How a frame (or tile) is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Scale each axis independently to the input size (aspect ratio not kept).
+    #[default]
+    Stretch,
+    /// Scale to fit inside the input keeping the aspect ratio, centre it, pad the rest with `pad_value`.
+    Letterbox,
+    /// Scale to cover the input keeping the aspect ratio, and cut the centre out.
+    CenterCrop,
+}
+
+/// Channel order of a 3-channel input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue (most exporters).
+    #[default]
+    Rgb,
+    /// Blue, green, red (models trained on OpenCV-loaded images).
+    Bgr,
+}
+
+/// Element type of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// 16-bit float (half-precision exports).
+    F16,
+    /// 8-bit unsigned pixels; the model normalizes itself (needs `range = "0-255"`, mean 0, std 1).
+    U8,
+}
+
+/// The scale pixels are brought to before `(x - mean) / std`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ValueRange {
+    /// `pixel / 255`.
+    #[default]
+    #[serde(rename = "0-1")]
+    Unit,
+    /// The pixel value as is.
+    #[serde(rename = "0-255")]
+    Byte,
+}
+
 /// What the model input looks like.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,16 +151,55 @@ pub struct InputSpec {
     pub name: String,
     /// Tensor layout.
     pub layout: Layout,
-    /// 1 (grey) or 3 (RGB).
+    /// 1 (grey) or 3 (colour).
     pub channels: u32,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
-    /// Per-channel mean, applied after scaling pixels to [0, 1].
+    /// Per-channel mean, applied after scaling pixels to `range`.
     pub mean: Vec<f32>,
     /// Per-channel standard deviation.
     pub std: Vec<f32>,
+    /// How the frame is fitted to `width` × `height`.
+    #[serde(default)]
+    pub resize: Resize,
+    /// Grey level of the letterbox padding (0–255).
+    #[serde(default)]
+    pub pad_value: u8,
+    /// Channel order of a 3-channel input.
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+    /// Element type of the input tensor.
+    #[serde(default, rename = "type")]
+    pub dtype: InputType,
+    /// Pixel scale before normalization.
+    #[serde(default)]
+    pub range: ValueRange,
+    /// Fixed batch size the model was exported with, or 0 when its batch dimension is dynamic.
+    #[serde(default)]
+    pub batch: u32,
+}
+
+impl InputSpec {
+    /// A plain input spec (stretch, RGB order, f32, pixel / 255, dynamic batch); tests and tools start here.
+    pub fn plain(name: &str, layout: Layout, channels: u32, width: u32, height: u32) -> Self {
+        Self {
+            name: name.into(),
+            layout,
+            channels,
+            width,
+            height,
+            mean: vec![0.0; channels as usize],
+            std: vec![1.0; channels as usize],
+            resize: Resize::Stretch,
+            pad_value: 0,
+            channel_order: ChannelOrder::Rgb,
+            dtype: InputType::F32,
+            range: ValueRange::Unit,
+            batch: 0,
+        }
+    }
 }
 
 /// How to read the model output.
@@ -121,22 +210,135 @@ pub enum OutputKind {
     Sigmoid,
     /// One probability per class.
     Softmax,
+    /// An anomaly model trained on good parts (PatchCore, PaDiM, EfficientAD...): an image score and/or an
+    /// anomaly map.
+    Anomaly,
+    /// An object detector (YOLO-family layouts): boxes with class scores.
+    Detection,
+    /// A segmenter: a class per pixel.
+    Segmentation,
+}
+
+/// Tensor layout of a detector's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectionLayout {
+    /// `[N, 4 + C, boxes]`: centre x, centre y, width, height, then one score per class (YOLOv8 and later).
+    Yolov8,
+    /// `[N, boxes, 5 + C]`: centre x, centre y, width, height, objectness, then class scores (YOLOv5, v7).
+    Yolov5,
+    /// `[N, K, 6]`: x1, y1, x2, y2, score, class index, already suppressed (end-to-end exports).
+    Nms,
+}
+
+/// The normalization an anomaly exporter applied to its raw scores (anomalib's min-max normalization):
+/// `((raw - threshold) / (max - min)) + 0.5`, clipped to [0, 1], so the decision threshold becomes 0.5.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyNormalization {
+    /// Smallest raw score seen in calibration.
+    pub min: f32,
+    /// Largest raw score seen in calibration.
+    pub max: f32,
+    /// Raw image-score threshold.
+    pub image_threshold: f32,
+    /// Raw per-pixel threshold for the map (defaults to `image_threshold`).
+    #[serde(default)]
+    pub pixel_threshold: Option<f32>,
+}
+
+impl AnomalyNormalization {
+    /// Normalizes a raw value around `threshold`.
+    pub fn apply(&self, raw: f32, threshold: f32) -> f32 {
+        let span = (self.max - self.min).max(f32::EPSILON);
+        (((raw - threshold) / span) + 0.5).clamp(0.0, 1.0)
+    }
 }
 
 /// What the model output means.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// Output tensor name.
+    /// Output tensor name: the probabilities (sigmoid, softmax), the boxes (detection), the class map
+    /// (segmentation) or the image score (anomaly; optional there when `map` is given).
+    #[serde(default)]
     pub name: String,
-    /// Sigmoid score or softmax classes.
+    /// How to read the output.
     pub kind: OutputKind,
-    /// Class names in output order (for sigmoid: the good and the defect label).
+    /// Anomaly map output name (`[N,1,H,W]` or `[N,H,W]`), anomaly models only.
+    #[serde(default)]
+    pub map: Option<String>,
+    /// Class names in output order. Sigmoid: the good and the defect label. Anomaly and detection: the defect
+    /// classes only (the good label is `good`). Segmentation: every class, background included.
     pub classes: Vec<String>,
-    /// Index of the good class in `classes`.
-    pub good_class: usize,
-    /// Defect score at or above which a frame counts as defective.
+    /// Index of the good (background) class in `classes`: sigmoid, softmax and segmentation only.
+    #[serde(default)]
+    pub good_class: Option<usize>,
+    /// Defect score at or above which a frame counts as defective (detection: box confidence; anomaly: the
+    /// normalized score; segmentation: per-pixel class probability).
     pub threshold: f32,
+    /// Per-class thresholds that override `threshold` for the named defect classes.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f32>,
+    /// Anomaly models: the exporter's normalization. Without it, raw scores must already lie in [0, 1].
+    #[serde(default)]
+    pub normalization: Option<AnomalyNormalization>,
+    /// Detection models: the output layout.
+    #[serde(default)]
+    pub layout: Option<DetectionLayout>,
+    /// Detection models: IoU above which a weaker box of the same class is suppressed.
+    #[serde(default = "default_iou")]
+    pub iou: f32,
+    /// Segmentation and anomaly maps: the fewest pixels (of the output map) a defect region needs.
+    #[serde(default = "default_min_area")]
+    pub min_area: u32,
+    /// Most regions reported per frame (the strongest are kept).
+    #[serde(default = "default_max_regions")]
+    pub max_regions: usize,
+}
+
+fn default_iou() -> f32 {
+    0.45
+}
+
+fn default_min_area() -> u32 {
+    1
+}
+
+fn default_max_regions() -> usize {
+    32
+}
+
+impl OutputSpec {
+    /// The threshold that applies to `class`.
+    pub fn threshold_for(&self, class: &str) -> f32 {
+        self.thresholds
+            .get(class)
+            .copied()
+            .unwrap_or(self.threshold)
+    }
+
+    /// The label of a good frame.
+    pub fn good_label(&self) -> &str {
+        match self.good_class {
+            Some(i) => &self.classes[i],
+            None => "good",
+        }
+    }
+}
+
+/// A grid of tiles cut from each frame; all tiles of a frame run in one batch and the frame's score is the
+/// worst tile's. Tiles keep thin defects at (or near) native resolution instead of squeezing the whole frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TilingSpec {
+    /// Tiles across.
+    pub cols: u32,
+    /// Tiles down.
+    pub rows: u32,
+    /// Pixels of the frame that neighbouring tiles share, at least (so a defect on a seam is whole in one).
+    #[serde(default)]
+    pub overlap: u32,
 }
 
 /// A known sample the model must classify correctly.
@@ -147,16 +349,36 @@ pub struct GoldenSample {
     pub file: PathBuf,
     /// `good`, `defect`, or a class name.
     pub expect: String,
+    /// Where the defect must be found, `[x, y, width, height]` in frame pixels: some reported region must
+    /// overlap it by at least `iou` (and be of the expected class, when `expect` names one).
+    #[serde(default)]
+    pub region: Option<[f32; 4]>,
+    /// Least intersection-over-union with `region`.
+    #[serde(default = "default_golden_iou")]
+    pub iou: f32,
+}
+
+fn default_golden_iou() -> f32 {
+    0.5
 }
 
 impl GoldenSample {
     /// Whether `score` is the answer this sample expects.
     pub fn matches(&self, score: &crate::runner::Score) -> bool {
-        match self.expect.as_str() {
+        let label_ok = match self.expect.as_str() {
             "good" => !score.defective,
             "defect" => score.defective,
             class => score.label == class,
-        }
+        };
+        let region_ok = self.region.is_none_or(|[x, y, w, h]| {
+            let want = crate::regions::Region::new(x, y, w, h, "", 0.0);
+            score.regions.iter().any(|r| {
+                let class_ok =
+                    matches!(self.expect.as_str(), "good" | "defect") || r.class == self.expect;
+                class_ok && r.iou(&want) >= self.iou
+            })
+        });
+        label_ok && region_ok
     }
 }
 
@@ -179,6 +401,9 @@ pub struct Manifest {
     pub input: InputSpec,
     /// Output spec.
     pub output: OutputSpec,
+    /// Optional tiling of each frame.
+    #[serde(default)]
+    pub tiling: Option<TilingSpec>,
     /// Golden samples.
     #[serde(default)]
     pub golden: Vec<GoldenSample>,
@@ -221,6 +446,39 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
+        self.validate_input()?;
+        self.validate_output()?;
+        if let Some(t) = &self.tiling
+            && (t.cols == 0 || t.rows == 0 || t.cols * t.rows > 256)
+        {
+            return Err(self.field(
+                "tiling",
+                format!("is {}x{} tiles; use 1 to 256 tiles in all", t.cols, t.rows),
+            ));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.field("sha256", "must be 64 hex digits"));
+        }
+        let o = &self.output;
+        for g in &self.golden {
+            let known = g.expect == "good" || g.expect == "defect" || o.classes.contains(&g.expect);
+            if !known {
+                return Err(self.field(
+                    "golden.expect",
+                    format!("{:?} is neither good, defect nor a class name", g.expect),
+                ));
+            }
+            if g.region.is_some() && g.expect == "good" {
+                return Err(self.field(
+                    "golden.region",
+                    "is set on a sample expected to be good; a region says where a defect is",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_input(&self) -> Result<(), ManifestError> {
         let i = &self.input;
         if !matches!(i.channels, 1 | 3) {
             return Err(self.field(
@@ -237,9 +495,28 @@ impl Manifest {
         if i.std.len() != i.channels as usize || i.std.iter().any(|s| *s <= 0.0) {
             return Err(self.field("input.std", format!("needs {} positive values", i.channels)));
         }
+        let identity = i.mean.iter().all(|m| *m == 0.0) && i.std.iter().all(|s| *s == 1.0);
+        if i.dtype == InputType::U8 && (i.range != ValueRange::Byte || !identity) {
+            return Err(self.field(
+                "input.type",
+                "is \"u8\": the model takes raw pixels, so set range = \"0-255\", mean 0 and std 1",
+            ));
+        }
+        if i.batch > 1024 {
+            return Err(self.field("input.batch", "must be 0 (dynamic) or at most 1024"));
+        }
+        Ok(())
+    }
+
+    fn validate_output(&self) -> Result<(), ManifestError> {
         let o = &self.output;
-        if o.classes.len() < 2 {
-            return Err(self.field("output.classes", "needs at least two classes"));
+        let needs_good = matches!(
+            o.kind,
+            OutputKind::Sigmoid | OutputKind::Softmax | OutputKind::Segmentation
+        );
+        let least = if needs_good { 2 } else { 1 };
+        if o.classes.len() < least {
+            return Err(self.field("output.classes", format!("needs at least {least} classes")));
         }
         if o.kind == OutputKind::Sigmoid && o.classes.len() != 2 {
             return Err(self.field(
@@ -247,30 +524,78 @@ impl Manifest {
                 "a sigmoid model has exactly two classes (good, defect)",
             ));
         }
-        if o.good_class >= o.classes.len() {
+        match (needs_good, o.good_class) {
+            (true, None) => {
+                return Err(self.field(
+                    "output.good_class",
+                    "is missing: say which class is the good (background) one",
+                ));
+            }
+            (true, Some(g)) if g >= o.classes.len() => {
+                return Err(self.field(
+                    "output.good_class",
+                    format!("is {g}, but there are {} classes", o.classes.len()),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(self.field(
+                    "output.good_class",
+                    "is set, but anomaly and detection models list defect classes only",
+                ));
+            }
+            _ => {}
+        }
+        if o.kind != OutputKind::Anomaly && o.name.is_empty() {
+            return Err(self.field("output.name", "is missing"));
+        }
+        if o.kind == OutputKind::Anomaly && o.name.is_empty() && o.map.is_none() {
             return Err(self.field(
-                "output.good_class",
-                format!(
-                    "is {}, but there are {} classes",
-                    o.good_class,
-                    o.classes.len()
-                ),
+                "output.name/map",
+                "an anomaly model needs a score output (`name`), a map output (`map`), or both",
+            ));
+        }
+        if o.kind != OutputKind::Anomaly && o.map.is_some() {
+            return Err(self.field("output.map", "is for anomaly models only"));
+        }
+        if o.kind != OutputKind::Anomaly && o.normalization.is_some() {
+            return Err(self.field("output.normalization", "is for anomaly models only"));
+        }
+        if (o.kind == OutputKind::Detection) != o.layout.is_some() {
+            return Err(self.field(
+                "output.layout",
+                "is required for detection models (\"yolov8\", \"yolov5\" or \"nms\") and for them only",
+            ));
+        }
+        if let Some(n) = &o.normalization
+            && n.max.partial_cmp(&n.min) != Some(std::cmp::Ordering::Greater)
+        {
+            return Err(self.field(
+                "output.normalization",
+                format!("max ({}) must be above min ({})", n.max, n.min),
             ));
         }
         if !(0.0..=1.0).contains(&o.threshold) {
             return Err(self.field("output.threshold", "must be within [0, 1]"));
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(self.field("sha256", "must be 64 hex digits"));
-        }
-        for g in &self.golden {
-            let known = g.expect == "good" || g.expect == "defect" || o.classes.contains(&g.expect);
-            if !known {
+        for (class, t) in &o.thresholds {
+            if !o.classes.contains(class) || o.good_class.is_some_and(|g| &o.classes[g] == class) {
                 return Err(self.field(
-                    "golden.expect",
-                    format!("{:?} is neither good, defect nor a class name", g.expect),
+                    "output.thresholds",
+                    format!("names {class:?}, which is not a defect class of this model"),
                 ));
             }
+            if !(0.0..=1.0).contains(t) {
+                return Err(self.field(
+                    "output.thresholds",
+                    format!("{class} = {t} is outside [0, 1]"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&o.iou) {
+            return Err(self.field("output.iou", "must be within [0, 1]"));
+        }
+        if o.max_regions == 0 || o.max_regions > 1024 {
+            return Err(self.field("output.max_regions", "must be between 1 and 1024"));
         }
         Ok(())
     }
@@ -301,7 +626,7 @@ impl Manifest {
 
     /// The label of the good class.
     pub fn good_label(&self) -> &str {
-        &self.output.classes[self.output.good_class]
+        self.output.good_label()
     }
 }
 

@@ -1,8 +1,13 @@
 //! Turning encoded camera images into model input tensors, exactly as the manifest asks:
-//! decode (JPEG/PNG) → grey or RGB → antialiased bilinear resize to the model size (`fast_image_resize`, about
-//! 20× faster than `image::imageops` on 1080p frames) → `pixel / 255` → `(x - mean) / std` → NCHW or NHWC.
+//! decode (JPEG/PNG, or pixels a camera decoded) → grey or RGB/BGR → cut into tiles when the manifest tiles →
+//! fit each to the model size (stretch, letterbox or centre-crop; antialiased bilinear with
+//! `fast_image_resize`, about 20× faster than `image::imageops` on 1080p frames; an image already at the model
+//! size is copied, not resampled) → `pixel / 255` or `pixel` → `(x - mean) / std` → NCHW or NHWC.
+//!
+//! Every row written comes with its [`Geometry`], which maps model-input coordinates back to frame pixels, so
+//! boxes and regions are reported where they are on the frame.
 
-use crate::manifest::{InputSpec, Layout};
+use crate::manifest::{ChannelOrder, InputSpec, Layout, Resize, TilingSpec, ValueRange};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use thiserror::Error;
 
@@ -30,30 +35,106 @@ pub enum PreprocessError {
     Resize(String),
 }
 
+/// How one row of the input tensor maps back to the frame: `frame = (model - pad) / scale + origin`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geometry {
+    /// Model pixels per frame pixel, across.
+    pub scale_x: f32,
+    /// Model pixels per frame pixel, down.
+    pub scale_y: f32,
+    /// Letterbox padding on the left, model pixels.
+    pub pad_x: f32,
+    /// Letterbox padding on the top, model pixels.
+    pub pad_y: f32,
+    /// Frame x of the row's first source pixel (tile or crop origin).
+    pub origin_x: f32,
+    /// Frame y of the row's first source pixel.
+    pub origin_y: f32,
+    /// The part of the frame this row covers: `[x, y, width, height]` in frame pixels.
+    pub source: [f32; 4],
+}
+
+impl Geometry {
+    /// Frame coordinates of a model-input point.
+    pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
+        (
+            (x - self.pad_x) / self.scale_x + self.origin_x,
+            (y - self.pad_y) / self.scale_y + self.origin_y,
+        )
+    }
+}
+
 /// Reusable preprocessing state for one model input spec.
 pub struct Preprocessor {
     spec: InputSpec,
+    tiling: Option<TilingSpec>,
     resizer: Resizer,
-    options: ResizeOptions,
 }
 
 impl Preprocessor {
-    /// A preprocessor for `spec`.
+    /// A preprocessor for `spec`, one row per image.
     pub fn new(spec: InputSpec) -> Self {
+        Self::with_tiling(spec, None)
+    }
+
+    /// A preprocessor that cuts each image into `tiling`'s grid (one row per tile).
+    pub fn with_tiling(spec: InputSpec, tiling: Option<TilingSpec>) -> Self {
         Self {
             spec,
+            tiling,
             resizer: Resizer::new(),
-            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
         }
     }
 
-    /// Number of f32 values one image occupies in the input tensor.
+    /// Number of values one row (image or tile) occupies in the input tensor.
     pub fn tensor_len(&self) -> usize {
         (self.spec.channels * self.spec.width * self.spec.height) as usize
     }
 
-    /// Decodes `encoded` and writes its normalized tensor into `out` (length [`Self::tensor_len`]).
-    pub fn run(&mut self, encoded: &[u8], out: &mut [f32]) -> Result<(), PreprocessError> {
+    /// Rows each image becomes.
+    pub fn rows_per_image(&self) -> usize {
+        self.tiling.map_or(1, |t| (t.cols * t.rows) as usize)
+    }
+
+    /// Decodes `encoded` and writes its normalized tensor into `out` (length [`Self::tensor_len`]), fitting
+    /// the whole image (tiling ignored).
+    pub fn run(&mut self, encoded: &[u8], out: &mut [f32]) -> Result<Geometry, PreprocessError> {
+        let (w, h, pixels) = self.decode(encoded)?;
+        let full = [0, 0, w, h];
+        self.fit(&pixels, w, h, full, out)
+    }
+
+    /// Decodes `encoded` and appends one normalized row per tile (one in all without tiling) to `out`,
+    /// returning each row's geometry. On error nothing is appended.
+    pub fn run_rows(
+        &mut self,
+        encoded: &[u8],
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<Geometry>, PreprocessError> {
+        let (w, h, pixels) = self.decode(encoded)?;
+        let rects = match self.tiling {
+            Some(t) => tiles(w, h, t),
+            None => vec![[0, 0, w, h]],
+        };
+        let per = self.tensor_len();
+        let start = out.len();
+        let mut geometries = Vec::with_capacity(rects.len());
+        for rect in rects {
+            let at = out.len();
+            out.resize(at + per, 0.0);
+            match self.fit(&pixels, w, h, rect, &mut out[at..]) {
+                Ok(g) => geometries.push(g),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(geometries)
+    }
+
+    /// Decodes to interleaved 8-bit pixels in the model's channel count and order.
+    fn decode(&self, encoded: &[u8]) -> Result<(u32, u32, Vec<u8>), PreprocessError> {
         let decoded = match crate::rawframe::parse(encoded) {
             // Pixels a camera decoded already (H.264): no second decode.
             Some((w, h, _, rgb)) => image::RgbImage::from_raw(w, h, rgb.to_vec())
@@ -77,21 +158,149 @@ impl Preprocessor {
                 height: h,
             });
         }
-        let channels = self.spec.channels as usize;
-        let (pixels, pixel_type) = if channels == 1 {
-            (decoded.into_luma8().into_raw(), PixelType::U8)
+        let pixels = if self.spec.channels == 1 {
+            decoded.into_luma8().into_raw()
         } else {
-            (decoded.into_rgb8().into_raw(), PixelType::U8x3)
+            let mut rgb = decoded.into_rgb8().into_raw();
+            if self.spec.channel_order == ChannelOrder::Bgr {
+                for px in rgb.chunks_exact_mut(3) {
+                    px.swap(0, 2);
+                }
+            }
+            rgb
         };
-        let src = Image::from_vec_u8(w, h, pixels, pixel_type)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        let mut dst = Image::new(self.spec.width, self.spec.height, pixel_type);
-        self.resizer
-            .resize(&src, &mut dst, &self.options)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        normalize(&self.spec, dst.buffer(), out);
-        Ok(())
+        Ok((w, h, pixels))
     }
+
+    /// Fits the `rect` part of a `w` × `h` image to the model size as the spec asks and normalizes it into
+    /// `out`.
+    fn fit(
+        &mut self,
+        pixels: &[u8],
+        w: u32,
+        h: u32,
+        rect: [u32; 4],
+        out: &mut [f32],
+    ) -> Result<Geometry, PreprocessError> {
+        let (mw, mh) = (self.spec.width, self.spec.height);
+        let channels = self.spec.channels as usize;
+        let pixel_type = if channels == 1 {
+            PixelType::U8
+        } else {
+            PixelType::U8x3
+        };
+        let [rx, ry, rw, rh] = rect.map(|v| v as f32);
+        let source = [rx, ry, rw, rh];
+        // Whole image already at the model size: copy, do not resample.
+        if rect == [0, 0, mw, mh] && w == mw && h == mh {
+            normalize(&self.spec, pixels, out);
+            return Ok(Geometry {
+                scale_x: 1.0,
+                scale_y: 1.0,
+                pad_x: 0.0,
+                pad_y: 0.0,
+                origin_x: 0.0,
+                origin_y: 0.0,
+                source,
+            });
+        }
+        let src = Image::from_vec_u8(w, h, pixels.to_vec(), pixel_type)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let options = |cx: f32, cy: f32, cw: f32, ch: f32| {
+            ResizeOptions::new()
+                .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+                .crop(f64::from(cx), f64::from(cy), f64::from(cw), f64::from(ch))
+        };
+        let resize_err = |e: fast_image_resize::ResizeError| PreprocessError::Resize(e.to_string());
+        let (fw, fh) = (mw as f32, mh as f32);
+        let geometry = match self.spec.resize {
+            Resize::Stretch => {
+                let mut dst = Image::new(mw, mh, pixel_type);
+                self.resizer
+                    .resize(&src, &mut dst, &options(rx, ry, rw, rh))
+                    .map_err(resize_err)?;
+                normalize(&self.spec, dst.buffer(), out);
+                Geometry {
+                    scale_x: fw / rw,
+                    scale_y: fh / rh,
+                    pad_x: 0.0,
+                    pad_y: 0.0,
+                    origin_x: rx,
+                    origin_y: ry,
+                    source,
+                }
+            }
+            Resize::CenterCrop => {
+                let s = (fw / rw).max(fh / rh);
+                let (cw, ch) = (fw / s, fh / s);
+                let (cx, cy) = (rx + (rw - cw) / 2.0, ry + (rh - ch) / 2.0);
+                let mut dst = Image::new(mw, mh, pixel_type);
+                self.resizer
+                    .resize(&src, &mut dst, &options(cx, cy, cw, ch))
+                    .map_err(resize_err)?;
+                normalize(&self.spec, dst.buffer(), out);
+                Geometry {
+                    scale_x: s,
+                    scale_y: s,
+                    pad_x: 0.0,
+                    pad_y: 0.0,
+                    origin_x: cx,
+                    origin_y: cy,
+                    source: [cx, cy, cw, ch],
+                }
+            }
+            Resize::Letterbox => {
+                let s = (fw / rw).min(fh / rh);
+                let nw = ((rw * s).round() as u32).clamp(1, mw);
+                let nh = ((rh * s).round() as u32).clamp(1, mh);
+                let mut inner = Image::new(nw, nh, pixel_type);
+                self.resizer
+                    .resize(&src, &mut inner, &options(rx, ry, rw, rh))
+                    .map_err(resize_err)?;
+                let (px, py) = ((mw - nw) / 2, (mh - nh) / 2);
+                let mut canvas = vec![self.spec.pad_value; (mw * mh) as usize * channels];
+                let row = nw as usize * channels;
+                for (y, line) in inner.buffer().chunks_exact(row).enumerate() {
+                    let at = ((py as usize + y) * mw as usize + px as usize) * channels;
+                    canvas[at..at + row].copy_from_slice(line);
+                }
+                normalize(&self.spec, &canvas, out);
+                Geometry {
+                    scale_x: nw as f32 / rw,
+                    scale_y: nh as f32 / rh,
+                    pad_x: px as f32,
+                    pad_y: py as f32,
+                    origin_x: rx,
+                    origin_y: ry,
+                    source,
+                }
+            }
+        };
+        Ok(geometry)
+    }
+}
+
+/// The tile rectangles `[x, y, width, height]` of a `w` × `h` frame: `cols` × `rows` tiles of equal size,
+/// evenly spaced from edge to edge, neighbours sharing at least `overlap` pixels.
+pub fn tiles(w: u32, h: u32, t: TilingSpec) -> Vec<[u32; 4]> {
+    let axis = |len: u32, n: u32| -> Vec<(u32, u32)> {
+        let size = (len + (n - 1) * t.overlap).div_ceil(n).clamp(1, len);
+        (0..n)
+            .map(|i| {
+                let start = if n == 1 {
+                    0
+                } else {
+                    (u64::from(i) * u64::from(len - size) / u64::from(n - 1)) as u32
+                };
+                (start, size)
+            })
+            .collect()
+    };
+    let xs = axis(w, t.cols);
+    let ys = axis(h, t.rows);
+    ys.iter()
+        .flat_map(|&(y, th)| xs.iter().map(move |&(x, tw)| [x, y, tw, th]))
+        .collect()
 }
 
 /// Refuses a JPEG without its end-of-image marker: the decoder would otherwise fill the missing part
@@ -110,11 +319,15 @@ fn check_complete(encoded: &[u8]) -> Result<(), PreprocessError> {
     Ok(())
 }
 
-/// Writes interleaved 8-bit pixels into `out` as normalized floats in the spec's layout.
+/// Writes interleaved 8-bit pixels into `out` as normalized values in the spec's layout.
 fn normalize(spec: &InputSpec, pixels: &[u8], out: &mut [f32]) {
     let channels = spec.channels as usize;
     let plane = (spec.width * spec.height) as usize;
-    let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+    let unit = match spec.range {
+        ValueRange::Unit => 1.0 / 255.0,
+        ValueRange::Byte => 1.0,
+    };
+    let scale: Vec<f32> = spec.std.iter().map(|s| unit / s).collect();
     let offset: Vec<f32> = spec
         .mean
         .iter()
@@ -140,13 +353,9 @@ mod tests {
 
     fn spec(channels: u32, layout: Layout) -> InputSpec {
         InputSpec {
-            name: "image".into(),
-            layout,
-            channels,
-            width: 4,
-            height: 2,
             mean: vec![0.5; channels as usize],
             std: vec![0.25; channels as usize],
+            ..InputSpec::plain("image", layout, channels, 4, 2)
         }
     }
 

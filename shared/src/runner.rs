@@ -11,12 +11,14 @@
 //! spinning threads hurt tail latency more than they help throughput. Callers get backpressure from the
 //! bounded queue: `score` waits for room.
 
-use crate::manifest::{Manifest, ManifestError, OutputKind};
+use crate::decode::{self, Tensor};
+use crate::manifest::{InputType, Layout, Manifest, ManifestError};
 use crate::onnx::{self, OnnxError};
-use crate::preprocess::{PreprocessError, Preprocessor};
+use crate::preprocess::{Geometry, PreprocessError, Preprocessor};
 use bytes::Bytes;
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::session::SessionOutputs;
+use ort::value::{TensorElementType, TensorRef, ValueType};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +84,10 @@ pub enum RunnerError {
         /// Names the model has.
         found: Vec<String>,
     },
+    /// A tensor's shape or element type differs from what the manifest describes (the message names the
+    /// tensor, the model's shape and the manifest's).
+    #[error("{0}")]
+    Shape(String),
     /// A golden sample was misclassified or could not be scored.
     #[error(
         "model {model} {version} fails golden sample {sample}: {problem}; the model file does not behave as its manifest promises"
@@ -115,18 +121,7 @@ pub enum InferError {
     Stopped,
 }
 
-/// The model's judgement of one image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Score {
-    /// Probability that the image shows a defect, in [0, 1].
-    pub defect_score: f32,
-    /// `defect_score >= threshold`.
-    pub defective: bool,
-    /// The good class when not defective, otherwise the most likely defect class.
-    pub label: String,
-    /// Probability per class, in manifest order.
-    pub class_scores: Vec<(String, f32)>,
-}
+pub use crate::decode::{Score, interpret};
 
 struct Job {
     image: Bytes,
@@ -288,38 +283,182 @@ fn build_session(
         .map_err(|e| session_err(e.to_string()))?
         .commit_from_memory(model)
         .map_err(|e| session_err(e.to_string()))?;
-    let check = |what: &'static str, name: &str, names: Vec<String>| {
-        if names.iter().any(|n| n == name) {
-            Ok(())
-        } else {
-            Err(RunnerError::Signature {
-                path: manifest.model_path().display().to_string(),
-                manifest: manifest.path.display().to_string(),
-                what,
-                name: name.to_string(),
-                found: names,
-            })
-        }
+    check_signature(&session, manifest)?;
+    Ok(session)
+}
+
+/// Checks that the model has the tensors the manifest names, with compatible shapes and types; the error
+/// names the tensor and both descriptions.
+fn check_signature(session: &Session, manifest: &Manifest) -> Result<(), RunnerError> {
+    use crate::manifest::{DetectionLayout, OutputKind};
+    let path = manifest.model_path().display().to_string();
+    let manifest_path = manifest.path.display().to_string();
+    let missing = |what: &'static str, name: &str, found: Vec<String>| RunnerError::Signature {
+        path: path.clone(),
+        manifest: manifest_path.clone(),
+        what,
+        name: name.to_string(),
+        found,
     };
-    check(
-        "input",
-        &manifest.input.name,
-        session
-            .inputs()
+    let mismatch = |what: &'static str, name: &str, model: String, expected: String| {
+        RunnerError::Shape(format!(
+            "model {path}: {what} {name:?} is {model} in the model, but the manifest {manifest_path} describes {expected}; fix the manifest (or use the model it was written for)"
+        ))
+    };
+    let describe = |ty: &TensorElementType, shape: &[i64]| {
+        let dims: Vec<String> = shape
             .iter()
-            .map(|o| o.name().to_string())
-            .collect(),
-    )?;
-    check(
-        "output",
-        &manifest.output.name,
-        session
+            .map(|d| {
+                if *d < 0 {
+                    "?".to_string()
+                } else {
+                    d.to_string()
+                }
+            })
+            .collect();
+        format!("[{}] {ty:?}", dims.join(", "))
+    };
+    // A model dimension of -1 is dynamic and fits anything.
+    let fits = |model: &[i64], want: &[Option<i64>]| {
+        model.len() == want.len()
+            && model
+                .iter()
+                .zip(want)
+                .all(|(m, w)| *m < 0 || w.is_none_or(|w| w == *m))
+    };
+    let show = |want: &[Option<i64>], ty: &str| {
+        let dims: Vec<String> = want
+            .iter()
+            .map(|d| d.map_or("N".to_string(), |d| d.to_string()))
+            .collect();
+        format!("[{}] {ty}", dims.join(", "))
+    };
+
+    let i = &manifest.input;
+    let input = session
+        .inputs()
+        .iter()
+        .find(|o| o.name() == i.name)
+        .ok_or_else(|| {
+            missing(
+                "input",
+                &i.name,
+                session
+                    .inputs()
+                    .iter()
+                    .map(|o| o.name().to_string())
+                    .collect(),
+            )
+        })?;
+    let batch = (i.batch > 0).then_some(i64::from(i.batch));
+    let (c, h, w) = (
+        Some(i64::from(i.channels)),
+        Some(i64::from(i.height)),
+        Some(i64::from(i.width)),
+    );
+    let want: Vec<Option<i64>> = match i.layout {
+        Layout::Nchw => vec![batch, c, h, w],
+        Layout::Nhwc => vec![batch, h, w, c],
+    };
+    let (want_ty, want_ty_name) = match i.dtype {
+        InputType::F32 => (TensorElementType::Float32, "Float32"),
+        InputType::F16 => (TensorElementType::Float16, "Float16"),
+        InputType::U8 => (TensorElementType::Uint8, "Uint8"),
+    };
+    match input.dtype() {
+        ValueType::Tensor { ty, shape, .. } => {
+            let batch_ok = i.batch > 0 || shape.first().is_some_and(|d| *d < 0);
+            if *ty != want_ty || !fits(shape, &want) || !batch_ok {
+                let mut expected = show(&want, want_ty_name);
+                if !batch_ok {
+                    expected.push_str(&format!(
+                        " with a dynamic batch (the model's batch is fixed at {}: set input.batch = {0})",
+                        shape.first().copied().unwrap_or(0)
+                    ));
+                }
+                return Err(mismatch("input", &i.name, describe(ty, shape), expected));
+            }
+        }
+        other => {
+            return Err(mismatch(
+                "input",
+                &i.name,
+                format!("{other:?}"),
+                show(&want, want_ty_name),
+            ));
+        }
+    }
+
+    let o = &manifest.output;
+    let c = o.classes.len() as i64;
+    for name in decode::output_names(manifest) {
+        let output = session
             .outputs()
             .iter()
-            .map(|o| o.name().to_string())
-            .collect(),
-    )?;
-    Ok(session)
+            .find(|x| x.name() == name)
+            .ok_or_else(|| {
+                missing(
+                    "output",
+                    &name,
+                    session
+                        .outputs()
+                        .iter()
+                        .map(|x| x.name().to_string())
+                        .collect(),
+                )
+            })?;
+        let ValueType::Tensor { ty, shape, .. } = output.dtype() else {
+            return Err(mismatch(
+                "output",
+                &name,
+                format!("{:?}", output.dtype()),
+                "a tensor".into(),
+            ));
+        };
+        let numeric = matches!(
+            ty,
+            TensorElementType::Float32
+                | TensorElementType::Float16
+                | TensorElementType::Int64
+                | TensorElementType::Int32
+        );
+        let is_map = o.map.as_deref() == Some(name.as_str());
+        // The shapes each kind accepts (a model dimension of -1 fits any).
+        let options: Vec<Vec<Option<i64>>> = match o.kind {
+            OutputKind::Sigmoid => vec![vec![None, Some(1)], vec![None]],
+            OutputKind::Softmax => vec![vec![None, Some(c)]],
+            OutputKind::Anomaly if is_map => {
+                vec![vec![None, Some(1), None, None], vec![None, None, None]]
+            }
+            OutputKind::Anomaly => vec![vec![None, Some(1)], vec![None]],
+            OutputKind::Detection => match o.layout {
+                Some(DetectionLayout::Yolov8) => vec![vec![None, Some(4 + c), None]],
+                Some(DetectionLayout::Yolov5) => vec![vec![None, None, Some(5 + c)]],
+                _ => vec![vec![None, None, Some(6)]],
+            },
+            OutputKind::Segmentation => vec![
+                vec![None, Some(c), None, None],
+                vec![None, Some(1), None, None],
+                vec![None, None, None],
+            ],
+        };
+        if !numeric || !options.iter().any(|want| fits(shape, want)) {
+            let expected: Vec<String> = options.iter().map(|w| show(w, "")).collect();
+            return Err(mismatch(
+                "output",
+                &name,
+                describe(ty, shape),
+                format!("{:?} output {}", o.kind, expected.join(" or ")).replace("  ", " "),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One job's rows in the batch being run.
+struct Pending {
+    job: Job,
+    geometries: Vec<Geometry>,
 }
 
 struct Worker {
@@ -338,7 +477,7 @@ impl Worker {
         config: RunnerConfig,
         faults: Arc<std::sync::Mutex<Vec<Fault>>>,
     ) -> Self {
-        let pre = Preprocessor::new(manifest.input.clone());
+        let pre = Preprocessor::with_tiling(manifest.input.clone(), manifest.tiling);
         Self {
             session,
             manifest,
@@ -350,11 +489,15 @@ impl Worker {
     }
 
     fn serve(&mut self, rx: flume::Receiver<Job>) {
-        let mut batch: Vec<Job> = Vec::with_capacity(self.config.max_batch.get());
+        // A batch counts rows: a tiled frame brings all its tiles, and never shares a batch it would overfill
+        // unless it is the batch's first frame.
+        let per_image = self.pre.rows_per_image();
+        let max_images = (self.config.max_batch.get() / per_image).max(1);
+        let mut batch: Vec<Job> = Vec::with_capacity(max_images);
         while let Ok(first) = rx.recv() {
             batch.push(first);
             let deadline = Instant::now() + self.config.max_wait;
-            while batch.len() < self.config.max_batch.get() {
+            while batch.len() < max_images {
                 let next = if self.config.max_wait.is_zero() {
                     rx.try_recv().ok()
                 } else {
@@ -370,16 +513,12 @@ impl Worker {
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Job>) {
-        let per_image = self.pre.tensor_len();
         self.buffer.clear();
-        let mut ready: Vec<Job> = Vec::with_capacity(batch.len());
+        let mut ready: Vec<Pending> = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
-            let start = self.buffer.len();
-            self.buffer.resize(start + per_image, 0.0);
-            match self.pre.run(&job.image, &mut self.buffer[start..]) {
-                Ok(()) => ready.push(job),
+            match self.pre.run_rows(&job.image, &mut self.buffer) {
+                Ok(geometries) => ready.push(Pending { job, geometries }),
                 Err(e) => {
-                    self.buffer.truncate(start);
                     let _ = job.reply.send(Err(e.into()));
                 }
             }
@@ -387,22 +526,31 @@ impl Worker {
         if ready.is_empty() {
             return;
         }
-        match self.infer(ready.len()) {
+        let geometries: Vec<Vec<Geometry>> = ready.iter().map(|p| p.geometries.clone()).collect();
+        let scored = self
+            .infer(geometries.iter().map(Vec::len).sum())
+            .and_then(|outputs| {
+                decode::decode(&self.manifest, &outputs, &geometries)
+                    .map_err(|e| InferError::Output(e.to_string()))
+            });
+        match scored {
             Ok(scores) => {
-                for (job, score) in ready.into_iter().zip(scores) {
-                    let _ = job.reply.send(Ok(score));
+                for (p, score) in ready.into_iter().zip(scores) {
+                    let _ = p.job.reply.send(Ok(score));
                 }
             }
             Err(e) => {
                 tracing::error!(model = %self.manifest.name, batch = ready.len(), error = %e, "Inference failed.");
-                for job in ready {
-                    let _ = job.reply.send(Err(InferError::Model(e.to_string())));
+                for p in ready {
+                    let _ = p.job.reply.send(Err(InferError::Model(e.to_string())));
                 }
             }
         }
     }
 
-    fn infer(&mut self, n: usize) -> Result<Vec<Score>, InferError> {
+    /// Runs `rows` rows of `self.buffer` (in chunks of the model's fixed batch, when it has one) and returns
+    /// the outputs the manifest reads, `rows` rows each.
+    fn infer(&mut self, rows: usize) -> Result<Vec<Tensor>, InferError> {
         let fault = self.faults.lock().ok().and_then(|mut f| f.pop());
         match fault {
             Some(Fault::Stall(d)) => std::thread::sleep(d),
@@ -411,133 +559,90 @@ impl Worker {
             }
             None => {}
         }
+        let per = self.pre.tensor_len();
+        let chunk = match self.manifest.input.batch {
+            0 => rows,
+            n => n as usize,
+        };
+        let names = decode::output_names(&self.manifest);
+        let mut merged: Vec<Tensor> = Vec::new();
+        let mut done = 0;
+        while done < rows {
+            let real = chunk.min(rows - done);
+            let mut input = self.buffer[done * per..(done + real) * per].to_vec();
+            input.resize(chunk * per, 0.0);
+            let outputs = self.run_session(&input, chunk, &names)?;
+            for (k, mut t) in outputs.into_iter().enumerate() {
+                let row_len = t.values.len() / chunk.max(1);
+                t.values.truncate(real * row_len);
+                match merged.get_mut(k) {
+                    Some(m) => {
+                        m.values.extend_from_slice(&t.values);
+                        m.shape[0] += real as i64;
+                    }
+                    None => {
+                        t.shape[0] = real as i64;
+                        merged.push(t);
+                    }
+                }
+            }
+            done += real;
+        }
+        Ok(merged)
+    }
+
+    fn run_session(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        names: &[String],
+    ) -> Result<Vec<Tensor>, InferError> {
         let i = &self.manifest.input;
         let shape = match i.layout {
-            crate::manifest::Layout::Nchw => {
-                [n, i.channels as usize, i.height as usize, i.width as usize]
-            }
-            crate::manifest::Layout::Nhwc => {
-                [n, i.height as usize, i.width as usize, i.channels as usize]
-            }
+            Layout::Nchw => [n, i.channels as usize, i.height as usize, i.width as usize],
+            Layout::Nhwc => [n, i.height as usize, i.width as usize, i.channels as usize],
         };
-        let tensor = TensorRef::from_array_view((shape, &self.buffer[..]))
-            .map_err(|e| InferError::Model(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![i.name.as_str() => tensor])
-            .map_err(|e| InferError::Model(e.to_string()))?;
-        let out = outputs.get(&self.manifest.output.name).ok_or_else(|| {
-            InferError::Output(format!("no output {:?}", self.manifest.output.name))
-        })?;
-        let (_, values) = out
-            .try_extract_tensor::<f32>()
-            .map_err(|e| InferError::Output(e.to_string()))?;
-        interpret(&self.manifest, values, n)
-    }
-}
-
-/// Turns raw output values for `n` images into scores, following the manifest's output spec.
-pub fn interpret(manifest: &Manifest, values: &[f32], n: usize) -> Result<Vec<Score>, InferError> {
-    let o = &manifest.output;
-    let per_image = match o.kind {
-        OutputKind::Sigmoid => 1,
-        OutputKind::Softmax => o.classes.len(),
-    };
-    if values.len() != n * per_image {
-        return Err(InferError::Output(format!(
-            "expected {per_image} values per image for {n} images, got {} values",
-            values.len()
-        )));
-    }
-    let defect_class = 1 - o.good_class.min(1);
-    values
-        .chunks_exact(per_image)
-        .map(|v| {
-            let probs: Vec<f32> = match o.kind {
-                OutputKind::Sigmoid => {
-                    let p = v[0];
-                    let mut probs = vec![0.0; 2];
-                    probs[o.good_class] = 1.0 - p;
-                    probs[defect_class] = p;
-                    probs
-                }
-                OutputKind::Softmax => v.to_vec(),
-            };
-            if probs.iter().any(|p| !p.is_finite()) {
-                return Err(InferError::Output(format!("non-finite output {probs:?}")));
+        let model_err = |e: ort::Error| InferError::Model(e.to_string());
+        let outputs = match i.dtype {
+            InputType::F32 => {
+                let t = TensorRef::from_array_view((shape, input)).map_err(model_err)?;
+                self.session.run(ort::inputs![i.name.as_str() => t])
             }
-            let defect_score = (1.0 - probs[o.good_class]).clamp(0.0, 1.0);
-            let defective = defect_score >= o.threshold;
-            let label_idx = if defective {
-                (0..probs.len())
-                    .filter(|&c| c != o.good_class)
-                    .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
-                    .unwrap_or(defect_class)
-            } else {
-                o.good_class
-            };
-            Ok(Score {
-                defect_score,
-                defective,
-                label: o.classes[label_idx].clone(),
-                class_scores: o.classes.iter().cloned().zip(probs).collect(),
-            })
-        })
-        .collect()
+            InputType::F16 => {
+                let half: Vec<half::f16> = input.iter().map(|v| half::f16::from_f32(*v)).collect();
+                let t = TensorRef::from_array_view((shape, &half[..])).map_err(model_err)?;
+                self.session.run(ort::inputs![i.name.as_str() => t])
+            }
+            InputType::U8 => {
+                let bytes: Vec<u8> = input
+                    .iter()
+                    .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                    .collect();
+                let t = TensorRef::from_array_view((shape, &bytes[..])).map_err(model_err)?;
+                self.session.run(ort::inputs![i.name.as_str() => t])
+            }
+        }
+        .map_err(model_err)?;
+        names.iter().map(|name| extract(&outputs, name)).collect()
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn manifest(kind: &str, classes: &str, good: usize, threshold: f32) -> Manifest {
-        let text = format!(
-            r#"name = "m"
-version = "1"
-file = "m.onnx"
-sha256 = "{}"
-[input]
-name = "image"
-layout = "nchw"
-channels = 1
-width = 8
-height = 8
-mean = [0.5]
-std = [0.25]
-[output]
-name = "out"
-kind = "{kind}"
-classes = {classes}
-good_class = {good}
-threshold = {threshold}
-"#,
-            "0".repeat(64)
-        );
-        Manifest::parse(&text, Path::new("m.toml")).unwrap()
-    }
-
-    #[test]
-    fn sigmoid_scores_map_to_labels() {
-        let m = manifest("sigmoid", r#"["good", "defect"]"#, 0, 0.5);
-        let s = interpret(&m, &[0.1, 0.9], 2).unwrap();
-        assert_eq!((s[0].label.as_str(), s[0].defective), ("good", false));
-        assert_eq!((s[1].label.as_str(), s[1].defective), ("defect", true));
-        assert!((s[1].defect_score - 0.9).abs() < 1e-6);
-    }
-
-    #[test]
-    fn softmax_label_is_the_best_defect_class_when_defective() {
-        let m = manifest("softmax", r#"["good", "spot", "scratch"]"#, 0, 0.3);
-        // good wins the argmax, but the defect mass (0.45) is over the threshold.
-        let s = interpret(&m, &[0.55, 0.15, 0.30], 1).unwrap();
-        assert!(s[0].defective);
-        assert_eq!(s[0].label, "scratch");
-    }
-
-    #[test]
-    fn wrong_output_size_is_an_error() {
-        let m = manifest("softmax", r#"["good", "spot", "scratch"]"#, 0, 0.5);
-        assert!(interpret(&m, &[0.5, 0.5], 1).is_err());
-    }
+/// One named output as floats, whatever its numeric type.
+fn extract(outputs: &SessionOutputs<'_>, name: &str) -> Result<Tensor, InferError> {
+    let out = outputs
+        .get(name)
+        .ok_or_else(|| InferError::Output(format!("no output {name:?}")))?;
+    let err = |e: ort::Error| InferError::Output(format!("output {name:?}: {e}"));
+    let (shape, values): (Vec<i64>, Vec<f32>) = if let Ok((s, v)) = out.try_extract_tensor::<f32>()
+    {
+        (s.to_vec(), v.to_vec())
+    } else if let Ok((s, v)) = out.try_extract_tensor::<half::f16>() {
+        (s.to_vec(), v.iter().map(|x| x.to_f32()).collect())
+    } else if let Ok((s, v)) = out.try_extract_tensor::<i64>() {
+        (s.to_vec(), v.iter().map(|x| *x as f32).collect())
+    } else {
+        let (s, v) = out.try_extract_tensor::<i32>().map_err(err)?;
+        (s.to_vec(), v.iter().map(|x| *x as f32).collect())
+    };
+    Ok(Tensor { shape, values })
 }
