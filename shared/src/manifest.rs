@@ -449,11 +449,11 @@ impl Manifest {
         self.validate_input()?;
         self.validate_output()?;
         if let Some(t) = &self.tiling
-            && (t.cols == 0 || t.rows == 0 || t.cols * t.rows > 256)
+            && (t.cols == 0 || t.rows == 0 || u64::from(t.cols) * u64::from(t.rows) > 1024)
         {
             return Err(self.field(
                 "tiling",
-                format!("is {}x{} tiles; use 1 to 256 tiles in all", t.cols, t.rows),
+                format!("is {}x{} tiles; use 1 to 1024 tiles in all", t.cols, t.rows),
             ));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -409,4 +409,102 @@ mod tests {
         let err = p.run(b"definitely not an image", &mut out).unwrap_err();
         assert!(err.to_string().contains("cannot be decoded"));
     }
+
+    fn rgb_png(width: u32, height: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb(f(x, y)));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn unit(channels: u32, width: u32, height: u32) -> InputSpec {
+        InputSpec::plain("image", Layout::Nchw, channels, width, height)
+    }
+
+    #[test]
+    fn an_image_at_the_model_size_is_copied_exactly() {
+        let mut p = Preprocessor::new(unit(3, 5, 3));
+        let png = rgb_png(5, 3, |x, y| [(x * 40) as u8, (y * 70) as u8, 7]);
+        let mut out = vec![0.0; p.tensor_len()];
+        let g = p.run(&png, &mut out).unwrap();
+        assert_eq!((g.scale_x, g.origin_x), (1.0, 0.0));
+        // Red plane, pixel (4, 0) = 160 / 255.
+        assert!((out[4] - 160.0 / 255.0).abs() < 1e-6);
+        // Green plane, pixel (0, 2) = 140 / 255.
+        assert!((out[15 + 10] - 140.0 / 255.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bgr_models_get_blue_first_and_byte_range_keeps_pixel_values() {
+        let spec = InputSpec {
+            channel_order: crate::manifest::ChannelOrder::Bgr,
+            range: ValueRange::Byte,
+            ..unit(3, 2, 2)
+        };
+        let mut p = Preprocessor::new(spec);
+        let mut out = vec![0.0; p.tensor_len()];
+        p.run(&rgb_png(2, 2, |_, _| [10, 20, 200]), &mut out)
+            .unwrap();
+        assert_eq!(&out[..4], &[200.0; 4]);
+        assert_eq!(&out[8..], &[10.0; 4]);
+    }
+
+    #[test]
+    fn letterbox_pads_and_maps_back_to_the_frame() {
+        let spec = InputSpec {
+            resize: Resize::Letterbox,
+            pad_value: 255,
+            ..unit(1, 8, 8)
+        };
+        let mut p = Preprocessor::new(spec);
+        let mut out = vec![0.0; p.tensor_len()];
+        // A 16x8 black frame fits as 8x4, centred with 2 rows of padding above and below.
+        let g = p.run(&png(16, 8, 0), &mut out).unwrap();
+        assert_eq!(
+            (g.scale_x, g.scale_y, g.pad_x, g.pad_y),
+            (0.5, 0.5, 0.0, 2.0)
+        );
+        assert!(
+            out[..16].iter().all(|v| (*v - 1.0).abs() < 1e-6),
+            "top padding"
+        );
+        assert!(out[16..48].iter().all(|v| v.abs() < 1e-6), "the frame");
+        assert_eq!(g.to_frame(4.0, 2.0), (8.0, 0.0));
+        assert_eq!(g.to_frame(8.0, 6.0), (16.0, 8.0));
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle() {
+        let spec = InputSpec {
+            resize: Resize::CenterCrop,
+            ..unit(1, 4, 4)
+        };
+        let mut p = Preprocessor::new(spec);
+        let mut out = vec![0.0; p.tensor_len()];
+        let g = p.run(&png(8, 4, 0), &mut out).unwrap();
+        assert_eq!((g.origin_x, g.origin_y, g.scale_x), (2.0, 0.0, 1.0));
+        assert_eq!(g.source, [2.0, 0.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn tiles_cover_the_frame_with_overlap() {
+        let t = TilingSpec {
+            cols: 3,
+            rows: 2,
+            overlap: 10,
+        };
+        let rects = tiles(1920, 1080, t);
+        assert_eq!(rects.len(), 6);
+        assert_eq!(rects[0], [0, 0, 647, 545]);
+        assert_eq!(rects[5], [1920 - 647, 1080 - 545, 647, 545]);
+        // Neighbours share at least the overlap, and the last tile ends at the frame's edge.
+        assert!(rects[0][0] + rects[0][2] >= rects[1][0] + 10);
+        let mut p = Preprocessor::with_tiling(unit(1, 8, 8), Some(t));
+        let mut out = Vec::new();
+        let g = p.run_rows(&png(1920, 1080, 9), &mut out).unwrap();
+        assert_eq!((g.len(), out.len()), (6, 6 * 64));
+        assert_eq!(g[4].source, [636.0, 535.0, 647.0, 545.0]);
+        assert!(p.run_rows(b"junk", &mut out).is_err());
+        assert_eq!(out.len(), 6 * 64, "a failed image appends nothing");
+    }
 }
