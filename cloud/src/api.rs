@@ -330,6 +330,18 @@ impl Review for ReviewService {
                 })
                 .collect(),
             reviews: reviews.into_iter().map(review_pb).collect(),
+            regions: row
+                .regions()
+                .into_iter()
+                .map(|r| pb::Region {
+                    x: r.x,
+                    y: r.y,
+                    width: r.width,
+                    height: r.height,
+                    class_name: r.class_name,
+                    score: r.score,
+                })
+                .collect(),
         }))
     }
 

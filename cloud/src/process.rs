@@ -191,6 +191,7 @@ impl Processor {
         self.stats.inference_latency.observe(started.elapsed());
         match scored {
             Ok(score) => {
+                v.regions = score.regions.iter().map(Into::into).collect();
                 v.label = score.label;
                 v.defective = score.defective;
                 v.defect_score = score.defect_score;

@@ -133,7 +133,11 @@ impl Prescreen {
         let frame_id = wire::frame_id(&s.edge_id, seq);
         let truth = frame.truth.map(|t| t.as_str());
         let provenance = provenance(&frame);
-        let immediate = |action, source, edge_score, detail: Option<String>| {
+        let immediate = |action,
+                         source,
+                         edge_score,
+                         detail: Option<String>,
+                         regions: Vec<tierline_shared::regions::Region>| {
             Input::Immediate(Event::Decision {
                 seq,
                 frame_id: frame_id.clone(),
@@ -149,6 +153,7 @@ impl Prescreen {
                 capture_time_us: frame.capture_time_us,
                 provenance: provenance.clone(),
                 detail,
+                regions,
             })
         };
         let score = match result {
@@ -169,6 +174,7 @@ impl Prescreen {
                         Source::Unreadable,
                         1.0,
                         Some(detail),
+                        Vec::new(),
                     ))
                     .await;
                 return;
@@ -186,6 +192,7 @@ impl Prescreen {
                     Source::Edge,
                     score.defect_score,
                     None,
+                    score.regions.clone(),
                 ))
                 .await;
             if !audit {
@@ -213,6 +220,7 @@ impl Prescreen {
                                 Source::LocalFallback,
                                 score.defect_score,
                                 Some(format!("frame could not be encoded: {why}")),
+                                score.regions.clone(),
                             ))
                             .await;
                     }
@@ -240,6 +248,7 @@ impl Prescreen {
                         Source::LocalFallback,
                         score.defect_score,
                         Some(detail),
+                        score.regions.clone(),
                     ))
                     .await;
             }

@@ -15,6 +15,25 @@ pub use pb::{
     Presence, Verdict, presence::State as PresenceState,
 };
 
+impl From<&crate::regions::Region> for pb::Region {
+    fn from(r: &crate::regions::Region) -> Self {
+        Self {
+            x: r.x,
+            y: r.y,
+            width: r.w,
+            height: r.h,
+            class_name: r.class.clone(),
+            score: r.score,
+        }
+    }
+}
+
+impl From<&pb::Region> for crate::regions::Region {
+    fn from(r: &pb::Region) -> Self {
+        Self::new(r.x, r.y, r.width, r.height, &r.class_name, r.score)
+    }
+}
+
 /// The protocol major version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -445,6 +464,7 @@ mod tests {
                 redelivery: false,
                 incarnation: "00000000000000a1".into(),
                 image_sha256: vec![7; 32],
+                regions: vec![pb::Region { x: 1.5, y: 2.0, width: 30.0, height: 4.0, class_name: "scratch".into(), score: p }],
             };
             let back: Verdict = decode(&encode(&msg, 1 << 20).unwrap(), 1 << 20).unwrap();
             prop_assert_eq!(back, msg);

@@ -718,3 +718,43 @@ async fn frames_keep_where_they_came_from(s: Store) {
         .unwrap();
     assert!(none.is_empty());
 }
+
+contract!(verdict_regions_are_kept_and_answered_again);
+async fn verdict_regions_are_kept_and_answered_again(s: Store) {
+    let boxes = vec![
+        wire::pb::Region {
+            x: 1200.0,
+            y: 400.0,
+            width: 3.0,
+            height: 300.0,
+            class_name: "scratch".into(),
+            score: 0.91,
+        },
+        wire::pb::Region {
+            x: 10.5,
+            y: 20.25,
+            width: 8.0,
+            height: 8.0,
+            class_name: "spot".into(),
+            score: 0.6,
+        },
+    ];
+    let f = frame("e1", 1, "l1", 100);
+    let mut v = verdict("e1", 1, "scratch");
+    v.regions = boxes.clone();
+    s.store(&f, &v).await.unwrap();
+    // A frame judged by a whole-frame classifier has none.
+    s.store(&frame("e1", 2, "l1", 200), &verdict("e1", 2, "good"))
+        .await
+        .unwrap();
+    let again = s.lookup(&f).await.unwrap().expect("stored verdict");
+    assert!(again.redelivery);
+    assert_eq!(
+        again.regions, boxes,
+        "the verdict sent again names the regions"
+    );
+    let (row, _, _) = s.get_frame("e1", 1).await.unwrap().unwrap();
+    assert_eq!(row.regions(), boxes);
+    let (row, _, _) = s.get_frame("e1", 2).await.unwrap().unwrap();
+    assert!(row.regions().is_empty());
+}

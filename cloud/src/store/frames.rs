@@ -3,7 +3,7 @@
 //! verdicts.
 
 use super::reviews::ReviewRow;
-use super::verdicts::scores_from_json;
+use super::verdicts::{regions_from_json, scores_from_json};
 use super::{Pool, Store, StoreError};
 use sqlx::FromRow;
 use tierline_shared::wire::ClassScore;
@@ -89,12 +89,19 @@ pub struct FrameRow {
     pub origin: String,
     /// Where the capture time came from: "arrival" or "stream".
     pub capture_clock: String,
+    /// Where the cloud model found defects, JSON `[{x, y, w, h, class, score}, …]`.
+    pub regions_json: String,
 }
 
 impl FrameRow {
     /// The class probabilities.
     pub fn scores(&self) -> Vec<ClassScore> {
         scores_from_json(&self.scores_json)
+    }
+
+    /// Where the cloud model found defects, in frame pixels.
+    pub fn regions(&self) -> Vec<tierline_shared::wire::pb::Region> {
+        regions_from_json(&self.regions_json)
     }
 }
 
@@ -109,7 +116,7 @@ const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site
     (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) AS disagreement,
     COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq
               ORDER BY r.id DESC LIMIT 1), '') AS review_label,
-    f.part_id, f.origin, f.capture_clock";
+    f.part_id, f.origin, f.capture_clock, v.regions_json";
 
 impl Store {
     /// Frames with verdicts, newest capture first, filtered and paged.

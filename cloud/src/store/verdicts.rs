@@ -10,6 +10,7 @@ use super::models::INSERT_MODEL_VERSION;
 use super::{Pool, Store, StoreError};
 use sqlx::FromRow;
 use tierline_shared::action::Action;
+use tierline_shared::regions::Region;
 use tierline_shared::wire::{self, ClassScore, FrameEnvelope, Verdict};
 
 /// The outcome of storing a verdict.
@@ -45,6 +46,7 @@ struct VerdictRow {
     verdict_time_us: i64,
     frame_id: String,
     image_sha256: Vec<u8>,
+    regions_json: String,
 }
 
 /// Inserts a frame, or counts a delivery of the same image under the same key. Affects no row when the key
@@ -55,10 +57,10 @@ const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, li
        edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END
      WHERE frames.image_sha256 = excluded.image_sha256";
 
-const INSERT_VERDICT: &str = "INSERT INTO verdicts (edge_id, seq, cloud_model_version, label, defective, defect_score, scores_json, error, verdict_time_us, worker_id, incarnation, image_sha256)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (edge_id, incarnation, seq) DO NOTHING";
+const INSERT_VERDICT: &str = "INSERT INTO verdicts (edge_id, seq, cloud_model_version, label, defective, defect_score, scores_json, error, verdict_time_us, worker_id, incarnation, image_sha256, regions_json)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (edge_id, incarnation, seq) DO NOTHING";
 
-const SELECT_VERDICT: &str = "SELECT v.cloud_model_version, v.label, v.defective, v.defect_score, v.scores_json, v.error, v.verdict_time_us, f.frame_id, v.image_sha256
+const SELECT_VERDICT: &str = "SELECT v.cloud_model_version, v.label, v.defective, v.defect_score, v.scores_json, v.error, v.verdict_time_us, f.frame_id, v.image_sha256, v.regions_json
      FROM verdicts v JOIN frames f ON f.edge_id = v.edge_id AND f.incarnation = v.incarnation AND f.seq = v.seq
      WHERE v.edge_id = $1 AND v.incarnation = $2 AND v.seq = $3";
 
@@ -160,6 +162,7 @@ impl Store {
                         .collect::<Vec<_>>(),
                 )
                 .unwrap_or_else(|_| "[]".into());
+                let regions = regions_to_json(&verdict.regions);
                 let image = self.keep_images.then_some(&frame.image);
                 let image_bytes = image.map_or(0, |i| i.len() as i64);
                 let local_action = tierline_shared::action::local_action(frame)
@@ -213,6 +216,7 @@ impl Store {
                     .bind(&self.worker)
                     .bind(&incarnation)
                     .bind(&frame.image_sha256)
+                    .bind(regions.as_str())
                     .execute(&mut *tx)
                     .await
                     .map_err(self.err("store"))?
@@ -293,6 +297,18 @@ pub(super) fn scores_from_json(json: &str) -> Vec<ClassScore> {
         .collect()
 }
 
+/// Encodes regions as `regions_json` (`[{x, y, w, h, class, score}, …]`).
+fn regions_to_json(regions: &[wire::pb::Region]) -> String {
+    let regions: Vec<Region> = regions.iter().map(Region::from).collect();
+    serde_json::to_string(&regions).unwrap_or_else(|_| "[]".into())
+}
+
+/// Decodes `regions_json`; malformed JSON gives no regions.
+pub(super) fn regions_from_json(json: &str) -> Vec<wire::pb::Region> {
+    let regions: Vec<Region> = serde_json::from_str(json).unwrap_or_default();
+    regions.iter().map(Into::into).collect()
+}
+
 /// A stored verdict as sent again for `frame` (a repeated delivery of the frame it judged).
 fn to_verdict(frame: &FrameEnvelope, r: VerdictRow) -> Verdict {
     Verdict {
@@ -310,5 +326,6 @@ fn to_verdict(frame: &FrameEnvelope, r: VerdictRow) -> Verdict {
         verdict_time_us: r.verdict_time_us,
         error: r.error,
         redelivery: true,
+        regions: regions_from_json(&r.regions_json),
     }
 }

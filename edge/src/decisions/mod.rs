@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tierline_shared::regions::Region;
 use tierline_shared::time::{Clock, SystemClock};
 use tierline_shared::wire::{ForwardReason, Verdict};
 
@@ -79,6 +80,10 @@ pub enum Event {
         /// Why the frame could not be judged (unreadable frames), naming the file when there is one.
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// Where the deciding model found defects, in frame pixels (the cloud's when the cloud decided, the
+        /// prescreen's otherwise); omitted when there are none.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        regions: Vec<Region>,
     },
     /// A late verdict for a frame decided locally.
     Reconciliation {
@@ -96,6 +101,9 @@ pub enum Event {
         agree: bool,
         /// How long after the deadline the verdict came, µs.
         late_by_us: u64,
+        /// Where the cloud model found defects, in frame pixels.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        regions: Vec<Region>,
         /// Where the frame came from: `part_id`, `origin`, `capture_clock`.
         #[serde(flatten)]
         provenance: Provenance,
@@ -112,6 +120,9 @@ pub enum Event {
         cloud_label: String,
         /// The prescreen passed a frame the cloud found defective.
         miss: bool,
+        /// Where the cloud model found defects, in frame pixels.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        regions: Vec<Region>,
         /// Where the frame came from: `part_id`, `origin`, `capture_clock`.
         #[serde(flatten)]
         provenance: Provenance,
@@ -188,6 +199,11 @@ pub struct Book {
     /// Waiting suspects the outbox does not hold (see [`Book::unheld`]).
     unheld: std::collections::HashSet<u64>,
     clock: Arc<dyn Clock>,
+}
+
+/// The regions a verdict names, in frame pixels.
+fn regions(v: &Verdict) -> Vec<Region> {
+    v.regions.iter().map(Region::from).collect()
 }
 
 fn cloud_action(v: &Verdict) -> Action {
@@ -371,6 +387,7 @@ impl Book {
                 capture_time_us: c.capture_time_us,
                 provenance: c.provenance,
                 detail: Some("the prescreen had not answered by the deadline".into()),
+                regions: Vec::new(),
             });
         }
         if !matches!(self.frames.get(&seq), Some(State::Waiting(_))) {
@@ -395,6 +412,7 @@ impl Book {
                 capture_time_us: p.capture_time_us,
                 provenance: p.provenance,
                 detail: Some("not held by the outbox: decided locally for good".into()),
+                regions: Vec::new(),
             });
         }
         let event = Event::Decision {
@@ -411,6 +429,7 @@ impl Book {
             capture_time_us: p.capture_time_us,
             provenance: p.provenance.clone(),
             detail: None,
+            regions: Vec::new(),
         };
         let deadline = self.deadline_of(p.captured_at);
         self.frames.insert(
@@ -440,6 +459,7 @@ impl Book {
                     cloud_label: v.label.clone(),
                     miss: cloud_action(v) == Action::Reject,
                     provenance: known.provenance.clone(),
+                    regions: regions(v),
                 });
             }
             let local = known.local_action?;
@@ -454,6 +474,7 @@ impl Book {
                 agree: agrees(local, cloud),
                 late_by_us: (self.clock.wall_us() - deadline_us).max(0) as u64,
                 provenance: known.provenance.clone(),
+                regions: regions(v),
             });
         };
         match state {
@@ -471,6 +492,7 @@ impl Book {
                 capture_time_us: p.capture_time_us,
                 provenance: p.provenance,
                 detail: None,
+                regions: regions(v),
             }),
             State::Provisional {
                 pending,
@@ -488,6 +510,7 @@ impl Book {
                     agree,
                     late_by_us: micros(now.saturating_duration_since(deadline)),
                     provenance: pending.provenance,
+                    regions: regions(v),
                 })
             }
             // A verdict cannot come before the frame was forwarded; keep the state as it was.
@@ -502,6 +525,7 @@ impl Book {
                 cloud_label: v.label.clone(),
                 miss: cloud_action(v) == Action::Reject,
                 provenance: p.provenance,
+                regions: regions(v),
             }),
         }
     }
@@ -583,6 +607,7 @@ pub fn decided_at_restart(
         capture_time_us: r.capture_time_us,
         provenance: r.provenance.clone(),
         detail: Some("decided at restart: the edge stopped before this frame's deadline".into()),
+        regions: Vec::new(),
     }
 }
 
@@ -713,6 +738,7 @@ mod tests {
                 agree: false,
                 late_by_us: 250_000,
                 provenance: Provenance::default(),
+                regions: Vec::new(),
             }
         );
     }
@@ -896,6 +922,7 @@ mod tests {
             capture_time_us: 0,
             provenance: Provenance::default(),
             detail: None,
+            regions: Vec::new(),
         };
         assert_eq!(b.immediate(pass.clone()), Some(pass.clone()));
         clock.advance(ms(100));

@@ -1,4 +1,4 @@
-//! `show`: one frame with its verdict, class scores and reviews; optionally saves its image.
+//! `show`: one frame with its verdict, class scores, the regions the cloud model found and reviews; optionally saves its image.
 
 use crate::conn::Client;
 use crate::output::{frame_json, or_dash, table, time};
@@ -51,6 +51,12 @@ pub async fn run(client: &mut Client, args: &ShowArgs, json: bool) -> anyhow::Re
             r.scores
                 .iter()
                 .map(|s| json!({"class": s.class_name, "probability": s.probability}))
+                .collect::<Vec<_>>()
+        );
+        v["regions"] = json!(
+            r.regions
+                .iter()
+                .map(|g| json!({"x": g.x, "y": g.y, "width": g.width, "height": g.height, "class": g.class_name, "score": g.score}))
                 .collect::<Vec<_>>()
         );
         v["reviews"] = json!(
@@ -123,6 +129,22 @@ pub async fn run(client: &mut Client, args: &ShowArgs, json: bool) -> anyhow::Re
         .map(|s| vec![s.class_name.clone(), format!("{:.4}", s.probability)])
         .collect();
     table(&["CLASS", "PROBABILITY"], &scores);
+    if !r.regions.is_empty() {
+        println!();
+        let regions: Vec<_> = r
+            .regions
+            .iter()
+            .map(|g| {
+                vec![
+                    g.class_name.clone(),
+                    format!("{:.3}", g.score),
+                    format!("{:.0},{:.0}", g.x, g.y),
+                    format!("{:.0}x{:.0}", g.width, g.height),
+                ]
+            })
+            .collect();
+        table(&["REGION CLASS", "SCORE", "AT (X,Y)", "SIZE"], &regions);
+    }
     if !r.reviews.is_empty() {
         println!();
         let reviews: Vec<_> = r
