@@ -20,6 +20,7 @@ pub mod peak;
 pub mod peers;
 pub mod recovery;
 pub mod report;
+pub mod tiling;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -45,10 +46,12 @@ pub enum Section {
     Peers,
     /// 8: camera streams (1080p H.264 and MJPEG over RTSP) per core, next to FFmpeg.
     Camera,
+    /// 9: the cost of tiling a 1080p frame, per grid.
+    Tiling,
 }
 
 /// Every section, in report order.
-pub const ALL: [Section; 8] = [
+pub const ALL: [Section; 9] = [
     Section::Edge,
     Section::Latency,
     Section::Outbox,
@@ -57,6 +60,7 @@ pub const ALL: [Section; 8] = [
     Section::Memory,
     Section::Peers,
     Section::Camera,
+    Section::Tiling,
 ];
 
 /// What to run and where to write.
@@ -102,6 +106,9 @@ pub struct Results {
     /// Measurement 8.
     #[serde(default)]
     pub camera: Option<camera::CameraResults>,
+    /// Measurement 9.
+    #[serde(default)]
+    pub tiling: Option<tiling::TilingResults>,
 }
 
 /// The repository root (this crate's parent directory).
@@ -166,6 +173,7 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         memory: None,
         peers: None,
         camera: None,
+        tiling: None,
     });
 
     if wants(Section::Edge) {
@@ -244,6 +252,14 @@ pub async fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         r.camera = Some(
             tokio::task::block_in_place(|| camera::run(window, if q { 1 } else { 6 }))
                 .context("measurement 8 (camera)")?,
+        );
+    }
+
+    if wants(Section::Tiling) {
+        let models = models.clone();
+        r.tiling = Some(
+            tokio::task::block_in_place(|| tiling::run(&models, if q { 3 } else { 40 }))
+                .context("measurement 9 (tiling)")?,
         );
     }
 

@@ -8,7 +8,7 @@ use tierline_bench::{ALL, Options, Section};
 
 /// Measures Tierline on this machine against raw ONNX Runtime and the machine's limits.
 ///
-/// Runs all eight measurements (about 8 minutes on 2 cores) unless --only names some; results of sections
+/// Runs all nine measurements (about 9 minutes on 2 cores) unless --only names some; results of sections
 /// not run are kept from the previous run.
 #[derive(Parser, Debug)]
 #[command(name = "tierline-bench", version)]

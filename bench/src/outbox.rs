@@ -94,6 +94,7 @@ fn frame(seq: u64, image: &[u8]) -> Record {
         local_action: None,
         image_sha256: tierline_shared::wire::image_sha256(image),
         provenance: Default::default(),
+        edge_label: String::new(),
     }
 }
 

@@ -111,6 +111,7 @@ async fn fill(db: &Path, n: u64, image: &[u8], edge_id: &str) -> anyhow::Result<
             local_action: Some(tierline_shared::action::Action::Reject),
             image_sha256: tierline_shared::wire::image_sha256(image),
             provenance: Default::default(),
+            edge_label: String::new(),
         });
         decided.push(seq);
         if batch.len() == 1000 || i + 1 == n {

@@ -403,8 +403,35 @@ pub fn markdown(r: &Results) -> String {
     if let Some(c) = &r.camera {
         camera_section(&mut s, c);
     }
+    if let Some(t) = &r.tiling {
+        tiling_section(&mut s, t);
+    }
     s.push_str(NOTES);
     s
+}
+
+fn tiling_section(s: &mut String, t: &crate::tiling::TilingResults) {
+    let _ = writeln!(s, "\n## 9. Tiling a 1080p frame\n");
+    let _ = writeln!(
+        s,
+        "One {} scored by the shipped prescreen ({} grey input) through the model runner on one inference \
+         thread, {} frames per grid: decode, cut into tiles (16 px overlap), resize each to the model, one batch \
+         per frame, outputs decoded. 1x1 is the whole frame stretched to the model, which loses thin defects.\n",
+        t.frame, t.model_input, t.frames
+    );
+    let _ = writeln!(
+        s,
+        "| grid | tiles | tile (source px) | ms per frame | ms per tile |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for r in &t.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.2} |",
+            r.grid, r.tiles, r.tile_size, r.ms_per_frame, r.ms_per_tile
+        );
+    }
+    s.push('\n');
 }
 
 fn camera_section(s: &mut String, c: &crate::camera::CameraResults) {

@@ -153,6 +153,7 @@ impl App {
             .collect::<Result<Vec<_>, _>>()?;
         let statuses: Vec<Arc<CameraStatus>> = cameras.iter().map(Camera::status).collect();
         let model = load_model(&config).await?;
+        config.decision.check_classes(&model.manifest())?;
         let mqtt =
             crate::link::options(&config.mqtt, &addr, &model.manifest().version).map_err(|e| {
                 ConfigError::Field {
@@ -317,7 +318,7 @@ impl App {
             .collect();
         let recorded: Vec<(u64, decisions::Action)> = undecided
             .iter()
-            .map(|r| (r.seq, rules.action(r.score)))
+            .map(|r| (r.seq, decisions::restart_action(r, &rules)))
             .collect();
         outbox.record_local(&recorded).await?;
         if !undecided.is_empty() {

@@ -325,6 +325,62 @@ pub struct DecisionConfig {
     /// scores above every band use `offline_policy`.
     #[serde(default, rename = "score_band")]
     pub score_bands: Vec<ScoreBand>,
+    /// Offline policies by the prescreen's defect class, checked before the score bands. Only for a
+    /// prescreen with classes (softmax, detection, segmentation); the names must be its defect classes.
+    #[serde(default, rename = "class_policy")]
+    pub class_policies: Vec<ClassPolicy>,
+}
+
+impl DecisionConfig {
+    /// Checks the per-class offline policies against the prescreen model: it must have classes, and every
+    /// rule must name one of its defect classes.
+    pub fn check_classes(
+        &self,
+        manifest: &tierline_shared::manifest::Manifest,
+    ) -> Result<(), ConfigError> {
+        use tierline_shared::manifest::OutputKind;
+        let Some(first) = self.class_policies.first() else {
+            return Ok(());
+        };
+        let o = &manifest.output;
+        let defect_classes: Vec<&str> = o
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != o.good_class)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        let field = |problem: String| ConfigError::Field {
+            field: "decision.class_policy".into(),
+            problem,
+        };
+        if matches!(o.kind, OutputKind::Sigmoid | OutputKind::Anomaly) {
+            return Err(field(format!(
+                "names class {:?}, but the prescreen {} {} is a {:?} model with no defect classes to key on; use [[decision.score_band]] instead",
+                first.class, manifest.name, manifest.version, o.kind
+            )));
+        }
+        for p in &self.class_policies {
+            if !defect_classes.contains(&p.class.as_str()) {
+                return Err(field(format!(
+                    "names class {:?}, which the prescreen {} {} does not have; its defect classes are {defect_classes:?}",
+                    p.class, manifest.name, manifest.version
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An offline policy for the suspects a prescreen with classes puts in one class, e.g. always reject a
+/// crack, quarantine a stain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassPolicy {
+    /// A defect class of the prescreen model.
+    pub class: String,
+    /// Policy for suspects of that class.
+    pub policy: OfflinePolicy,
 }
 
 /// A prescreen score band with its own offline policy, e.g. quarantine rather than reject the weak suspects.
@@ -355,6 +411,7 @@ impl Default for DecisionConfig {
             audit_rate: default_audit_rate(),
             audit_seed: default_seed(),
             score_bands: Vec::new(),
+            class_policies: Vec::new(),
         }
     }
 }
@@ -576,6 +633,45 @@ kind = "synthetic"
         let c: EdgeConfig = tierline_shared::config::load_with_vars(Some(&p), ENV_PREFIX, &[])?;
         c.validate()?;
         Ok(c)
+    }
+
+    fn fixture(name: &str) -> tierline_shared::manifest::Manifest {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/fixtures/own")
+            .join(name);
+        tierline_shared::manifest::Manifest::load(&path).unwrap()
+    }
+
+    #[test]
+    fn class_policies_must_name_a_defect_class_of_a_prescreen_with_classes() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[[decision.class_policy]]\nclass = \"hole\"\npolicy = \"reject\"\n"
+        ))
+        .unwrap();
+        c.decision
+            .check_classes(&fixture("detector-yolov8.toml"))
+            .unwrap();
+        let err = c
+            .decision
+            .check_classes(&fixture("segmenter-probs.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"hole\"") && err.contains("[\"crack\"]"),
+            "{err}"
+        );
+        let err = c
+            .decision
+            .check_classes(&fixture("anomaly.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("score_band"), "{err}");
+        // No class policies: any prescreen will do.
+        parse(MINIMAL)
+            .unwrap()
+            .decision
+            .check_classes(&fixture("anomaly.toml"))
+            .unwrap();
     }
 
     #[test]

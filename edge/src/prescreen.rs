@@ -266,6 +266,7 @@ impl Prescreen {
             captured_at: frame.captured_at,
             capture_time_us: frame.capture_time_us,
             edge_score: score.defect_score,
+            edge_label: score.defective.then(|| score.label.clone()),
             truth,
             audit,
             provenance: provenance.clone(),
@@ -293,6 +294,7 @@ impl Prescreen {
                 local_action: None,
                 image_sha256: wire::image_sha256(&image),
                 provenance,
+                edge_label: pending.edge_label.clone().unwrap_or_default(),
             },
             pending,
         };

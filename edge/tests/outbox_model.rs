@@ -174,6 +174,7 @@ async fn run(ops: Vec<Op>) {
                         local_action: None,
                         image_sha256: Vec::new(),
                         provenance: Default::default(),
+                        edge_label: String::new(),
                     });
                 }
                 let expected = model.append(&batch);

@@ -24,6 +24,10 @@
 //! file = "golden/good-0.png"
 //! expect = "good"                  # "good", "defect" or a class name
 //! ```
+//!
+//! Other output kinds (`anomaly`, `detection`, `segmentation`), per-class `thresholds`, input options
+//! (`resize`, `pad_value`, `channel_order`, `type`, `range`, `batch`), `[tiling]` and golden `region`s are
+//! described on their fields below and, with one example per kind, in the README's "Model kinds".
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

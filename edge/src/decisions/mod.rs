@@ -144,6 +144,8 @@ pub struct Pending {
     pub capture_time_us: i64,
     /// Prescreen score.
     pub edge_score: f32,
+    /// The prescreen's defect class, when it has classes and flagged one (for a per-class offline policy).
+    pub edge_label: Option<String>,
     /// Ground truth if known.
     pub truth: Option<&'static str>,
     /// True for audit samples (already decided `pass`).
@@ -218,11 +220,13 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The offline policy: what a suspect without a verdict gets at its deadline, by prescreen score band.
+/// The offline policy: what a suspect without a verdict gets at its deadline, by the prescreen's defect
+/// class first (when the prescreen has classes and a rule names the class), then by score band.
 #[derive(Debug, Clone)]
 pub struct OfflineRules {
     default: OfflinePolicy,
     bands: Vec<(f32, OfflinePolicy)>,
+    classes: HashMap<String, OfflinePolicy>,
 }
 
 impl OfflineRules {
@@ -231,16 +235,23 @@ impl OfflineRules {
         Self {
             default: c.offline_policy,
             bands: c.score_bands.iter().map(|b| (b.below, b.policy)).collect(),
+            classes: c
+                .class_policies
+                .iter()
+                .map(|p| (p.class.clone(), p.policy))
+                .collect(),
         }
     }
 
-    /// The provisional action for a suspect with prescreen score `score`.
-    pub fn action(&self, score: f32) -> Action {
-        let policy = self
-            .bands
-            .iter()
-            .find(|(below, _)| score < *below)
-            .map_or(self.default, |(_, p)| *p);
+    /// The provisional action for a suspect with prescreen score `score` and defect class `class`.
+    pub fn action(&self, score: f32, class: Option<&str>) -> Action {
+        let by_class = class.and_then(|c| self.classes.get(c)).copied();
+        let policy = by_class.unwrap_or_else(|| {
+            self.bands
+                .iter()
+                .find(|(below, _)| score < *below)
+                .map_or(self.default, |(_, p)| *p)
+        });
         match policy {
             OfflinePolicy::Reject => Action::Reject,
             OfflinePolicy::PassAndQuarantine => Action::Quarantine,
@@ -253,6 +264,7 @@ impl From<OfflinePolicy> for OfflineRules {
         Self {
             default,
             bands: Vec::new(),
+            classes: HashMap::new(),
         }
     }
 }
@@ -371,7 +383,7 @@ impl Book {
                 return None;
             };
             // No score: the policy for an unknown score (the default, above every band).
-            let action = self.rules.action(f32::INFINITY);
+            let action = self.rules.action(f32::INFINITY, None);
             self.frames.insert(seq, State::DecidedEarly(action));
             return Some(Event::Decision {
                 seq,
@@ -396,7 +408,7 @@ impl Book {
         let Some(State::Waiting(p)) = self.frames.remove(&seq) else {
             return None;
         };
-        let action = self.rules.action(p.edge_score);
+        let action = self.rules.action(p.edge_score, p.edge_label.as_deref());
         if self.unheld.remove(&seq) {
             return Some(Event::Decision {
                 seq,
@@ -586,13 +598,23 @@ pub enum Input {
     Captured(Captured),
 }
 
+/// A stored edge label as a class for the offline rules ("" is none).
+fn label(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// The offline action for a suspect a crash left undecided.
+pub fn restart_action(r: &crate::outbox::Undecided, rules: &OfflineRules) -> Action {
+    rules.action(r.score, label(&r.edge_label))
+}
+
 /// The decision for a suspect that a crash left undecided past its deadline.
 pub fn decided_at_restart(
     r: &crate::outbox::Undecided,
     rules: &OfflineRules,
     clock: &dyn Clock,
 ) -> Event {
-    let action = rules.action(r.score);
+    let action = restart_action(r, rules);
     Event::Decision {
         seq: r.seq,
         frame_id: r.frame_id.clone(),
@@ -638,6 +660,7 @@ mod tests {
             captured_at: at,
             capture_time_us: 0,
             edge_score: 0.9,
+            edge_label: None,
             truth: None,
             audit,
             provenance: Provenance::default(),
@@ -809,13 +832,33 @@ mod tests {
         let rules = OfflineRules {
             default: OfflinePolicy::Reject,
             bands: vec![(0.7, OfflinePolicy::PassAndQuarantine)],
+            classes: HashMap::new(),
         };
-        assert_eq!(rules.action(0.6), Action::Quarantine);
-        assert_eq!(rules.action(0.7), Action::Reject);
+        assert_eq!(rules.action(0.6, None), Action::Quarantine);
+        assert_eq!(rules.action(0.7, None), Action::Reject);
         assert_eq!(
-            OfflineRules::from(OfflinePolicy::PassAndQuarantine).action(0.99),
+            OfflineRules::from(OfflinePolicy::PassAndQuarantine).action(0.99, None),
             Action::Quarantine
         );
+    }
+
+    #[test]
+    fn a_class_rule_comes_before_the_score_bands() {
+        let rules = OfflineRules {
+            default: OfflinePolicy::PassAndQuarantine,
+            bands: vec![(0.7, OfflinePolicy::PassAndQuarantine)],
+            classes: [
+                ("crack".to_string(), OfflinePolicy::Reject),
+                ("stain".to_string(), OfflinePolicy::PassAndQuarantine),
+            ]
+            .into(),
+        };
+        // A weak crack is rejected although its band would quarantine it.
+        assert_eq!(rules.action(0.55, Some("crack")), Action::Reject);
+        assert_eq!(rules.action(0.99, Some("stain")), Action::Quarantine);
+        // Classes without a rule, and suspects without a class, follow the bands.
+        assert_eq!(rules.action(0.55, Some("spot")), Action::Quarantine);
+        assert_eq!(rules.action(0.55, None), Action::Quarantine);
     }
 
     #[test]
@@ -868,6 +911,7 @@ mod tests {
             capture_time_us: 0,
             score: 0.9,
             provenance: from.clone(),
+            edge_label: String::new(),
         };
         events.push(decided_at_restart(&undecided, &b.rules, &*clock));
         assert_eq!(events.len(), 7);

@@ -178,6 +178,8 @@ pub struct Record {
     pub image_sha256: Vec<u8>,
     /// Where the frame came from.
     pub provenance: Provenance,
+    /// The prescreen's defect class ("" when it has none), for a per-class offline policy.
+    pub edge_label: String,
 }
 
 /// What the outbox knew about a record when its verdict arrived.
@@ -227,6 +229,8 @@ pub struct Undecided {
     pub score: f32,
     /// Where the frame came from.
     pub provenance: Provenance,
+    /// The prescreen's defect class ("" when it has none).
+    pub edge_label: String,
 }
 
 /// A record removed to stay within the disk budget.
@@ -447,7 +451,7 @@ impl Outbox {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes, image_sha256, part_id, origin, capture_clock) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (seq, frame_id, camera_id, capture_time_us, reason, score, encoding, bytes, image_sha256, part_id, origin, capture_clock, edge_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.seq as i64)
             .bind(&r.frame_id)
@@ -461,6 +465,7 @@ impl Outbox {
             .bind(r.provenance.part_id.as_deref())
             .bind(r.provenance.origin.as_deref())
             .bind(r.provenance.clock as i32)
+            .bind(&r.edge_label)
             .execute(&mut *tx)
             .await
             .map_err(self.err("append"))?;
@@ -513,7 +518,7 @@ impl Outbox {
         let mut out = Vec::with_capacity(picked.len());
         for (seq, attempts) in picked {
             let row = sqlx::query(
-                "SELECT o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.local_action, o.image_sha256, o.part_id, o.origin, o.capture_clock FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.seq = ?",
+                "SELECT o.frame_id, o.camera_id, o.capture_time_us, o.reason, o.score, o.encoding, i.image, o.local_action, o.image_sha256, o.part_id, o.origin, o.capture_clock, o.edge_label FROM outbox o JOIN outbox_image i ON i.seq = o.seq WHERE o.seq = ?",
             )
             .bind(seq as i64)
             .fetch_optional(&mut *conn)
@@ -535,6 +540,7 @@ impl Outbox {
                 local_action: action(&row),
                 image_sha256: row.get("image_sha256"),
                 provenance: provenance(&row),
+                edge_label: row.get("edge_label"),
             });
         }
         Ok(out)
@@ -640,7 +646,7 @@ impl Outbox {
     /// down. Few (those within one deadline of the crash), so they are read at once.
     pub async fn undecided_suspects(&self) -> Result<Vec<Undecided>, OutboxError> {
         let rows = sqlx::query(
-            "SELECT seq, frame_id, camera_id, capture_time_us, score, part_id, origin, capture_clock FROM outbox WHERE local_action IS NULL AND reason = ? ORDER BY seq",
+            "SELECT seq, frame_id, camera_id, capture_time_us, score, part_id, origin, capture_clock, edge_label FROM outbox WHERE local_action IS NULL AND reason = ? ORDER BY seq",
         )
         .bind(ForwardReason::Suspect as i32)
         .fetch_all(&self.pool)
@@ -655,6 +661,7 @@ impl Outbox {
                 capture_time_us: row.get("capture_time_us"),
                 score: row.get::<f64, _>("score") as f32,
                 provenance: provenance(&row),
+                edge_label: row.get("edge_label"),
             })
             .collect())
     }
@@ -744,6 +751,7 @@ mod tests {
             local_action: None,
             image_sha256: Vec::new(),
             provenance: Provenance::default(),
+            edge_label: String::new(),
         }
     }
 
@@ -803,12 +811,16 @@ mod tests {
         a.provenance = from_stream.clone();
         let mut b = rec(2, ForwardReason::Suspect, 0.8, 10);
         b.provenance = from_file.clone();
+        b.edge_label = "crack".into();
         let c = rec(3, ForwardReason::Suspect, 0.7, 10);
         ob.append(&[a, b, c]).await.unwrap();
         ob.close().await;
 
         let ob = Outbox::open(&cfg(dir.path(), 1 << 20)).await.unwrap();
         let undecided = ob.undecided_suspects().await.unwrap();
+        // The prescreen's class comes back too, for a per-class offline policy after the restart.
+        let labels: Vec<&str> = undecided.iter().map(|u| u.edge_label.as_str()).collect();
+        assert_eq!(labels, ["", "crack", ""]);
         let got: Vec<(u64, Provenance)> = undecided
             .iter()
             .map(|u| (u.seq, u.provenance.clone()))

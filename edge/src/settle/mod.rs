@@ -168,6 +168,7 @@ mod tests {
                 local_action: None,
                 image_sha256: vec![seq as u8; 32],
                 provenance: Default::default(),
+                edge_label: String::new(),
             })
             .collect();
         ob.append(&records).await.unwrap();

@@ -42,7 +42,7 @@ pub(super) fn row(
             usize::try_from(h).unwrap_or(0),
             usize::try_from(w).unwrap_or(0),
         );
-        if h * w != values.len() || h == 0 {
+        if h.checked_mul(w) != Some(values.len()) || h == 0 {
             return Err(DecodeError(format!(
                 "anomaly map holds {} values, not {h}x{w}",
                 values.len()

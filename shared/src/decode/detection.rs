@@ -33,7 +33,7 @@ pub(super) fn row(o: &OutputSpec, shape: &[i64], v: &[f32]) -> Result<Score, Dec
             )));
         }
     };
-    if v.len() != dims.iter().product::<usize>() {
+    if Some(v.len()) != dims.iter().try_fold(1usize, |a, d| a.checked_mul(*d)) {
         return Err(DecodeError(
             "detection output size does not match its shape".into(),
         ));

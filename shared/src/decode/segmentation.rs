@@ -28,8 +28,8 @@ pub(super) fn row(
             )));
         }
     };
-    let plane = h * w;
-    if plane == 0 || v.len() != plane * if scored { c } else { 1 } {
+    let plane = h.checked_mul(w).unwrap_or(0);
+    if plane == 0 || Some(v.len()) != plane.checked_mul(if scored { c } else { 1 }) {
         return Err(DecodeError(
             "segmentation output size does not match its shape".into(),
         ));
