@@ -171,3 +171,111 @@ async fn every_suspect_gets_one_verdict_through_the_embedded_broker() {
     .unwrap();
     run_pipeline(broker.port(), dir.path()).await;
 }
+
+/// A detector at both tiers (YOLOv8 layout at the edge, YOLOv5 in the cloud, the same judgement): the boxes
+/// where the test planted its spots and holes reach the decision log of every cloud decision and the cloud
+/// store, in frame pixels, through the letterbox the manifests ask for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detectors_boxes_reach_the_decision_log_and_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = pipeline::models_dir().join("fixtures/own");
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    // Planted by `models/tools/fixtures.py`: a bright 16x16 square at (48, 32), a dark one at (96, 64).
+    let planted = |name: &str| match name {
+        n if n.contains("spot") => Some(("spot", [48.0, 32.0, 16.0, 16.0])),
+        n if n.contains("hole") => Some(("hole", [96.0, 64.0, 16.0, 16.0])),
+        _ => None,
+    };
+    for (i, src) in ["det-spot.png", "det-good.png", "det-hole.png"]
+        .iter()
+        .cycle()
+        .take(9)
+        .enumerate()
+    {
+        std::fs::copy(fixtures.join(src), frames.join(format!("{i:02}-{src}"))).unwrap();
+    }
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud_config = pipeline::cloud_config(broker.port(), dir.path(), "w1");
+    cloud_config.model.manifest = fixtures.join("detector-yolov5.toml");
+    let cloud = pipeline::start_cloud(cloud_config);
+    let cameras = format!(
+        "[[camera]]\nid = \"files\"\nkind = \"files\"\npath = {:?}\nfps = 10\n",
+        frames.display().to_string()
+    );
+    let mut edge_config = pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        "deadline = \"10s\"\naudit_rate = 0.0",
+    );
+    edge_config.model.manifest = fixtures.join("detector-yolov8.toml");
+    let edge = pipeline::start_edge(edge_config);
+    let (e, c) = (edge.stats.clone(), cloud.stats.clone());
+    pipeline::wait_until(
+        "every file decided",
+        Duration::from_secs(60),
+        || get(&e.decisions) == 9,
+        || pipeline::describe(&e, &c),
+    )
+    .await;
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
+
+    let log = tierline_tests::oracle::Decisions::read(&dir.path().join("decisions.jsonl"));
+    let mut checked = 0;
+    for d in log.decisions() {
+        let origin = d["origin"].as_str().unwrap();
+        match planted(origin) {
+            Some((class, [x, y, w, h])) => {
+                assert_eq!(d["source"], "cloud", "{d}");
+                assert_eq!(d["cloud_label"], class, "{d}");
+                let r = &d["regions"][0];
+                let got = [&r["x"], &r["y"], &r["w"], &r["h"]].map(|v| v.as_f64().unwrap());
+                assert_eq!(got, [x, y, w, h], "{origin}: {d}");
+                assert_eq!(r["class"], class, "{d}");
+                checked += 1;
+            }
+            None => {
+                assert_eq!(
+                    (&d["action"], &d["source"]),
+                    (&"pass".into(), &"edge".into()),
+                    "{d}"
+                );
+                assert!(
+                    d.get("regions").is_none(),
+                    "a good frame names no region: {d}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        checked, 6,
+        "every planted defect was decided by the cloud with its box"
+    );
+    // The store has the same boxes, read back as the review API serves them.
+    let store = tierline_cloud::store::Store::open(
+        &format!("sqlite://{}", dir.path().join("cloud.db").display()),
+        true,
+    )
+    .await
+    .unwrap();
+    let rows = store
+        .list_frames(&tierline_cloud::store::FrameFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 6);
+    for row in rows {
+        let (class, [x, y, w, h]) = planted(&row.origin).unwrap();
+        let regions = row.regions();
+        assert_eq!(regions.len(), 1, "{}", row.origin);
+        let r = &regions[0];
+        assert_eq!(
+            (r.class_name.as_str(), r.x, r.y, r.width, r.height),
+            (class, x as f32, y as f32, w as f32, h as f32)
+        );
+    }
+}
