@@ -87,7 +87,9 @@ fn own_fixtures_of_every_kind_match_the_python_reference() {
         }
     }
     assert!(checked >= 15, "only {checked} fixture images were checked");
-    eprintln!("own fixtures: {checked} images, largest score difference from onnxruntime {worst:e}");
+    eprintln!(
+        "own fixtures: {checked} images, largest score difference from onnxruntime {worst:e}"
+    );
 }
 
 #[test]
