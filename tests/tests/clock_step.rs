@@ -138,8 +138,8 @@ async fn a_wall_clock_step_back_stalls_no_resend_and_no_decision() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let last = text
         .lines()
-        .filter_map(|l| log_time_us(l.trim_start()))
-        .last()
+        .rev()
+        .find_map(|l| log_time_us(l.trim_start()))
         .expect("the edge logged nothing");
     assert!(
         last < stepped_at - 3_000_000_000,
