@@ -33,15 +33,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let tensor = Tensor { shape, values };
-    let g = Geometry {
-        scale_x: 1.0,
-        scale_y: 1.0,
-        pad_x: 0.0,
-        pad_y: 0.0,
-        origin_x: 0.0,
-        origin_y: 0.0,
-        source: [0.0, 0.0, 8.0, 8.0],
-    };
+    let g = Geometry::identity(8.0, 8.0);
     let outputs = vec![tensor.clone(), tensor];
     let geometries = vec![vec![g; rows]];
     if let Ok(scores) = decode(&m, &outputs, &geometries) {

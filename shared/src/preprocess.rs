@@ -8,7 +8,8 @@
 //! boxes and regions are reported where they are on the frame.
 
 use crate::manifest::{ChannelOrder, InputSpec, Layout, Resize, TilingSpec, ValueRange};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use thiserror::Error;
 
 /// Errors from preprocessing one image.
@@ -55,6 +56,19 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of a `w` × `h` image fed to the model as it is.
+    pub fn identity(w: f32, h: f32) -> Self {
+        Self {
+            scale_x: 1.0,
+            scale_y: 1.0,
+            pad_x: 0.0,
+            pad_y: 0.0,
+            origin_x: 0.0,
+            origin_y: 0.0,
+            source: [0.0, 0.0, w, h],
+        }
+    }
+
     /// Frame coordinates of a model-input point.
     pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
         (
@@ -194,17 +208,10 @@ impl Preprocessor {
         // Whole image already at the model size: copy, do not resample.
         if rect == [0, 0, mw, mh] && w == mw && h == mh {
             normalize(&self.spec, pixels, out);
-            return Ok(Geometry {
-                scale_x: 1.0,
-                scale_y: 1.0,
-                pad_x: 0.0,
-                pad_y: 0.0,
-                origin_x: 0.0,
-                origin_y: 0.0,
-                source,
-            });
+            return Ok(Geometry::identity(rw, rh));
         }
-        let src = Image::from_vec_u8(w, h, pixels.to_vec(), pixel_type)
+        // Borrowed: a tiled frame is read once per tile, never copied.
+        let src = ImageRef::new(w, h, pixels, pixel_type)
             .map_err(|e| PreprocessError::Resize(e.to_string()))?;
         let options = |cx: f32, cy: f32, cw: f32, ch: f32| {
             ResizeOptions::new()

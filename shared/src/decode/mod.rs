@@ -241,13 +241,10 @@ mod tests {
 
     fn geometry(x: f32, y: f32) -> Geometry {
         Geometry {
-            scale_x: 1.0,
-            scale_y: 1.0,
-            pad_x: 0.0,
-            pad_y: 0.0,
             origin_x: x,
             origin_y: y,
             source: [x, y, 8.0, 8.0],
+            ..Geometry::identity(8.0, 8.0)
         }
     }
 
