@@ -186,13 +186,19 @@ async fn watch_frames(port: u16) -> anyhow::Result<tokio::sync::mpsc::Receiver<I
     let (watcher, mut events) =
         tierline_shared::mqtt::client(mqtt.options(&format!("watcher-{port}"))?, 16);
     watcher
-        .subscribe("tierline/v1/+/+/+/frames", rumqttc::QoS::AtMostOnce)
+        .subscribe(
+            "tierline/v1/+/+/+/frames",
+            tierline_shared::mqtt::QoS::AtMostOnce,
+        )
         .await?;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let _keep = watcher;
         while let Ok(ev) = events.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) = ev {
+            if let tierline_shared::mqtt::Event::Incoming(tierline_shared::mqtt::Packet::Publish(
+                _,
+            )) = ev
+            {
                 let _ = tx.try_send(Instant::now());
             }
         }

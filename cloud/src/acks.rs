@@ -1,15 +1,15 @@
 //! The acknowledgement stage: MQTT acknowledgements in arrival order.
 //!
-//! MQTT 3.1.1 (§4.6) requires a client to send PUBACKs in the order the PUBLISH packets arrived; strict
-//! brokers disconnect a client that does not. The order is kept by [`crate::order`]; this stage sends what
+//! MQTT (3.1.1 §4.6, and 5.0 §4.6) requires a client to send PUBACKs in the order the PUBLISH packets
+//! arrived; strict brokers disconnect a client that does not. The order is kept by [`crate::order`]; this stage sends what
 //! it releases. A message whose processing failed is still released in order (without a stored verdict):
 //! holding it would stall every later acknowledgement. The edge's resend timer delivers that frame again.
 
 use crate::order::{Sequencer, Ticket};
 use crate::stats::CloudStats;
-use rumqttc::{AsyncClient, Publish};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tierline_shared::mqtt::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
 /// Capacity of the channel into the sequencer. What it holds is bounded by the broker's in-flight window.

@@ -115,7 +115,7 @@ pub struct App {
     store: Store,
     api: Option<ReviewApi>,
     skeleton: Skeleton,
-    mqtt: rumqttc::MqttOptions,
+    mqtt: tierline_shared::mqtt::MqttOptions,
 }
 
 impl App {
@@ -133,7 +133,7 @@ impl App {
         mqtt.set_manual_acks(true);
         // A clean session: a worker that goes away must not hoard frames at the broker. Frames it held
         // unacknowledged are delivered again by the edges' resend timers.
-        mqtt.set_clean_session(true);
+        mqtt.set_clean_start(true);
         let api = if config.api.enabled {
             Some(ReviewApi::bind(config.api.clone(), store.clone()).await?)
         } else {

@@ -497,6 +497,7 @@ impl CloudConfig {
             field: field.into(),
             problem,
         };
+        self.mqtt.validate()?;
         topics::validate_id("worker_id", &self.cloud.worker_id)
             .map_err(|e| field("cloud.worker_id", e.to_string()))?;
         topics::validate_id("group", &self.cloud.group)

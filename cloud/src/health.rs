@@ -73,6 +73,7 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
         c(&m::CLOUD_DUPLICATES, &s.duplicates),
         c(&m::CLOUD_IDENTITY_CONFLICTS, &s.identity_conflicts),
         c(&m::CLOUD_VERDICTS_PUBLISHED, &s.verdicts_published),
+        c(&m::CLOUD_VERDICTS_REFUSED, &s.verdicts_refused),
         c(&m::CLOUD_UNREADABLE, &s.unreadable),
         c(&m::CLOUD_REJECTED_MALFORMED, &s.rejected_malformed),
         c(&m::CLOUD_REJECTED_FORGED, &s.rejected_forged),

@@ -19,8 +19,8 @@ use crate::ingest::Job;
 use crate::order::Ticket;
 use crate::stats::{self, CloudStats};
 use crate::store::{Store, Stored};
-use rumqttc::{AsyncClient, QoS};
 use std::sync::Arc;
+use tierline_shared::mqtt::{AsyncClient, Publish, QoS};
 use tierline_shared::runner::InferError;
 use tierline_shared::serving::ServedModel;
 use tierline_shared::topics::TopicKind;
@@ -46,7 +46,7 @@ pub struct Processor {
     /// Counters.
     pub stats: Arc<CloudStats>,
     /// Finished messages, acknowledged in arrival order.
-    pub acks: mpsc::Sender<(Ticket, rumqttc::Publish)>,
+    pub acks: mpsc::Sender<(Ticket, Publish)>,
 }
 
 /// The processing stage.

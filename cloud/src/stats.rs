@@ -17,6 +17,8 @@ pub struct CloudStats {
     pub identity_conflicts: AtomicU64,
     /// Verdicts published (including re-publications).
     pub verdicts_published: AtomicU64,
+    /// Verdicts the broker refused in its PUBACK (an ACL that does not let this worker write the topic).
+    pub verdicts_refused: AtomicU64,
     /// Frames whose image could not be read (stored with an error verdict).
     pub unreadable: AtomicU64,
     /// Messages rejected: malformed, oversized, unknown protocol version.

@@ -43,9 +43,10 @@ impl EmbeddedBroker {
                 "max_segment_size": 256 * 1024 * 1024,
                 "max_segment_count": 10,
             },
-            "v4": {
+            // Both tiers speak MQTT 5.
+            "v5": {
                 "1": {
-                    "name": "v4-1",
+                    "name": "v5-1",
                     "listen": format!("127.0.0.1:{port}"),
                     "next_connection_delay_ms": 1,
                     "connections": {

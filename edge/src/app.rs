@@ -13,6 +13,9 @@
 //!                          └─ wake ─────────────────────────────── outbox.ack once the sink wrote ───┘
 //! ```
 //!
+//! A frame the broker refuses (a PUBACK reason code seen by the link, or too large for the broker, seen by
+//! the uplink) goes to the settle stage as a refusal: decided locally, then deleted after the barrier.
+//!
 //! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
 //! `tierline_shared::service::Skeleton`), the health watcher (outbox disk headroom, link) and heartbeats.
 //!
@@ -91,8 +94,11 @@ const INTAKE_CHANNEL: usize = 256;
 const DECISION_CHANNEL: usize = 1024;
 /// Capacity of the channel of verdicts from the link.
 const VERDICT_CHANNEL: usize = 256;
-/// Capacity of the MQTT client's request channel.
-const MQTT_REQUESTS: usize = 64;
+/// Capacity of the channel of refused frames into the settle stage.
+const REFUSAL_CHANNEL: usize = 256;
+/// Capacity of the MQTT client's request channel: publishes do not wait for room, so it holds a full
+/// in-flight window of the default size plus decision lines and presence.
+const MQTT_REQUESTS: usize = 512;
 
 /// Loads the prescreen model and checks it against its golden samples.
 pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeError> {
@@ -132,7 +138,7 @@ pub struct App {
     cameras: Vec<Camera>,
     triggers: Triggers,
     skeleton: Skeleton,
-    mqtt: rumqttc::MqttOptions,
+    mqtt: tierline_shared::mqtt::MqttOptions,
 }
 
 impl App {
@@ -251,6 +257,8 @@ impl App {
         let _link_guard = link_stop.clone().drop_guard();
 
         let (client, eventloop) = tierline_shared::mqtt::client(mqtt, MQTT_REQUESTS);
+        let (publisher, tracker) = crate::link::publisher::publisher(client);
+        let (refusal_tx, refusal_rx) = mpsc::channel(REFUSAL_CHANNEL);
         let (intake_tx, intake_rx) = mpsc::channel(INTAKE_CHANNEL);
         let (decision_tx, decision_rx) = mpsc::channel(DECISION_CHANNEL);
         let (sink_tx, sink_rx) = mpsc::channel(DECISION_CHANNEL);
@@ -294,7 +302,7 @@ impl App {
             Sink {
                 cfg: config.sink.clone(),
                 items: sink_rx,
-                client: client.clone(),
+                publisher: publisher.clone(),
                 stats: stats.clone(),
             }
             .run(),
@@ -383,7 +391,8 @@ impl App {
             Ends::OnShutdown,
             Uplink {
                 outbox: outbox.clone(),
-                client: client.clone(),
+                publisher: publisher.clone(),
+                refusals: refusal_tx.clone(),
                 addr: addr.clone(),
                 model_version: model_version.clone(),
                 cfg: config.outbox.clone(),
@@ -398,7 +407,7 @@ impl App {
             "heartbeats",
             Ends::OnShutdown,
             Heartbeats {
-                client: client.clone(),
+                publisher: publisher.clone(),
                 addr: addr.clone(),
                 outbox: outbox.clone(),
                 model_version: model_version.clone(),
@@ -414,7 +423,9 @@ impl App {
             Ends::OnShutdown,
             Link {
                 eventloop,
-                client,
+                publisher,
+                tracker,
+                refusals: refusal_tx,
                 addr,
                 mqtt: config.mqtt.clone(),
                 model_version,
@@ -431,6 +442,7 @@ impl App {
             Settle {
                 outbox: outbox.clone(),
                 verdicts: verdict_rx,
+                refusals: refusal_rx,
                 decisions: decision_tx,
                 uplink: wake,
                 stats: stats.clone(),

@@ -518,6 +518,7 @@ impl EdgeConfig {
             problem,
         };
         self.address().map_err(|e| field("edge", e.to_string()))?;
+        self.mqtt.validate()?;
         if self.cameras.is_empty() {
             return Err(field("camera", "needs at least one [[camera]]".into()));
         }

@@ -219,6 +219,8 @@ pub fn samples(s: &EdgeStats) -> Vec<Sample> {
         c(&m::EDGE_DISAGREEMENTS, &s.disagreements),
         c(&m::EDGE_AUDIT_MISSES, &s.audit_misses),
         c(&m::EDGE_EVICTIONS, &s.evictions),
+        c(&m::EDGE_FRAMES_REFUSED, &s.frames_refused),
+        c(&m::EDGE_PUBLISHES_REFUSED, &s.publishes_refused),
         c(&m::EDGE_OUTBOX_ERRORS, &s.outbox_errors),
         c(&m::EDGE_VERDICTS_MISMATCHED, &s.verdicts_mismatched),
         c(&m::EDGE_FRAMES_UNSCORED, &s.frames_unscored),

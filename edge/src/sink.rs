@@ -14,14 +14,18 @@
 //! frames (counted as dropped by backpressure) rather than this stage losing a decided frame's line.
 //!
 //! **MQTT sink.** Lines are published with QoS 1 to the configured topic (which must be writable by the
-//! edge under the broker's ACL; see `deploy/mosquitto/acl`). A barrier is answered only when every line
-//! before it was handed to the MQTT client; lines the client refuses (its queue is full while the broker is
-//! away) are held and retried like a failing file.
+//! edge under the broker's ACL; see `deploy/mosquitto/acl`). A barrier is answered only when the broker has
+//! acknowledged every line before it (its PUBACK, [`crate::link::publisher::Lines`]): while the broker is
+//! away, the outbox keeps the records whose lines are not yet delivered, and lines the MQTT client refuses
+//! (its queue is full) are held and retried like a failing file. A line the broker refuses (its ACL denies
+//! the topic) is not delivered: the sink turns unready with the reason and answers no later barrier, so
+//! every record from then on stays in the outbox until the ACL is fixed and the edge restarted.
 
 use crate::config::SinkConfig;
 use crate::decisions::SinkItem as Item;
+use crate::link::Publisher;
+use crate::link::publisher::Lines;
 use crate::stats::{self, EdgeStats};
-use rumqttc::{AsyncClient, QoS};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,8 +59,8 @@ pub struct Sink {
     pub cfg: SinkConfig,
     /// Events and barriers, from the decision stage.
     pub items: mpsc::Receiver<Item>,
-    /// The MQTT client, for an MQTT sink.
-    pub client: AsyncClient,
+    /// Where an MQTT sink publishes.
+    pub publisher: Publisher,
     /// Counters and the sink's health.
     pub stats: Arc<EdgeStats>,
 }
@@ -67,7 +71,7 @@ enum Target {
     /// A file, written with blocking calls on the blocking pool: `tokio::fs::File` writes behind and drops
     /// the bytes of a write that fails (a full disk), which would lose lines.
     File(Arc<std::fs::File>),
-    Mqtt(AsyncClient, String),
+    Mqtt(Publisher, String, Arc<Lines>),
     Null,
 }
 
@@ -80,7 +84,7 @@ impl Target {
                 let (f, bytes) = (f.clone(), bytes.to_vec());
                 blocking(move || std::io::Write::write(&mut &*f, &bytes)).await
             }
-            Target::Mqtt(client, topic) => {
+            Target::Mqtt(client, topic, _) => {
                 // One message per line. Never await the client: that could wait on the event loop, which may
                 // wait on this stage.
                 let len = bytes
@@ -89,11 +93,9 @@ impl Target {
                     .map_or(bytes.len(), |i| i + 1);
                 let body = bytes[..len].strip_suffix(b"\n").unwrap_or(&bytes[..len]);
                 client
-                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, body.to_vec())
+                    .publish_line(topic, body.to_vec())
                     .map(|_| len)
-                    .map_err(|e| {
-                        std::io::Error::other(format!("MQTT client refused the line: {e}"))
-                    })
+                    .map_err(|e| std::io::Error::other(format!("decision line not sent: {e}")))
             }
             Target::Null => Ok(bytes.len()),
         }
@@ -108,6 +110,23 @@ impl Target {
                 blocking(move || f.sync_data()).await
             }
             Target::Mqtt(..) | Target::Null => Ok(()),
+        }
+    }
+
+    /// Whether the first `lines` lines written are durable once [`Target::sync`] returned: always, except
+    /// for MQTT, where they must also be acknowledged by the broker. An error if the broker refused one.
+    fn durable(&self, lines: u64) -> std::io::Result<bool> {
+        match self {
+            Target::Mqtt(_, _, acks) => acks.acked_below(lines).map_err(std::io::Error::other),
+            _ => Ok(true),
+        }
+    }
+
+    /// Resolves when more lines may have become durable (an MQTT acknowledgement); never for other targets.
+    async fn progress(&self) {
+        match self {
+            Target::Mqtt(_, _, acks) => acks.changed().await,
+            _ => std::future::pending().await,
         }
     }
 }
@@ -128,10 +147,10 @@ impl Sink {
         let Sink {
             cfg,
             items: mut rx,
-            client,
+            publisher,
             stats,
         } = self;
-        let (mut target, name) = open(cfg, client).await?;
+        let (mut target, name) = open(cfg, publisher).await?;
         let mut held = Held::default();
         let mut open = true;
         let mut batch = Vec::with_capacity(BATCH);
@@ -154,6 +173,7 @@ impl Sink {
                     }
                 }
                 _ = tokio::time::sleep(RETRY), if failing || !open || held.bytes >= MAX_HELD => {}
+                _ = target.progress(), if !held.barriers.is_empty() => {}
             }
             match held.drain(&mut target).await {
                 Ok(()) => {
@@ -161,6 +181,11 @@ impl Sink {
                         tracing::info!(sink = %name, "Decision sink writes again; held lines written.");
                     }
                     stats.sink_error.clear();
+                    if !open && held.buf.is_empty() {
+                        // Every line is written. Barriers still waiting for the broker's acknowledgements
+                        // stay unanswered (the link has closed): their records stay in the outbox.
+                        break;
+                    }
                 }
                 Err(e) => {
                     stats::inc(&stats.sink_errors);
@@ -191,7 +216,7 @@ impl Sink {
 }
 
 /// Opens the target.
-async fn open(cfg: SinkConfig, client: AsyncClient) -> Result<(Target, String), SinkError> {
+async fn open(cfg: SinkConfig, publisher: Publisher) -> Result<(Target, String), SinkError> {
     Ok(match cfg {
         SinkConfig::Stdout => (Target::Stdout(tokio::io::stdout()), "stdout".into()),
         SinkConfig::File { path } => {
@@ -220,7 +245,8 @@ async fn open(cfg: SinkConfig, client: AsyncClient) -> Result<(Target, String), 
         }
         SinkConfig::Mqtt { topic } => {
             let name = format!("mqtt topic {topic}");
-            (Target::Mqtt(client, topic), name)
+            let acks = publisher.lines().clone();
+            (Target::Mqtt(publisher, topic, acks), name)
         }
         SinkConfig::Null => (Target::Null, "null".into()),
     })
@@ -231,11 +257,13 @@ async fn open(cfg: SinkConfig, client: AsyncClient) -> Result<(Target, String), 
 struct Held {
     /// Unwritten bytes: whole lines, the first possibly written in part already.
     buf: Vec<u8>,
-    /// Barriers, each with the number of bytes pushed before it (counted from the start).
-    barriers: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Barriers, each with the number of bytes and of lines pushed before it (counted from the start).
+    barriers: VecDeque<(u64, u64, oneshot::Sender<()>)>,
     /// Bytes pushed so far, and bytes written so far.
     pushed: u64,
     written: u64,
+    /// Lines pushed so far.
+    lines: u64,
     /// Bytes held (`buf.len()`).
     bytes: usize,
 }
@@ -247,12 +275,13 @@ impl Held {
 
     fn push(&mut self, line: Vec<u8>) {
         self.pushed += line.len() as u64;
+        self.lines += 1;
         self.buf.extend_from_slice(&line);
         self.bytes = self.buf.len();
     }
 
     fn barrier(&mut self, done: oneshot::Sender<()>) {
-        self.barriers.push_back((self.pushed, done));
+        self.barriers.push_back((self.pushed, self.lines, done));
     }
 
     /// Writes every held byte, syncs if a barrier waits, and answers the barriers now covered.
@@ -264,12 +293,21 @@ impl Held {
             return Ok(());
         }
         target.sync().await?;
-        while self
-            .barriers
-            .front()
-            .is_some_and(|(before, _)| *before <= self.written)
-        {
-            if let Some((_, done)) = self.barriers.pop_front() {
+        while let Some((before, lines, _)) = self.barriers.front() {
+            if *before > self.written {
+                break;
+            }
+            match target.durable(*lines) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // A line before these barriers will never be delivered: they can never be answered.
+                    // Dropping them tells the settle stage to keep those records (see `crate::settle`).
+                    self.barriers.clear();
+                    return Err(e);
+                }
+            }
+            if let Some((_, _, done)) = self.barriers.pop_front() {
                 let _ = done.send(());
             }
         }

@@ -51,6 +51,11 @@ pub struct EdgeStats {
     pub audit_misses: AtomicU64,
     /// Records evicted from the outbox to stay within budget.
     pub evictions: AtomicU64,
+    /// Frames the broker refused (a PUBACK refusal, or larger than its maximum packet size): decided
+    /// locally and dropped from the outbox.
+    pub frames_refused: AtomicU64,
+    /// Other messages (decision lines, presence, heartbeats) the broker refused in its PUBACK.
+    pub publishes_refused: AtomicU64,
     /// Frames that could not be written to the outbox.
     pub outbox_errors: AtomicU64,
     /// Verdicts refused because they name another outbox incarnation or another image than the record held
@@ -113,6 +118,8 @@ impl Default for EdgeStats {
             disagreements: AtomicU64::new(0),
             audit_misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            frames_refused: AtomicU64::new(0),
+            publishes_refused: AtomicU64::new(0),
             outbox_errors: AtomicU64::new(0),
             verdicts_mismatched: AtomicU64::new(0),
             sink_failing: AtomicBool::new(false),

@@ -8,21 +8,26 @@
 //! live suspects are not stuck behind a backlog and the backlog still drains. A sent record becomes due
 //! again after `resend_after × 2^(attempts)` (capped at 8×, ±20 % jitter) unless its verdict deletes it.
 //! Publishing returning `Ok` means only that the MQTT client queued the message; nothing is deleted here.
+//! A record larger than the broker's maximum packet size is not sent: it goes to the settle stage as a
+//! [`Refusal`], like a frame the broker refused in its PUBACK.
 
 use crate::config::OutboxConfig;
+use crate::link::{PublishError, Publisher, Refusal, Tag};
 use crate::outbox::{Outbox, OutboxError, Record};
 use crate::stats::{self, EdgeStats};
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, QoS};
 use std::sync::Arc;
 use std::time::Duration;
+use tierline_shared::mqtt::QoS;
 use tierline_shared::topics::{EdgeAddress, TopicKind};
 use tierline_shared::wire::{self, FrameEnvelope};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How often due records are checked without a wake-up.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a round waits when the MQTT client's queue is full.
+const BACKED_UP: Duration = Duration::from_millis(5);
 /// How soon a failed round is tried again.
 pub const RETRY: Duration = Duration::from_millis(500);
 
@@ -62,8 +67,10 @@ pub fn envelope(
 pub struct Uplink {
     /// Where the records wait.
     pub outbox: Outbox,
-    /// The MQTT client (its event loop is polled by the link stage).
-    pub client: AsyncClient,
+    /// Where frames are published (the event loop is polled by the link stage).
+    pub publisher: Publisher,
+    /// Records the broker would refuse, to the settle stage.
+    pub refusals: mpsc::Sender<Refusal>,
     /// This edge.
     pub addr: EdgeAddress,
     /// Version of the edge model, sent with each frame.
@@ -144,6 +151,7 @@ impl Uplink {
         let due = outbox.due(now, room.div_ceil(2), room / 2).await?;
         let mut sent = Vec::with_capacity(due.len());
         let mut result = Round::Continue;
+        let mut backed_up = false;
         for r in &due {
             let bytes = match wire::encode(
                 &envelope(&self.addr, &self.model_version, outbox.incarnation(), r),
@@ -158,15 +166,38 @@ impl Uplink {
                     continue;
                 }
             };
-            let publish = self
-                .client
-                .publish(topic.to_string(), QoS::AtLeastOnce, false, bytes);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                res = publish => if res.is_err() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self
+                .publisher
+                .publish(topic, QoS::AtLeastOnce, false, bytes, Tag::Frame(r.seq))
+            {
+                Ok(()) => {}
+                Err(e @ PublishError::TooLarge { .. }) => {
+                    stats::inc(&self.stats.frames_refused);
+                    tracing::warn!(seq = r.seq, error = %e, action = "deciding the frame locally; it is not sent", "Frame too large for the broker.");
+                    let refusal = Refusal {
+                        seq: r.seq,
+                        reason: e.to_string(),
+                    };
+                    // Not due again while the settle stage drops it.
+                    sent.push((r.seq, now + 3_600_000_000));
+                    if self.refusals.send(refusal).await.is_err() {
+                        result = Round::ClientGone;
+                        break;
+                    }
+                    continue;
+                }
+                Err(PublishError::Client(_)) if self.refusals.is_closed() => {
                     result = Round::ClientGone;
                     break;
-                },
+                }
+                Err(PublishError::Client(_)) => {
+                    // The client's queue is full: the rest stays due and goes in a later round.
+                    backed_up = true;
+                    break;
+                }
             }
             stats::inc(&self.stats.publishes);
             tracing::debug!(
@@ -184,7 +215,11 @@ impl Uplink {
             ));
         }
         outbox.mark_sent(&sent);
-        if result == Round::Continue && due.len() == room.div_ceil(2) + room / 2 {
+        if backed_up {
+            // Give the link stage time to drain the client's queue, then go on.
+            tokio::time::sleep(BACKED_UP).await;
+            self.wake.notify_one();
+        } else if result == Round::Continue && due.len() == room.div_ceil(2) + room / 2 {
             // The window was filled and more may be due: go round again without waiting for a wake-up.
             self.wake.notify_one();
         }
@@ -197,6 +232,6 @@ impl Uplink {
 enum Round {
     /// Go on.
     Continue,
-    /// The MQTT client is gone (shutdown).
+    /// The link or settle stage is gone (shutdown).
     ClientGone,
 }

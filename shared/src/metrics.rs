@@ -196,6 +196,10 @@ metrics! {
     EDGE_AUDIT_MISSES = ("tierline_edge_audit_misses", Counter, "Audit samples the cloud found defective (prescreen misses).");
     /// Outbox evictions.
     EDGE_EVICTIONS = ("tierline_edge_outbox_evictions", Counter, "Records evicted from the outbox to stay within its disk budget.");
+    /// Frames the broker refused.
+    EDGE_FRAMES_REFUSED = ("tierline_edge_frames_refused", Counter, "Frames the broker refused (PUBACK reason code, or larger than its maximum packet size): decided locally with the reason and dropped from the outbox, not resent.");
+    /// Other messages the broker refused.
+    EDGE_PUBLISHES_REFUSED = ("tierline_edge_publishes_refused", Counter, "Decision lines, presence and heartbeat messages the broker refused in its PUBACK (check its ACL for this edge).");
     /// Outbox write failures.
     EDGE_OUTBOX_ERRORS = ("tierline_edge_outbox_errors", Counter, "Frames that could not be written to the outbox.");
     /// Frames the model was too far behind to score.
@@ -238,6 +242,8 @@ metrics! {
     CLOUD_IDENTITY_CONFLICTS = ("tierline_cloud_identity_conflicts", Counter, "Frames that arrived under the key of a stored frame with another image; stored and judged as different frames.");
     /// Verdicts published.
     CLOUD_VERDICTS_PUBLISHED = ("tierline_cloud_verdicts_published", Counter, "Verdicts published, re-publications included.");
+    /// Verdicts the broker refused.
+    CLOUD_VERDICTS_REFUSED = ("tierline_cloud_verdicts_refused", Counter, "Verdicts the broker refused in its PUBACK (its ACL does not let this worker write the edge's verdict topic).");
     /// Unreadable frames.
     CLOUD_UNREADABLE = ("tierline_cloud_frames_unreadable", Counter, "Frames whose image could not be read (stored with an error verdict).");
     /// Malformed messages rejected.

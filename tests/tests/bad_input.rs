@@ -108,7 +108,7 @@ async fn cloud_rejects_garbage_and_forged_envelopes_and_stores_nothing() {
         image,
         ..FrameEnvelope::default()
     };
-    let qos = rumqttc::QoS::AtLeastOnce;
+    let qos = tierline_shared::mqtt::QoS::AtLeastOnce;
     // Edge A's topic, edge B's envelope.
     client
         .publish(

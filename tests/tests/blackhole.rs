@@ -2,14 +2,14 @@
 //!
 //! The edge reaches Mosquitto through [`tierline_tests::proxy::Proxy`]; the cloud worker talks to Mosquitto
 //! directly. Four faults land inside the traffic window, each longer than the decision deadline:
-//! - a **black hole** (6 s) in steady flow: the proxy stops forwarding both ways without closing anything,
-//!   so the edge sees no error, no FIN and no RST; only its MQTT keep-alive (1 s here) or a write that
-//!   cannot complete can tell it the link is dead;
+//! - a **black hole** (15 s) in steady flow: the proxy stops forwarding both ways without closing anything,
+//!   so the edge sees no error, no FIN and no RST; only its MQTT keep-alive (5 s here, the least the MQTT
+//!   client takes) or a write that cannot complete can tell it the link is dead;
 //! - a **delay** of 300 ms each way (3 s): the link stays up but a verdict cannot come back in time;
 //! - **resets** (4 s): every open connection is reset, every new one too, so a backlog builds up;
-//! - a second **black hole** (10 s) right after the edge reconnected, while it sends that backlog: its socket
+//! - a second **black hole** (15 s) right after the edge reconnected, while it sends that backlog: its socket
 //!   buffers fill and its writes block (in most runs), so keep-alive pings cannot go out and the edge notices
-//!   only when its MQTT client times the blocked write out (5 s).
+//!   only when a poll of its MQTT event loop makes no progress for the keep-alive plus 2 s.
 //!
 //! The oracle, from the decision log and the cloud's store rather than the edge's counters where it can:
 //! every frame taken has exactly one decision; every suspect has one; every provisional decision is
@@ -46,17 +46,20 @@ const DEADLINE_MS: u64 = 500;
 const SLACK_MS: u64 = 200;
 const CAMERAS: u64 = 2;
 const FPS: f64 = 10.0;
-/// Frames per camera: 50 s of traffic; the faults and the waits between them take about 35 s of it.
-const FRAMES: u64 = 500;
-const HOLE: Duration = Duration::from_secs(6);
+/// Frames per camera: 70 s of traffic; the faults and the waits between them take about 50 s of it.
+const FRAMES: u64 = 700;
+/// Longer than twice the keep-alive: a dead link shows within two of them, or when a poll of the MQTT event
+/// loop makes no progress for the keep-alive plus 2 s (a blocked write).
+const HOLE: Duration = Duration::from_secs(15);
 const DELAY: Duration = Duration::from_millis(300);
 const DELAY_WINDOW: Duration = Duration::from_secs(3);
 const RESET_WINDOW: Duration = Duration::from_secs(4);
-/// The second black hole: longer, as a blocked write is only timed out 5 s after it blocked (rumqttc's
-/// default network timeout), whatever the keep-alive; seen here 5–7 s into the hole.
-const BURST_HOLE: Duration = Duration::from_secs(10);
-/// Keep-alive of the edge's MQTT session: a dead link shows as a missing PINGRESP within about 2 of these.
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// The second black hole: the edge's writes block in it, which it notices when a poll of its event loop
+/// makes no progress for the keep-alive plus 2 s.
+const BURST_HOLE: Duration = Duration::from_secs(15);
+/// Keep-alive of the edge's MQTT session (the least rumqttc's MQTT 5 client takes): a dead link shows as a
+/// missing PINGRESP within about 2 of these.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How often the test's tail reads the decision log.
 const TAIL_EVERY: Duration = Duration::from_millis(10);
 

@@ -366,8 +366,8 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
         .await
         .unwrap();
     assert_eq!(code, 400, "an empty part id is refused: {body}");
-    let (client, mut ev) = rumqttc::AsyncClient::new(
-        rumqttc::MqttOptions::new("line-plc", "127.0.0.1", broker.port()),
+    let (client, mut ev) = tierline_shared::mqtt::AsyncClient::new(
+        tierline_shared::mqtt::MqttOptions::new("line-plc", "127.0.0.1", broker.port()),
         16,
     );
     let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
@@ -386,7 +386,7 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
         client
             .publish(
                 "tierline/v1/plant/l1/edge-t/trigger",
-                rumqttc::QoS::AtLeastOnce,
+                tierline_shared::mqtt::QoS::AtLeastOnce,
                 false,
                 format!("{{\"part_id\":\"{part}\",\"camera\":\"station\"}}"),
             )

@@ -37,12 +37,17 @@ fn tls_login(port: u16, ca: &Path, user: &str, password: &str) -> MqttConfig {
 }
 
 /// Connects once and returns the first outcome: Ok on CONNACK, or the connection error.
-async fn connect_once(mqtt: &MqttConfig, id: &str) -> Result<(), rumqttc::ConnectionError> {
+async fn connect_once(
+    mqtt: &MqttConfig,
+    id: &str,
+) -> Result<(), tierline_shared::mqtt::ConnectionError> {
     let (_client, mut eventloop) = tierline_shared::mqtt::client(mqtt.options(id).unwrap(), 8);
     let first = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(tierline_shared::mqtt::Event::Incoming(
+                    tierline_shared::mqtt::Packet::ConnAck(_),
+                )) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
@@ -78,7 +83,10 @@ async fn tls_with_the_right_ca_connects_and_a_wrong_ca_or_login_fails_clearly() 
     let e = connect_once(&wrong, "tls-wrong").await.unwrap_err();
     let why = wrong.explain(&e);
     println!("wrong CA: {why}");
-    assert!(matches!(e, rumqttc::ConnectionError::Tls(_)), "{e:?}");
+    assert!(
+        matches!(e, tierline_shared::mqtt::ConnectionError::Tls(_)),
+        "{e:?}"
+    );
     assert!(
         why.contains("mqtt.tls.ca") && why.contains("UnknownIssuer"),
         "{why}"
@@ -136,16 +144,19 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
     client_b
         .subscribe(
             "tierline/v1/plant/l1/edge-b/verdicts",
-            rumqttc::QoS::AtLeastOnce,
+            tierline_shared::mqtt::QoS::AtLeastOnce,
         )
         .await
         .unwrap();
     let (b_tx, mut b_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Verdict)>();
     let poller_b = tokio::spawn(async move {
         while let Ok(ev) = events_b.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+            if let tierline_shared::mqtt::Event::Incoming(tierline_shared::mqtt::Packet::Publish(
+                p,
+            )) = ev
+            {
                 let v: Verdict = wire::decode(&p.payload, 1 << 22).unwrap();
-                let _ = b_tx.send((p.topic.clone(), v));
+                let _ = b_tx.send((String::from_utf8_lossy(&p.topic).into_owned(), v));
             }
         }
     });
@@ -156,7 +167,7 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
     client_a
         .subscribe(
             "tierline/v1/plant/l1/edge-a/verdicts",
-            rumqttc::QoS::AtLeastOnce,
+            tierline_shared::mqtt::QoS::AtLeastOnce,
         )
         .await
         .unwrap();
@@ -164,7 +175,7 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
     client_a
         .subscribe(
             "tierline/v1/plant/l1/edge-b/verdicts",
-            rumqttc::QoS::AtLeastOnce,
+            tierline_shared::mqtt::QoS::AtLeastOnce,
         )
         .await
         .unwrap();
@@ -172,13 +183,16 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
         tokio::sync::mpsc::unbounded_channel::<(String, Verdict)>();
     let poller_a = tokio::spawn(async move {
         while let Ok(ev) = events_a.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+            if let tierline_shared::mqtt::Event::Incoming(tierline_shared::mqtt::Packet::Publish(
+                p,
+            )) = ev
+            {
                 let v: Verdict = wire::decode(&p.payload, 1 << 22).unwrap();
-                let _ = verdicts_tx.send((p.topic.clone(), v));
+                let _ = verdicts_tx.send((String::from_utf8_lossy(&p.topic).into_owned(), v));
             }
         }
     });
-    let qos = rumqttc::QoS::AtLeastOnce;
+    let qos = tierline_shared::mqtt::QoS::AtLeastOnce;
     // 1. Into edge B's topic with edge B's envelope: the broker drops it (ACL).
     client_a
         .publish(
@@ -299,7 +313,10 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
         .unwrap();
     let retained = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(ev) = we.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+            if let tierline_shared::mqtt::Event::Incoming(tierline_shared::mqtt::Packet::Publish(
+                p,
+            )) = ev
+            {
                 return Some(p.payload);
             }
         }
@@ -313,11 +330,17 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
 }
 
 /// Polls `events` until CONNACK; panics with the broker's log on an error or after 10 s.
-async fn connected(events: &mut rumqttc::EventLoop, who: &str, broker: &shipped::ShippedBroker) {
+async fn connected(
+    events: &mut tierline_shared::mqtt::EventLoop,
+    who: &str,
+    broker: &shipped::ShippedBroker,
+) {
     let first = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match events.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(tierline_shared::mqtt::Event::Incoming(
+                    tierline_shared::mqtt::Packet::ConnAck(_),
+                )) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
@@ -341,7 +364,7 @@ async fn connected(events: &mut rumqttc::EventLoop, who: &str, broker: &shipped:
 async fn an_edge_cannot_take_over_another_edges_client_id() {
     let dir = tempfile::tempdir().unwrap();
     let b = shipped::start(dir.path(), USERS);
-    let qos = rumqttc::QoS::AtLeastOnce;
+    let qos = tierline_shared::mqtt::QoS::AtLeastOnce;
 
     // The cloud's view of edge B's presence: its OFFLINE last will would show up here.
     let watch = tls_login(b.cloud_port, &b.pki.ca, "tierline-cloud", "pw-cloud");
@@ -356,12 +379,16 @@ async fn an_edge_cannot_take_over_another_edges_client_id() {
         let mut subscribed = Some(subscribed_tx);
         while let Ok(ev) = watch_events.poll().await {
             match ev {
-                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                tierline_shared::mqtt::Event::Incoming(tierline_shared::mqtt::Packet::SubAck(
+                    _,
+                )) => {
                     if let Some(tx) = subscribed.take() {
                         let _ = tx.send(());
                     }
                 }
-                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                tierline_shared::mqtt::Event::Incoming(tierline_shared::mqtt::Packet::Publish(
+                    p,
+                )) => {
                     let _ = presence_tx.send(wire::decode(&p.payload, 1 << 20).unwrap());
                 }
                 _ => {}
@@ -385,7 +412,9 @@ async fn an_edge_cannot_take_over_another_edges_client_id() {
     let poller_b = tokio::spawn(async move {
         loop {
             match events_b.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Disconnect)) => {
+                Ok(tierline_shared::mqtt::Event::Incoming(
+                    tierline_shared::mqtt::Packet::Disconnect(_),
+                )) => {
                     let _ = b_down_tx.send("the broker sent DISCONNECT".into());
                     return;
                 }
@@ -404,7 +433,8 @@ async fn an_edge_cannot_take_over_another_edges_client_id() {
     let mut options_a = mqtt_a
         .options(&tierline_edge::link::client_id("edge-b"))
         .unwrap();
-    options_a.set_clean_session(false);
+    options_a.set_clean_start(false);
+    options_a.set_session_expiry_interval(Some(3600));
     let (_client_a, mut events_a) = tierline_shared::mqtt::client(options_a, 16);
     connected(&mut events_a, "edge A", &b).await;
     let poller_a = tokio::spawn(async move { while events_a.poll().await.is_ok() {} });

@@ -16,12 +16,14 @@
 
 use crate::order::{Ticket, TicketCounter};
 use crate::stats::{self, CloudStats};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tierline_shared::mqtt::{Backoff, MqttConfig};
+use tierline_shared::mqtt::{
+    AsyncClient, Backoff, Event, EventLoop, Filter, MqttConfig, Packet, Publish, QoS,
+    SubscribeReasonCode,
+};
 use tierline_shared::topics::{self, EdgeAddress, TopicKind};
 use tierline_shared::wire::FrameEnvelope;
 use tokio::sync::mpsc;
@@ -86,16 +88,16 @@ impl Ingest {
         } = self;
         let filter = topics::shared_frames_filter(&group);
         let subscriptions = vec![
-            rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce),
+            Filter::new(filter.clone(), QoS::AtLeastOnce),
             // Heartbeats are recorded once per group; presence is retained, so every worker reads it directly.
-            rumqttc::SubscribeFilter::new(
+            Filter::new(
                 format!(
                     "$share/{group}/{}",
                     topics::all_edges_filter(TopicKind::Heartbeat)
                 ),
                 QoS::AtMostOnce,
             ),
-            rumqttc::SubscribeFilter::new(
+            Filter::new(
                 topics::all_edges_filter(TopicKind::Presence),
                 QoS::AtLeastOnce,
             ),
@@ -119,7 +121,7 @@ impl Ingest {
                     }
                     continue;
                 }
-                polled = eventloop.poll() => polled,
+                polled = tierline_shared::mqtt::poll(&mut eventloop) => polled,
             };
             match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -135,7 +137,7 @@ impl Ingest {
                     if ack
                         .return_codes
                         .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .any(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                     {
                         let why = format!(
                             "broker {}:{} refused the subscription {filter}: check the broker's ACL for this \
@@ -156,14 +158,25 @@ impl Ingest {
                     stats.link_error.clear();
                     tracing::info!(filter = %filter, "Subscribed; receiving frames.");
                 }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(why) = tierline_shared::mqtt::refusal(&ack) {
+                        stats::inc(&stats.verdicts_refused);
+                        tracing::error!(
+                            reason = why,
+                            "Broker refused a verdict; its edge decides that frame locally at its deadline. Check the broker's ACL for this worker's login (deploy/mosquitto/acl)."
+                        );
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let Some(queue) = &jobs else {
                         // Shutting down: leave it unacknowledged; the broker or the edge delivers it again.
                         continue;
                     };
                     let ticket = tickets.take();
+                    // MQTT topics are UTF-8 (the broker checks); anything else fails the topic check below.
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
                     if let Ok((addr, kind @ (TopicKind::Presence | TopicKind::Heartbeat))) =
-                        topics::parse(&p.topic)
+                        topics::parse(&topic)
                     {
                         let update = crate::presence::Update {
                             addr,
@@ -171,7 +184,7 @@ impl Ingest {
                             payload: p.payload.clone(),
                         };
                         if presence.try_send(update).is_err() {
-                            tracing::debug!(topic = %p.topic, "Presence queue full; the next heartbeat corrects the edge row.");
+                            tracing::debug!(topic = %topic, "Presence queue full; the next heartbeat corrects the edge row.");
                         }
                         // State, not a record: acknowledged in its turn right away.
                         let _ = acks.try_send((ticket, p));
@@ -179,7 +192,7 @@ impl Ingest {
                     }
                     stats::inc(&stats.frames_received);
                     stats.lag.received(ticket);
-                    match check(&p.topic, &p.payload, mqtt.max_message_bytes) {
+                    match check(&topic, &p.payload, mqtt.max_message_bytes) {
                         Ok((addr, frame)) => {
                             let job = Job {
                                 publish: p,
@@ -205,7 +218,7 @@ impl Ingest {
                                 Rejection::Forged(r) => (&stats.rejected_forged, r),
                             };
                             stats::inc(counter);
-                            tracing::warn!(topic = %p.topic, bytes = p.payload.len(), reason = %reason, "Rejected a frame message; nothing stored.");
+                            tracing::warn!(topic = %topic, bytes = p.payload.len(), reason = %reason, "Rejected a frame message; nothing stored.");
                             if acks.try_send((ticket, p)).is_err() {
                                 tracing::error!(
                                     "Acknowledgement queue full; the broker sends more than its in-flight window."

@@ -375,6 +375,38 @@ impl Book {
         }
     }
 
+    /// The broker refused `seq` (or would: too large), so no verdict can come. A waiting suspect is decided
+    /// now, locally and for good, with `reason` in the decision's detail; a provisional decision stands and
+    /// an audit sample is forgotten, as for a frame the outbox does not hold ([`Book::unheld`]).
+    pub fn refused(&mut self, seq: u64, reason: &str) -> Option<Event> {
+        if !matches!(self.frames.get(&seq), Some(State::Waiting(_))) {
+            self.unheld(seq);
+            return None;
+        }
+        let Some(State::Waiting(p)) = self.frames.remove(&seq) else {
+            return None;
+        };
+        self.unheld.remove(&seq);
+        let now = self.clock.now();
+        let action = self.rules.action(p.edge_score, p.edge_label.as_deref());
+        Some(Event::Decision {
+            seq,
+            frame_id: p.frame_id,
+            camera_id: p.camera_id,
+            action,
+            source: Source::LocalFallback,
+            provisional: false,
+            edge_score: p.edge_score,
+            cloud_label: None,
+            truth: p.truth,
+            latency_us: micros(now.saturating_duration_since(p.captured_at)),
+            capture_time_us: p.capture_time_us,
+            provenance: p.provenance,
+            detail: Some(format!("{reason}; decided locally for good")),
+            regions: Vec::new(),
+        })
+    }
+
     /// The deadline of `seq` passed: decide locally if still waiting, or still being scored.
     pub fn expire(&mut self, seq: u64) -> Option<Event> {
         let now = self.clock.now();
@@ -594,6 +626,8 @@ pub enum Input {
     Written(tokio::sync::oneshot::Sender<()>),
     /// Forwarded frames the outbox does not hold: evicted, refused, or not written ([`Book::unheld`]).
     Unheld(Vec<u64>),
+    /// A forwarded frame the broker refused, and why ([`Book::refused`]).
+    Refused(u64, String),
     /// A frame taken for scoring ([`Book::captured`]).
     Captured(Captured),
 }
@@ -674,6 +708,44 @@ mod tests {
             label: if defective { "spot" } else { "good" }.into(),
             ..Verdict::default()
         }
+    }
+
+    #[test]
+    fn a_refused_suspect_is_decided_at_once_and_for_good() {
+        let (mut b, clock, t0) = book(OfflinePolicy::Reject, ms(100));
+        b.insert(pending(1, t0, false));
+        b.insert(pending(2, t0, false));
+        b.insert(pending(3, t0, true));
+        clock.advance(ms(10));
+        let Some(Event::Decision {
+            provisional,
+            source,
+            detail,
+            latency_us,
+            ..
+        }) = b.refused(1, "the broker refused the frame: not authorized")
+        else {
+            panic!("a waiting suspect that is refused is decided");
+        };
+        assert!(!provisional);
+        assert_eq!(source, Source::LocalFallback);
+        assert_eq!(latency_us, 10_000);
+        assert!(detail.unwrap().contains("not authorized"));
+        // Its deadline passes without a second decision.
+        clock.advance(ms(100));
+        assert!(b.expire(1).is_none());
+        // A provisional decision stands; the entry leaves the book, as does a refused audit sample.
+        assert!(matches!(
+            b.expire(2),
+            Some(Event::Decision {
+                provisional: true,
+                ..
+            })
+        ));
+        assert!(b.refused(2, "refused").is_none());
+        assert!(b.refused(3, "refused").is_none());
+        assert!(b.verdict(&verdict(2, true), None).is_none());
+        assert!(b.verdict(&verdict(3, true), None).is_none());
     }
 
     #[test]

@@ -97,6 +97,12 @@ impl Decisions {
                         }
                         None
                     }
+                    Some(Input::Refused(seq, reason)) => {
+                        if let Some(key) = keys.remove(&seq) {
+                            timers.remove(&key);
+                        }
+                        book.refused(seq, &reason)
+                    }
                     Some(Input::Written(done)) => {
                         let _ = sink.send(Item::Barrier(done)).await;
                         None

@@ -1,32 +1,43 @@
 //! The edge's MQTT session: connection state, presence (retained birth + last will), heartbeats, and
 //! incoming verdicts.
 //!
-//! The session is persistent (`clean_session = false`, client id `tierline-edge-<edge_id>`), so verdicts the
-//! cloud publishes while the edge is away wait at the broker. The event loop is polled here and nowhere
-//! else; this task never awaits a full request channel (it only uses `try_*` calls), which would deadlock.
+//! The session is persistent (MQTT 5 `clean_start = false` with a session expiry of [`SESSION_EXPIRY`],
+//! client id `tierline-edge-<edge_id>`), so verdicts the cloud publishes while the edge is away wait at the
+//! broker. The event loop is polled here and nowhere else; this task never awaits a full request channel (it
+//! only uses `try_*` calls), which would deadlock.
+//!
+//! PUBACKs are matched to what was published ([`publisher`]): a frame the broker refuses (ACL denial,
+//! quota) goes to the settle stage as a [`Refusal`], which decides it locally and drops the record instead
+//! of sending it again forever; any other refused message is counted and logged.
 
 use crate::stats::{self, EdgeStats};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tierline_shared::mqtt::{Backoff, MqttConfig};
+use tierline_shared::mqtt::Event;
+use tierline_shared::mqtt::{Backoff, EventLoop, MqttConfig, Packet, QoS};
 use tierline_shared::topics::{EdgeAddress, TopicKind};
 use tierline_shared::wire::{self, PresenceState, Verdict};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod presence;
+pub mod publisher;
 
 use presence::presence;
-pub use presence::{Heartbeats, client_id, options};
+pub use presence::{Heartbeats, SESSION_EXPIRY, client_id, options};
+pub use publisher::{PublishError, Publisher, Refusal, Tag, Tracker};
 
 /// The link stage: the only poller of the MQTT event loop.
 pub struct Link {
     /// The event loop.
     pub eventloop: EventLoop,
-    /// Its client.
-    pub client: AsyncClient,
+    /// Its publishing side.
+    pub publisher: Publisher,
+    /// Matches PUBACKs to what was published.
+    pub tracker: Tracker,
+    /// Frames the broker refused, to the settle stage.
+    pub refusals: mpsc::Sender<Refusal>,
     /// This edge.
     pub addr: EdgeAddress,
     /// Connection settings.
@@ -49,7 +60,9 @@ impl Link {
     pub async fn run(self, shutdown: CancellationToken) {
         let Link {
             mut eventloop,
-            client,
+            publisher,
+            tracker,
+            refusals,
             addr,
             mqtt,
             model_version,
@@ -64,31 +77,69 @@ impl Link {
         loop {
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                polled = eventloop.poll() => polled,
+                polled = tierline_shared::mqtt::poll(&mut eventloop) => polled,
             };
+            let client = publisher.client();
             match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff.reset();
                     stats::inc(&stats.link_connects);
+                    let broker_max = ack.properties.as_ref().and_then(|p| p.max_packet_size);
+                    tracker.broker_max(broker_max);
                     tracing::info!(
                         session_present = ack.session_present,
+                        broker_max_packet = ?broker_max,
                         "Connected to the broker."
                     );
                     let _ = client.try_subscribe(verdict_topic.clone(), QoS::AtLeastOnce);
                     if triggers.any() {
                         let _ = client.try_subscribe(trigger_topic.clone(), QoS::AtLeastOnce);
                     }
-                    let _ = client.try_publish(
-                        addr.topic(TopicKind::Presence),
+                    let _ = publisher.publish(
+                        &addr.topic(TopicKind::Presence),
                         QoS::AtLeastOnce,
                         true,
                         presence(&addr, PresenceState::Online, &model_version),
+                        Tag::Other("presence"),
                     );
                     stats.link_up.store(true, Ordering::Relaxed);
                     stats.link_error.clear();
                     link.send_replace(true);
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == verdict_topic => {
+                Ok(Event::Outgoing(out)) => tracker.announced(&out),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => match tracker.acked(&ack) {
+                    Some((Tag::Frame(seq), why)) => {
+                        stats::inc(&stats.frames_refused);
+                        tracing::warn!(
+                            seq,
+                            reason = why,
+                            action = "deciding the frame locally; it is not sent again",
+                            "Broker refused a frame."
+                        );
+                        let refusal = Refusal {
+                            seq,
+                            reason: format!("the broker refused the frame: {why}"),
+                        };
+                        if refusals.send(refusal).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some((tag, why)) => {
+                        stats::inc(&stats.publishes_refused);
+                        let message = match tag {
+                            Tag::Line(_) => "decision line",
+                            Tag::Other(what) => what,
+                            Tag::Frame(_) => "frame",
+                        };
+                        tracing::warn!(
+                            message,
+                            reason = why,
+                            "Broker refused a message; check its ACL for this edge's login (deploy/mosquitto/acl)."
+                        );
+                    }
+                    None => {}
+                },
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == verdict_topic.as_bytes() => {
                     match wire::decode::<Verdict>(&p.payload, mqtt.max_message_bytes) {
                         Ok(v) if v.edge_id == addr.edge_id() => {
                             stats::inc(&stats.verdicts);
@@ -106,7 +157,7 @@ impl Link {
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == trigger_topic => {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == trigger_topic.as_bytes() => {
                     if let Ok(cameras) = triggers.fire_json(&p.payload, &stats) {
                         tracing::debug!(?cameras, "Part trigger received over MQTT.");
                     }
@@ -131,13 +182,14 @@ impl Link {
             }
         }
         // A clean disconnect does not fire the last will, so say goodbye explicitly.
-        let _ = client.try_publish(
-            addr.topic(TopicKind::Presence),
+        let _ = publisher.publish(
+            &addr.topic(TopicKind::Presence),
             QoS::AtLeastOnce,
             true,
             presence(&addr, PresenceState::Offline, &model_version),
+            Tag::Other("presence"),
         );
-        tierline_shared::mqtt::disconnect(&client, &mut eventloop).await;
+        tierline_shared::mqtt::disconnect(publisher.client(), &mut eventloop).await;
         stats.link_up.store(false, Ordering::Relaxed);
     }
 }

@@ -1,12 +1,12 @@
 //! Presence (retained birth message and OFFLINE last will) and heartbeats of an edge.
 
+use super::{Publisher, Tag};
 use crate::outbox::Outbox;
 use crate::stats::{self, EdgeStats};
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tierline_shared::mqtt::MqttConfig;
+use tierline_shared::mqtt::{LastWill, MqttConfig, MqttOptions, QoS};
 use tierline_shared::topics::{EdgeAddress, TopicKind};
 use tierline_shared::wire::{self, Heartbeat, Presence, PresenceState};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,11 @@ pub(super) fn presence(addr: &EdgeAddress, state: PresenceState, model_version: 
     wire::encode(&p, usize::MAX).unwrap_or_default()
 }
 
+/// How long the broker keeps an edge's session (its subscription and the verdicts queued for it) after the
+/// edge went away: a week. An edge away longer still gets its verdicts: it sends its frames again and the
+/// cloud answers from what it stored.
+pub const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Client options for the edge: persistent session and an OFFLINE last will.
 pub fn options(
     mqtt: &MqttConfig,
@@ -36,20 +41,22 @@ pub fn options(
     model_version: &str,
 ) -> Result<MqttOptions, tierline_shared::tls::TlsError> {
     let mut o = mqtt.options(&client_id(addr.edge_id()))?;
-    o.set_clean_session(false);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(SESSION_EXPIRY.as_secs() as u32));
     o.set_last_will(LastWill::new(
         addr.topic(TopicKind::Presence),
         presence(addr, PresenceState::Offline, model_version),
         QoS::AtLeastOnce,
         true,
+        None,
     ));
     Ok(o)
 }
 
 /// Publishes a heartbeat every `every` while the link is up.
 pub struct Heartbeats {
-    /// The MQTT client.
-    pub client: AsyncClient,
+    /// Where heartbeats are published.
+    pub publisher: Publisher,
     /// This edge.
     pub addr: EdgeAddress,
     /// The outbox, whose backlog each heartbeat reports.
@@ -66,7 +73,7 @@ impl Heartbeats {
     /// Runs until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let Heartbeats {
-            client,
+            publisher,
             addr,
             outbox,
             model_version,
@@ -106,11 +113,12 @@ impl Heartbeats {
                 evictions: stats::get(&stats.evictions),
             };
             if let Ok(bytes) = wire::encode(&hb, usize::MAX) {
-                let _ = client.try_publish(
-                    addr.topic(TopicKind::Heartbeat),
+                let _ = publisher.publish(
+                    &addr.topic(TopicKind::Heartbeat),
                     QoS::AtMostOnce,
                     false,
                     bytes,
+                    Tag::Other("heartbeat"),
                 );
             }
         }

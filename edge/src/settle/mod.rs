@@ -18,8 +18,13 @@
 //! ([`wire::verdict_matches`]). Anything else is a verdict for another frame that happens to share the seq
 //! (an outbox that was lost and recreated, or restored from an old copy, while the cloud still holds the
 //! earlier frame): it is refused, counted and logged, and the record stays until its own verdict comes.
+//!
+//! A frame the broker refused ([`Refusal`]: a PUBACK with a refusal reason, or too large for the broker) can
+//! never get a verdict. It takes the same path without a verdict: the decision stage decides it locally with
+//! the reason ([`Input::Refused`]), and after the barrier its record is deleted, so it is not sent forever.
 
 use crate::decisions::Input;
+use crate::link::Refusal;
 use crate::outbox::{Acked, Outbox, OutboxError};
 use crate::stats::{self, EdgeStats};
 use std::collections::{HashMap, HashSet};
@@ -36,6 +41,8 @@ pub struct Settle {
     pub outbox: Outbox,
     /// Verdicts, from the link stage.
     pub verdicts: mpsc::Receiver<Verdict>,
+    /// Frames the broker refused, from the link and uplink stages.
+    pub refusals: mpsc::Receiver<Refusal>,
     /// Verdicts and barriers, to the decision stage.
     pub decisions: mpsc::Sender<Input>,
     /// Woken after each acknowledgement (the uplink's window has room again).
@@ -50,12 +57,32 @@ impl Settle {
         let Settle {
             outbox,
             verdicts: mut rx,
+            mut refusals,
             decisions,
             uplink,
             stats,
         } = self;
         let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut refused = Vec::with_capacity(BATCH);
+        let mut refusals_open = true;
+        loop {
+            tokio::select! {
+                // Refusals first: they are rare, and those already queued are settled before a shutdown.
+                biased;
+                n = refusals.recv_many(&mut refused, BATCH), if refusals_open => {
+                    if n == 0 {
+                        refusals_open = false;
+                    } else if !settle_refused(&outbox, &mut refused, &decisions, &stats).await {
+                        return Ok(());
+                    } else {
+                        uplink.notify_one();
+                    }
+                    continue;
+                },
+                n = rx.recv_many(&mut batch, BATCH) => if n == 0 {
+                    break;
+                },
+            }
             // A repeated verdict in the same batch would settle the frame twice.
             let mut seen = HashSet::with_capacity(batch.len());
             batch.retain(|v: &Verdict| seen.insert(v.seq));
@@ -91,20 +118,84 @@ impl Settle {
                     return Ok(());
                 }
             }
-            let (done, written) = oneshot::channel();
-            if decisions.send(Input::Written(done)).await.is_err() || written.await.is_err() {
-                // The decision stage or the sink stopped: keep the records; they settle after a restart.
-                tracing::warn!(
-                    frames = seqs.len(),
-                    "Decision sink stopped before writing; acknowledged frames stay in the outbox."
-                );
-                return Ok(());
+            match barrier(&decisions).await {
+                Written::Yes => {}
+                Written::Never => {
+                    tracing::warn!(
+                        frames = seqs.len(),
+                        "Decision sink cannot make these lines durable; the frames stay in the outbox."
+                    );
+                    continue;
+                }
+                Written::Stopped => {
+                    // The decision stage stopped: keep the records; they settle after a restart.
+                    tracing::warn!(
+                        frames = seqs.len(),
+                        "Decision stage stopped before writing; acknowledged frames stay in the outbox."
+                    );
+                    return Ok(());
+                }
             }
             retry("delete", &stats, || outbox.ack(&seqs)).await;
             // Room in the in-flight window: the uplink sends the next records now, not at its next poll.
             uplink.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Decides refused frames locally, waits until the decisions are written, then deletes their records.
+/// Returns `false` if the decision stage or the sink stopped (the records then stay).
+async fn settle_refused(
+    outbox: &Outbox,
+    refused: &mut Vec<Refusal>,
+    decisions: &mpsc::Sender<Input>,
+    stats: &EdgeStats,
+) -> bool {
+    let seqs: Vec<u64> = refused.iter().map(|r| r.seq).collect();
+    for r in refused.drain(..) {
+        if decisions
+            .send(Input::Refused(r.seq, r.reason))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    match barrier(decisions).await {
+        Written::Yes => {
+            retry("delete", stats, || outbox.ack(&seqs)).await;
+        }
+        Written::Never => {
+            tracing::warn!(
+                frames = seqs.len(),
+                "Decision sink cannot make these lines durable; the refused frames stay in the outbox."
+            );
+        }
+        Written::Stopped => return false,
+    }
+    true
+}
+
+/// What became of a write barrier.
+enum Written {
+    /// Every line before it is durable.
+    Yes,
+    /// The sink dropped it: a line before it will never be durable (the sink failed for good, or stopped).
+    Never,
+    /// The decision stage is gone.
+    Stopped,
+}
+
+/// Sends a write barrier through the decision stage and waits for the sink's answer.
+async fn barrier(decisions: &mpsc::Sender<Input>) -> Written {
+    let (done, written) = oneshot::channel();
+    if decisions.send(Input::Written(done)).await.is_err() {
+        return Written::Stopped;
+    }
+    match written.await {
+        Ok(()) => Written::Yes,
+        Err(_) => Written::Never,
     }
 }
 
@@ -197,8 +288,23 @@ mod tests {
         written: bool,
         stats: &Arc<EdgeStats>,
     ) -> Vec<(u64, Option<Action>)> {
+        settle_all(ob, verdicts, Vec::new(), written, stats).await
+    }
+
+    async fn settle_all(
+        ob: &Outbox,
+        verdicts: Vec<Verdict>,
+        refused: Vec<Refusal>,
+        written: bool,
+        stats: &Arc<EdgeStats>,
+    ) -> Vec<(u64, Option<Action>)> {
         let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(16);
+        let (refusal_tx, refusal_rx) = tokio::sync::mpsc::channel(16);
         let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(16);
+        for r in refused {
+            refusal_tx.send(r).await.unwrap();
+        }
+        drop(refusal_tx);
         for v in verdicts {
             verdict_tx.send(v).await.unwrap();
         }
@@ -207,6 +313,7 @@ mod tests {
             Settle {
                 outbox: ob.clone(),
                 verdicts: verdict_rx,
+                refusals: refusal_rx,
                 decisions: decision_tx,
                 uplink: Arc::new(Notify::new()),
                 stats: stats.clone(),
@@ -217,6 +324,7 @@ mod tests {
         while let Some(input) = decision_rx.recv().await {
             match input {
                 Input::Verdict(v, known) => seen.push((v.seq, known.and_then(|k| k.local_action))),
+                Input::Refused(seq, _) => seen.push((seq, None)),
                 Input::Written(done) if written => done.send(()).unwrap(),
                 // The sink died before writing: the barrier is dropped unanswered.
                 Input::Written(_) => break,
@@ -244,6 +352,27 @@ mod tests {
         let seen = settle(&ob, &[1, 2], true).await;
         assert_eq!(seen, vec![(1, Some(Action::Reject)), (2, None)]);
         assert!(ob.lookup(&[1, 2]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_frame_is_decided_and_its_record_deleted_only_after_the_sink_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox_with(dir.path(), &[1, 2]).await;
+        let refusal = |seq| Refusal {
+            seq,
+            reason: "the broker refused the frame: not authorized".into(),
+        };
+        let seen = settle_all(&ob, Vec::new(), vec![refusal(1)], false, &Arc::default()).await;
+        assert_eq!(seen, vec![(1, None)]);
+        assert_eq!(
+            ob.lookup(&[1]).await.unwrap().len(),
+            1,
+            "kept until the decision is written"
+        );
+        let seen = settle_all(&ob, Vec::new(), vec![refusal(1)], true, &Arc::default()).await;
+        assert_eq!(seen, vec![(1, None)]);
+        assert!(ob.lookup(&[1]).await.unwrap().is_empty());
+        assert_eq!(ob.lookup(&[2]).await.unwrap().len(), 1, "others stay");
     }
 
     #[tokio::test]
