@@ -387,24 +387,9 @@ impl Book {
             return None;
         };
         self.unheld.remove(&seq);
-        let now = self.clock.now();
         let action = self.rules.action(p.edge_score, p.edge_label.as_deref());
-        Some(Event::Decision {
-            seq,
-            frame_id: p.frame_id,
-            camera_id: p.camera_id,
-            action,
-            source: Source::LocalFallback,
-            provisional: false,
-            edge_score: p.edge_score,
-            cloud_label: None,
-            truth: p.truth,
-            latency_us: micros(now.saturating_duration_since(p.captured_at)),
-            capture_time_us: p.capture_time_us,
-            provenance: p.provenance,
-            detail: Some(format!("{reason}; decided locally for good")),
-            regions: Vec::new(),
-        })
+        let detail = format!("{reason}; decided locally for good");
+        Some(final_local(seq, p, action, self.clock.now(), detail))
     }
 
     /// The deadline of `seq` passed: decide locally if still waiting, or still being scored.
@@ -442,22 +427,8 @@ impl Book {
         };
         let action = self.rules.action(p.edge_score, p.edge_label.as_deref());
         if self.unheld.remove(&seq) {
-            return Some(Event::Decision {
-                seq,
-                frame_id: p.frame_id,
-                camera_id: p.camera_id,
-                action,
-                source: Source::LocalFallback,
-                provisional: false,
-                edge_score: p.edge_score,
-                cloud_label: None,
-                truth: p.truth,
-                latency_us: micros(now.saturating_duration_since(p.captured_at)),
-                capture_time_us: p.capture_time_us,
-                provenance: p.provenance,
-                detail: Some("not held by the outbox: decided locally for good".into()),
-                regions: Vec::new(),
-            });
+            let detail = "not held by the outbox: decided locally for good".to_string();
+            return Some(final_local(seq, p, action, now, detail));
         }
         let event = Event::Decision {
             seq,
@@ -630,6 +601,26 @@ pub enum Input {
     Refused(u64, String),
     /// A frame taken for scoring ([`Book::captured`]).
     Captured(Captured),
+}
+
+/// A final local decision of a waiting suspect that can get no verdict, decided `now`.
+fn final_local(seq: u64, p: Pending, action: Action, now: Instant, detail: String) -> Event {
+    Event::Decision {
+        seq,
+        frame_id: p.frame_id,
+        camera_id: p.camera_id,
+        action,
+        source: Source::LocalFallback,
+        provisional: false,
+        edge_score: p.edge_score,
+        cloud_label: None,
+        truth: p.truth,
+        latency_us: micros(now.saturating_duration_since(p.captured_at)),
+        capture_time_us: p.capture_time_us,
+        provenance: p.provenance,
+        detail: Some(detail),
+        regions: Vec::new(),
+    }
 }
 
 /// A stored edge label as a class for the offline rules ("" is none).
