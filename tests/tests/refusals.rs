@@ -304,3 +304,86 @@ async fn records_stay_while_the_broker_refuses_their_decision_lines() {
         "records whose decision lines were never delivered left the outbox: {lost:?}"
     );
 }
+
+/// A burst of verdicts into the MQTT decision sink: an edge restarts with hundreds of frames held and sends
+/// them all at once to a cloud that answers them as fast as it can. The verdicts arrive while the settle stage
+/// waits for the broker to acknowledge the lines they caused; the link must go on taking those
+/// acknowledgements while the settle stage is busy. If it waits for the settle stage instead, neither moves
+/// and the records never leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_verdicts_settles_through_an_mqtt_decision_sink() {
+    const FLOOD: u64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), "");
+    let edge_config = |frames: u64, defects: f64| {
+        let cameras = pipeline::synthetic_cameras(1, frames, 200.0, defects);
+        let mut config = pipeline::edge_config(
+            broker.port(),
+            dir.path(),
+            &cameras,
+            "deadline = \"300ms\"\naudit_rate = 0.0",
+        );
+        config.sink = SinkConfig::Mqtt {
+            topic: DECISIONS_TOPIC.into(),
+        };
+        // Everything held goes out at once.
+        config.outbox.max_in_flight = std::num::NonZeroUsize::new(2000).unwrap();
+        config
+    };
+    // No cloud yet: every frame carries a defect, and the suspects stay held.
+    let edge = pipeline::start_edge(edge_config(FLOOD, 1.0));
+    let e = edge.stats.clone();
+    pipeline::wait_until(
+        "every frame decided",
+        Duration::from_secs(60),
+        || e.decisions.load(Ordering::Relaxed) >= FLOOD,
+        || format!("{} decided", e.decisions.load(Ordering::Relaxed)),
+    )
+    .await;
+    edge.stop().await.unwrap();
+    let held: BTreeSet<u64> = process::outbox_seqs(&dir.path().join("outbox.db"))
+        .await
+        .into_iter()
+        .collect();
+    println!("burst: {} records held", held.len());
+    assert!(held.len() >= 300, "too few held to test: {}", held.len());
+
+    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let c = cloud.stats.clone();
+    pipeline::wait_until(
+        "cloud subscribed",
+        Duration::from_secs(30),
+        || c.link_up.load(Ordering::Relaxed),
+        || format!("{:?}", c.link_error.get()),
+    )
+    .await;
+    // The edge comes back with one good frame to take; all it holds is due at once.
+    let edge = pipeline::start_edge(edge_config(1, 0.0));
+    let e = edge.stats.clone();
+    let started = std::time::Instant::now();
+    pipeline::wait_until(
+        "every held record settled",
+        Duration::from_secs(90),
+        || {
+            e.verdicts.load(Ordering::Relaxed) >= held.len() as u64
+                && e.backlog_frames.load(Ordering::Relaxed) == 0
+        },
+        || pipeline::describe(&e, &c),
+    )
+    .await;
+    println!("burst: settled in {:?}", started.elapsed());
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
+    // Oracle: the cloud's store and the outbox file. Every held record has its stored verdict and left.
+    let stored: BTreeSet<u64> = Stored::read(&dir.path().join("cloud.db"))
+        .await
+        .verdicts
+        .keys()
+        .filter(|(edge, _)| edge == "edge-t")
+        .map(|(_, seq)| *seq)
+        .collect();
+    let unjudged: Vec<_> = held.difference(&stored).collect();
+    assert!(unjudged.is_empty(), "held but never judged: {unjudged:?}");
+    let left = process::outbox_seqs(&dir.path().join("outbox.db")).await;
+    assert!(left.is_empty(), "records still held: {left:?}");
+}

@@ -11,6 +11,7 @@
 //! of sending it again forever; any other refused message is counted and logged.
 
 use crate::stats::{self, EdgeStats};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -74,9 +75,29 @@ impl Link {
         let verdict_topic = addr.topic(TopicKind::Verdicts);
         let trigger_topic = addr.topic(TopicKind::Trigger);
         let mut backoff = Backoff::new(mqtt.reconnect_delay, Duration::from_secs(30));
+        // Verdicts and refusals wait here while the settle stage is busy. This task never awaits the settle
+        // stage: settling can wait on a PUBACK (the MQTT decision sink's barrier) that only this task's
+        // polling can process. What waits is bounded by what this edge sent: each verdict and each
+        // refusal answers one of its publishes, of which at most `outbox.max_in_flight` are out per resend.
+        let mut verdict_queue: VecDeque<Verdict> = VecDeque::new();
+        let mut refusal_queue: VecDeque<Refusal> = VecDeque::new();
         loop {
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                permit = verdicts.reserve(), if !verdict_queue.is_empty() => {
+                    match (permit, verdict_queue.pop_front()) {
+                        (Ok(p), Some(v)) => p.send(v),
+                        _ => break,
+                    }
+                    continue;
+                }
+                permit = refusals.reserve(), if !refusal_queue.is_empty() => {
+                    match (permit, refusal_queue.pop_front()) {
+                        (Ok(p), Some(r)) => p.send(r),
+                        _ => break,
+                    }
+                    continue;
+                }
                 polled = tierline_shared::mqtt::poll(&mut eventloop) => polled,
             };
             let client = publisher.client();
@@ -120,9 +141,7 @@ impl Link {
                             seq,
                             reason: format!("the broker refused the frame: {why}"),
                         };
-                        if refusals.send(refusal).await.is_err() {
-                            break;
-                        }
+                        refusal_queue.push_back(refusal);
                     }
                     Some((tag, why)) => {
                         stats::inc(&stats.publishes_refused);
@@ -144,10 +163,7 @@ impl Link {
                         Ok(v) if v.edge_id == addr.edge_id() => {
                             stats::inc(&stats.verdicts);
                             tracing::debug!(seq = v.seq, label = %v.label, "Verdict received.");
-                            // Bounded: while the stage is busy the broker holds further verdicts.
-                            if verdicts.send(v).await.is_err() {
-                                break;
-                            }
+                            verdict_queue.push_back(v);
                         }
                         Ok(v) => {
                             tracing::warn!(verdict_edge = %v.edge_id, seq = v.seq, "Ignoring a verdict addressed to another edge.")
