@@ -5,6 +5,8 @@ Serves a directory of JPEG frames (played in file-name order, looped forever,
 paced in real time at --fps) as two live RTSP streams:
 
   rtsp://HOST:PORT/h264   frames decoded and re-encoded with x264 (RTP/H.264)
+  rtsp://HOST:PORT/h265   frames re-encoded with x265 (RTP/H.265, RFC 7798),
+                          where GStreamer has x265enc
   rtsp://HOST:PORT/mjpeg  the JPEG files themselves (RTP/JPEG, RFC 2435);
                           re-encoded only if RTP/JPEG cannot carry them as
                           they are, or if --width/--height scale them
@@ -303,6 +305,13 @@ def pre_encode(args, paths, size, fr):
 # SPS/PPS between two slices of one picture make ffmpeg split it in two frames
 # ("concealing ... errors in I frame").
 H264_PAY = "h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96"
+# The same for H.265: VPS/SPS/PPS in-band before every IRAP picture.
+H265_PAY = "h265parse config-interval=-1 ! rtph265pay name=pay0 pt=96"
+
+
+def x265_encoder(args):
+    return (f"x265enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max={args.keyint}"
+            f" bitrate={args.bitrate}")
 
 
 def appsrc_desc(caps):
@@ -327,7 +336,7 @@ class Mount:
 def parse_args():
     p = argparse.ArgumentParser(
         description="Serve a directory of JPEG frames as live RTSP streams "
-                    "at /h264 and /mjpeg.")
+                    "at /h264, /h265 and /mjpeg.")
     p.add_argument("--frames", required=True, metavar="DIR",
                    help="directory of .jpg files, streamed in name order and looped")
     p.add_argument("--port", type=int, default=8554,
@@ -416,6 +425,16 @@ def main():
             f"( {appsrc_desc(jpeg_caps)} ! {raw_convert(*size)} ! {x264_encoder(args)} ! "
             f"{H264_PAY} )",
             read_frame, wall_index))
+
+    if all(Gst.ElementFactory.find(e) for e in ("x265enc", "h265parse", "rtph265pay")):
+        mounts.append(Mount(
+            "/h265",
+            f"( {appsrc_desc(jpeg_caps)} ! {raw_convert(*size)} ! {x265_encoder(args)} ! "
+            f"{H265_PAY} )",
+            read_frame, wall_index))
+    else:
+        log("no /h265: GStreamer's x265enc, h265parse or rtph265pay is missing "
+            "(gstreamer1.0-plugins-bad)")
 
     if size != (src_w, src_h):
         problems.append(f"scaling {src_w}x{src_h} to {size[0]}x{size[1]}")
@@ -525,7 +544,7 @@ def main():
     log(f"serving {len(paths)} frames from {args.frames} at {args.fps:g} fps, "
         f"{size[0]}x{size[1]}, H.264 {args.profile} keyint {args.keyint}"
         f"{' (pre-encoded)' if args.pre_encode > 0 else ''}: "
-        f"rtsp://{args.address}:{port}/h264 and /mjpeg"
+        f"rtsp://{args.address}:{port}/h264, /h265 and /mjpeg"
         f"{f' ({args.auth} auth)' if args.user is not None else ''}")
     print(f"READY {port}", flush=True)
     loop.run()

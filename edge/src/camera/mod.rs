@@ -21,6 +21,8 @@ use bytes::Bytes;
 
 mod files;
 pub mod gate;
+#[cfg(feature = "h265")]
+pub mod hevc;
 mod http;
 mod mjpeg;
 pub mod multipart;

@@ -1,9 +1,11 @@
 //! RTSP cameras (the `retina` crate: TCP interleaved or UDP, Basic/Digest auth): H.264 decoded with
-//! OpenH264 (the `openh264` crate, built from its bundled source) and MJPEG over RTP passed on as JPEG.
+//! OpenH264 (the `openh264` crate, built from its bundled source), H.265 with FFmpeg's decoder when the
+//! edge is built with the `h265` feature ([`super::hevc`]), and MJPEG over RTP passed on as JPEG.
 //!
 //! Pacing saves decode work: an H.264 frame the gate refuses is not decoded at all when no other frame
 //! references it (`nal_ref_idc = 0`), and is decoded but never colour-converted, cropped or encoded when
-//! others do. H.264 decoding runs on one thread per camera, off the async workers.
+//! others do (H.265: every frame is decoded, only kept ones converted). Video decoding runs on one thread
+//! per camera, off the async workers.
 //!
 //! Capture times come from the stream: each frame's RTP timestamp is mapped to wall time through the last
 //! RTCP sender report of its stream; before the first report, frames are stamped on arrival.
@@ -100,14 +102,21 @@ impl RtspConnector {
             .enumerate()
             .find_map(|(i, s)| match (s.media(), s.encoding_name()) {
                 ("video", "h264") => Some((i, Codec::H264)),
+                ("video", "h265") => Some((i, Codec::H265)),
                 ("video", "jpeg") => Some((i, Codec::Jpeg)),
                 _ => None,
             })
             .ok_or_else(|| {
                 SourceError::Codec(format!(
-                    "{shown} offers {found:?}; this edge decodes H.264 and MJPEG video (set the camera's stream to H.264 or MJPEG; H.265 is not supported)"
+                    "{shown} offers {found:?}; this edge decodes H.264, H.265 and MJPEG video (set the camera's stream to one of them)"
                 ))
             })?;
+        #[cfg(not(feature = "h265"))]
+        if let Codec::H265 = codec {
+            return Err(SourceError::Codec(format!(
+                "{shown} sends H.265 and this edge was built without H.265 support: set the camera's stream to H.264 or MJPEG, or build the edge with `cargo build --release -p tierline-edge --features h265` (needs Debian's libavcodec-dev, libavformat-dev and libswscale-dev)"
+            )));
+        }
         let clock_rate = session.streams()[index].clock_rate_hz();
         let transport = match self.transport {
             RtspTransport::Tcp => Transport::Tcp(Default::default()),
@@ -130,12 +139,10 @@ impl RtspConnector {
             .demuxed()
             .map_err(|e| SourceError::Protocol(format!("{shown}: {e}")))?;
         let decoder = match codec {
-            Codec::H264 => Some(DecodeThread::start(
-                self.roi,
-                self.jpeg_quality,
-                shown.clone(),
-            )?),
             Codec::Jpeg => None,
+            video => {
+                Some(DecodeThread::start(video, self.roi, self.jpeg_quality, shown.clone()).await?)
+            }
         };
         tracing::info!(camera_url = %shown, streams = ?found, codec = ?codec, "RTSP stream playing.");
         Ok(RtspSource {
@@ -179,7 +186,18 @@ impl Connector for RtspConnector {
 #[derive(Debug, Clone, Copy)]
 enum Codec {
     H264,
+    H265,
     Jpeg,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::H264 => "H.264",
+            Codec::H265 => "H.265",
+            Codec::Jpeg => "MJPEG",
+        }
+    }
 }
 
 struct RtspSource {
@@ -224,7 +242,7 @@ impl FrameSource for RtspSource {
                             biased;
                             done = d.done.recv_async() => match done {
                                 Ok(done) => return Ok(done.into_item(&self.origin)),
-                                Err(_) => return Err(SourceError::Protocol(format!("{}: the H.264 decoder stopped", self.origin))),
+                                Err(_) => return Err(SourceError::Protocol(format!("{}: the {} decoder stopped", self.origin, d.codec.name()))),
                             },
                             item = self.demuxed.next() => item,
                         }
@@ -290,8 +308,9 @@ impl FrameSource for RtspSource {
                                 };
                                 if d.jobs.send_async(job).await.is_err() {
                                     return Err(SourceError::Protocol(format!(
-                                        "{}: the H.264 decoder stopped",
-                                        self.origin
+                                        "{}: the {} decoder stopped",
+                                        self.origin,
+                                        d.codec.name()
                                     )));
                                 }
                                 if !keep {
@@ -357,52 +376,117 @@ impl Done {
     }
 }
 
-/// One H.264 decoder on its own thread; it ends when the source is dropped.
+/// One video decoder on its own thread; it ends when the source is dropped.
 struct DecodeThread {
+    codec: Codec,
     jobs: flume::Sender<Job>,
     done: flume::Receiver<Done>,
 }
 
 impl DecodeThread {
-    fn start(roi: Option<Roi>, quality: u8, shown: String) -> Result<Self, SourceError> {
+    /// Starts the thread and opens the decoder on it (FFmpeg's conversion state may not move between
+    /// threads).
+    async fn start(
+        codec: Codec,
+        roi: Option<Roi>,
+        quality: u8,
+        shown: String,
+    ) -> Result<Self, SourceError> {
         let (jobs, job_rx) = flume::bounded::<Job>(8);
         let (done_tx, done) = flume::bounded::<Done>(8);
-        let decoder = openh264::decoder::Decoder::new()
-            .map_err(|e| SourceError::Codec(format!("{shown}: OpenH264 decoder: {e}")))?;
+        let (opened_tx, opened) = flume::bounded::<Result<(), String>>(1);
         std::thread::Builder::new()
-            .name("h264-decode".into())
-            .spawn(move || decode_loop(decoder, job_rx, done_tx, roi, quality))
+            .name("video-decode".into())
+            .spawn(move || match VideoDecoder::new(codec) {
+                Ok(decoder) => {
+                    let _ = opened_tx.send(Ok(()));
+                    decode_loop(decoder, job_rx, done_tx, roi, quality);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
             .map_err(|e| SourceError::Codec(format!("{shown}: decoder thread: {e}")))?;
-        Ok(Self { jobs, done })
+        match opened.recv_async().await {
+            Ok(Ok(())) => Ok(Self { codec, jobs, done }),
+            Ok(Err(e)) => Err(SourceError::Codec(format!("{shown}: {e}"))),
+            Err(_) => Err(SourceError::Codec(format!(
+                "{shown}: the {} decoder thread ended at start",
+                codec.name()
+            ))),
+        }
+    }
+}
+
+/// The decoder behind a camera's decode thread.
+enum VideoDecoder {
+    H264(Box<openh264::decoder::Decoder>),
+    #[cfg(feature = "h265")]
+    H265(Box<super::hevc::HevcDecoder>),
+}
+
+impl VideoDecoder {
+    fn new(codec: Codec) -> Result<Self, String> {
+        match codec {
+            #[cfg(feature = "h265")]
+            Codec::H265 => Ok(Self::H265(Box::new(super::hevc::HevcDecoder::new()?))),
+            Codec::H264 => openh264::decoder::Decoder::new()
+                .map(|d| Self::H264(Box::new(d)))
+                .map_err(|e| format!("OpenH264 decoder: {e}")),
+            other => Err(format!("no decoder for {}", other.name())),
+        }
+    }
+
+    /// Decodes one access unit. When a picture comes out, returns its size and, with `pixels`, writes it
+    /// to `rgb` as packed RGB. `Ok(None)`: no picture yet.
+    fn decode(
+        &mut self,
+        data: &[u8],
+        pixels: bool,
+        rgb: &mut Vec<u8>,
+    ) -> Result<Option<(u32, u32)>, String> {
+        match self {
+            Self::H264(decoder) => {
+                use openh264::formats::YUVSource;
+                match decoder.decode(data) {
+                    Ok(Some(yuv)) => {
+                        let (w, h) = yuv.dimensions();
+                        if pixels {
+                            rgb.resize(w * h * 3, 0);
+                            yuv.write_rgb8(rgb);
+                        }
+                        Ok(Some((w as u32, h as u32)))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(format!("corrupt H.264 data: {e}")),
+                }
+            }
+            #[cfg(feature = "h265")]
+            Self::H265(decoder) => decoder.decode(data, pixels, rgb),
+        }
     }
 }
 
 fn decode_loop(
-    mut decoder: openh264::decoder::Decoder,
+    mut decoder: VideoDecoder,
     jobs: flume::Receiver<Job>,
     done: flume::Sender<Done>,
     roi: Option<Roi>,
     quality: u8,
 ) {
-    use openh264::formats::YUVSource;
     let mut rgb = Vec::new();
     while let Ok(job) = jobs.recv() {
-        let result = match decoder.decode(&job.data) {
-            Ok(Some(yuv)) => match &job.keep {
-                Some(_) => {
-                    let (w, h) = yuv.dimensions();
-                    rgb.resize(w * h * 3, 0);
-                    yuv.write_rgb8(&mut rgb);
-                    Some(super::roi::crop_raw(&rgb, w as u32, h as u32, roi, quality))
-                }
-                None => None,
-            },
+        let result = match decoder.decode(&job.data, job.keep.is_some(), &mut rgb) {
+            Ok(Some((w, h))) => job
+                .keep
+                .as_ref()
+                .map(|_| super::roi::crop_raw(&rgb, w, h, roi, quality)),
             // The picture is not complete yet (or was dropped by the decoder).
             Ok(None) => job
                 .keep
                 .as_ref()
                 .map(|_| Err("the decoder gave no picture for this access unit".to_string())),
-            Err(e) => Some(Err(format!("corrupt H.264 data: {e}"))),
+            Err(e) => Some(Err(e)),
         };
         let out = match (result, job.keep) {
             (Some(Ok(jpeg)), Some((take, time))) => Done::Frame {
@@ -428,6 +512,52 @@ mod tests {
         // 2024-01-01T00:00:00Z is 1_704_067_200 s after the Unix epoch; half a second in fraction bits.
         let ntp = ((1_704_067_200u64 + NTP_UNIX_OFFSET) << 32) | (1u64 << 31);
         assert_eq!(ntp_to_unix_us(ntp), 1_704_067_200_500_000);
+    }
+
+    /// Real H.264 access units from OpenH264's encoder, the first one (the IDR with SPS/PPS) and a P frame.
+    fn encoded_frames() -> Vec<Vec<u8>> {
+        use openh264::formats::{RgbSliceU8, YUVBuffer};
+        let (w, h) = (64usize, 48usize);
+        let mut encoder = openh264::encoder::Encoder::new().unwrap();
+        (0..2)
+            .map(|i| {
+                let rgb: Vec<u8> = (0..w * h * 3).map(|p| (p * 7 + i * 31) as u8).collect();
+                let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(&rgb, (w, h)));
+                encoder.encode(&yuv).unwrap().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn corrupt_h264_nal_units_are_errors_or_no_picture_never_a_panic() {
+        let frames = encoded_frames();
+        let mut rgb = Vec::new();
+        let mut clean = VideoDecoder::new(Codec::H264).unwrap();
+        assert_eq!(
+            clean.decode(&frames[0], true, &mut rgb).unwrap(),
+            Some((64, 48))
+        );
+        assert_eq!(rgb.len(), 64 * 48 * 3);
+        // Bytes after the start code of each unit flipped in turn (up to 400 spread over the unit), on a
+        // fresh decoder and, for the P frame, on one that holds the picture it refers to; then cut short.
+        for (n, frame) in frames.iter().enumerate() {
+            let step = (frame.len() / 400).max(1);
+            for at in (4..frame.len()).step_by(step) {
+                let mut bad = frame.clone();
+                bad[at] ^= 0xA5;
+                let mut d = VideoDecoder::new(Codec::H264).unwrap();
+                if n > 0 {
+                    let _ = d.decode(&frames[0], false, &mut rgb);
+                }
+                if let Ok(Some((w, h))) = d.decode(&bad, true, &mut rgb) {
+                    assert_eq!(rgb.len(), w as usize * h as usize * 3);
+                }
+            }
+            for len in (0..frame.len()).step_by(step) {
+                let mut d = VideoDecoder::new(Codec::H264).unwrap();
+                let _ = d.decode(&frame[..len], true, &mut rgb);
+            }
+        }
     }
 
     #[test]
