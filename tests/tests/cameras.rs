@@ -314,6 +314,38 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
         )
         .await;
     }
+    // A slow path (every chunk 400 ms late, under the 1 s no-frame timeout) is not a fault: frames keep
+    // coming, late, and the camera is not reconnected.
+    let reconnects = |metrics: &str| {
+        camera_metric(
+            metrics,
+            "tierline_edge_camera_reconnects_total",
+            "behind-proxy",
+        )
+    };
+    let (_, before) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    proxy.set_mode(Mode::Delay(Duration::from_millis(400)));
+    let p2 = count("behind-proxy");
+    pipeline::wait_until(
+        "frames through a delaying path",
+        Duration::from_secs(10),
+        || count("behind-proxy") >= p2 + 20,
+        || format!("captured {}", get(&e.frames_captured)),
+    )
+    .await;
+    let (_, after) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    println!(
+        "delay: {} frames through, reconnects {} -> {}",
+        count("behind-proxy") - p2,
+        reconnects(&before),
+        reconnects(&after)
+    );
+    assert_eq!(
+        reconnects(&before),
+        reconnects(&after),
+        "a delayed but flowing stream was reconnected"
+    );
+    proxy.set_mode(Mode::Forward);
     let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
     let value = |name: &str, cam: &str| camera_metric(&metrics, name, cam);
     assert!(value("tierline_edge_camera_reconnects_total", "behind-proxy") >= 2.0);
