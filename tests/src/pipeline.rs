@@ -146,6 +146,17 @@ pub async fn wait_until(
     }
 }
 
+/// Waits until a cloud worker is connected to its broker and subscribed (`what` names the wait in a failure).
+pub async fn wait_subscribed(cloud: &CloudStats, what: &str, timeout: Duration) {
+    wait_until(
+        what,
+        timeout,
+        || cloud.link_up.load(std::sync::atomic::Ordering::Relaxed),
+        || format!("{:?}", cloud.link_error.get()),
+    )
+    .await;
+}
+
 /// Counters of an edge and a cloud worker, for failure messages.
 pub fn describe(e: &EdgeStats, c: &CloudStats) -> String {
     use tierline_edge::stats::get;

@@ -60,6 +60,66 @@ async fn wait_check(admin: std::net::SocketAddr, name: &str, ok: bool) -> serde_
     }
 }
 
+/// A broker, a cloud worker and an edge with `cameras`; a 5 s deadline lets suspects wait for the cloud.
+fn start_line(
+    dir: &std::path::Path,
+    cameras: &str,
+) -> (
+    Mosquitto,
+    pipeline::Running<tierline_cloud::CloudStats>,
+    pipeline::Running<tierline_edge::stats::EdgeStats>,
+) {
+    let broker = Mosquitto::start(dir);
+    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir, "w1"));
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir,
+        cameras,
+        "deadline = \"5s\"",
+    ));
+    (broker, cloud, edge)
+}
+
+/// An edge with `cameras` and no cloud worker: a 300 ms deadline decides every frame at the edge.
+fn start_edge(
+    broker: &Mosquitto,
+    dir: &std::path::Path,
+    cameras: &str,
+) -> pipeline::Running<tierline_edge::stats::EdgeStats> {
+    pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir,
+        cameras,
+        "deadline = \"300ms\"",
+    ))
+}
+
+/// Oracle after a run of [`start_line`]: every frame taken got one decision, the edge acted on exactly what
+/// the cloud stored, and each of `cams` had defective frames that reached the cloud and were found there.
+async fn assert_defects_found_by_the_cloud(dir: &std::path::Path, cams: &[&str]) {
+    let d = Decisions::read(&dir.join("decisions.jsonl"));
+    d.assert_one_decision_each(d.per_seq().len() as u64);
+    let stored = Stored::read(&dir.join("cloud.db")).await;
+    stored.check_labels("edge-t", &d);
+    for cam in cams {
+        let judged = d
+            .decisions()
+            .filter(|e| e["camera_id"] == *cam && e["source"] == "cloud")
+            .count();
+        let defects_found = d
+            .decisions()
+            .filter(|e| {
+                e["camera_id"] == *cam && e["source"] == "cloud" && e["cloud_label"] != "good"
+            })
+            .count();
+        println!("{cam}: {judged} frames judged by the cloud, {defects_found} of them defective");
+        assert!(
+            defects_found > 0,
+            "{cam}: defective frames from the stream reached the cloud and were found"
+        );
+    }
+}
+
 fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     r["checks"]
         .as_array()
@@ -78,20 +138,13 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
     let defects = truth.iter().filter(|t| *t != "good").count();
     println!("frames: {} with a defect of {}", defects, truth.len());
     let mut server = RtspServer::start(&["--frames", frames.to_str().unwrap(), "--fps", "30"]);
-    let broker = Mosquitto::start(dir.path());
-    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
     let cameras = format!(
         "{FAST_CHECKS}[[camera]]\nid = \"h264\"\nkind = \"rtsp\"\nurl = \"{}\"\nfps = 10\n{WATCHDOG}\
          [[camera]]\nid = \"mjpeg\"\nkind = \"rtsp\"\nurl = \"{}\"\ntransport = \"udp\"\nfps = 10\n{WATCHDOG}",
         server.url("h264"),
         server.url("mjpeg"),
     );
-    let edge = pipeline::start_edge(pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"5s\"",
-    ));
+    let (_broker, cloud, edge) = start_line(dir.path(), &cameras);
     let log = dir.path().join("decisions.jsonl");
     let (e, c) = (edge.stats.clone(), cloud.stats.clone());
     pipeline::wait_until(
@@ -208,29 +261,8 @@ async fn rtsp_h264_and_mjpeg_cameras_are_judged_end_to_end_and_survive_a_camera_
             "{cam}: capture times go back"
         );
     }
-    // Oracle: every frame taken got one decision; the suspects of both cameras reached the cloud and were
-    // judged there, and the edge acted on exactly what the cloud stored.
-    let d = Decisions::read(&log);
-    d.assert_one_decision_each(d.per_seq().len() as u64);
-    let stored = Stored::read(&dir.path().join("cloud.db")).await;
-    stored.check_labels("edge-t", &d);
-    for cam in ["h264", "mjpeg"] {
-        let judged = d
-            .decisions()
-            .filter(|e| e["camera_id"] == cam && e["source"] == "cloud")
-            .count();
-        let defects_found = d
-            .decisions()
-            .filter(|e| {
-                e["camera_id"] == cam && e["source"] == "cloud" && e["cloud_label"] != "good"
-            })
-            .count();
-        println!("{cam}: {judged} frames judged by the cloud, {defects_found} of them defective");
-        assert!(
-            defects_found > 0,
-            "{cam}: defective frames from the stream reached the cloud and were found"
-        );
-    }
+    // Oracle: the suspects of both cameras reached the cloud and were judged there.
+    assert_defects_found_by_the_cloud(dir.path(), &["h264", "mjpeg"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,12 +285,7 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
         cam.addr,
     );
     // No cloud worker: these frames are decided at the edge; the cameras are what is under test.
-    let edge = pipeline::start_edge(pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"300ms\"",
-    ));
+    let edge = start_edge(&broker, dir.path(), &cameras);
     let log = dir.path().join("decisions.jsonl");
     let e = edge.stats.clone();
     let count = |cam: &str| camera_frames(&Decisions::read(&log), cam);
@@ -372,12 +399,7 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
          [[camera]]\nid = \"stream\"\nkind = \"mjpeg\"\nmode = \"trigger\"\nurl = \"http://{}/mjpeg\"\n{WATCHDOG}",
         cam.addr, cam.addr,
     );
-    let edge = pipeline::start_edge(pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"300ms\"",
-    ));
+    let edge = start_edge(&broker, dir.path(), &cameras);
     let admin = loop {
         if let Some(a) = edge.admin_addr.get() {
             break *a;
@@ -497,12 +519,7 @@ async fn h264_baseline_main_and_high_profiles_decode() {
             )
         })
         .collect();
-    let edge = pipeline::start_edge(pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"300ms\"",
-    ));
+    let edge = start_edge(&broker, dir.path(), &cameras);
     let log = dir.path().join("decisions.jsonl");
     pipeline::wait_until(
         "15 frames from each profile",
@@ -565,12 +582,7 @@ async fn rtsp_basic_and_digest_logins_work_and_a_wrong_password_is_named_not_sho
         with(digest.url("mjpeg"), "inspector:s3cret"),
         with(digest.url("mjpeg"), "inspector:guessed-wrong"),
     );
-    let edge = pipeline::start_edge(pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"300ms\"",
-    ));
+    let edge = start_edge(&broker, dir.path(), &cameras);
     let log = dir.path().join("decisions.jsonl");
     pipeline::wait_until(
         "frames from the Basic and the Digest login",
@@ -606,20 +618,13 @@ async fn an_h265_camera_is_judged_end_to_end() {
     let frames = dir.path().join("frames");
     camera::write_frames(&frames, 20, 5, 0.5, 640, 480);
     let server = RtspServer::start(&["--frames", frames.to_str().unwrap(), "--fps", "10"]);
-    let broker = Mosquitto::start(dir.path());
-    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
     let cameras = format!(
         "{FAST_CHECKS}[[camera]]\nid = \"h265\"\nkind = \"rtsp\"\nurl = \"{}\"\n{WATCHDOG}\
          [[camera]]\nid = \"h264\"\nkind = \"rtsp\"\nurl = \"{}\"\n{WATCHDOG}",
         server.url("h265"),
         server.url("h264"),
     );
-    let edge = pipeline::start_edge(pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"5s\"",
-    ));
+    let (_broker, cloud, edge) = start_line(dir.path(), &cameras);
     let log = dir.path().join("decisions.jsonl");
     let (e, c) = (edge.stats.clone(), cloud.stats.clone());
     pipeline::wait_until(
@@ -645,26 +650,13 @@ async fn an_h265_camera_is_judged_end_to_end() {
         0.0
     );
     let d = Decisions::read(&log);
-    d.assert_one_decision_each(d.per_seq().len() as u64);
     assert_eq!(
         d.decisions()
             .filter(|e| e["camera_id"] == "h265" && e["source"] == "unreadable")
             .count(),
         0
     );
-    let stored = Stored::read(&dir.path().join("cloud.db")).await;
-    stored.check_labels("edge-t", &d);
-    let found = d
-        .decisions()
-        .filter(|e| {
-            e["camera_id"] == "h265" && e["source"] == "cloud" && e["cloud_label"] != "good"
-        })
-        .count();
-    println!("h265: {found} defective frames found by the cloud");
-    assert!(
-        found > 0,
-        "defective H.265 frames reached the cloud and were found"
-    );
+    assert_defects_found_by_the_cloud(dir.path(), &["h265"]).await;
 }
 
 /// A V4L2 camera: with the `v4l2` feature and a video device, frames are decided; where this machine has no

@@ -181,6 +181,32 @@ async fn frames_larger_than_the_brokers_packet_limit_are_decided_locally_and_the
 /// Runs a cloud worker and an edge whose decision sink is the MQTT topic [`DECISIONS_TOPIC`] against a broker
 /// whose anonymous ACL grants `decisions_acl` on that topic (plus what the pipeline needs). A subscriber
 /// collects the lines the broker delivers. Returns the seqs of the lines received, the seqs the cloud
+/// The seqs of this test edge's frames with a verdict in the cloud's store under `dir`.
+async fn stored_seqs(dir: &Path) -> BTreeSet<u64> {
+    Stored::read(&dir.join("cloud.db"))
+        .await
+        .verdicts
+        .keys()
+        .filter(|(edge, _)| edge == "edge-t")
+        .map(|(_, seq)| *seq)
+        .collect()
+}
+
+/// An edge config whose decision lines go to the broker (`DECISIONS_TOPIC`), without audits.
+fn mqtt_sink_edge(
+    broker: &Mosquitto,
+    dir: &Path,
+    cameras: &str,
+    deadline: &str,
+) -> tierline_edge::config::EdgeConfig {
+    let decision = format!("deadline = \"{deadline}\"\naudit_rate = 0.0");
+    let mut config = pipeline::edge_config(broker.port(), dir, cameras, &decision);
+    config.sink = SinkConfig::Mqtt {
+        topic: DECISIONS_TOPIC.into(),
+    };
+    config
+}
+
 /// stored verdicts for, and the seqs left in the outbox.
 async fn run_with_mqtt_sink(decisions_acl: &str) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeSet<u64>) {
     let dir = tempfile::tempdir().unwrap();
@@ -219,23 +245,9 @@ async fn run_with_mqtt_sink(decisions_acl: &str) -> (BTreeSet<u64>, BTreeSet<u64
 
     let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
     let c = cloud.stats.clone();
-    pipeline::wait_until(
-        "cloud subscribed",
-        Duration::from_secs(30),
-        || c.link_up.load(Ordering::Relaxed),
-        || format!("{:?}", c.link_error.get()),
-    )
-    .await;
+    pipeline::wait_subscribed(&c, "cloud subscribed", Duration::from_secs(30)).await;
     let cameras = pipeline::synthetic_cameras(1, FRAMES, 20.0, 0.5);
-    let mut config = pipeline::edge_config(
-        broker.port(),
-        dir.path(),
-        &cameras,
-        "deadline = \"2s\"\naudit_rate = 0.0",
-    );
-    config.sink = SinkConfig::Mqtt {
-        topic: DECISIONS_TOPIC.into(),
-    };
+    let config = mqtt_sink_edge(&broker, dir.path(), &cameras, "2s");
     let edge = pipeline::start_edge(config);
     let e = edge.stats.clone();
     pipeline::wait_until(
@@ -254,13 +266,7 @@ async fn run_with_mqtt_sink(decisions_acl: &str) -> (BTreeSet<u64>, BTreeSet<u64
     while let Ok(seq) = line_rx.try_recv() {
         received.insert(seq);
     }
-    let stored: BTreeSet<u64> = Stored::read(&dir.path().join("cloud.db"))
-        .await
-        .verdicts
-        .keys()
-        .filter(|(edge, _)| edge == "edge-t")
-        .map(|(_, seq)| *seq)
-        .collect();
+    let stored = stored_seqs(dir.path()).await;
     let held: BTreeSet<u64> = process::outbox_seqs(&dir.path().join("outbox.db"))
         .await
         .into_iter()
@@ -317,15 +323,7 @@ async fn a_burst_of_verdicts_settles_through_an_mqtt_decision_sink() {
     let broker = broker(dir.path(), "");
     let edge_config = |frames: u64, defects: f64| {
         let cameras = pipeline::synthetic_cameras(1, frames, 200.0, defects);
-        let mut config = pipeline::edge_config(
-            broker.port(),
-            dir.path(),
-            &cameras,
-            "deadline = \"300ms\"\naudit_rate = 0.0",
-        );
-        config.sink = SinkConfig::Mqtt {
-            topic: DECISIONS_TOPIC.into(),
-        };
+        let mut config = mqtt_sink_edge(&broker, dir.path(), &cameras, "300ms");
         // Everything held goes out at once.
         config.outbox.max_in_flight = std::num::NonZeroUsize::new(2000).unwrap();
         config
@@ -350,13 +348,7 @@ async fn a_burst_of_verdicts_settles_through_an_mqtt_decision_sink() {
 
     let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
     let c = cloud.stats.clone();
-    pipeline::wait_until(
-        "cloud subscribed",
-        Duration::from_secs(30),
-        || c.link_up.load(Ordering::Relaxed),
-        || format!("{:?}", c.link_error.get()),
-    )
-    .await;
+    pipeline::wait_subscribed(&c, "cloud subscribed", Duration::from_secs(30)).await;
     // The edge comes back with one good frame to take; all it holds is due at once.
     let edge = pipeline::start_edge(edge_config(1, 0.0));
     let e = edge.stats.clone();
@@ -375,13 +367,7 @@ async fn a_burst_of_verdicts_settles_through_an_mqtt_decision_sink() {
     edge.stop().await.unwrap();
     cloud.stop().await.unwrap();
     // Oracle: the cloud's store and the outbox file. Every held record has its stored verdict and left.
-    let stored: BTreeSet<u64> = Stored::read(&dir.path().join("cloud.db"))
-        .await
-        .verdicts
-        .keys()
-        .filter(|(edge, _)| edge == "edge-t")
-        .map(|(_, seq)| *seq)
-        .collect();
+    let stored = stored_seqs(dir.path()).await;
     let unjudged: Vec<_> = held.difference(&stored).collect();
     assert!(unjudged.is_empty(), "held but never judged: {unjudged:?}");
     let left = process::outbox_seqs(&dir.path().join("outbox.db")).await;

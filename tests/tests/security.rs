@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tierline_cloud::stats::get;
 use tierline_shared::mqtt::MqttConfig;
@@ -129,11 +128,10 @@ async fn acl_confines_each_edge_and_the_cloud_rejects_forged_envelopes() {
     cloud_config.mqtt = tls_login(b.cloud_port, &b.pki.ca, "tierline-cloud", "pw-cloud");
     let cloud = pipeline::start_cloud(cloud_config);
     let c = cloud.stats.clone();
-    pipeline::wait_until(
+    pipeline::wait_subscribed(
+        &c,
         "cloud subscribed through the ACL",
         Duration::from_secs(20),
-        || c.link_up.load(Ordering::Relaxed),
-        || format!("{:?}", c.link_error.get()),
     )
     .await;
 
