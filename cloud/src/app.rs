@@ -9,6 +9,7 @@
 //!    └─► presence / heartbeats ─► bounded queue ─► presence: edges table
 //!  retention candidate: leader lease (fencing token) ─► prune old images (verdicts stay)
 //!  review API (gRPC): store ◄── ListFrames, GetFrame, SubmitReview, WatchVerdicts, ListEdges
+//!  review console (HTTP, `console.listen`): store ◄── queue, frame pages, reviews from signed-in reviewers
 //! ```
 //!
 //! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
@@ -25,6 +26,7 @@ use crate::acks::{self, Acker};
 use crate::api::ReviewApi;
 use crate::commit;
 use crate::config::CloudConfig;
+use crate::console::Console;
 use crate::health::{self, HealthWatch};
 use crate::ingest::Ingest;
 use crate::leader::Retention;
@@ -64,6 +66,9 @@ pub enum CloudError {
     /// The review API failed.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// The review console failed.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// The admin endpoint could not start.
     #[error("admin endpoint: {0}")]
     Admin(std::io::Error),
@@ -114,6 +119,7 @@ pub struct App {
     model: Arc<ServedModel>,
     store: Store,
     api: Option<ReviewApi>,
+    console: Option<Console>,
     skeleton: Skeleton,
     mqtt: tierline_shared::mqtt::MqttOptions,
 }
@@ -139,6 +145,12 @@ impl App {
         } else {
             None
         };
+        let console = match config.console.listen {
+            Some(_) => Some(
+                Console::bind(&config.console, &config.api.credentials()?, store.clone()).await?,
+            ),
+            None => None,
+        };
         let samples = {
             let stats = stats.clone();
             Arc::new(move || health::samples(&stats))
@@ -157,6 +169,7 @@ impl App {
             model,
             store,
             api,
+            console,
             skeleton,
             mqtt,
         })
@@ -172,6 +185,11 @@ impl App {
         self.api.as_ref().map(ReviewApi::addr)
     }
 
+    /// Where the review console listens, if enabled.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(Console::addr)
+    }
+
     /// Runs every stage until `shutdown` or a stage failure, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CloudError> {
         let span = tracing::info_span!("cloud", worker = %self.config.cloud.worker_id);
@@ -185,6 +203,7 @@ impl App {
             model,
             store,
             api,
+            console,
             skeleton,
             mqtt,
         } = self;
@@ -304,6 +323,13 @@ impl App {
         );
         if let Some(api) = api {
             sup.spawn("review API", Ends::OnShutdown, api.run(background.clone()));
+        }
+        if let Some(console) = console {
+            sup.spawn(
+                "review console",
+                Ends::OnShutdown,
+                console.run(background.clone()),
+            );
         }
 
         // Run until asked to stop or a stage fails; then drain in flow order.

@@ -39,6 +39,81 @@ pub struct CloudConfig {
     /// HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default = "default_admin")]
     pub admin: AdminConfig,
+    /// The review console (web pages for reviewers); off unless `listen` is set.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The review console: web pages for the reviewers of `[[api.reviewers]]`, who sign in with their tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Listen address, e.g. `127.0.0.1:9470` (port 0: any free port, logged at start). Unset: no console.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// How long a sign-in lasts.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Serve on an address other than loopback. The console speaks plain HTTP: off by default, the worker
+    /// refuses such an address instead; set it only behind a TLS-terminating proxy.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            session_ttl: default_session_ttl(),
+            insecure: false,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// The address to serve on, checked: reviewers with their own tokens exist (they sign in with them), the
+    /// session lasts at least a minute, and an address other than loopback is allowed only with `insecure`.
+    pub fn validate(&self, credentials: &[Credential]) -> Result<SocketAddr, ConfigError> {
+        let field = |field: &str, problem: String| ConfigError::Field {
+            field: field.into(),
+            problem,
+        };
+        let Some(listen) = self.listen else {
+            return Err(field(
+                "console.listen",
+                "is not set; set it (e.g. 127.0.0.1:9470) to serve the review console".into(),
+            ));
+        };
+        if !credentials
+            .iter()
+            .any(|c| c.reviewer != SHARED_TOKEN_REVIEWER)
+        {
+            return Err(field(
+                "console.listen",
+                "is set, but no reviewer has a token: reviewers sign in to the console with the token of \
+                 their [[api.reviewers]] entry; add one per reviewer"
+                    .into(),
+            ));
+        }
+        if self.session_ttl < Duration::from_secs(60) {
+            return Err(field("console.session_ttl", "must be at least 1m".into()));
+        }
+        if !listen.ip().is_loopback() && !self.insecure {
+            return Err(field(
+                "console.listen",
+                format!(
+                    "is {listen}, which other hosts can reach, but the console serves plain HTTP: tokens and \
+                     session cookies would cross the network readable. Listen on loopback behind a \
+                     TLS-terminating proxy and set console.insecure = true if that proxy is on another host"
+                ),
+            ));
+        }
+        Ok(listen)
+    }
 }
 
 /// The cloud worker's admin endpoint listens on 127.0.0.1:9465 unless configured otherwise.
@@ -517,6 +592,9 @@ impl CloudConfig {
             ));
         }
         self.api.validate()?;
+        if self.console.listen.is_some() {
+            self.console.validate(&self.api.credentials()?)?;
+        }
         Ok(())
     }
 }
@@ -697,5 +775,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store.url"), "{err}");
+    }
+
+    #[test]
+    fn the_console_needs_reviewers_and_loopback_unless_told_otherwise() {
+        let reviewer = Credential {
+            reviewer: "ana".into(),
+            token: "t".into(),
+        };
+        let shared = Credential {
+            reviewer: SHARED_TOKEN_REVIEWER.into(),
+            token: "s".into(),
+        };
+        let console = |listen: &str, insecure: bool| ConsoleConfig {
+            listen: Some(listen.parse().unwrap()),
+            insecure,
+            ..ConsoleConfig::default()
+        };
+        let loopback = console("127.0.0.1:9470", false);
+        assert_eq!(
+            loopback.validate(std::slice::from_ref(&reviewer)).unwrap(),
+            "127.0.0.1:9470".parse().unwrap()
+        );
+        for creds in [&[][..], std::slice::from_ref(&shared)] {
+            let err = loopback.validate(creds).unwrap_err().to_string();
+            assert!(err.contains("[[api.reviewers]]"), "{err}");
+        }
+        let exposed = console("0.0.0.0:9470", false);
+        let err = exposed
+            .validate(std::slice::from_ref(&reviewer))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("console.listen") && err.contains("insecure"),
+            "{err}"
+        );
+        assert!(
+            console("0.0.0.0:9470", true)
+                .validate(&[reviewer.clone()])
+                .is_ok()
+        );
+        let short = ConsoleConfig {
+            session_ttl: Duration::from_secs(5),
+            ..loopback
+        };
+        assert!(short.validate(&[reviewer]).is_err());
+        assert!(ConsoleConfig::default().validate(&[]).is_err());
     }
 }

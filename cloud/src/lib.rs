@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod commit;
 pub mod config;
+pub mod console;
 pub mod health;
 pub mod ingest;
 pub mod lag;

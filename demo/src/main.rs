@@ -51,6 +51,9 @@ struct Args {
     /// Directory holding the model manifests.
     #[arg(long, default_value_os_t = default_models())]
     models: PathBuf,
+    /// Keep the review console open after the run, until Ctrl-C, to review the run's frames in a browser.
+    #[arg(long)]
+    review: bool,
 }
 
 fn default_models() -> PathBuf {
@@ -83,11 +86,15 @@ fn camera_source(arg: &str) -> String {
     }
 }
 
+/// The demo's reviewer, who signs in to the review console with a token made for this run.
+const DEMO_REVIEWER: &str = "demo";
+
 fn configs(
     args: &Args,
     host: &str,
     port: u16,
     dir: &Path,
+    token: &str,
 ) -> anyhow::Result<(EdgeConfig, CloudConfig)> {
     let n = if args.camera_urls.is_empty() {
         args.cameras.max(1)
@@ -134,7 +141,9 @@ fn configs(
         dir.join("decisions.jsonl"),
     );
     let cloud = format!(
-        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n[api]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[mqtt]\nhost = \"{host}\"\nport = {port}\n[model]\nmanifest = {:?}\n[store]\nurl = \"sqlite://{}\"\n\
+         [api]\nenabled = false\n[[api.reviewers]]\nname = \"{DEMO_REVIEWER}\"\ntoken = \"{token}\"\n\
+         [console]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         args.models.join("full.toml"),
         dir.join("cloud.db").display(),
     );
@@ -183,7 +192,8 @@ async fn main() -> anyhow::Result<()> {
             ("127.0.0.1".to_string(), b.port(), "embedded")
         }
     };
-    let (edge_cfg, cloud_cfg) = configs(&args, &host, port, &dir)?;
+    let token = tierline_cloud::console::session::random_token();
+    let (edge_cfg, cloud_cfg) = configs(&args, &host, port, &dir, &token)?;
     eprintln!(
         "Tierline demo: broker {host}:{port} ({kind}), data in {}",
         dir.display()
@@ -202,6 +212,16 @@ async fn main() -> anyhow::Result<()> {
     if let (Some(e), Some(c)) = (edge_app.admin_addr(), cloud_app.admin_addr()) {
         println!(
             "health and metrics: edge http://{e}/readyz  /metrics, cloud http://{c}/readyz  /metrics"
+        );
+    }
+    if let Some(addr) = cloud_app.console_addr() {
+        println!(
+            "review console: http://{addr}/  sign in with the token {token} (reviewer {DEMO_REVIEWER}){}",
+            if args.review {
+                ""
+            } else {
+                "; pass --review to keep it open after the run"
+            }
         );
     }
     let cloud = tokio::spawn(cloud_app.run(cloud_stop.clone()));
@@ -235,6 +255,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let elapsed = started.elapsed();
+    if args.review && !cloud.is_finished() {
+        println!(
+            "{}",
+            summary::line(started.elapsed(), &edge_stats, &cloud_stats)
+        );
+        eprintln!("Run done; the review console stays open. Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     cloud_stop.cancel();
     let cloud_result = cloud.await;
     let stored = match tierline_cloud::store::Store::open(&cloud_cfg.store.url, true).await {

@@ -1,0 +1,523 @@
+//! The review console: web pages, served by the cloud worker, for the people who judge disputed frames.
+//!
+//! ```text
+//!  GET  /login ──► sign-in form (CSRF: double-submit cookie) ──► POST /login: reviewer token ──► session
+//!  GET  /                       review queue: disagreements first, then frames nobody reviewed
+//!  GET  /frames/<edge>/<seq>    the frame, the cloud model's regions drawn over it, scores, reviews
+//!  POST /frames/<edge>/<seq>/review   a label from the session's reviewer (CSRF) ──► store ──► next frame
+//!  POST /logout
+//! ```
+//!
+//! - Sign-in: with the reviewer's own token from `[[api.reviewers]]` (the same identity as the gRPC API).
+//!   A review is recorded under the session's reviewer; a form field cannot change it.
+//! - Sessions: `HttpOnly`, `SameSite=Strict` cookie; every form carries the session's CSRF token, and a
+//!   POST without it is refused. Pages are served over plain HTTP: the worker refuses an address other than
+//!   loopback unless `console.insecure` is set (for a TLS-terminating proxy in front).
+//! - No network beyond the plant's: the stylesheet and the script are files of this crate, served from
+//!   `/static/`.
+
+mod pages;
+pub mod session;
+
+use crate::api::BearerAuth;
+use crate::config::{ConsoleConfig, Credential};
+use crate::store::{FrameFilter, FrameRow, ReviewRow, Store};
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+use serde::Deserialize;
+use session::{LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tierline_shared::config::ConfigError;
+use tokio_util::sync::CancellationToken;
+
+/// Most frames listed in the queue.
+const QUEUE_LENGTH: u32 = 200;
+
+/// Errors that stop the console.
+#[derive(Debug, Error)]
+pub enum ConsoleError {
+    /// The settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The address cannot be bound.
+    #[error(
+        "review console cannot listen on {addr}: {source}; set console.listen to a free address, or remove it"
+    )]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("review console: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every handler shares.
+struct Shared {
+    store: Store,
+    auth: BearerAuth,
+    sessions: Sessions,
+}
+
+/// The console, bound and ready to serve.
+pub struct Console {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    router: Router,
+}
+
+impl Console {
+    /// Checks the settings and binds the listener. Reviewers sign in with the tokens of `credentials`.
+    pub async fn bind(
+        config: &ConsoleConfig,
+        credentials: &[Credential],
+        store: Store,
+    ) -> Result<Self, ConsoleError> {
+        let listen = config.validate(credentials)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ConsoleError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ConsoleError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            addr,
+            router: router(store, credentials, config.session_ttl),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsoleError> {
+        tracing::info!(addr = %self.addr, "Review console listening: http://{}/", self.addr);
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(ConsoleError::Serve)
+    }
+}
+
+/// The console's routes over `store`, signing in the reviewers of `credentials`.
+pub fn router(store: Store, credentials: &[Credential], session_ttl: Duration) -> Router {
+    let shared = Arc::new(Shared {
+        store,
+        auth: BearerAuth::new(credentials),
+        sessions: Sessions::new(session_ttl),
+    });
+    Router::new()
+        .route("/", get(queue))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/frames/{edge}/{seq}", get(frame))
+        .route("/frames/{edge}/{seq}/image", get(image))
+        .route("/frames/{edge}/{seq}/review", post(review))
+        .route("/static/console.css", get(css))
+        .route("/static/console.js", get(js))
+        .with_state(shared)
+}
+
+type Shared_ = State<Arc<Shared>>;
+
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (
+        status,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Html(markup.into_string()),
+    )
+        .into_response()
+}
+
+fn cookie_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::COOKIE).and_then(|v| v.to_str().ok())
+}
+
+/// Why a request is not served.
+enum Refused {
+    /// No live session: sign in first.
+    SignIn,
+    /// A form post without this session's CSRF token.
+    ForeignForm,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::SignIn => Redirect::to("/login").into_response(),
+            Refused::ForeignForm => page(
+                StatusCode::FORBIDDEN,
+                pages::refused(
+                    "Form refused",
+                    "This form did not come from your signed-in page (its CSRF token does not match). Reload the page and submit it again.",
+                ),
+            ),
+        }
+    }
+}
+
+/// The signed-in session of a request.
+fn session(shared: &Shared, headers: &HeaderMap) -> Result<Session, Refused> {
+    session::cookie(cookie_header(headers), SESSION_COOKIE)
+        .and_then(|id| shared.sessions.get(id))
+        .ok_or(Refused::SignIn)
+}
+
+/// The session of a form post whose CSRF token matches.
+fn checked(shared: &Shared, headers: &HeaderMap, csrf: &str) -> Result<Session, Refused> {
+    let s = session(shared, headers)?;
+    if session::same(&s.csrf, csrf) {
+        Ok(s)
+    } else {
+        Err(Refused::ForeignForm)
+    }
+}
+
+/// A store failure: the detail goes to the log, the page says what to do.
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "Review console request failed in the store.");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::refused(
+            "Store unavailable",
+            "The verdict store did not answer. Try again in a moment; the cause is in the cloud worker's log (\"Review console request failed in the store\").",
+        ),
+    )
+}
+
+async fn login_form(headers: HeaderMap) -> Response {
+    let token = session::cookie(cookie_header(&headers), LOGIN_COOKIE)
+        .map(str::to_string)
+        .unwrap_or_else(session::random_token);
+    login_page(&token, None, StatusCode::OK)
+}
+
+fn login_page(csrf: &str, problem: Option<&str>, status: StatusCode) -> Response {
+    let mut response = page(status, pages::login(csrf, problem));
+    let cookie = session::set_cookie(
+        LOGIN_COOKIE,
+        csrf,
+        "/login",
+        Duration::from_secs(3600),
+        false,
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The sign-in form's fields.
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    csrf: String,
+}
+
+async fn login(
+    State(shared): Shared_,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let expected = session::cookie(cookie_header(&headers), LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !session::same(expected, &form.csrf) {
+        return login_page(
+            &session::random_token(),
+            Some("The sign-in form had expired or did not come from this page; sign in again."),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let presented = format!("Bearer {}", form.token.trim());
+    let reviewer = match shared.auth.identify(Some(presented.as_bytes())) {
+        Some(r) if shared.auth.required() => r.0,
+        _ => {
+            tracing::info!("Review console sign-in refused: the token matches no reviewer.");
+            return login_page(
+                expected,
+                Some("That token is not accepted. Use the token of your [[api.reviewers]] entry."),
+                StatusCode::UNAUTHORIZED,
+            );
+        }
+    };
+    let id = shared.sessions.open(&reviewer);
+    tracing::info!(reviewer = %reviewer, "Reviewer signed in to the console.");
+    let mut response = Redirect::to("/").into_response();
+    let ttl = shared.sessions.ttl();
+    for cookie in [
+        session::set_cookie(SESSION_COOKIE, &id, "/", ttl, false),
+        session::set_cookie(LOGIN_COOKIE, "", "/login", Duration::ZERO, false),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+/// A form that carries only its CSRF token.
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(shared): Shared_,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = checked(&shared, &headers, &form.csrf) {
+        return refused.into_response();
+    }
+    if let Some(id) = session::cookie(cookie_header(&headers), SESSION_COOKIE) {
+        shared.sessions.close(id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    let cookie = session::set_cookie(SESSION_COOKIE, "", "/", Duration::ZERO, false);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The frames to review, most urgent first: disagreements between the edge's local decision and the cloud,
+/// then the other frames nobody reviewed, newest first within each.
+async fn review_queue(store: &Store) -> Result<Vec<FrameRow>, crate::store::StoreError> {
+    let filter = |disagreement| FrameFilter {
+        disagreement,
+        unreviewed: true,
+        limit: QUEUE_LENGTH,
+        ..Default::default()
+    };
+    let mut rows = store.list_frames(&filter(true)).await?;
+    for row in store.list_frames(&filter(false)).await? {
+        if rows.len() >= QUEUE_LENGTH as usize {
+            break;
+        }
+        if !row.disagreement {
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+async fn queue(State(shared): Shared_, headers: HeaderMap) -> Response {
+    let s = match session(&shared, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    match review_queue(&shared.store).await {
+        Ok(rows) => page(StatusCode::OK, pages::queue(&s.reviewer, &s.csrf, &rows)),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn not_found(edge: &str, seq: &str) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        pages::refused(
+            "No such frame",
+            &format!("No frame {edge}-{seq} with a verdict is stored; pick one from the queue."),
+        ),
+    )
+}
+
+/// The labels a reviewer can give a frame: `good` and the classes the cloud model scored.
+fn labels_of(row: &FrameRow) -> Vec<String> {
+    let mut labels = vec!["good".to_string()];
+    for s in row.scores() {
+        if !labels.contains(&s.class_name) {
+            labels.push(s.class_name);
+        }
+    }
+    if !labels.contains(&row.label) && !row.label.is_empty() {
+        labels.push(row.label.clone());
+    }
+    labels
+}
+
+async fn frame(
+    State(shared): Shared_,
+    headers: HeaderMap,
+    Path((edge, seq)): Path<(String, String)>,
+) -> Response {
+    let s = match session(&shared, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(n) = seq.parse::<u64>() else {
+        return not_found(&edge, &seq);
+    };
+    let (row, image, reviews) = match shared.store.get_frame(&edge, n).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found(&edge, &seq),
+        Err(e) => return unavailable(e),
+    };
+    let queue = review_queue(&shared.store).await.unwrap_or_default();
+    let at = queue
+        .iter()
+        .position(|r| r.edge_id == row.edge_id && r.seq == row.seq);
+    let (previous, next) = match at {
+        Some(i) => (
+            i.checked_sub(1).map(|p| pages::frame_href(&queue[p])),
+            queue.get(i + 1).map(pages::frame_href),
+        ),
+        None => (None, queue.first().map(pages::frame_href)),
+    };
+    let size = image
+        .as_deref()
+        .and_then(|bytes| {
+            image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .ok()
+        })
+        .and_then(|reader| reader.into_dimensions().ok());
+    let labels = labels_of(&row);
+    page(
+        StatusCode::OK,
+        pages::frame(&pages::FramePage {
+            reviewer: &s.reviewer,
+            csrf: &s.csrf,
+            row: &row,
+            size,
+            reviews: &reviews,
+            labels: &labels,
+            next,
+            previous,
+        }),
+    )
+}
+
+async fn image(
+    State(shared): Shared_,
+    headers: HeaderMap,
+    Path((edge, seq)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = session(&shared, &headers) {
+        return r.into_response();
+    }
+    let Ok(n) = seq.parse::<u64>() else {
+        return not_found(&edge, &seq);
+    };
+    match shared.store.get_frame(&edge, n).await {
+        Ok(Some((row, Some(bytes), _))) => {
+            let kind = if row.image_encoding == tierline_shared::wire::ImageEncoding::Png as i32 {
+                "image/png"
+            } else {
+                "image/jpeg"
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
+                    (
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("private, max-age=3600"),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Ok(_) => not_found(&edge, &seq),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The label form's fields. A `reviewer` field, if a client sends one, is ignored: the session says who.
+#[derive(Deserialize)]
+struct ReviewForm {
+    csrf: String,
+    label: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn review(
+    State(shared): Shared_,
+    headers: HeaderMap,
+    Path((edge, seq)): Path<(String, String)>,
+    Form(form): Form<ReviewForm>,
+) -> Response {
+    let s = match checked(&shared, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(n) = seq.parse::<u64>() else {
+        return not_found(&edge, &seq);
+    };
+    let row = match shared.store.get_frame(&edge, n).await {
+        Ok(Some((row, _, _))) => row,
+        Ok(None) => return not_found(&edge, &seq),
+        Err(e) => return unavailable(e),
+    };
+    let labels = labels_of(&row);
+    if !labels.contains(&form.label) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            pages::refused(
+                "Label refused",
+                &format!(
+                    "{:?} is not a label of this model; use one of {}.",
+                    form.label,
+                    labels.join(", ")
+                ),
+            ),
+        );
+    }
+    let note: String = form.note.chars().take(500).collect();
+    let review = ReviewRow {
+        defective: form.label != "good",
+        label: form.label,
+        reviewer: s.reviewer.clone(),
+        note,
+        time_us: tierline_shared::time::now_us(),
+    };
+    if let Err(e) = shared.store.submit_review(&edge, n, &review).await {
+        return unavailable(e);
+    }
+    tracing::info!(reviewer = %s.reviewer, frame = %row.frame_id, label = %review.label, "Frame reviewed in the console.");
+    // On to the next frame of the queue, which no longer holds this one.
+    let next = review_queue(&shared.store)
+        .await
+        .ok()
+        .and_then(|q| q.first().map(pages::frame_href))
+        .unwrap_or_else(|| "/".into());
+    Redirect::to(&next).into_response()
+}
+
+async fn css() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/css; charset=utf-8"),
+        )],
+        include_str!("assets/console.css"),
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        include_str!("assets/console.js"),
+    )
+        .into_response()
+}
