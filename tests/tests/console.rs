@@ -16,11 +16,12 @@ use tierline_shared::wire::pb::Region;
 use tierline_tests::review::{OTHER_REVIEWER, OTHER_TOKEN, REVIEWER, TOKEN, frame, verdict};
 use tower::ServiceExt;
 
-/// A reply: status, `Location`, `Set-Cookie` values and the body.
+/// A reply: status, `Location`, `Set-Cookie` values, the content security policy and the body.
 struct Reply {
     status: StatusCode,
     location: Option<String>,
     cookies: Vec<String>,
+    policy: Option<String>,
     body: String,
 }
 
@@ -51,11 +52,16 @@ async fn send(app: &Router, request: Request<Body>) -> Reply {
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
+    let policy = response
+        .headers()
+        .get(header::CONTENT_SECURITY_POLICY)
+        .map(|v| v.to_str().unwrap().to_string());
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     Reply {
         status,
         location,
         cookies,
+        policy,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
@@ -250,6 +256,14 @@ async fn sign_in_needs_a_reviewer_token_and_the_forms_own_csrf_token() {
     let session = r.cookie("tierline_console").unwrap();
     let queue = get(&app, "/", Some(&session)).await;
     assert_eq!(queue.status, StatusCode::OK);
+    // Pages load nothing from elsewhere and cannot be framed by another site.
+    for reply in [&queue, &form] {
+        let policy = reply.policy.as_deref().unwrap();
+        assert!(
+            policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"),
+            "{policy}"
+        );
+    }
     let who = select(&queue.html(), "header .who strong")[0]
         .text()
         .collect::<String>();

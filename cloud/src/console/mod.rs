@@ -136,10 +136,27 @@ pub fn router(store: Store, credentials: &[Credential], session_ttl: Duration) -
 
 type Shared_ = State<Arc<Shared>>;
 
+/// What every page says about itself: not cached, not framed by other sites, nothing loaded from elsewhere.
+const CONTENT_POLICY: &str = "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 fn page(status: StatusCode, markup: Markup) -> Response {
     (
         status,
-        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        [
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CONTENT_POLICY),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ],
         Html(markup.into_string()),
     )
         .into_response()
