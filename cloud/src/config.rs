@@ -812,7 +812,7 @@ mod tests {
         );
         assert!(
             console("0.0.0.0:9470", true)
-                .validate(&[reviewer.clone()])
+                .validate(std::slice::from_ref(&reviewer))
                 .is_ok()
         );
         let short = ConsoleConfig {
