@@ -13,7 +13,9 @@ use std::time::Duration;
 use tierline_cloud::config::Credential;
 use tierline_cloud::store::Store;
 use tierline_shared::wire::pb::Region;
-use tierline_tests::review::{OTHER_REVIEWER, OTHER_TOKEN, REVIEWER, TOKEN, frame, verdict};
+use tierline_tests::review::{
+    OTHER_REVIEWER, OTHER_TOKEN, REVIEWER, SHARED_TOKEN, TOKEN, frame, verdict,
+};
 use tower::ServiceExt;
 
 /// A reply: status, `Location`, `Set-Cookie` values, the content security policy and the body.
@@ -141,6 +143,10 @@ async fn console(dir: &std::path::Path) -> (Router, Store) {
             reviewer: OTHER_REVIEWER.into(),
             token: OTHER_TOKEN.into(),
         },
+        Credential {
+            reviewer: tierline_cloud::config::SHARED_TOKEN_REVIEWER.into(),
+            token: SHARED_TOKEN.into(),
+        },
     ];
     let app =
         tierline_cloud::console::router(store.clone(), &credentials, Duration::from_secs(600));
@@ -208,20 +214,22 @@ async fn sign_in_needs_a_reviewer_token_and_the_forms_own_csrf_token() {
     assert_eq!(login_cookie, format!("tierline_login={token_csrf}"));
     assert!(form.cookies[0].contains("HttpOnly") && form.cookies[0].contains("SameSite=Strict"));
 
-    // A wrong token: refused, said so, no session.
-    let r = post(
-        &app,
-        "/login",
-        Some(&login_cookie),
-        &[("token", "guess"), ("csrf", &token_csrf)],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(r.cookie("tierline_console").is_none());
-    let alert = select(&r.html(), "[role=alert]")[0]
-        .text()
-        .collect::<String>();
-    assert!(alert.contains("not accepted"), "{alert}");
+    // A wrong token, or the deprecated shared one (it names nobody): refused, said so, no session.
+    for token in ["guess", SHARED_TOKEN] {
+        let r = post(
+            &app,
+            "/login",
+            Some(&login_cookie),
+            &[("token", token), ("csrf", &token_csrf)],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token}");
+        assert!(r.cookie("tierline_console").is_none());
+        let alert = select(&r.html(), "[role=alert]")[0]
+            .text()
+            .collect::<String>();
+        assert!(alert.contains("not accepted"), "{alert}");
+    }
     // The right token from a page that did not hand out this form (no cookie, or another token): refused.
     for cookie in [None, Some("tierline_login=0123")] {
         let r = post(
@@ -322,6 +330,9 @@ async fn the_frame_page_draws_the_regions_over_the_image_and_offers_the_models_l
         ["x", "y", "width", "height"].map(|a| rect.attr(a).unwrap()),
         ["10", "12", "20", "8"]
     );
+    // Enter in the note field submits with the form's first button: a disabled one, never a label.
+    let first = select(&html, "form.review button")[0].value();
+    assert!(first.attr("disabled").is_some() && first.attr("name").is_none());
     let labels: Vec<&str> = select(&html, "form.review button[name=label]")
         .iter()
         .map(|b| b.value().attr("value").unwrap())

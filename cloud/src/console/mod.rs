@@ -20,7 +20,7 @@ mod pages;
 pub mod session;
 
 use crate::api::BearerAuth;
-use crate::config::{ConsoleConfig, Credential};
+use crate::config::{ConsoleConfig, Credential, SHARED_TOKEN_REVIEWER};
 use crate::store::{FrameFilter, FrameRow, ReviewRow, Store};
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -261,8 +261,9 @@ async fn login(
         );
     }
     let presented = format!("Bearer {}", form.token.trim());
+    // Reviewers' own tokens only: the deprecated shared token says nothing about who reviews.
     let reviewer = match shared.auth.identify(Some(presented.as_bytes())) {
-        Some(r) if shared.auth.required() => r.0,
+        Some(r) if shared.auth.required() && r.0 != SHARED_TOKEN_REVIEWER => r.0,
         _ => {
             tracing::info!("Review console sign-in refused: the token matches no reviewer.");
             return login_page(
@@ -441,9 +442,10 @@ async fn image(
             (
                 [
                     (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
                     (
-                        header::CACHE_CONTROL,
-                        HeaderValue::from_static("private, max-age=3600"),
+                        header::X_CONTENT_TYPE_OPTIONS,
+                        HeaderValue::from_static("nosniff"),
                     ),
                 ],
                 bytes,

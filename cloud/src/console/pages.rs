@@ -128,9 +128,16 @@ fn url_part(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// A capture or review time for people. Times come from edges: one the formatter cannot show (before 1970,
+/// after 9999) is shown as its number, never a failed page.
 fn format_time(us: i64) -> String {
+    use std::fmt::Write;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_millis(t)) {
+        Ok(()) if us >= 0 => out,
+        _ => format!("{us} µs since 1970 (not a calendar time)"),
+    }
 }
 
 /// What a frame page shows besides the frame itself.
@@ -206,6 +213,9 @@ pub fn frame(p: &FramePage<'_>) -> Markup {
                 }
             }
             form.review method="post" action=(format!("{}/review", frame_href(row))) {
+                // Enter in the note field submits the form with its first submit button: this disabled one,
+                // so typing a note never gives a label by itself.
+                button type="submit" disabled hidden aria-hidden="true" {}
                 input type="hidden" name="csrf" value=(p.csrf);
                 fieldset {
                     legend { "Your label (keys 1–" (p.labels.len()) ")" }
@@ -233,4 +243,17 @@ pub fn frame(p: &FramePage<'_>) -> Markup {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_an_edge_sends_is_shown_without_failing() {
+        assert_eq!(format_time(1_000_000), "1970-01-01T00:00:01.000Z");
+        for us in [i64::MAX, i64::MIN, -5, 253_402_300_800_000_000] {
+            assert!(format_time(us).contains("not a calendar time"), "{us}");
+        }
+    }
 }
