@@ -51,7 +51,7 @@ pub fn default_admin() -> AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
-    /// Edge id, unique in the plant; one topic level (`[A-Za-z0-9_.-]`, ≤ 64).
+    /// Edge id, unique in the plant; one topic level (`[A-Za-z0-9_.-]`, ≤ 64, not `.` or `..`).
     pub id: String,
     /// Site (plant) id.
     #[serde(default = "default_site")]

@@ -12,7 +12,8 @@
 //! workers subscribe through the shared subscription `$share/<group>/tierline/v1/+/+/+/frames` so several
 //! processes split the load.
 //!
-//! Site, line and edge ids are single topic levels: 1 to 64 characters from `[A-Za-z0-9_.-]`.
+//! Site, line and edge ids are single topic levels: 1 to 64 characters from `[A-Za-z0-9_.-]`, other than
+//! `.` and `..`.
 
 use std::fmt;
 use thiserror::Error;
@@ -66,7 +67,7 @@ impl TopicKind {
 pub enum TopicError {
     /// An id is not usable as a topic level.
     #[error(
-        "{what} {value:?} is not a valid id: use 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ . -"
+        "{what} {value:?} is not a valid id: use 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ . -, other than . and .."
     )]
     InvalidId {
         /// Which id (site, line, edge id).
@@ -83,7 +84,10 @@ pub enum TopicError {
 
 /// Checks that `value` can be one topic level.
 pub fn validate_id(what: &'static str, value: &str) -> Result<(), TopicError> {
+    // "." and ".." would be path steps in every URL that carries the id (the review console's frame links).
     let ok = !value.is_empty()
+        && value != "."
+        && value != ".."
         && value.len() <= MAX_ID_LEN
         && value
             .bytes()
@@ -193,7 +197,7 @@ mod tests {
 
     #[test]
     fn rejects_wildcards_and_separators_in_ids() {
-        for bad in ["", "a/b", "+", "#", "a b", &"x".repeat(65)] {
+        for bad in ["", "a/b", "+", "#", "a b", ".", "..", &"x".repeat(65)] {
             assert!(EdgeAddress::new("s", "l", bad).is_err(), "{bad:?}");
         }
     }
@@ -239,6 +243,7 @@ mod tests {
 
         #[test]
         fn valid_addresses_round_trip(site in "[A-Za-z0-9_.-]{1,64}", line in "[a-z0-9]{1,8}", edge in "[a-z0-9-]{1,20}") {
+            prop_assume!(site != "." && site != "..");
             let a = EdgeAddress::new(&site, &line, &edge).unwrap();
             for k in [TopicKind::Frames, TopicKind::Verdicts, TopicKind::Presence, TopicKind::Heartbeat] {
                 prop_assert_eq!(parse(&a.topic(k)).unwrap(), (a.clone(), k));
