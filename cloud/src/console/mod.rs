@@ -134,7 +134,8 @@ pub fn router(store: Store, credentials: &[Credential], session_ttl: Duration) -
         .with_state(shared)
 }
 
-type Shared_ = State<Arc<Shared>>;
+/// The handlers' shared state.
+type SharedState = State<Arc<Shared>>;
 
 /// What every page says about itself: not cached, not framed by other sites, nothing loaded from elsewhere.
 const CONTENT_POLICY: &str = "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -226,7 +227,7 @@ async fn login_form(headers: HeaderMap) -> Response {
 }
 
 fn login_page(csrf: &str, problem: Option<&str>, status: StatusCode) -> Response {
-    let mut response = page(status, pages::login(csrf, problem));
+    let response = page(status, pages::login(csrf, problem));
     let cookie = session::set_cookie(
         LOGIN_COOKIE,
         csrf,
@@ -234,8 +235,15 @@ fn login_page(csrf: &str, problem: Option<&str>, status: StatusCode) -> Response
         Duration::from_secs(3600),
         false,
     );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
+    with_cookies(response, &[cookie])
+}
+
+/// `response` with a `Set-Cookie` header for each of `cookies`.
+fn with_cookies(mut response: Response, cookies: &[String]) -> Response {
+    for cookie in cookies {
+        if let Ok(v) = HeaderValue::from_str(cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     response
 }
@@ -248,7 +256,7 @@ struct LoginForm {
 }
 
 async fn login(
-    State(shared): Shared_,
+    State(shared): SharedState,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -275,17 +283,14 @@ async fn login(
     };
     let id = shared.sessions.open(&reviewer);
     tracing::info!(reviewer = %reviewer, "Reviewer signed in to the console.");
-    let mut response = Redirect::to("/").into_response();
     let ttl = shared.sessions.ttl();
-    for cookie in [
-        session::set_cookie(SESSION_COOKIE, &id, "/", ttl, false),
-        session::set_cookie(LOGIN_COOKIE, "", "/login", Duration::ZERO, false),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    response
+    with_cookies(
+        Redirect::to("/").into_response(),
+        &[
+            session::set_cookie(SESSION_COOKIE, &id, "/", ttl, false),
+            session::set_cookie(LOGIN_COOKIE, "", "/login", Duration::ZERO, false),
+        ],
+    )
 }
 
 /// A form that carries only its CSRF token.
@@ -295,7 +300,7 @@ struct CsrfForm {
 }
 
 async fn logout(
-    State(shared): Shared_,
+    State(shared): SharedState,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
@@ -305,12 +310,16 @@ async fn logout(
     if let Some(id) = session::cookie(cookie_header(&headers), SESSION_COOKIE) {
         shared.sessions.close(id);
     }
-    let mut response = Redirect::to("/login").into_response();
-    let cookie = session::set_cookie(SESSION_COOKIE, "", "/", Duration::ZERO, false);
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
-    response
+    with_cookies(
+        Redirect::to("/login").into_response(),
+        &[session::set_cookie(
+            SESSION_COOKIE,
+            "",
+            "/",
+            Duration::ZERO,
+            false,
+        )],
+    )
 }
 
 /// The frames to review, most urgent first: disagreements between the edge's local decision and the cloud,
@@ -334,7 +343,7 @@ async fn review_queue(store: &Store) -> Result<Vec<FrameRow>, crate::store::Stor
     Ok(rows)
 }
 
-async fn queue(State(shared): Shared_, headers: HeaderMap) -> Response {
+async fn queue(State(shared): SharedState, headers: HeaderMap) -> Response {
     let s = match session(&shared, &headers) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -370,7 +379,7 @@ fn labels_of(row: &FrameRow) -> Vec<String> {
 }
 
 async fn frame(
-    State(shared): Shared_,
+    State(shared): SharedState,
     headers: HeaderMap,
     Path((edge, seq)): Path<(String, String)>,
 ) -> Response {
@@ -422,7 +431,7 @@ async fn frame(
 }
 
 async fn image(
-    State(shared): Shared_,
+    State(shared): SharedState,
     headers: HeaderMap,
     Path((edge, seq)): Path<(String, String)>,
 ) -> Response {
@@ -467,7 +476,7 @@ struct ReviewForm {
 }
 
 async fn review(
-    State(shared): Shared_,
+    State(shared): SharedState,
     headers: HeaderMap,
     Path((edge, seq)): Path<(String, String)>,
     Form(form): Form<ReviewForm>,
