@@ -58,6 +58,10 @@ pub struct ConsoleConfig {
     /// refuses such an address instead; set it only behind a TLS-terminating proxy.
     #[serde(default)]
     pub insecure: bool,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Set it when a TLS-terminating proxy serves
+    /// the console over HTTPS; leave it off for plain HTTP on loopback, where browsers would drop the cookie.
+    #[serde(default)]
+    pub secure_cookies: bool,
 }
 
 fn default_session_ttl() -> Duration {
@@ -70,6 +74,7 @@ impl Default for ConsoleConfig {
             listen: None,
             session_ttl: default_session_ttl(),
             insecure: false,
+            secure_cookies: false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Command-line arguments: the options every subcommand takes, and the subcommands (their own arguments
 //! are defined next to them in [`crate::cmd`]).
 
-use crate::cmd::{label, list, show, watch};
+use crate::cmd::{export, label, list, show, watch};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -51,6 +51,8 @@ pub enum Command {
     Label(label::LabelArgs),
     /// List edges with presence, backlog and last-seen time.
     Edges,
+    /// Write the reviewed frames as a labelled folder (images + labels.csv) for tierline-models.
+    Export(export::ExportArgs),
     /// Print verdicts as they are stored, until interrupted.
     Watch(watch::WatchArgs),
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one module each: its arguments and what it does with a connected client.
 
 pub mod edges;
+pub mod export;
 pub mod label;
 pub mod list;
 pub mod show;

@@ -4,6 +4,10 @@ mod args;
 mod cmd;
 mod conn;
 mod error;
+/// The labelled-folder format, shared with the cloud's console export (one source file, compiled here
+/// without the rest of `tierline-shared`).
+#[path = "../../shared/src/labels.rs"]
+mod labels;
 mod output;
 
 /// Generated protobuf types and gRPC client of the review API.
@@ -30,6 +34,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Show(a) => cmd::show::run(&mut client, a, args.json).await,
         Command::Label(a) => cmd::label::run(&mut client, a, args.json).await,
         Command::Edges => cmd::edges::run(&mut client, args.json).await,
+        Command::Export(a) => cmd::export::run(&mut client, a, args.json).await,
         Command::Watch(a) => cmd::watch::run(&mut client, a, args.json).await,
     }
 }

@@ -25,6 +25,7 @@ pub mod action;
 pub mod admin;
 pub mod config;
 pub mod decode;
+pub mod labels;
 pub mod manifest;
 pub mod metrics;
 pub mod mqtt;

@@ -1,6 +1,7 @@
 //! The review console's handlers, through its router, on a seeded SQLite store: sign-in with a reviewer's
 //! token, sessions and CSRF on every form, the queue's order, the frame page, and reviews recorded under the
-//! session's reviewer. Pages are read with an HTML parser, not searched as text.
+//! session's reviewer, claims that keep two reviewers off one frame, filters, the fleet page and the labels
+//! export. Pages are read with an HTML parser, not searched as text.
 
 #![allow(clippy::unwrap_used)]
 
@@ -305,7 +306,9 @@ async fn the_queue_puts_disagreements_first_and_drops_reviewed_frames() {
     )
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(r.location.as_deref(), Some("/frames/edge-a/5"));
+    assert_eq!(r.location.as_deref(), Some("/next"));
+    let next = get(&app, "/next", Some(&session)).await;
+    assert_eq!(next.location.as_deref(), Some("/frames/edge-a/5"));
     let queue = get(&app, "/", Some(&session)).await;
     assert_eq!(
         frames(&queue),
@@ -441,4 +444,254 @@ async fn signing_out_ends_the_session() {
     assert_eq!(r.location.as_deref(), Some("/login"));
     let after = get(&app, "/", Some(&session)).await;
     assert_eq!(after.location.as_deref(), Some("/login"));
+}
+
+/// The frame a `GET /next` leads to, as `/frames/<edge>/<seq>` (`None`: the queue is empty).
+async fn next_frame(app: &Router, session: &str) -> Option<String> {
+    let r = get(app, "/next", Some(session)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    r.location.filter(|l| l.starts_with("/frames/"))
+}
+
+/// Labels the frame at `href` (its page's CSRF token) as `label`.
+async fn label(app: &Router, session: &str, href: &str, label: &str) -> Reply {
+    let page = get(app, href, Some(session)).await;
+    let token = csrf(&page.html(), "form[action='/logout']");
+    post(
+        app,
+        &format!("{href}/review"),
+        Some(session),
+        &[("csrf", &token), ("label", label)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn two_reviewers_are_never_handed_the_same_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = console(dir.path()).await;
+    let bo = sign_in(&app, TOKEN).await;
+    let ana = sign_in(&app, OTHER_TOKEN).await;
+    let mine = next_frame(&app, &bo).await.unwrap();
+    assert_eq!(mine, "/frames/edge-a/2", "the disagreement first");
+    let hers = next_frame(&app, &ana).await.unwrap();
+    assert_ne!(hers, mine);
+    // bo's frame, opened by ana: said whose it is, and no label form.
+    let page = get(&app, &mine, Some(&ana)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.html();
+    assert!(select(&html, "form.review").is_empty());
+    let status: String = select(&html, "[role=status]")[0].text().collect();
+    assert!(status.contains(REVIEWER), "{status}");
+    // A label posted for it anyway: refused, nothing stored.
+    let r = label(&app, &ana, &mine, "good").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        store
+            .get_frame("edge-a", 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .2
+            .is_empty()
+    );
+    // The queue shows who has what open.
+    let queue = get(&app, "/", Some(&ana)).await;
+    let claimed: Vec<String> = select(&queue.html(), "table.queue td.claim")
+        .iter()
+        .map(|td| td.text().collect::<String>())
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    // Working through the queue in turns: every frame is labelled once, by whoever held it.
+    let mut served = vec![mine.clone(), hers.clone()];
+    let (mut a, mut b) = (Some(mine), Some(hers));
+    while a.is_some() || b.is_some() {
+        if let Some(href) = a.take() {
+            assert_eq!(
+                label(&app, &bo, &href, "good").await.status,
+                StatusCode::SEE_OTHER
+            );
+            a = next_frame(&app, &bo).await;
+            served.extend(a.clone());
+        }
+        if let Some(href) = b.take() {
+            assert_eq!(
+                label(&app, &ana, &href, "scratch").await.status,
+                StatusCode::SEE_OTHER
+            );
+            b = next_frame(&app, &ana).await;
+            served.extend(b.clone());
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = served.iter().collect();
+    assert_eq!(
+        unique.len(),
+        served.len(),
+        "a frame handed out twice: {served:?}"
+    );
+    assert_eq!(served.len(), 5);
+    for seq in 1..=5 {
+        let reviews = store.get_frame("edge-a", seq).await.unwrap().unwrap().2;
+        assert_eq!(reviews.len(), 1, "frame {seq}: {reviews:?}");
+    }
+}
+
+#[tokio::test]
+async fn filters_narrow_the_queue_and_stay_with_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _store) = console(dir.path()).await;
+    let session = sign_in(&app, TOKEN).await;
+    let rows = |reply: &Reply| -> Vec<String> {
+        select(&reply.html(), "table.queue tbody tr td:first-child a")
+            .iter()
+            .map(|a| a.text().collect())
+            .collect()
+    };
+    let good = get(&app, "/?apply=1&class=good&edge=edge-a", Some(&session)).await;
+    assert_eq!(rows(&good), ["edge-a-2", "edge-a-4"]);
+    let form = good.html();
+    let class = select(&form, "form.filters input[name=class]")[0]
+        .value()
+        .attr("value");
+    assert_eq!(class, Some("good"), "the form shows the filter");
+    // Kept for the session: the plain queue and the next frame follow it.
+    assert_eq!(
+        rows(&get(&app, "/", Some(&session)).await),
+        ["edge-a-2", "edge-a-4"]
+    );
+    assert_eq!(
+        next_frame(&app, &session).await.as_deref(),
+        Some("/frames/edge-a/2")
+    );
+    // A time window (UTC): the frames were captured 1 to 5 s after the epoch, so none from a minute on.
+    let window = get(&app, "/?apply=1&since=1970-01-01T00:01", Some(&session)).await;
+    assert!(
+        rows(&window).is_empty(),
+        "a window after every frame holds none"
+    );
+    let window = get(&app, "/?apply=1&until=1970-01-01T00:01", Some(&session)).await;
+    assert_eq!(
+        rows(&window).len(),
+        5,
+        "a window around every frame holds all"
+    );
+    // Cleared.
+    let all = get(&app, "/?apply=1", Some(&session)).await;
+    assert_eq!(rows(&all).len(), 5);
+}
+
+#[tokio::test]
+async fn the_fleet_page_shows_each_edge_from_its_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = console(dir.path()).await;
+    let session = sign_in(&app, TOKEN).await;
+    let hb = tierline_shared::wire::Heartbeat {
+        protocol_version: 1,
+        edge_id: "edge-a".into(),
+        backlog_frames: 7,
+        oldest_backlog_age_ms: 125_000,
+        frames_seen: 400,
+        frames_forwarded: 10,
+        edge_model_version: "prescreen-1.1.0".into(),
+        ..Default::default()
+    };
+    store
+        .record_heartbeat("plant", "line-1", &hb, tierline_shared::time::now_us())
+        .await
+        .unwrap();
+    let page = get(&app, "/fleet", Some(&session)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.html();
+    let cells: Vec<String> = select(&html, "table.fleet tbody tr td")
+        .iter()
+        .map(|td| td.text().collect::<String>())
+        .collect();
+    assert_eq!(cells[0], "edge-a");
+    assert_eq!(cells[1], "plant / line-1");
+    assert_eq!(cells[2], "online");
+    assert_eq!(cells[4], "7 frames");
+    assert_eq!(cells[5], "2 min");
+    assert_eq!(cells[6], "prescreen-1.1.0");
+    assert_eq!(cells[7], "2.5 % of 400");
+    assert_eq!(
+        get(&app, "/fleet", None).await.location.as_deref(),
+        Some("/login")
+    );
+}
+
+#[tokio::test]
+async fn the_export_is_the_reviewed_frames_as_images_and_a_labels_csv_the_model_tools_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, store) = console(dir.path()).await;
+    let session = sign_in(&app, TOKEN).await;
+    assert_eq!(
+        get(&app, "/export.tar", None).await.location.as_deref(),
+        Some("/login")
+    );
+    label(&app, &session, "/frames/edge-a/5", "good").await;
+    label(&app, &session, "/frames/edge-a/3", "scratch").await;
+    let page = get(&app, "/export", Some(&session)).await;
+    let text: String = select(&page.html(), "main p")[0].text().collect();
+    assert!(text.starts_with("2 reviewed frames"), "{text}");
+
+    let response = app
+        .clone()
+        .oneshot(
+            Request::get("/export.tar")
+                .header(header::COOKIE, &session)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let out = dir.path().join("unpacked");
+    tar::Archive::new(std::io::Cursor::new(bytes.to_vec()))
+        .unpack(&out)
+        .unwrap();
+    let folder = out.join("tierline-labels");
+    // What the model tools read: each image with the human label, not the cloud's.
+    let samples = tierline_models::dataset::load(&folder, None).unwrap();
+    let mut got: Vec<(String, String)> = samples
+        .iter()
+        .map(|s| {
+            (
+                s.path.file_name().unwrap().to_string_lossy().into_owned(),
+                s.label.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("edge-a-3.png".to_string(), "scratch".to_string()),
+            ("edge-a-5.png".to_string(), "good".to_string()),
+        ]
+    );
+    for s in &samples {
+        let seq: u64 = if s.label == "good" { 5 } else { 3 };
+        let stored = store
+            .get_frame("edge-a", seq)
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&s.path).unwrap(),
+            stored,
+            "{}",
+            s.path.display()
+        );
+    }
+    let csv = std::fs::read_to_string(folder.join("labels.csv")).unwrap();
+    assert!(
+        csv.starts_with("file,label,edge_id,seq,camera_id,cloud_label,reviewer\n"),
+        "{csv}"
+    );
+    assert!(csv.lines().all(|l| l.split(',').count() == 7), "{csv}");
+    assert!(csv.contains(",bo\n"), "the reviewer is named: {csv}");
 }

@@ -58,6 +58,54 @@ fn deployment_files_use_only_exported_metrics() {
     }
 }
 
+/// The Grafana dashboard is a dashboard Grafana can import, and every query in it names only exported
+/// metrics (a histogram through its `_bucket`, `_sum` or `_count` series).
+#[test]
+fn the_grafana_dashboard_uses_only_exported_metrics() {
+    use tierline_shared::metrics::{ALL, Kind};
+    let text = std::fs::read_to_string(deploy("grafana/tierline.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "tierline-overview");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut queries = 0;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = panel["title"].as_str().unwrap();
+        assert!(!title.is_empty());
+        assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} queries nothing");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            let mut names = 0;
+            for (i, _) in expr.match_indices("tierline_") {
+                if i > 0 && expr.as_bytes()[i - 1].is_ascii_alphanumeric() {
+                    continue;
+                }
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let known = ALL.iter().any(|m| {
+                    let exported = m.exported_name();
+                    name == exported
+                        || (m.kind == Kind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|s| name == format!("{exported}{s}")))
+                });
+                assert!(
+                    known,
+                    "panel {title:?} uses {name}, which no binary exports (see shared/src/metrics.rs)"
+                );
+                names += 1;
+            }
+            assert!(names > 0, "panel {title:?}: {expr} names no metric");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 15, "only {queries} queries");
+}
+
 /// One rule per failure class the README lists, at least: rules are there and name their severity.
 #[test]
 fn alert_rules_cover_the_failure_classes() {

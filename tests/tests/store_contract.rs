@@ -458,6 +458,8 @@ async fn edges_follow_presence_and_heartbeats(s: Store) {
         time_us: 7_000,
         backlog_frames: 12,
         oldest_backlog_age_ms: 3_400,
+        frames_seen: 1_000,
+        frames_forwarded: 37,
         ..Heartbeat::default()
     };
     s.record_heartbeat("plant", "l1", &hb, 8_000).await.unwrap();
@@ -471,6 +473,7 @@ async fn edges_follow_presence_and_heartbeats(s: Store) {
         e.edge_model_version, "pre-1",
         "an empty heartbeat version keeps the known one"
     );
+    assert_eq!((e.frames_seen, e.frames_forwarded), (1_000, 37));
     let will = Presence {
         state: wire::PresenceState::Offline as i32,
         time_us: 1_000, // composed at connect time, long before it is sent
@@ -757,4 +760,184 @@ async fn verdict_regions_are_kept_and_answered_again(s: Store) {
     assert_eq!(row.regions(), boxes);
     let (row, _, _) = s.get_frame("e1", 2).await.unwrap().unwrap();
     assert!(row.regions().is_empty());
+}
+
+contract!(frames_are_filtered_by_camera_model_and_review);
+async fn frames_are_filtered_by_camera_model_and_review(s: Store) {
+    for seq in 1..=4u64 {
+        let mut f = frame("e1", seq, "l1", 1_000 + seq as i64);
+        f.camera_id = format!("cam-{}", seq % 2);
+        if seq == 4 {
+            f.edge_model_version = "pre-2".into();
+        }
+        s.store(&f, &verdict("e1", seq, "scratch")).await.unwrap();
+    }
+    let review = ReviewRow {
+        label: "good".into(),
+        defective: false,
+        reviewer: "ana".into(),
+        note: String::new(),
+        time_us: 1,
+    };
+    s.submit_review("e1", 3, &review).await.unwrap();
+    let q = |f: FrameFilter| {
+        let s = s.clone();
+        async move {
+            let rows = s
+                .list_frames(&FrameFilter { limit: 100, ..f })
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        q(FrameFilter {
+            camera_id: "cam-1".into(),
+            ..Default::default()
+        })
+        .await,
+        vec![3, 1]
+    );
+    assert_eq!(
+        q(FrameFilter {
+            model_version: "pre-2".into(),
+            ..Default::default()
+        })
+        .await,
+        vec![4]
+    );
+    assert_eq!(
+        q(FrameFilter {
+            model_version: "full-1".into(),
+            ..Default::default()
+        })
+        .await,
+        vec![4, 3, 2, 1],
+        "the cloud model's version matches too"
+    );
+    assert_eq!(
+        q(FrameFilter {
+            reviewed: true,
+            ..Default::default()
+        })
+        .await,
+        vec![3]
+    );
+}
+
+contract!(two_reviewers_claiming_from_one_queue_never_get_the_same_frame);
+async fn two_reviewers_claiming_from_one_queue_never_get_the_same_frame(s: Store) {
+    const FRAMES: u64 = 30;
+    for seq in 1..=FRAMES {
+        let mut f = frame("e1", seq, "l1", 1_000 + seq as i64);
+        if seq % 5 == 0 {
+            f.edge_local_action = "pass".into(); // cloud says scratch: a disagreement, served first
+        }
+        s.store(&f, &verdict("e1", seq, "scratch")).await.unwrap();
+    }
+    let now = tierline_shared::time::now_us();
+    // Each reviewer takes the next free frame, holds it a moment (claimed), labels it and moves on.
+    let reviewer = |name: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(row) = s
+                .claim_next(name, &FrameFilter::default(), now, 60_000_000)
+                .await
+                .unwrap()
+            {
+                got.push(row.seq as u64);
+                tokio::task::yield_now().await;
+                let review = ReviewRow {
+                    label: "scratch".into(),
+                    defective: true,
+                    reviewer: name.into(),
+                    note: String::new(),
+                    time_us: now,
+                };
+                s.submit_review("e1", row.seq as u64, &review)
+                    .await
+                    .unwrap();
+                s.release(name, &row).await.unwrap();
+            }
+            got
+        })
+    };
+    let (a, b) = (reviewer("ana"), reviewer("ben"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+    all.sort_unstable();
+    let served: std::collections::BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(
+        served.len(),
+        all.len(),
+        "a frame served twice: ana {a:?}, ben {b:?}"
+    );
+    assert_eq!(served, (1..=FRAMES).collect(), "every frame served once");
+    // Disagreements come first in each reviewer's own order.
+    for got in [&a, &b] {
+        let first_plain = got.iter().position(|s| s % 5 != 0).unwrap_or(got.len());
+        assert!(
+            got[first_plain..].iter().all(|s| s % 5 != 0),
+            "a disagreement after a plain frame: {got:?}"
+        );
+    }
+}
+
+contract!(a_claim_keeps_a_frame_from_others_until_it_lapses_or_moves_on);
+async fn a_claim_keeps_a_frame_from_others_until_it_lapses_or_moves_on(s: Store) {
+    use tierline_cloud::store::Claim;
+    for seq in 1..=2u64 {
+        s.store(
+            &frame("e1", seq, "l1", 1_000 + seq as i64),
+            &verdict("e1", seq, "spot"),
+        )
+        .await
+        .unwrap();
+    }
+    let row = |seq| {
+        let s = s.clone();
+        async move { s.get_frame("e1", seq).await.unwrap().unwrap().0 }
+    };
+    let (one, two) = (row(1).await, row(2).await);
+    let t = 1_000_000;
+    assert_eq!(s.claim("ana", &one, t, 100).await.unwrap(), Claim::Mine);
+    assert_eq!(
+        s.claim("ben", &one, t + 50, 100).await.unwrap(),
+        Claim::HeldBy {
+            reviewer: "ana".into(),
+            expires_us: t + 100
+        }
+    );
+    // ben is handed the other frame, not ana's.
+    let next = s
+        .claim_next("ben", &FrameFilter::default(), t + 50, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.seq, 2);
+    assert_eq!(s.claims(t + 60).await.unwrap().len(), 2);
+    // ana moves on to frame 2 while ben holds it: refused, and she keeps frame 1.
+    assert!(matches!(
+        s.claim("ana", &two, t + 60, 100).await.unwrap(),
+        Claim::HeldBy { .. }
+    ));
+    // The claim lapses: ben may take frame 1, and his claim on frame 2 ends (one frame at a time).
+    assert_eq!(
+        s.claim("ben", &one, t + 100, 100).await.unwrap(),
+        Claim::Mine
+    );
+    let live = s.claims(t + 150).await.unwrap();
+    assert_eq!(
+        live.iter()
+            .map(|c| (c.reviewer.as_str(), c.seq))
+            .collect::<Vec<_>>(),
+        vec![("ben", 1)]
+    );
+    // Released after a review: free for anyone.
+    s.release("ben", &one).await.unwrap();
+    assert_eq!(
+        s.claim("ana", &one, t + 150, 100).await.unwrap(),
+        Claim::Mine
+    );
 }

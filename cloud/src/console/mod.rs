@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!  GET  /login ──► sign-in form (CSRF: double-submit cookie) ──► POST /login: reviewer token ──► session
-//!  GET  /                       review queue: disagreements first, then frames nobody reviewed
-//!  GET  /frames/<edge>/<seq>    the frame, the cloud model's regions drawn over it, scores, reviews
-//!  POST /frames/<edge>/<seq>/review   a label from the session's reviewer (CSRF) ──► store ──► next frame
+//!  GET  /                       review queue: disagreements first, then frames nobody reviewed; filters
+//!  GET  /next                   claim the next frame of the queue nobody else holds ──► its page
+//!  GET  /frames/<edge>/<seq>    the frame (claimed while open), the cloud model's regions drawn over it
+//!  POST /frames/<edge>/<seq>/review   a label from the session's reviewer (CSRF) ──► store ──► /next
+//!  GET  /fleet                  every edge: presence, last seen, backlog, model, forwarded share
+//!  GET  /export, /export.tar    reviewed frames as images + labels.csv (what tierline-models reads)
 //!  POST /logout
 //! ```
 //!
@@ -13,17 +16,21 @@
 //! - Sessions: `HttpOnly`, `SameSite=Strict` cookie; every form carries the session's CSRF token, and a
 //!   POST without it is refused. Pages are served over plain HTTP: the worker refuses an address other than
 //!   loopback unless `console.insecure` is set (for a TLS-terminating proxy in front).
+//! - Claims: a frame open in one reviewer's browser is handed to no other reviewer until it is labelled, the
+//!   reviewer moves on, or the claim lapses ([`CLAIM_TTL`]); see [`crate::store::Claim`].
 //! - No network beyond the plant's: the stylesheet and the script are files of this crate, served from
 //!   `/static/`.
 
+mod export;
+mod filters;
 mod pages;
 pub mod session;
 
 use crate::api::BearerAuth;
 use crate::config::{ConsoleConfig, Credential, SHARED_TOKEN_REVIEWER};
-use crate::store::{FrameFilter, FrameRow, ReviewRow, Store};
+use crate::store::{Claim, FrameFilter, FrameRow, ReviewRow, Store};
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -66,6 +73,8 @@ struct Shared {
     store: Store,
     auth: BearerAuth,
     sessions: Sessions,
+    /// Cookies only over HTTPS.
+    secure: bool,
 }
 
 /// The console, bound and ready to serve.
@@ -96,7 +105,12 @@ impl Console {
         Ok(Self {
             listener,
             addr,
-            router: router(store, credentials, config.session_ttl),
+            router: router_with(
+                store,
+                credentials,
+                config.session_ttl,
+                config.secure_cookies,
+            ),
         })
     }
 
@@ -115,15 +129,30 @@ impl Console {
     }
 }
 
-/// The console's routes over `store`, signing in the reviewers of `credentials`.
+/// The console's routes over `store`, signing in the reviewers of `credentials`, for plain HTTP.
 pub fn router(store: Store, credentials: &[Credential], session_ttl: Duration) -> Router {
+    router_with(store, credentials, session_ttl, false)
+}
+
+/// [`router`], with `Secure` session cookies when `secure` (served over HTTPS by a proxy).
+pub fn router_with(
+    store: Store,
+    credentials: &[Credential],
+    session_ttl: Duration,
+    secure: bool,
+) -> Router {
     let shared = Arc::new(Shared {
         store,
         auth: BearerAuth::new(credentials),
         sessions: Sessions::new(session_ttl),
+        secure,
     });
     Router::new()
         .route("/", get(queue))
+        .route("/next", get(next))
+        .route("/fleet", get(fleet))
+        .route("/export", get(export_page))
+        .route("/export.tar", get(export::archive))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/frames/{edge}/{seq}", get(frame))
@@ -195,6 +224,13 @@ fn session(shared: &Shared, headers: &HeaderMap) -> Result<Session, Refused> {
     session::cookie(cookie_header(headers), SESSION_COOKIE)
         .and_then(|id| shared.sessions.get(id))
         .ok_or(Refused::SignIn)
+}
+
+/// Changes the request's session.
+fn update_session(shared: &Shared, headers: &HeaderMap, change: impl FnOnce(&mut Session)) {
+    if let Some(id) = session::cookie(cookie_header(headers), SESSION_COOKIE) {
+        shared.sessions.update(id, change);
+    }
 }
 
 /// The session of a form post whose CSRF token matches.
@@ -287,7 +323,7 @@ async fn login(
     with_cookies(
         Redirect::to("/").into_response(),
         &[
-            session::set_cookie(SESSION_COOKIE, &id, "/", ttl, false),
+            session::set_cookie(SESSION_COOKIE, &id, "/", ttl, shared.secure),
             session::set_cookie(LOGIN_COOKIE, "", "/login", Duration::ZERO, false),
         ],
     )
@@ -317,19 +353,24 @@ async fn logout(
             "",
             "/",
             Duration::ZERO,
-            false,
+            shared.secure,
         )],
     )
 }
 
-/// The frames to review, most urgent first: disagreements between the edge's local decision and the cloud,
-/// then the other frames nobody reviewed, newest first within each.
-async fn review_queue(store: &Store) -> Result<Vec<FrameRow>, crate::store::StoreError> {
+/// The frames to review under `filter`, most urgent first: disagreements between the edge's local decision
+/// and the cloud, then the other frames nobody reviewed, newest first within each.
+async fn review_queue(
+    store: &Store,
+    filter: &FrameFilter,
+) -> Result<Vec<FrameRow>, crate::store::StoreError> {
     let filter = |disagreement| FrameFilter {
         disagreement,
         unreviewed: true,
+        reviewed: false,
         limit: QUEUE_LENGTH,
-        ..Default::default()
+        after: None,
+        ..filter.clone()
     };
     let mut rows = store.list_frames(&filter(true)).await?;
     for row in store.list_frames(&filter(false)).await? {
@@ -343,15 +384,61 @@ async fn review_queue(store: &Store) -> Result<Vec<FrameRow>, crate::store::Stor
     Ok(rows)
 }
 
-async fn queue(State(shared): SharedState, headers: HeaderMap) -> Response {
+async fn queue(
+    State(shared): SharedState,
+    headers: HeaderMap,
+    Query(query): Query<filters::FilterQuery>,
+) -> Response {
+    let mut s = match session(&shared, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    if query.apply.is_some() {
+        let filter = query.to_filter();
+        update_session(&shared, &headers, |s| s.filter = filter.clone());
+        s.filter = filter;
+    }
+    let now = tierline_shared::time::now_us();
+    let rows = match review_queue(&shared.store, &s.filter).await {
+        Ok(rows) => rows,
+        Err(e) => return unavailable(e),
+    };
+    let claims = shared.store.claims(now).await.unwrap_or_default();
+    page(
+        StatusCode::OK,
+        pages::queue(&pages::QueuePage {
+            reviewer: &s.reviewer,
+            csrf: &s.csrf,
+            rows: &rows,
+            filter: &filters::FilterQuery::from_filter(&s.filter),
+            claims: &claims,
+        }),
+    )
+}
+
+/// Claims the next frame of the reviewer's queue and opens it.
+async fn next(State(shared): SharedState, headers: HeaderMap) -> Response {
     let s = match session(&shared, &headers) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    match review_queue(&shared.store).await {
-        Ok(rows) => page(StatusCode::OK, pages::queue(&s.reviewer, &s.csrf, &rows)),
+    let now = tierline_shared::time::now_us();
+    match shared
+        .store
+        .claim_next(&s.reviewer, &s.filter, now, claim_ttl_us())
+        .await
+    {
+        Ok(Some(row)) => Redirect::to(&pages::frame_href(&row)).into_response(),
+        Ok(None) => Redirect::to("/").into_response(),
         Err(e) => unavailable(e),
     }
+}
+
+/// How long a frame stays claimed by the reviewer who opened it.
+const CLAIM_TTL: Duration = Duration::from_secs(300);
+
+fn claim_ttl_us() -> i64 {
+    CLAIM_TTL.as_micros() as i64
 }
 
 fn not_found(edge: &str, seq: &str) -> Response {
@@ -395,17 +482,24 @@ async fn frame(
         Ok(None) => return not_found(&edge, &seq),
         Err(e) => return unavailable(e),
     };
-    let queue = review_queue(&shared.store).await.unwrap_or_default();
-    let at = queue
-        .iter()
-        .position(|r| r.edge_id == row.edge_id && r.seq == row.seq);
-    let (previous, next) = match at {
-        Some(i) => (
-            i.checked_sub(1).map(|p| pages::frame_href(&queue[p])),
-            queue.get(i + 1).map(pages::frame_href),
-        ),
-        None => (None, queue.first().map(pages::frame_href)),
+    let href = pages::frame_href(&row);
+    let now = tierline_shared::time::now_us();
+    let claim = match shared
+        .store
+        .claim(&s.reviewer, &row, now, claim_ttl_us())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return unavailable(e),
     };
+    let previous = s.trail.iter().rev().find(|h| **h != href).cloned();
+    update_session(&shared, &headers, |s| {
+        s.trail.retain(|h| *h != href);
+        s.trail.push(href.clone());
+        if s.trail.len() > session::TRAIL {
+            s.trail.remove(0);
+        }
+    });
     let size = image
         .as_deref()
         .and_then(|bytes| {
@@ -424,8 +518,11 @@ async fn frame(
             size,
             reviews: &reviews,
             labels: &labels,
-            next,
             previous,
+            held_by: match &claim {
+                Claim::Mine => None,
+                Claim::HeldBy { reviewer, .. } => Some(reviewer.as_str()),
+            },
         }),
     )
 }
@@ -493,6 +590,27 @@ async fn review(
         Ok(None) => return not_found(&edge, &seq),
         Err(e) => return unavailable(e),
     };
+    let now = tierline_shared::time::now_us();
+    match shared
+        .store
+        .claim(&s.reviewer, &row, now, claim_ttl_us())
+        .await
+    {
+        Ok(Claim::Mine) => {}
+        Ok(Claim::HeldBy { reviewer, .. }) => {
+            return page(
+                StatusCode::CONFLICT,
+                pages::refused(
+                    "Frame taken",
+                    &format!(
+                        "{reviewer} is reviewing {} right now; your label was not recorded. Take the next frame from the queue.",
+                        row.frame_id
+                    ),
+                ),
+            );
+        }
+        Err(e) => return unavailable(e),
+    }
     let labels = labels_of(&row);
     if !labels.contains(&form.label) {
         return page(
@@ -519,13 +637,49 @@ async fn review(
         return unavailable(e);
     }
     tracing::info!(reviewer = %s.reviewer, frame = %row.frame_id, label = %review.label, "Frame reviewed in the console.");
+    if let Err(e) = shared.store.release(&s.reviewer, &row).await {
+        tracing::warn!(error = %e, frame = %row.frame_id, "Could not release a review claim; it lapses by itself.");
+    }
     // On to the next frame of the queue, which no longer holds this one.
-    let next = review_queue(&shared.store)
-        .await
-        .ok()
-        .and_then(|q| q.first().map(pages::frame_href))
-        .unwrap_or_else(|| "/".into());
-    Redirect::to(&next).into_response()
+    Redirect::to("/next").into_response()
+}
+
+async fn fleet(State(shared): SharedState, headers: HeaderMap) -> Response {
+    let s = match session(&shared, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    match shared.store.list_edges().await {
+        Ok(edges) => page(
+            StatusCode::OK,
+            pages::fleet(
+                &s.reviewer,
+                &s.csrf,
+                &edges,
+                tierline_shared::time::now_us(),
+            ),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn export_page(State(shared): SharedState, headers: HeaderMap) -> Response {
+    let s = match session(&shared, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    match export::count(&shared.store, &s.filter).await {
+        Ok(count) => page(
+            StatusCode::OK,
+            pages::export(
+                &s.reviewer,
+                &s.csrf,
+                count,
+                &filters::FilterQuery::from_filter(&s.filter),
+            ),
+        ),
+        Err(e) => unavailable(e),
+    }
 }
 
 async fn css() -> Response {

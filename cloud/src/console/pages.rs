@@ -1,6 +1,7 @@
 //! The console's pages, rendered on the server with maud (which escapes every value it inserts).
 
-use crate::store::{FrameRow, ReviewRow};
+use super::filters::FilterQuery;
+use crate::store::{ClaimRow, EdgeRow, FrameRow, ReviewRow};
 use maud::{DOCTYPE, Markup, html};
 
 /// The frame of every page: title, stylesheet, script, and the reviewer's bar when signed in.
@@ -18,6 +19,13 @@ fn layout(title: &str, signed_in: Option<(&str, &str)>, body: Markup) -> Markup 
             body {
                 header {
                     a.brand href="/" { "Tierline review" }
+                    @if signed_in.is_some() {
+                        nav.main {
+                            a href="/" { "Queue" }
+                            a href="/fleet" { "Fleet" }
+                            a href="/export" { "Export labels" }
+                        }
+                    }
                     @if let Some((reviewer, csrf)) = signed_in {
                         span.who { "Signed in as " strong { (reviewer) } }
                         form.inline method="post" action="/logout" {
@@ -82,25 +90,66 @@ pub fn why(row: &FrameRow) -> &'static str {
     }
 }
 
-/// The review queue: frames to judge, most urgent first.
-pub fn queue(reviewer: &str, csrf: &str, rows: &[FrameRow]) -> Markup {
+/// What the queue page shows.
+pub struct QueuePage<'a> {
+    /// The signed-in reviewer.
+    pub reviewer: &'a str,
+    /// Their session's CSRF token.
+    pub csrf: &'a str,
+    /// The frames to review, most urgent first.
+    pub rows: &'a [FrameRow],
+    /// The reviewer's filter, as the form shows it.
+    pub filter: &'a FilterQuery,
+    /// Frames other reviewers have open.
+    pub claims: &'a [ClaimRow],
+}
+
+/// The filter form of the queue and export pages.
+fn filter_form(f: &FilterQuery, action: &str) -> Markup {
+    html! {
+        form.filters method="get" action=(action) {
+            input type="hidden" name="apply" value="1";
+            label { "edge " input type="text" name="edge" value=(f.edge) size="10"; }
+            label { "line " input type="text" name="line" value=(f.line) size="8"; }
+            label { "camera " input type="text" name="camera" value=(f.camera) size="8"; }
+            label { "class " input type="text" name="class" value=(f.class) size="8"; }
+            label { "model version " input type="text" name="model" value=(f.model) size="8"; }
+            label { "from (UTC) " input type="datetime-local" name="since" value=(f.since); }
+            label { "to (UTC) " input type="datetime-local" name="until" value=(f.until); }
+            button type="submit" { "Filter" }
+            @if f.is_set() { a href=(format!("{action}?apply=1")) { "clear" } }
+        }
+    }
+}
+
+/// The review queue: frames to judge, most urgent first, with who has which open.
+pub fn queue(p: &QueuePage<'_>) -> Markup {
+    let held = |row: &FrameRow| {
+        p.claims
+            .iter()
+            .find(|c| {
+                c.edge_id == row.edge_id && c.incarnation == row.incarnation && c.seq == row.seq
+            })
+            .map(|c| c.reviewer.as_str())
+    };
     layout(
         "Review queue",
-        Some((reviewer, csrf)),
+        Some((p.reviewer, p.csrf)),
         html! {
             h1 { "Review queue" }
-            @if rows.is_empty() {
-                p.empty { "Nothing to review." }
+            (filter_form(p.filter, "/"))
+            @if p.rows.is_empty() {
+                p.empty { "Nothing to review." @if p.filter.is_set() { " (under this filter)" } }
             } @else {
-                p { (rows.len()) " frames to review; disagreements between the edge and the cloud first. "
-                    a.start href=(frame_href(&rows[0])) { "Start with the first (Enter)" } }
+                p { (p.rows.len()) " frames to review; disagreements between the edge and the cloud first. "
+                    a.start href="/next" { "Start with the next free frame (Enter)" } }
                 table.queue {
                     thead { tr {
                         th { "frame" } th { "why" } th { "camera" } th { "part" } th { "edge score" }
-                        th { "cloud" } th { "line action" } th { "captured" }
+                        th { "cloud" } th { "line action" } th { "captured" } th { "open by" }
                     } }
                     tbody {
-                        @for row in rows {
+                        @for row in p.rows {
                             tr.disagreement[row.disagreement] {
                                 td { a href=(frame_href(row)) { (row.frame_id) } }
                                 td { (why(row)) }
@@ -110,11 +159,91 @@ pub fn queue(reviewer: &str, csrf: &str, rows: &[FrameRow]) -> Markup {
                                 td { (row.label) " " (format!("{:.3}", row.defect_score)) }
                                 td { (action_of(row)) }
                                 td { time { (format_time(row.capture_time_us)) } }
+                                td.claim { @if let Some(r) = held(row) { (r) } }
                             }
                         }
                     }
                 }
             }
+        },
+    )
+}
+
+/// The fleet: every edge the cloud knows, from its presence and heartbeats.
+pub fn fleet(reviewer: &str, csrf: &str, edges: &[EdgeRow], now_us: i64) -> Markup {
+    layout(
+        "Fleet",
+        Some((reviewer, csrf)),
+        html! {
+            h1 { "Fleet" }
+            @if edges.is_empty() {
+                p.empty { "No edge has reported yet." }
+            } @else {
+                table.fleet {
+                    thead { tr {
+                        th { "edge" } th { "site / line" } th { "presence" } th { "last seen" }
+                        th { "backlog" } th { "oldest in backlog" } th { "prescreen" } th { "forwarded" }
+                    } }
+                    tbody {
+                        @for e in edges {
+                            tr.offline[!e.online] {
+                                td { (e.edge_id) }
+                                td { (e.site) " / " (e.line) }
+                                td { @if e.online { "online" } @else { "offline" } }
+                                td { @if e.last_seen_us > 0 { (ago(now_us - e.last_seen_us)) " ago" } }
+                                td { (e.backlog_frames) " frames" }
+                                td { @if e.backlog_frames > 0 { (ago(e.oldest_backlog_age_ms.saturating_mul(1000))) } }
+                                td { (e.edge_model_version) }
+                                td { (forwarded_share(e)) }
+                            }
+                        }
+                    }
+                }
+                p.hint { "Backlog, model and forwarded share come from each edge's last heartbeat; forwarded counts run since the edge process started." }
+            }
+        },
+    )
+}
+
+/// The share of seen frames an edge forwarded, since its process started.
+fn forwarded_share(e: &EdgeRow) -> String {
+    if e.frames_seen <= 0 {
+        return "–".into();
+    }
+    format!(
+        "{:.1} % of {}",
+        100.0 * e.frames_forwarded as f64 / e.frames_seen as f64,
+        e.frames_seen
+    )
+}
+
+/// A duration in µs, for people.
+fn ago(us: i64) -> String {
+    let s = us.max(0) / 1_000_000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d", s / 86400),
+    }
+}
+
+/// The labels export: how many reviewed frames the filter selects, and the download.
+pub fn export(reviewer: &str, csrf: &str, count: usize, filter: &FilterQuery) -> Markup {
+    layout(
+        "Export labels",
+        Some((reviewer, csrf)),
+        html! {
+            h1 { "Export labels" }
+            (filter_form(filter, "/export"))
+            p { (count) " reviewed frames under this filter"
+                @if count >= super::export::MAX_FRAMES { " (the most one export holds; narrow the filter for the rest)" } "." }
+            @if count > 0 {
+                p { a.download #download href="/export.tar" download { "Download tierline-labels.tar" } }
+            }
+            p.hint { "Unpacked, the folder holds one image per frame and a labels.csv with the latest human label of each, "
+                "which " code { "tierline-models eval" } " and " code { "tierline-models calibrate" } " read as it is: "
+                code { "tar xf tierline-labels.tar && tierline-models eval tierline-labels" } }
         },
     )
 }
@@ -154,10 +283,10 @@ pub struct FramePage<'a> {
     pub reviews: &'a [ReviewRow],
     /// The labels a reviewer can give (the model's classes).
     pub labels: &'a [String],
-    /// The next and previous frames of the queue.
-    pub next: Option<String>,
-    /// See `next`.
+    /// The frame this reviewer looked at before.
     pub previous: Option<String>,
+    /// Another reviewer who has this frame open (the label form is then not offered).
+    pub held_by: Option<&'a str>,
 }
 
 /// One frame: the image with the cloud model's regions drawn over it, every score, and the label form.
@@ -170,7 +299,7 @@ pub fn frame(p: &FramePage<'_>) -> Markup {
             nav.pager {
                 @if let Some(prev) = &p.previous { a #previous href=(prev) { "← previous (p)" } }
                 a href="/" { "queue" }
-                @if let Some(next) = &p.next { a #next href=(next) { "next (n) →" } }
+                a #next href="/next" { "next (n) →" }
             }
             h1 { (row.frame_id) " " small { (why(row)) } }
             div.frame {
@@ -182,7 +311,8 @@ pub fn frame(p: &FramePage<'_>) -> Markup {
                                 @for r in row.regions() {
                                     g.region {
                                         rect x=(r.x) y=(r.y) width=(r.width) height=(r.height) {}
-                                        text x=(r.x) y=((r.y - 4.0).max(12.0)) { (r.class_name) " " (format!("{:.2}", r.score)) }
+                                        // Sized to the image, so a label reads the same on any frame size.
+                                        text x=(r.x) y=((r.y - 4.0).max(12.0)) font-size=((w / 45).max(10)) { (r.class_name) " " (format!("{:.2}", r.score)) }
                                     }
                                 }
                             }
@@ -212,6 +342,9 @@ pub fn frame(p: &FramePage<'_>) -> Markup {
                     }
                 }
             }
+            @if let Some(other) = p.held_by {
+                p.problem role="status" { (other) " has this frame open; it is theirs to label. Press n for the next free frame." }
+            } @else {
             form.review method="post" action=(format!("{}/review", frame_href(row))) {
                 // Enter in the note field submits the form with its first submit button: this disabled one,
                 // so typing a note never gives a label by itself.
@@ -227,6 +360,7 @@ pub fn frame(p: &FramePage<'_>) -> Markup {
                 }
                 label for="note" { "Note (optional)" }
                 input #note type="text" name="note" maxlength="500";
+            }
             }
             section.history {
                 h2 { "Reviews" }

@@ -4,6 +4,7 @@
 //! Sessions live in the worker's memory: a restart signs everybody out, and behind a load balancer a
 //! reviewer's requests must reach the worker that signed them in (sticky sessions).
 
+use crate::store::FrameFilter;
 use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,14 +16,21 @@ pub const SESSION_COOKIE: &str = "tierline_console";
 pub const LOGIN_COOKIE: &str = "tierline_login";
 
 /// A signed-in reviewer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Session {
     /// Who signed in (the name of their `[[api.reviewers]]` entry).
     pub reviewer: String,
     /// The token every form of this session carries.
     pub csrf: String,
+    /// The reviewer's queue filter.
+    pub filter: FrameFilter,
+    /// Frame pages visited, oldest first (at most [`TRAIL`]): "previous" goes back along it.
+    pub trail: Vec<String>,
     expires: Instant,
 }
+
+/// Frame pages remembered per session for "previous".
+pub const TRAIL: usize = 100;
 
 /// The sessions of one worker.
 pub struct Sessions {
@@ -45,6 +53,8 @@ impl Sessions {
         let session = Session {
             reviewer: reviewer.into(),
             csrf: random_token(),
+            filter: FrameFilter::default(),
+            trail: Vec::new(),
             expires: Instant::now() + self.ttl,
         };
         let mut map = self.lock();
@@ -64,6 +74,13 @@ impl Sessions {
                 None
             }
             None => None,
+        }
+    }
+
+    /// Changes the live session with this id.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut Session)) {
+        if let Some(s) = self.lock().get_mut(id) {
+            change(s);
         }
     }
 

@@ -23,6 +23,10 @@ pub struct EdgeRow {
     pub oldest_backlog_age_ms: i64,
     /// Prescreen model version.
     pub edge_model_version: String,
+    /// Frames the edge saw since its process started, from the last heartbeat.
+    pub frames_seen: i64,
+    /// Of those, frames it forwarded to the cloud.
+    pub frames_forwarded: i64,
 }
 
 const UPSERT_PRESENCE: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, edge_model_version)
@@ -31,9 +35,10 @@ const UPSERT_PRESENCE: &str = "INSERT INTO edges (edge_id, site, line, online, l
        last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
        edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
 
-const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version)
-     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7)
+const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version, frames_seen, frames_forwarded)
+     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7, $8, $9)
      ON CONFLICT (edge_id) DO UPDATE SET
+       frames_seen = excluded.frames_seen, frames_forwarded = excluded.frames_forwarded,
        last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
        backlog_frames = excluded.backlog_frames, oldest_backlog_age_ms = excluded.oldest_backlog_age_ms,
        edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
@@ -74,6 +79,8 @@ impl Store {
             .bind(i64::try_from(h.backlog_frames).unwrap_or(i64::MAX))
             .bind(i64::try_from(h.oldest_backlog_age_ms).unwrap_or(i64::MAX))
             .bind(&h.edge_model_version)
+            .bind(i64::try_from(h.frames_seen).unwrap_or(i64::MAX))
+            .bind(i64::try_from(h.frames_forwarded).unwrap_or(i64::MAX))
             .execute(pool)
             .await
             .map(|_| ())
@@ -86,7 +93,7 @@ impl Store {
         on_pool!(self, |pool| {
             sqlx::query_as(
             "SELECT edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms,
-                    edge_model_version FROM edges ORDER BY edge_id"
+                    edge_model_version, frames_seen, frames_forwarded FROM edges ORDER BY edge_id"
         )
         .fetch_all(pool)
         .await

@@ -19,6 +19,10 @@ pub struct FrameFilter {
     pub label: String,
     /// Only frames of this part (empty: all).
     pub part_id: String,
+    /// Only frames of this camera (empty: all).
+    pub camera_id: String,
+    /// Only frames judged by this model version, of the prescreen or of the cloud model (empty: all).
+    pub model_version: String,
     /// Captured at or after (0: unbounded).
     pub since_us: i64,
     /// Captured before (0: unbounded).
@@ -27,6 +31,8 @@ pub struct FrameFilter {
     pub disagreement: bool,
     /// Only frames without a human review.
     pub unreviewed: bool,
+    /// Only frames with a human review.
+    pub reviewed: bool,
     /// Page size (1..=1000).
     pub limit: u32,
     /// Continue after this frame: `(capture_time_us, edge_id, seq)` of the last row of the previous page.
@@ -109,7 +115,7 @@ impl FrameRow {
 pub type FrameDetail = (FrameRow, Option<Vec<u8>>, Vec<ReviewRow>);
 
 /// Columns of [`FrameRow`], over `frames f JOIN verdicts v`.
-const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site, f.line, f.camera_id, f.capture_time_us,
+pub(super) const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site, f.line, f.camera_id, f.capture_time_us,
     f.reason, f.edge_score, f.edge_model_version, f.edge_local_action, f.deliveries, f.image_encoding,
     f.image IS NOT NULL AS has_image, v.label, v.defective, v.defect_score, v.cloud_model_version,
     v.verdict_time_us, v.scores_json,
@@ -118,37 +124,58 @@ const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site
               ORDER BY r.id DESC LIMIT 1), '') AS review_label,
     f.part_id, f.origin, f.capture_clock, v.regions_json";
 
+/// Frames joined with their verdicts, filtered by a [`FrameFilter`] bound as `$1`..`$11` by [`bind_filter`].
+pub(super) const FROM_FILTERED: &str = "FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq
+     WHERE ($1 = '' OR f.edge_id = $1) AND ($2 = '' OR f.line = $2) AND ($3 = '' OR v.label = $3)
+       AND ($4 = 0 OR f.capture_time_us >= $4) AND ($5 = 0 OR f.capture_time_us < $5)
+       AND (NOT $6 OR (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)))
+       AND (NOT $7 OR NOT EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq))
+       AND ($8 = '' OR f.part_id = $8) AND ($9 = '' OR f.camera_id = $9)
+       AND ($10 = '' OR f.edge_model_version = $10 OR v.cloud_model_version = $10)
+       AND (NOT $11 OR EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq))";
+
+/// Binds the filter of [`FROM_FILTERED`] as `$1`..`$11`.
+pub(super) fn bind_filter<'q, DB, O>(
+    q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
+    f: &'q FrameFilter,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(f.edge_id.clone())
+        .bind(f.line.clone())
+        .bind(f.label.clone())
+        .bind(f.since_us)
+        .bind(f.until_us)
+        .bind(f.disagreement)
+        .bind(f.unreviewed)
+        .bind(f.part_id.clone())
+        .bind(f.camera_id.clone())
+        .bind(f.model_version.clone())
+        .bind(f.reviewed)
+}
+
 impl Store {
     /// Frames with verdicts, newest capture first, filtered and paged.
     pub async fn list_frames(&self, f: &FrameFilter) -> Result<Vec<FrameRow>, StoreError> {
         let sql = format!(
-            "SELECT {FRAME_COLUMNS} FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq
-             WHERE ($1 = '' OR f.edge_id = $1) AND ($2 = '' OR f.line = $2) AND ($3 = '' OR v.label = $3)
-               AND ($4 = 0 OR f.capture_time_us >= $4) AND ($5 = 0 OR f.capture_time_us < $5)
-               AND (NOT $6 OR (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)))
-               AND (NOT $7 OR NOT EXISTS (SELECT 1 FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq))
-               AND (NOT $8 OR f.capture_time_us < $9
-                    OR (f.capture_time_us = $9 AND (f.edge_id < $10 OR (f.edge_id = $10 AND f.seq < $11))))
-               AND ($13 = '' OR f.part_id = $13)
+            "SELECT {FRAME_COLUMNS} {FROM_FILTERED}
+               AND (NOT $12 OR f.capture_time_us < $13
+                    OR (f.capture_time_us = $13 AND (f.edge_id < $14 OR (f.edge_id = $14 AND f.seq < $15))))
              ORDER BY f.capture_time_us DESC, f.edge_id DESC, f.seq DESC
-             LIMIT $12"
+             LIMIT $16"
         );
         let (after_t, after_edge, after_seq) = f.after.clone().unwrap_or_default();
         let limit = i64::from(f.limit.clamp(1, 1000));
-        on_pool!(self, |pool| sqlx::query_as(&sql)
-            .bind(&f.edge_id)
-            .bind(&f.line)
-            .bind(&f.label)
-            .bind(f.since_us)
-            .bind(f.until_us)
-            .bind(f.disagreement)
-            .bind(f.unreviewed)
+        on_pool!(self, |pool| bind_filter(sqlx::query_as(&sql), f)
             .bind(f.after.is_some())
             .bind(after_t)
             .bind(after_edge.as_str())
             .bind(after_seq as i64)
             .bind(limit)
-            .bind(&f.part_id)
             .fetch_all(pool)
             .await
             .map_err(self.err("list frames")))

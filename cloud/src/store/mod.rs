@@ -7,6 +7,7 @@
 //!   image bytes until retention clears them; listed for review by [`Store::list_frames`].
 //! - `verdicts`: the cloud's verdict of each frame ([`Store::store`], [`Store::lookup`]).
 //! - `reviews`: human labels, a history per frame ([`Store::submit_review`]).
+//! - `review_claims`: the frame each reviewer has open in the console ([`Store::claim_next`]).
 //! - `edges`: one row per edge, from its presence and heartbeats ([`Store::list_edges`]).
 //! - `model_versions`: the model versions each tier has used ([`Store::model_versions`]).
 //! - `leases`: leader leases of jobs that must run once ([`Store::try_acquire_lease`]).
@@ -48,6 +49,7 @@ macro_rules! on_pool {
     };
 }
 
+mod claims;
 mod edges;
 mod frames;
 mod lease;
@@ -56,6 +58,7 @@ mod retention;
 mod reviews;
 mod verdicts;
 
+pub use claims::{Claim, ClaimRow};
 pub use edges::EdgeRow;
 pub use frames::{FrameDetail, FrameFilter, FrameRow};
 pub use lease::Lease;

@@ -65,6 +65,7 @@ pub async fn run(client: &mut Client, args: &ListArgs, json: bool) -> anyhow::Re
             page_size: args.limit,
             page_token: args.page_token.clone().unwrap_or_default(),
             part_id: args.part.clone().unwrap_or_default(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -1,0 +1,15 @@
+-- Review claims (see the SQLite migration 0006).
+CREATE TABLE review_claims (
+    edge_id TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    reviewer TEXT NOT NULL,
+    expires_us BIGINT NOT NULL,
+    PRIMARY KEY (edge_id, incarnation, seq)
+);
+CREATE INDEX review_claims_reviewer ON review_claims (reviewer);
+
+-- An edge's frame counters from its last heartbeat (since the edge process started), for the share it
+-- forwards to the cloud.
+ALTER TABLE edges ADD COLUMN frames_seen BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE edges ADD COLUMN frames_forwarded BIGINT NOT NULL DEFAULT 0;
