@@ -33,7 +33,7 @@ use crate::leader::Retention;
 use crate::presence::PresenceRecorder;
 use crate::process::{Processing, Processor};
 use crate::stats::CloudStats;
-use crate::store::{Store, StoreError};
+use crate::store::{Images, Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -130,9 +130,16 @@ impl App {
     pub async fn build(config: CloudConfig, stats: Arc<CloudStats>) -> Result<Self, CloudError> {
         config.validate()?;
         let model = load_model(&config).await?;
+        let images = Images::open_with(
+            &config.store.images_setting(),
+            &config.store.image_options(),
+        )
+        .map_err(StoreError::from)?;
+        tracing::info!(images = %images.describe(), "Stored images are kept in {}.", images.describe());
         let store = Store::open(&config.store.url, config.store.keep_images)
             .await?
-            .with_worker(&config.cloud.worker_id);
+            .with_worker(&config.cloud.worker_id)
+            .with_images(images);
         let mut mqtt = config
             .mqtt
             .options(&format!("tierline-cloud-{}", config.cloud.worker_id))?;

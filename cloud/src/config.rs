@@ -198,9 +198,36 @@ pub struct StoreConfig {
     /// Database URL: `sqlite://path/to/file.db` or `postgres://user@host:port/database`.
     #[serde(default = "default_url")]
     pub url: String,
-    /// Keep frame images in the database (otherwise only metadata and verdicts).
+    /// Keep frame images (otherwise only metadata and verdicts).
     #[serde(default = "default_keep_images")]
     pub keep_images: bool,
+    /// Where kept images go: `"database"`, `"file:///absolute/dir"` or `"s3://bucket/prefix"` (S3 or a
+    /// compatible server; credentials, region and endpoint from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`). Unset: a `tierline-images` directory beside
+    /// a SQLite store, the database for PostgreSQL.
+    #[serde(default)]
+    pub images: Option<String>,
+    /// Options of S3 storage over the environment's, as `object_store` names them, e.g.
+    /// `{ aws_endpoint = "http://minio:9000", aws_allow_http = "true" }`. Keep secrets in the environment.
+    #[serde(default)]
+    pub image_options: std::collections::BTreeMap<String, String>,
+}
+
+impl StoreConfig {
+    /// `image_options` as pairs.
+    pub fn image_options(&self) -> Vec<(String, String)> {
+        self.image_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// `images`, or its default for `url`.
+    pub fn images_setting(&self) -> String {
+        self.images
+            .clone()
+            .unwrap_or_else(|| crate::store::Images::default_for(&self.url))
+    }
 }
 
 fn default_url() -> String {
@@ -215,6 +242,8 @@ impl Default for StoreConfig {
         Self {
             url: default_url(),
             keep_images: default_keep_images(),
+            images: None,
+            image_options: Default::default(),
         }
     }
 }

@@ -90,6 +90,26 @@ async fn the_cli_lists_shows_labels_and_lists_edges() {
             "{err}"
         );
 
+        // The reviewed frame as a labelled folder: its image and a labels.csv with the human label.
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("labels");
+        let folder_arg = folder.to_str().unwrap();
+        let (code, out, err) = cli(addr, Some(TOKEN), &["export", folder_arg]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("1 reviewed frames written"), "{out}");
+        let csv = std::fs::read_to_string(folder.join("labels.csv")).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "file,label,edge_id,seq,camera_id,cloud_label,reviewer"
+        );
+        assert_eq!(lines[1], "edge-a-3.png,good,edge-a,3,cam-0,scratch,bo");
+        assert_eq!(std::fs::read(folder.join("edge-a-3.png")).unwrap().len(), 5);
+        // A second export into the same folder would mix two sets of labels: refused.
+        let (code, _, err) = cli(addr, Some(TOKEN), &["export", folder_arg]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("labels.csv already exists"), "{err}");
+
         let (code, out, err) = cli(addr, Some(TOKEN), &["edges"]);
         assert_eq!(code, 0, "{err}");
         assert!(out.lines().nth(1).unwrap().contains("online"), "{out}");

@@ -941,3 +941,85 @@ async fn a_claim_keeps_a_frame_from_others_until_it_lapses_or_moves_on(s: Store)
         Claim::Mine
     );
 }
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+contract!(images_kept_as_objects_are_named_by_their_rows_and_removed_by_retention);
+async fn images_kept_as_objects_are_named_by_their_rows_and_removed_by_retention(s: Store) {
+    use tierline_cloud::store::Images;
+    let dir = tempfile::tempdir().unwrap();
+    let url = url::Url::from_directory_path(dir.path())
+        .unwrap()
+        .to_string();
+    let s = s.with_images(Images::open(&url).unwrap());
+    let image = |seq: u64| vec![seq as u8; 100];
+    for seq in 1..=10u64 {
+        s.store(
+            &frame("e1", seq, "l1", seq as i64),
+            &verdict("e1", seq, "good"),
+        )
+        .await
+        .unwrap();
+    }
+    // A delivery again changes nothing on storage.
+    s.store(&frame("e1", 3, "l1", 3), &verdict("e1", 3, "good"))
+        .await
+        .unwrap();
+    // The oracle is the directory itself: one file per frame, holding its image.
+    let mut on_disk = files(dir.path());
+    on_disk.sort();
+    assert_eq!(on_disk, (1..=10).map(image).collect::<Vec<_>>());
+    for seq in [1, 10] {
+        let (row, bytes, _) = s.get_frame("e1", seq).await.unwrap().unwrap();
+        assert!(row.has_image);
+        assert_eq!(bytes, Some(image(seq)));
+    }
+    let now = tierline_shared::time::now_us();
+    let lease = lease_at(&s, now).await;
+    let by_size = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(350),
+    };
+    let p = s.prune_images(&lease, &by_size, now).await.unwrap();
+    assert_eq!((p.images, p.bytes), (7, 700));
+    let mut left = files(dir.path());
+    left.sort();
+    assert_eq!(
+        left,
+        (8..=10).map(image).collect::<Vec<_>>(),
+        "the newest three stay"
+    );
+    let (row, bytes, _) = s.get_frame("e1", 2).await.unwrap().unwrap();
+    assert!(!row.has_image && bytes.is_none());
+    assert_eq!(
+        s.get_frame("e1", 9).await.unwrap().unwrap().1,
+        Some(image(9))
+    );
+    let later = now + 2 * 3_600_000_000;
+    let by_age = RetentionPolicy {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: None,
+    };
+    let p = s
+        .prune_images(&lease_at(&s, later).await, &by_age, later)
+        .await
+        .unwrap();
+    assert_eq!(p.images, 3);
+    assert!(
+        files(dir.path()).is_empty(),
+        "retention removed every object"
+    );
+    assert_eq!(s.verdict_count().await.unwrap(), 10, "verdicts stay");
+}

@@ -117,7 +117,7 @@ pub type FrameDetail = (FrameRow, Option<Vec<u8>>, Vec<ReviewRow>);
 /// Columns of [`FrameRow`], over `frames f JOIN verdicts v`.
 pub(super) const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame_id, f.site, f.line, f.camera_id, f.capture_time_us,
     f.reason, f.edge_score, f.edge_model_version, f.edge_local_action, f.deliveries, f.image_encoding,
-    f.image IS NOT NULL AS has_image, v.label, v.defective, v.defect_score, v.cloud_model_version,
+    (f.image IS NOT NULL OR f.image_ref != '') AS has_image, v.label, v.defective, v.defect_score, v.cloud_model_version,
     v.verdict_time_us, v.scores_json,
     (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) AS disagreement,
     COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq
@@ -202,8 +202,8 @@ impl Store {
             let Some(row) = row else {
                 return Ok(None);
             };
-            let image: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT image FROM frames WHERE edge_id = $1 AND incarnation = $2 AND seq = $3",
+            let (image, image_ref): (Option<Vec<u8>>, String) = sqlx::query_as(
+                "SELECT image, image_ref FROM frames WHERE edge_id = $1 AND incarnation = $2 AND seq = $3",
             )
             .bind(edge_id)
             .bind(&row.incarnation)
@@ -211,6 +211,11 @@ impl Store {
             .fetch_one(pool)
             .await
             .map_err(self.err("get frame"))?;
+            let image = match image {
+                Some(bytes) => Some(bytes),
+                None if !image_ref.is_empty() => self.images.get(&image_ref).await?,
+                None => None,
+            };
             let reviews: Vec<ReviewRow> = sqlx::query_as(
                 "SELECT label, defective, reviewer, note, time_us FROM reviews
                  WHERE edge_id = $1 AND incarnation = $2 AND seq = $3 ORDER BY id",

@@ -4,7 +4,7 @@
 //!
 //! What the store holds, one file of this module per domain:
 //! - `frames`: every frame received, one row per `(edge_id, incarnation, seq)` however often it was delivered, with its
-//!   image bytes until retention clears them; listed for review by [`Store::list_frames`].
+//!   image bytes (or the key of its image object, `images` module) until retention clears them; listed for review by [`Store::list_frames`].
 //! - `verdicts`: the cloud's verdict of each frame ([`Store::store`], [`Store::lookup`]).
 //! - `reviews`: human labels, a history per frame ([`Store::submit_review`]).
 //! - `review_claims`: the frame each reviewer has open in the console ([`Store::claim_next`]).
@@ -52,6 +52,7 @@ macro_rules! on_pool {
 mod claims;
 mod edges;
 mod frames;
+mod images;
 mod lease;
 mod models;
 mod retention;
@@ -61,6 +62,7 @@ mod verdicts;
 pub use claims::{Claim, ClaimRow};
 pub use edges::EdgeRow;
 pub use frames::{FrameDetail, FrameFilter, FrameRow};
+pub use images::{Images, ImagesError};
 pub use lease::Lease;
 pub use retention::{Pruned, RetentionPolicy};
 pub use reviews::ReviewRow;
@@ -69,6 +71,9 @@ pub use verdicts::Stored;
 /// Errors from the store.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The image storage failed.
+    #[error(transparent)]
+    Images(#[from] ImagesError),
     /// The database failed.
     #[error("verdict store {url} failed during {op}: {source}")]
     Db {
@@ -138,6 +143,7 @@ pub struct Store {
     url: String,
     keep_images: bool,
     worker: String,
+    images: Images,
 }
 
 impl Store {
@@ -194,7 +200,19 @@ impl Store {
             url: shown,
             keep_images,
             worker: String::new(),
+            images: Images::Database,
         })
+    }
+
+    /// Keeps images in `images` (the default is the database itself).
+    pub fn with_images(mut self, images: Images) -> Self {
+        self.images = images;
+        self
+    }
+
+    /// Where images are kept.
+    pub fn images(&self) -> &Images {
+        &self.images
     }
 
     /// Records `worker_id` with every verdict this handle stores.

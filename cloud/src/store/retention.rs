@@ -1,5 +1,6 @@
 //! Retention: clears the image bytes of old frames, by age and by a total byte budget (oldest first). Frame
-//! rows and verdicts stay. Runs only under the current leader lease (see [`Lease`]).
+//! rows and verdicts stay. Runs only under the current leader lease (see [`Lease`]). Images kept as objects
+//! are deleted after the transaction that stopped naming them committed.
 
 use super::lease::CHECK_FENCE;
 use super::{Lease, Pool, Store, StoreError};
@@ -55,18 +56,27 @@ impl Store {
                 return Err(fenced());
             }
             let mut pruned = Pruned::default();
+            let mut objects: Vec<String> = Vec::new();
             if let Some(cutoff) = cutoff {
                 let (n, bytes): (i64, i64) = sqlx::query_as(
                     "SELECT COUNT(*), CAST(COALESCE(SUM(image_bytes), 0) AS BIGINT) FROM frames
-                     WHERE image IS NOT NULL AND received_us < $1",
+                     WHERE (image IS NOT NULL OR image_ref != '') AND received_us < $1",
                 )
                 .bind(cutoff)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(self.err("retention"))?;
+                let refs: Vec<String> = sqlx::query_scalar(
+                    "SELECT image_ref FROM frames WHERE image_ref != '' AND received_us < $1",
+                )
+                .bind(cutoff)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(self.err("retention"))?;
+                objects.extend(refs);
                 sqlx::query(
-                    "UPDATE frames SET image = NULL, image_pruned_us = $2
-                     WHERE image IS NOT NULL AND received_us < $1",
+                    "UPDATE frames SET image = NULL, image_ref = '', image_pruned_us = $2
+                     WHERE (image IS NOT NULL OR image_ref != '') AND received_us < $1",
                 )
                 .bind(cutoff)
                 .bind(now_us)
@@ -78,15 +88,16 @@ impl Store {
             }
             if let Some(max_bytes) = policy.max_bytes {
                 let total: i64 = sqlx::query_scalar(
-                    "SELECT CAST(COALESCE(SUM(image_bytes), 0) AS BIGINT) FROM frames WHERE image IS NOT NULL",
+                    "SELECT CAST(COALESCE(SUM(image_bytes), 0) AS BIGINT) FROM frames WHERE image IS NOT NULL OR image_ref != ''",
                 )
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(self.err("retention"))?;
                 let mut excess = (total as u64).saturating_sub(max_bytes);
                 while excess > 0 {
-                    let oldest: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                        "SELECT edge_id, incarnation, seq, image_bytes FROM frames WHERE image IS NOT NULL
+                    let oldest: Vec<(String, String, i64, i64, String)> = sqlx::query_as(
+                        "SELECT edge_id, incarnation, seq, image_bytes, image_ref FROM frames
+                         WHERE image IS NOT NULL OR image_ref != ''
                          ORDER BY received_us, edge_id, incarnation, seq LIMIT 256",
                     )
                     .fetch_all(&mut *tx)
@@ -95,12 +106,12 @@ impl Store {
                     if oldest.is_empty() {
                         break;
                     }
-                    for (edge_id, incarnation, seq, bytes) in oldest {
+                    for (edge_id, incarnation, seq, bytes, image_ref) in oldest {
                         if excess == 0 {
                             break;
                         }
                         sqlx::query(
-                            "UPDATE frames SET image = NULL, image_pruned_us = $3 WHERE edge_id = $1 AND seq = $2 AND incarnation = $4",
+                            "UPDATE frames SET image = NULL, image_ref = '', image_pruned_us = $3 WHERE edge_id = $1 AND seq = $2 AND incarnation = $4",
                         )
                         .bind(&edge_id)
                         .bind(seq)
@@ -109,6 +120,9 @@ impl Store {
                         .execute(&mut *tx)
                         .await
                         .map_err(self.err("retention"))?;
+                        if !image_ref.is_empty() {
+                            objects.push(image_ref);
+                        }
                         pruned.images += 1;
                         pruned.bytes += bytes as u64;
                         excess = excess.saturating_sub(bytes as u64);
@@ -116,6 +130,11 @@ impl Store {
                 }
             }
             tx.commit().await.map_err(self.err("retention"))?;
+            // No row names these objects any more: a failure here leaves unnamed objects, never a row
+            // naming a missing one.
+            if let Err(e) = self.images.delete(&objects).await {
+                tracing::warn!(error = %e, "Retention could not delete every image object; the rest stay on storage unnamed.");
+            }
             Ok(pruned)
         })
     }

@@ -7,7 +7,7 @@
 //! judged, and reported as [`Stored::Conflict`]; its verdict still names the wire incarnation and its own hash.
 
 use super::models::INSERT_MODEL_VERSION;
-use super::{Pool, Store, StoreError};
+use super::{Images, Pool, Store, StoreError};
 use sqlx::FromRow;
 use tierline_shared::action::Action;
 use tierline_shared::regions::Region;
@@ -51,8 +51,8 @@ struct VerdictRow {
 
 /// Inserts a frame, or counts a delivery of the same image under the same key. Affects no row when the key
 /// is stored with another image.
-const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action, incarnation, image_sha256, part_id, origin, capture_clock)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+const INSERT_FRAME: &str = "INSERT INTO frames (edge_id, seq, frame_id, site, line, camera_id, capture_time_us, reason, edge_score, edge_model_version, image_encoding, image, image_bytes, received_us, edge_local_action, incarnation, image_sha256, part_id, origin, capture_clock, image_ref)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
      ON CONFLICT (edge_id, incarnation, seq) DO UPDATE SET deliveries = frames.deliveries + 1,
        edge_local_action = CASE WHEN excluded.edge_local_action != '' THEN excluded.edge_local_action ELSE frames.edge_local_action END
      WHERE frames.image_sha256 = excluded.image_sha256";
@@ -149,6 +149,13 @@ impl Store {
         items: &[(&FrameEnvelope, &Verdict)],
     ) -> Result<Vec<Stored>, StoreError> {
         let now = tierline_shared::time::now_us();
+        // Images kept as objects are written before the rows that name them are committed.
+        let external = self.keep_images && self.images.external();
+        if external {
+            for &(frame, _) in items {
+                self.images.put(&Images::key(frame), &frame.image).await?;
+            }
+        }
         let outcomes: Vec<(bool, Option<VerdictRow>)> = on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err("store"))?;
             let mut outcomes = Vec::with_capacity(items.len());
@@ -163,8 +170,17 @@ impl Store {
                 )
                 .unwrap_or_else(|_| "[]".into());
                 let regions = regions_to_json(&verdict.regions);
-                let image = self.keep_images.then_some(&frame.image);
-                let image_bytes = image.map_or(0, |i| i.len() as i64);
+                let image = (self.keep_images && !external).then_some(&frame.image);
+                let image_ref = if external {
+                    Images::key(frame)
+                } else {
+                    String::new()
+                };
+                let image_bytes = if self.keep_images {
+                    frame.image.len() as i64
+                } else {
+                    0
+                };
                 let local_action = tierline_shared::action::local_action(frame)
                     .map(Action::as_str)
                     .unwrap_or_default();
@@ -192,6 +208,7 @@ impl Store {
                         .bind(&frame.part_id)
                         .bind(&frame.origin)
                         .bind(frame.capture_clock().name())
+                        .bind(&image_ref)
                         .execute(&mut *tx)
                         .await
                         .map_err(self.err("store"))?
