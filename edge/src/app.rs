@@ -286,6 +286,7 @@ impl App {
         );
 
         // camera × N ──► frame queue
+        let camera_states: Vec<Arc<CameraStatus>> = cameras.iter().map(Camera::status).collect();
         let mut camera_stages = Vec::with_capacity(cameras.len());
         for camera in cameras {
             let name = format!("camera {}", camera.id());
@@ -413,6 +414,7 @@ impl App {
                 model_version: model_version.clone(),
                 stats: stats.clone(),
                 every: HEARTBEAT_EVERY,
+                cameras: camera_states.clone(),
             }
             .run(stop.clone()),
         );

@@ -594,6 +594,22 @@ async fn the_fleet_page_shows_each_edge_from_its_heartbeats() {
         frames_seen: 400,
         frames_forwarded: 10,
         edge_model_version: "prescreen-1.1.0".into(),
+        cameras: vec![
+            tierline_shared::wire::pb::CameraState {
+                camera_id: "cam-0".into(),
+                up: true,
+                fps: 29.94,
+                last_frame_age_s: 0.03,
+                ..Default::default()
+            },
+            tierline_shared::wire::pb::CameraState {
+                camera_id: "cam-1".into(),
+                up: false,
+                last_frame_age_s: 95.0,
+                error: "connection refused".into(),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
     store
@@ -614,6 +630,27 @@ async fn the_fleet_page_shows_each_edge_from_its_heartbeats() {
     assert_eq!(cells[5], "2 min");
     assert_eq!(cells[6], "prescreen-1.1.0");
     assert_eq!(cells[7], "2.5 % of 400");
+    let cameras: Vec<(String, bool, Option<String>)> = select(&html, "td.cameras span.camera")
+        .iter()
+        .map(|c| {
+            (
+                c.text().collect::<String>(),
+                c.value().classes().any(|k| k == "down"),
+                c.value().attr("title").map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cameras,
+        [
+            ("cam-0 up, 29.9 fps".to_string(), false, Some(String::new())),
+            (
+                "cam-1 down, last frame 1 min ago".to_string(),
+                true,
+                Some("connection refused".to_string())
+            ),
+        ]
+    );
     assert_eq!(
         get(&app, "/fleet", None).await.location.as_deref(),
         Some("/login")

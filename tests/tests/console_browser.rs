@@ -141,6 +141,22 @@ async fn serve(dir: &Path) -> (String, Store) {
         frames_seen: 1_200,
         frames_forwarded: 31,
         edge_model_version: "1.1.0".into(),
+        cameras: vec![
+            tierline_shared::wire::pb::CameraState {
+                camera_id: "line-3-top".into(),
+                up: true,
+                fps: 10.0,
+                last_frame_age_s: 0.1,
+                ..Default::default()
+            },
+            tierline_shared::wire::pb::CameraState {
+                camera_id: "line-3-side".into(),
+                up: false,
+                last_frame_age_s: 42.0,
+                error: "no frame for 10 s (stalled stream); reconnecting".into(),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
     store

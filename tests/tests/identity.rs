@@ -68,15 +68,15 @@ struct Row {
     verdict_time_us: i64,
 }
 
-/// `(incarnation, seq, label, verdict image hash, stored image, verdict time)`.
-type StoredRow = (String, i64, String, Vec<u8>, Option<Vec<u8>>, i64);
+/// `(incarnation, seq, label, verdict image hash, stored image, image object key, verdict time)`.
+type StoredRow = (String, i64, String, Vec<u8>, Option<Vec<u8>>, String, i64);
 
 async fn stored_rows(db: &Path) -> Vec<(u64, Row)> {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await
         .unwrap();
     let rows: Vec<StoredRow> = sqlx::query_as(
-        "SELECT f.incarnation, f.seq, v.label, v.image_sha256, f.image, v.verdict_time_us
+        "SELECT f.incarnation, f.seq, v.label, v.image_sha256, f.image, f.image_ref, v.verdict_time_us
          FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq",
     )
     .fetch_all(&pool)
@@ -85,7 +85,13 @@ async fn stored_rows(db: &Path) -> Vec<(u64, Row)> {
     pool.close().await;
     rows.into_iter()
         .map(
-            |(incarnation, seq, label, verdict_sha, image, verdict_time_us)| {
+            |(incarnation, seq, label, verdict_sha, image, image_ref, verdict_time_us)| {
+                // An image kept as an object is a file of the store's default directory beside it.
+                let image = image.or_else(|| {
+                    (!image_ref.is_empty())
+                        .then(|| db.with_file_name("tierline-images").join(&image_ref))
+                        .and_then(|path| std::fs::read(path).ok())
+                });
                 (
                     seq as u64,
                     Row {

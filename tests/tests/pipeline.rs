@@ -133,6 +133,41 @@ async fn run_pipeline(port: u16, dir: &Path) {
         || pipeline::describe(&e, &c),
     )
     .await;
+    // The edge's heartbeats tell the cloud each camera's state (the review console's fleet page shows it).
+    let ids: Vec<String> = (0..CAMERAS)
+        .map(|i| format!("cam-{i}"))
+        .chain([FILE_CAMERA.to_string()])
+        .collect();
+    let url = format!("sqlite://{}?mode=ro", dir.join("cloud.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let json: Option<String> =
+            sqlx::query_scalar("SELECT cameras_json FROM edges WHERE edge_id = 'edge-t'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        let cameras: Vec<serde_json::Value> = json
+            .as_deref()
+            .map(|j| serde_json::from_str(j).unwrap())
+            .unwrap_or_default();
+        let reported: Vec<&str> = cameras.iter().filter_map(|c| c["id"].as_str()).collect();
+        if ids.iter().all(|id| reported.contains(&id.as_str())) {
+            assert!(
+                cameras
+                    .iter()
+                    .all(|c| c["up"] == true || c["ended"] == true),
+                "every camera delivered its frames: {cameras:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no heartbeat reported cameras {ids:?}: {json:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pool.close().await;
     let edge_stats = edge.stats.clone();
     edge.stop().await.expect("edge stops cleanly");
     cloud.stop().await.expect("cloud stops cleanly");

@@ -460,6 +460,13 @@ async fn edges_follow_presence_and_heartbeats(s: Store) {
         oldest_backlog_age_ms: 3_400,
         frames_seen: 1_000,
         frames_forwarded: 37,
+        cameras: vec![wire::pb::CameraState {
+            camera_id: "cam-0".into(),
+            up: true,
+            fps: 12.5,
+            last_frame_age_s: 0.08,
+            ..Default::default()
+        }],
         ..Heartbeat::default()
     };
     s.record_heartbeat("plant", "l1", &hb, 8_000).await.unwrap();
@@ -474,6 +481,12 @@ async fn edges_follow_presence_and_heartbeats(s: Store) {
         "an empty heartbeat version keeps the known one"
     );
     assert_eq!((e.frames_seen, e.frames_forwarded), (1_000, 37));
+    let cams = e.cameras();
+    assert_eq!(cams.len(), 1);
+    assert_eq!(
+        (cams[0].id.as_str(), cams[0].up, cams[0].fps),
+        ("cam-0", true, 12.5)
+    );
     let will = Presence {
         state: wire::PresenceState::Offline as i32,
         time_us: 1_000, // composed at connect time, long before it is sent

@@ -15,3 +15,5 @@ CREATE INDEX review_claims_reviewer ON review_claims (reviewer);
 -- forwards to the cloud.
 ALTER TABLE edges ADD COLUMN frames_seen BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE edges ADD COLUMN frames_forwarded BIGINT NOT NULL DEFAULT 0;
+-- Its cameras' states from the last heartbeat, JSON [{"id", "up", "ended", "fps", "age_s", "error"}, ...].
+ALTER TABLE edges ADD COLUMN cameras_json TEXT NOT NULL DEFAULT '[]';

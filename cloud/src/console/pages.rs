@@ -182,7 +182,7 @@ pub fn fleet(reviewer: &str, csrf: &str, edges: &[EdgeRow], now_us: i64) -> Mark
                 table.fleet {
                     thead { tr {
                         th { "edge" } th { "site / line" } th { "presence" } th { "last seen" }
-                        th { "backlog" } th { "oldest in backlog" } th { "prescreen" } th { "forwarded" }
+                        th { "backlog" } th { "oldest in backlog" } th { "prescreen" } th { "forwarded" } th { "cameras" }
                     } }
                     tbody {
                         @for e in edges {
@@ -195,6 +195,16 @@ pub fn fleet(reviewer: &str, csrf: &str, edges: &[EdgeRow], now_us: i64) -> Mark
                                 td { @if e.backlog_frames > 0 { (ago(e.oldest_backlog_age_ms.saturating_mul(1000))) } }
                                 td { (e.edge_model_version) }
                                 td { (forwarded_share(e)) }
+                                td.cameras {
+                                    @for c in e.cameras() {
+                                        span.camera.down[!c.up && !c.ended] title=(c.error) {
+                                            (c.id) " "
+                                            @if c.ended { "finished" }
+                                            @else if c.up { "up, " (format!("{:.1}", c.fps)) " fps" }
+                                            @else { "down" @if c.age_s >= 0.0 { ", last frame " (ago((c.age_s * 1e6) as i64)) " ago" } }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }

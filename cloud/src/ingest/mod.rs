@@ -90,9 +90,11 @@ impl Ingest {
         let subscriptions = vec![
             Filter::new(filter.clone(), QoS::AtLeastOnce),
             // Heartbeats are recorded once per group; presence is retained, so every worker reads it directly.
+            // A group name of their own: the embedded broker (rumqttd) keeps one cursor per group name, so a
+            // second filter under the frames' group would never deliver (Mosquitto keys groups by filter too).
             Filter::new(
                 format!(
-                    "$share/{group}/{}",
+                    "$share/{group}-heartbeats/{}",
                     topics::all_edges_filter(TopicKind::Heartbeat)
                 ),
                 QoS::AtMostOnce,

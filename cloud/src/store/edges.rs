@@ -27,6 +27,52 @@ pub struct EdgeRow {
     pub frames_seen: i64,
     /// Of those, frames it forwarded to the cloud.
     pub frames_forwarded: i64,
+    /// Its cameras from the last heartbeat, JSON (see [`EdgeRow::cameras`]).
+    pub cameras_json: String,
+}
+
+/// A camera of an edge, from its last heartbeat.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CameraView {
+    /// Camera id.
+    pub id: String,
+    /// Delivering frames in time.
+    pub up: bool,
+    /// Finished by design.
+    pub ended: bool,
+    /// Frames per second.
+    pub fps: f64,
+    /// Seconds since its last frame (negative: none yet).
+    pub age_s: f64,
+    /// Why it is down.
+    pub error: String,
+}
+
+impl EdgeRow {
+    /// Its cameras from the last heartbeat.
+    pub fn cameras(&self) -> Vec<CameraView> {
+        serde_json::from_str(&self.cameras_json).unwrap_or_default()
+    }
+}
+
+fn cameras_json(h: &Heartbeat) -> String {
+    let views: Vec<CameraView> = h
+        .cameras
+        .iter()
+        .map(|c| CameraView {
+            id: c.camera_id.clone(),
+            up: c.up,
+            ended: c.ended,
+            fps: if c.fps.is_finite() { c.fps } else { 0.0 },
+            age_s: if c.last_frame_age_s.is_finite() {
+                c.last_frame_age_s
+            } else {
+                -1.0
+            },
+            error: c.error.chars().take(300).collect(),
+        })
+        .collect();
+    serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
 }
 
 const UPSERT_PRESENCE: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, edge_model_version)
@@ -35,10 +81,11 @@ const UPSERT_PRESENCE: &str = "INSERT INTO edges (edge_id, site, line, online, l
        last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
        edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
 
-const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version, frames_seen, frames_forwarded)
-     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7, $8, $9)
+const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version, frames_seen, frames_forwarded, cameras_json)
+     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7, $8, $9, $10)
      ON CONFLICT (edge_id) DO UPDATE SET
        frames_seen = excluded.frames_seen, frames_forwarded = excluded.frames_forwarded,
+       cameras_json = excluded.cameras_json,
        last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
        backlog_frames = excluded.backlog_frames, oldest_backlog_age_ms = excluded.oldest_backlog_age_ms,
        edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
@@ -81,6 +128,7 @@ impl Store {
             .bind(&h.edge_model_version)
             .bind(i64::try_from(h.frames_seen).unwrap_or(i64::MAX))
             .bind(i64::try_from(h.frames_forwarded).unwrap_or(i64::MAX))
+            .bind(cameras_json(h))
             .execute(pool)
             .await
             .map(|_| ())
@@ -93,7 +141,7 @@ impl Store {
         on_pool!(self, |pool| {
             sqlx::query_as(
             "SELECT edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms,
-                    edge_model_version, frames_seen, frames_forwarded FROM edges ORDER BY edge_id"
+                    edge_model_version, frames_seen, frames_forwarded, cameras_json FROM edges ORDER BY edge_id"
         )
         .fetch_all(pool)
         .await

@@ -60,7 +60,7 @@ mod reviews;
 mod verdicts;
 
 pub use claims::{Claim, ClaimRow};
-pub use edges::EdgeRow;
+pub use edges::{CameraView, EdgeRow};
 pub use frames::{FrameDetail, FrameFilter, FrameRow};
 pub use images::{Images, ImagesError};
 pub use lease::Lease;

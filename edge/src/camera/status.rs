@@ -96,6 +96,23 @@ impl CameraStatus {
         self.rate.lock().map(|r| r.2).unwrap_or(0.0)
     }
 
+    /// Its state, for the heartbeat.
+    pub fn state(&self) -> tierline_shared::wire::pb::CameraState {
+        let up = self.up.load(Ordering::Relaxed);
+        tierline_shared::wire::pb::CameraState {
+            camera_id: self.id.to_string(),
+            up,
+            ended: self.ended.load(Ordering::Relaxed),
+            fps: self.fps(),
+            last_frame_age_s: self.last_frame_age().unwrap_or(-1.0),
+            error: if up {
+                String::new()
+            } else {
+                self.last_error().unwrap_or_default()
+            },
+        }
+    }
+
     /// One line for `/readyz`: (ok, detail).
     pub fn check(&self) -> (bool, String) {
         let frames = self.frames.load(Ordering::Relaxed);

@@ -67,6 +67,8 @@ pub struct Heartbeats {
     pub stats: Arc<EdgeStats>,
     /// Interval.
     pub every: Duration,
+    /// The cameras, whose state each heartbeat reports.
+    pub cameras: Vec<std::sync::Arc<crate::camera::CameraStatus>>,
 }
 
 impl Heartbeats {
@@ -79,6 +81,7 @@ impl Heartbeats {
             model_version,
             stats,
             every,
+            cameras,
         } = self;
         let mut tick = tokio::time::interval(every);
         loop {
@@ -111,6 +114,7 @@ impl Heartbeats {
                 publishes: stats::get(&stats.publishes),
                 verdicts_received: stats::get(&stats.verdicts),
                 evictions: stats::get(&stats.evictions),
+                cameras: cameras.iter().map(|c| c.state()).collect(),
             };
             if let Ok(bytes) = wire::encode(&hb, usize::MAX) {
                 let _ = publisher.publish(
