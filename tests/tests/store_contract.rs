@@ -1036,3 +1036,52 @@ async fn images_kept_as_objects_are_named_by_their_rows_and_removed_by_retention
     );
     assert_eq!(s.verdict_count().await.unwrap(), 10, "verdicts stay");
 }
+
+contract!(the_queue_serves_disagreements_then_audit_misses_then_unsure_verdicts);
+async fn the_queue_serves_disagreements_then_audit_misses_then_unsure_verdicts(s: Store) {
+    use tierline_cloud::store::Urgency;
+    // seq 1: confident and agreed; 2: an audit miss; 3: unsure; 4: a disagreement; 5: an audit the cloud
+    // passed (confident). Newer seqs are captured later.
+    for seq in 1..=5u64 {
+        let mut f = frame("e1", seq, "l1", 1_000 + seq as i64);
+        let mut v = verdict("e1", seq, if seq == 5 { "good" } else { "scratch" });
+        match seq {
+            2 | 5 => f.reason = 2,
+            3 => v.defect_score = 0.55,
+            4 => f.edge_local_action = "pass".into(),
+            _ => {}
+        }
+        s.store(&f, &v).await.unwrap();
+    }
+    let mut order = Vec::new();
+    while let Some(row) = s
+        .claim_next("ana", &FrameFilter::default(), 1, 1_000_000)
+        .await
+        .unwrap()
+    {
+        order.push((row.seq, row.urgency()));
+        s.submit_review(
+            "e1",
+            row.seq as u64,
+            &ReviewRow {
+                label: "good".into(),
+                defective: false,
+                reviewer: "ana".into(),
+                note: String::new(),
+                time_us: 1,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        order,
+        [
+            (4, Urgency::Disagreement),
+            (2, Urgency::AuditMiss),
+            (3, Urgency::LowConfidence),
+            (5, Urgency::Other),
+            (1, Urgency::Other),
+        ]
+    );
+}

@@ -359,7 +359,8 @@ async fn logout(
 }
 
 /// The frames to review under `filter`, most urgent first: disagreements between the edge's local decision
-/// and the cloud, then the other frames nobody reviewed, newest first within each.
+/// and the cloud, audit misses, low-confidence verdicts, then the other frames nobody reviewed, newest first
+/// within each.
 async fn review_queue(
     store: &Store,
     filter: &FrameFilter,
@@ -381,6 +382,8 @@ async fn review_queue(
             rows.push(row);
         }
     }
+    // In the order frames are handed out (`Store::claim_next`): by urgency, the newest first within each.
+    rows.sort_by_key(|r| r.urgency);
     Ok(rows)
 }
 

@@ -1,7 +1,7 @@
 //! The console's pages, rendered on the server with maud (which escapes every value it inserts).
 
 use super::filters::FilterQuery;
-use crate::store::{ClaimRow, EdgeRow, FrameRow, ReviewRow};
+use crate::store::{ClaimRow, EdgeRow, FrameRow, ReviewRow, Urgency};
 use maud::{DOCTYPE, Markup, html};
 
 /// The frame of every page: title, stylesheet, script, and the reviewer's bar when signed in.
@@ -83,10 +83,11 @@ fn action_of(row: &FrameRow) -> &str {
 
 /// Why a frame is in the queue, most urgent first.
 pub fn why(row: &FrameRow) -> &'static str {
-    if row.disagreement {
-        "edge and cloud disagree"
-    } else {
-        "not reviewed"
+    match row.urgency() {
+        Urgency::Disagreement => "edge and cloud disagree",
+        Urgency::AuditMiss => "audit miss: passed by the edge, defective for the cloud",
+        Urgency::LowConfidence => "low-confidence verdict",
+        Urgency::Other => "not reviewed",
     }
 }
 
@@ -141,7 +142,7 @@ pub fn queue(p: &QueuePage<'_>) -> Markup {
             @if p.rows.is_empty() {
                 p.empty { "Nothing to review." @if p.filter.is_set() { " (under this filter)" } }
             } @else {
-                p { (p.rows.len()) " frames to review; disagreements between the edge and the cloud first. "
+                p { (p.rows.len()) " frames to review: disagreements between the edge and the cloud first, then audit misses, then low-confidence verdicts. "
                     a.start href="/next" { "Start with the next free frame (Enter)" } }
                 table.queue {
                     thead { tr {
@@ -150,7 +151,7 @@ pub fn queue(p: &QueuePage<'_>) -> Markup {
                     } }
                     tbody {
                         @for row in p.rows {
-                            tr.disagreement[row.disagreement] {
+                            tr.disagreement[row.urgency() != Urgency::Other] {
                                 td { a href=(frame_href(row)) { (row.frame_id) } }
                                 td { (why(row)) }
                                 td { (row.camera_id) }

@@ -42,8 +42,9 @@ const RELEASE_OTHERS: &str = "DELETE FROM review_claims
 
 impl Store {
     /// Claims for `reviewer`, until `now_us + ttl_us`, the first frame of the review queue under `filter`
-    /// (disagreements first, then the newest; only frames nobody reviewed) that no other reviewer holds, and
-    /// releases the reviewer's other claims. `None` when no such frame is left.
+    /// (only frames nobody reviewed) that no other reviewer holds, and
+    /// releases the reviewer's other claims. `None` when no such frame is left. The queue's order: the most
+    /// urgent first ([`super::frames::Urgency`]), the newest first within each.
     pub async fn claim_next(
         &self,
         reviewer: &str,
@@ -66,8 +67,7 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM review_claims c
                    WHERE c.edge_id = f.edge_id AND c.incarnation = f.incarnation AND c.seq = f.seq
                      AND c.expires_us > $12 AND c.reviewer != $13)
-             ORDER BY (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) DESC,
-                      f.capture_time_us DESC, f.edge_id DESC, f.seq DESC
+             ORDER BY urgency, f.capture_time_us DESC, f.edge_id DESC, f.seq DESC
              LIMIT $14 {lock}"
         );
         let op = "claim next frame";

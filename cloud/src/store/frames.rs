@@ -97,9 +97,37 @@ pub struct FrameRow {
     pub capture_clock: String,
     /// Where the cloud model found defects, JSON `[{x, y, w, h, class, score}, …]`.
     pub regions_json: String,
+    /// How urgently a person should look at it, most urgent first: see [`Urgency`].
+    pub urgency: i32,
 }
 
+/// Why a frame needs a person, in the order the review queue serves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// The edge's local decision contradicts the cloud's verdict.
+    Disagreement = 0,
+    /// An audit sample (passed by the edge) the cloud judged defective: a prescreen miss.
+    AuditMiss = 1,
+    /// The cloud's defect score lies in the band [`LOW_CONFIDENCE`]: the verdict is unsure.
+    LowConfidence = 2,
+    /// Any other frame.
+    Other = 3,
+}
+
+/// The cloud defect scores whose verdicts count as low-confidence for review.
+pub const LOW_CONFIDENCE: (f64, f64) = (0.3, 0.7);
+
 impl FrameRow {
+    /// Why it needs a person.
+    pub fn urgency(&self) -> Urgency {
+        match self.urgency {
+            0 => Urgency::Disagreement,
+            1 => Urgency::AuditMiss,
+            2 => Urgency::LowConfidence,
+            _ => Urgency::Other,
+        }
+    }
+
     /// The class probabilities.
     pub fn scores(&self) -> Vec<ClassScore> {
         scores_from_json(&self.scores_json)
@@ -122,7 +150,11 @@ pub(super) const FRAME_COLUMNS: &str = "f.edge_id, f.incarnation, f.seq, f.frame
     (f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective)) AS disagreement,
     COALESCE((SELECT r.label FROM reviews r WHERE r.edge_id = f.edge_id AND r.incarnation = f.incarnation AND r.seq = f.seq
               ORDER BY r.id DESC LIMIT 1), '') AS review_label,
-    f.part_id, f.origin, f.capture_clock, v.regions_json";
+    f.part_id, f.origin, f.capture_clock, v.regions_json,
+    (CASE WHEN f.edge_local_action != '' AND ((f.edge_local_action = 'reject') != v.defective) THEN 0
+          WHEN f.reason = 2 AND v.defective THEN 1
+          WHEN v.defect_score >= 0.3 AND v.defect_score <= 0.7 THEN 2
+          ELSE 3 END) AS urgency";
 
 /// Frames joined with their verdicts, filtered by a [`FrameFilter`] bound as `$1`..`$11` by [`bind_filter`].
 pub(super) const FROM_FILTERED: &str = "FROM frames f JOIN verdicts v ON v.edge_id = f.edge_id AND v.incarnation = f.incarnation AND v.seq = f.seq

@@ -61,7 +61,7 @@ mod verdicts;
 
 pub use claims::{Claim, ClaimRow};
 pub use edges::{CameraView, EdgeRow};
-pub use frames::{FrameDetail, FrameFilter, FrameRow};
+pub use frames::{FrameDetail, FrameFilter, FrameRow, LOW_CONFIDENCE, Urgency};
 pub use images::{Images, ImagesError};
 pub use lease::Lease;
 pub use retention::{Pruned, RetentionPolicy};
