@@ -156,3 +156,32 @@ pub fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Starts a local server on a free loopback port: `args` gets the port and returns the command's arguments.
+/// Waits until the port accepts connections (at most `within`); returns the child and the port.
+pub fn spawn_listening(
+    program: &Path,
+    args: impl FnOnce(u16) -> Vec<String>,
+    within: std::time::Duration,
+) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(program)
+        .args(args(port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < within,
+            "{} did not listen on {port} within {within:?}",
+            program.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, port)
+}

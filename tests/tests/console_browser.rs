@@ -13,7 +13,7 @@ use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tierline_cloud::config::Credential;
 use tierline_cloud::store::Store;
@@ -44,25 +44,11 @@ fn chromedriver() -> Driver {
             "{tool} is missing: run scripts/setup (it installs Debian's chromium and chromium-driver)"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "chromedriver did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (child, port) = process::spawn_listening(
+        Path::new("/usr/bin/chromedriver"),
+        |port| vec![format!("--port={port}")],
+        Duration::from_secs(20),
+    );
     Driver(child, port)
 }
 

@@ -7,8 +7,8 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 use tierline_cloud::store::{Images, RetentionPolicy, Store};
 use tierline_tests::review::{frame, verdict};
 
@@ -28,25 +28,15 @@ fn moto() -> Server {
         "{} is missing: run scripts/setup (it installs moto's S3 server in .venv-s3)",
         bin.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "moto_server did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (child, port) = tierline_tests::process::spawn_listening(
+        &bin,
+        |port| {
+            ["-H", "127.0.0.1", "-p", &port.to_string()]
+                .map(String::from)
+                .to_vec()
+        },
+        Duration::from_secs(30),
+    );
     Server(child, port)
 }
 
