@@ -74,6 +74,17 @@ pub struct EdgeResults {
     pub decode_ms: f64,
     /// Per-frame time of resize + normalize after decode (single thread), ms.
     pub resize_normalize_ms: f64,
+    /// Per-frame time of a DCT-scaled decode to 1/4 size (`jpeg-decoder`, single thread), ms: the decode the
+    /// model's input size would allow, skipping most of the inverse DCT.
+    #[serde(default)]
+    pub scaled_decode_ms: f64,
+    /// The same decoder at 1/8 size, where each 8×8 block is reduced to its DC coefficient, ms: what is left is
+    /// entropy decoding, which no scaling removes.
+    #[serde(default)]
+    pub entropy_floor_ms: f64,
+    /// The same decoder at full size, ms (the scaled times are comparable with this, not with `decode_ms`).
+    #[serde(default)]
+    pub scaled_decoder_full_ms: f64,
     /// Per-frame time of `session.run` at batch 1 (single thread), ms.
     pub model_ms: f64,
     /// One row per thread count.
@@ -118,6 +129,18 @@ pub async fn run(models: &Path, frames: u64, core_peak_gflops: f64) -> anyhow::R
         std::hint::black_box(pixels);
     }
     let decode_ms = started.elapsed().as_secs_f64() * 1000.0 / reps as f64;
+    let scaled = |factor: u16| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for i in 0..reps {
+            let mut d = jpeg_decoder::Decoder::new(&jpegs[i as usize % jpegs.len()][..]);
+            d.scale(WIDTH as u16 / factor, HEIGHT as u16 / factor)?;
+            std::hint::black_box(d.decode()?);
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0 / reps as f64)
+    };
+    let scaled_decoder_full_ms = scaled(1)?;
+    let scaled_decode_ms = scaled(4)?;
+    let entropy_floor_ms = scaled(8)?;
     let started = Instant::now();
     for i in 0..reps {
         pre.run(&jpegs[i as usize % jpegs.len()], &mut tensor)?;
@@ -156,6 +179,9 @@ pub async fn run(models: &Path, frames: u64, core_peak_gflops: f64) -> anyhow::R
         frames,
         decode_ms,
         resize_normalize_ms: (preprocess_ms - decode_ms).max(0.0),
+        scaled_decode_ms,
+        entropy_floor_ms,
+        scaled_decoder_full_ms,
         model_ms,
         rows,
         model_flops: flops.flops_per_image,

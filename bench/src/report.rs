@@ -230,6 +230,22 @@ pub fn markdown(r: &Results) -> String {
             e.model_ms,
             100.0 * e.model_ms / per_frame.max(1e-9)
         );
+        if e.scaled_decoder_full_ms > 0.0 {
+            let _ = writeln!(
+                s,
+                "Decoding at reduced scale in the DCT domain (`jpeg-decoder`, the same frames, one thread): full \
+                 size {:.2} ms, 1/4 size ({}x{}, the smallest that still covers the model's input) {:.2} ms \
+                 ({:.0} % of full), 1/8 size (DC coefficients only, so nearly all of what is left is entropy \
+                 decoding) {:.2} ms ({:.0} % of full).\n",
+                e.scaled_decoder_full_ms,
+                crate::edge::WIDTH / 4,
+                crate::edge::HEIGHT / 4,
+                e.scaled_decode_ms,
+                100.0 * e.scaled_decode_ms / e.scaled_decoder_full_ms,
+                e.entropy_floor_ms,
+                100.0 * e.entropy_floor_ms / e.scaled_decoder_full_ms,
+            );
+        }
         let _ = writeln!(
             s,
             "Model compute: {:.2} MFLOP per image (2 × multiply-accumulates of Conv/Gemm/MatMul counted from the \
