@@ -43,7 +43,11 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("review_descriptor");
 }
 
+use crate::registry::api::ModelsService;
+use crate::registry::{MAX_BUNDLE, Registry};
+use pb::models_server::ModelsServer;
 use pb::review_server::{Review, ReviewServer};
+use tierline_shared::bundle::TrustedKeys;
 
 /// Fully qualified name of the review service (for health checks).
 pub const SERVICE_NAME: &str = "tierline.review.v1.Review";
@@ -482,6 +486,7 @@ pub struct ReviewApi {
     config: ApiConfig,
     credentials: Vec<Credential>,
     store: Store,
+    registry: Registry,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -506,10 +511,18 @@ impl ReviewApi {
         Ok(Self {
             config,
             credentials,
+            registry: Registry::new(store.clone(), TrustedKeys::default()),
             store,
             listener,
             addr,
         })
+    }
+
+    /// Serves the `Models` service over `registry` (by default one that trusts no signing key, so
+    /// publishing is refused with the reason).
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Where it listens.
@@ -528,6 +541,7 @@ async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiErr
         config,
         credentials,
         store,
+        registry,
         listener,
         addr,
     } = api;
@@ -597,13 +611,24 @@ async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiErr
         ReviewServer::new(ReviewService::new(store))
             .max_decoding_message_size(1 << 20)
             .max_encoding_message_size(64 << 20),
-        auth,
+        auth.clone(),
+    );
+    // Operators only, when the API has tokens at all; bundles are large messages.
+    let operators = auth
+        .required()
+        .then(|| config.operators.iter().cloned().collect());
+    let models = tonic::service::interceptor::InterceptedService::new(
+        ModelsServer::new(ModelsService::new(registry, operators))
+            .max_decoding_message_size(MAX_BUNDLE as usize + (1 << 20))
+            .max_encoding_message_size(4 << 20),
+        auth.clone(),
     );
     let result = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(review)
+        .add_service(models)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.cancelled(),

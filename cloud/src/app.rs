@@ -10,6 +10,8 @@
 //!  retention candidate: leader lease (fencing token) ─► prune old images (verdicts stay)
 //!  review API (gRPC): store ◄── ListFrames, GetFrame, SubmitReview, WatchVerdicts, ListEdges
 //!  review console (HTTP, `console.listen`): store ◄── queue, frame pages, reviews from signed-in reviewers
+//!  model registry (gRPC `Models`, operators): signed bundles checked ─► store; targets ─► store
+//!  bundle server (HTTP, `registry.listen`): store ─► bundle downloads (byte ranges) for edges and workers
 //! ```
 //!
 //! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
@@ -32,6 +34,8 @@ use crate::ingest::Ingest;
 use crate::leader::Retention;
 use crate::presence::PresenceRecorder;
 use crate::process::{Processing, Processor};
+use crate::registry::Registry;
+use crate::registry::server::BundleServer;
 use crate::stats::CloudStats;
 use crate::store::{Images, Store, StoreError};
 use std::net::SocketAddr;
@@ -69,6 +73,12 @@ pub enum CloudError {
     /// The review console failed.
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    /// A trusted model signing key cannot be read.
+    #[error("registry.trusted_keys: {0}")]
+    TrustedKeys(#[from] tierline_shared::bundle::BundleError),
+    /// The bundle server failed.
+    #[error(transparent)]
+    BundleServer(#[from] crate::registry::server::ServerError),
     /// The admin endpoint could not start.
     #[error("admin endpoint: {0}")]
     Admin(std::io::Error),
@@ -120,6 +130,7 @@ pub struct App {
     store: Store,
     api: Option<ReviewApi>,
     console: Option<Console>,
+    bundles: Option<BundleServer>,
     skeleton: Skeleton,
     mqtt: tierline_shared::mqtt::MqttOptions,
 }
@@ -147,10 +158,20 @@ impl App {
         // A clean session: a worker that goes away must not hoard frames at the broker. Frames it held
         // unacknowledged are delivered again by the edges' resend timers.
         mqtt.set_clean_start(true);
+        let trusted = tierline_shared::bundle::TrustedKeys::load(&config.registry.trusted_keys)?;
+        let registry = Registry::new(store.clone(), trusted);
         let api = if config.api.enabled {
-            Some(ReviewApi::bind(config.api.clone(), store.clone()).await?)
+            Some(
+                ReviewApi::bind(config.api.clone(), store.clone())
+                    .await?
+                    .with_registry(registry),
+            )
         } else {
             None
+        };
+        let bundles = match config.registry.listen {
+            Some(listen) => Some(BundleServer::bind(listen, store.clone()).await?),
+            None => None,
         };
         let console = match config.console.listen {
             Some(_) => Some(
@@ -177,6 +198,7 @@ impl App {
             store,
             api,
             console,
+            bundles,
             skeleton,
             mqtt,
         })
@@ -197,6 +219,11 @@ impl App {
         self.console.as_ref().map(Console::addr)
     }
 
+    /// Where the bundle server listens, if enabled.
+    pub fn bundles_addr(&self) -> Option<SocketAddr> {
+        self.bundles.as_ref().map(BundleServer::addr)
+    }
+
     /// Runs every stage until `shutdown` or a stage failure, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CloudError> {
         let span = tracing::info_span!("cloud", worker = %self.config.cloud.worker_id);
@@ -211,6 +238,7 @@ impl App {
             store,
             api,
             console,
+            bundles,
             skeleton,
             mqtt,
         } = self;
@@ -336,6 +364,13 @@ impl App {
                 "review console",
                 Ends::OnShutdown,
                 console.run(background.clone()),
+            );
+        }
+        if let Some(bundles) = bundles {
+            sup.spawn(
+                "bundle server",
+                Ends::OnShutdown,
+                bundles.run(background.clone()),
             );
         }
 

@@ -42,6 +42,23 @@ pub struct CloudConfig {
     /// The review console (web pages for reviewers); off unless `listen` is set.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// The model registry: the keys bundles must be signed with, and the bundle server.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+/// The model registry (`crate::registry`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Public key files (`tierline-models keygen` writes them as `<key>.pub`) of the operators whose signed
+    /// bundles are accepted; two while keys rotate. Empty: publishing is refused.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Listen address of the bundle server (plain HTTP downloads for edges and workers; bundles are
+    /// verified by whoever downloads them). Unset: not served.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// The review console: web pages for the reviewers of `[[api.reviewers]]`, who sign in with their tokens.
@@ -316,6 +333,10 @@ pub struct ApiConfig {
     /// reviewer whose token it carries; reviews are recorded under that name.
     #[serde(default)]
     pub reviewers: Vec<ReviewerConfig>,
+    /// Reviewers (by name) who are also operators: they may publish model bundles and point edges and
+    /// workers at them (the `Models` service). Without any token on the API, every caller may.
+    #[serde(default)]
+    pub operators: Vec<String>,
     /// PEM certificate chain for TLS (with `tls_key`); unset: plain HTTP/2.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
@@ -386,6 +407,7 @@ impl Default for ApiConfig {
             token: None,
             token_file: None,
             reviewers: Vec::new(),
+            operators: Vec::new(),
             tls_cert: None,
             tls_key: None,
             insecure: false,
@@ -626,6 +648,17 @@ impl CloudConfig {
             ));
         }
         self.api.validate()?;
+        for (i, op) in self.api.operators.iter().enumerate() {
+            if !self.api.reviewers.iter().any(|r| &r.name == op) {
+                return Err(field(
+                    &format!("api.operators[{i}]"),
+                    format!(
+                        "{op:?} is not the name of an [[api.reviewers]] entry; operators sign in with their \
+                         reviewer token"
+                    ),
+                ));
+            }
+        }
         if self.console.listen.is_some() {
             self.console.validate(&self.api.credentials()?)?;
         }
@@ -644,6 +677,18 @@ mod tests {
         let c: CloudConfig = tierline_shared::config::load_with_vars(Some(&p), ENV_PREFIX, &[])?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn operators_must_be_reviewers() {
+        let base = "[model]\nmanifest = \"m\"\n[api]\noperators = [\"ana\"]\n";
+        let err = parse(base).unwrap_err().to_string();
+        assert!(
+            err.contains("api.operators[0]") && err.contains("ana"),
+            "{err}"
+        );
+        let ok = format!("{base}[[api.reviewers]]\nname = \"ana\"\ntoken = \"t\"\n");
+        assert_eq!(parse(&ok).unwrap().api.operators, ["ana"]);
     }
 
     #[test]

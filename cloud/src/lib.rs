@@ -16,6 +16,7 @@ pub mod leader;
 pub mod order;
 pub mod presence;
 pub mod process;
+pub mod registry;
 pub mod stats;
 pub mod store;
 

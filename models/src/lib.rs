@@ -3,6 +3,7 @@
 //! picks the edge threshold that keeps a target share of the cloud model's flags and writes it into the
 //! prescreen manifest.
 
+pub mod bundle;
 pub mod calibrate;
 pub mod cascade;
 pub mod dataset;

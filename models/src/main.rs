@@ -1,10 +1,11 @@
-//! `tierline-models`: evaluate the cascade on labeled images, calibrate the edge threshold.
+//! `tierline-models`: evaluate the cascade on labeled images, calibrate the edge threshold, and sign model
+//! bundles for rollout.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use tierline_models::{calibrate, cascade, dataset, report};
+use tierline_models::{bundle, calibrate, cascade, dataset, report};
 
 #[derive(Parser)]
 #[command(name = "tierline-models", version, about)]
@@ -40,6 +41,40 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Create an Ed25519 signing key for model bundles (and its public key at <KEY>.pub).
+    Keygen {
+        /// Where to write the signing key; it is never overwritten.
+        key: PathBuf,
+    },
+    /// Check a model's golden samples, pack it (manifest, model, golden samples) into a bundle and sign it.
+    Sign {
+        /// The model's manifest.
+        manifest: PathBuf,
+        /// Signing key made by `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Bundle sequence number: edges refuse a bundle whose sequence is not above the one they run,
+        /// unless a rollback names it.
+        #[arg(long)]
+        sequence: u64,
+        /// Directory to write `<name>-<version>-<hash>.bundle` and its `.sig` into.
+        #[arg(long, default_value = "bundles")]
+        out: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle as an edge would: signature, hash, model, golden samples.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Its signed statement (default: <BUNDLE>.sig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// A trusted public key file (repeat for two keys during a rotation).
+        #[arg(long, required = true)]
+        trusted: Vec<PathBuf>,
     },
 }
 
@@ -169,6 +204,37 @@ fn main() -> std::process::ExitCode {
             dry_run,
             json,
         } => calibrate_cmd(set, *target_recall, *dry_run, *json),
+        Command::Keygen { key } => bundle::keygen(key),
+        Command::Sign {
+            manifest,
+            key,
+            sequence,
+            out,
+            json,
+        } => bundle::sign(manifest, key, *sequence, out).and_then(|s| {
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "signed {} (sequence {}, key {}); statement in {}",
+                    s.bundle.display(),
+                    s.sequence,
+                    s.key_id,
+                    s.signature.display()
+                );
+            }
+            Ok(())
+        }),
+        Command::Verify {
+            bundle: path,
+            signature,
+            trusted,
+        } => {
+            let signature = signature
+                .clone()
+                .unwrap_or_else(|| bundle::signature_path(path));
+            bundle::verify(path, &signature, trusted).map(|line| println!("{line}"))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

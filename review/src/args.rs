@@ -1,11 +1,12 @@
 //! Command-line arguments: the options every subcommand takes, and the subcommands (their own arguments
 //! are defined next to them in [`crate::cmd`]).
 
-use crate::cmd::{export, label, list, show, watch};
+use crate::cmd::{export, label, list, models, show, watch};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Review frames judged by the Tierline cloud: list, show, label, and watch verdicts; list edges.
+/// Review frames judged by the Tierline cloud: list, show, label, and watch verdicts; list edges; publish
+/// and roll out model bundles (operators).
 ///
 /// Exit codes: 0 success, 1 the server refused or failed the call, 2 bad arguments, 3 the server is
 /// unreachable.
@@ -55,4 +56,6 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Print verdicts as they are stored, until interrupted.
     Watch(watch::WatchArgs),
+    /// The model registry (operators): publish signed bundles, point targets at them, roll back, events.
+    Models(models::ModelsArgs),
 }

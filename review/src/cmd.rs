@@ -4,5 +4,6 @@ pub mod edges;
 pub mod export;
 pub mod label;
 pub mod list;
+pub mod models;
 pub mod show;
 pub mod watch;

@@ -2,6 +2,7 @@
 //! bearer token sent with every call.
 
 use crate::error::Unreachable;
+use crate::pb::models_client::ModelsClient as ModelsGrpc;
 use crate::pb::review_client::ReviewClient;
 use anyhow::Context;
 use std::path::Path;
@@ -26,6 +27,9 @@ impl tonic::service::Interceptor for Auth {
 /// A review API client that authenticates every call.
 pub type Client = ReviewClient<InterceptedService<Channel, Auth>>;
 
+/// A client of the model registry (`Models` service) that authenticates every call.
+pub type ModelsClient = ModelsGrpc<InterceptedService<Channel, Auth>>;
+
 /// Connects to `server` (5 s timeout). An `https://` server is verified with the PEM CA in `ca_cert` when
 /// given. A server that cannot be reached is an [`Unreachable`] error.
 pub async fn connect(
@@ -33,6 +37,28 @@ pub async fn connect(
     token: Option<&str>,
     ca_cert: Option<&Path>,
 ) -> anyhow::Result<Client> {
+    let (channel, auth) = channel(server, token, ca_cert).await?;
+    Ok(ReviewClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20))
+}
+
+/// Like [`connect`], for the model registry; bundles are sent in one message, so the request limit is
+/// the registry's.
+pub async fn connect_models(
+    server: &str,
+    token: Option<&str>,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<ModelsClient> {
+    let (channel, auth) = channel(server, token, ca_cert).await?;
+    Ok(ModelsGrpc::with_interceptor(channel, auth)
+        .max_encoding_message_size(257 << 20)
+        .max_decoding_message_size(4 << 20))
+}
+
+async fn channel(
+    server: &str,
+    token: Option<&str>,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<(Channel, Auth)> {
     let mut endpoint = Endpoint::from_shared(server.to_owned())
         .with_context(|| format!("--server {server:?} is not a URL like http://host:50051"))?
         .connect_timeout(Duration::from_secs(5));
@@ -57,5 +83,5 @@ pub async fn connect(
         ),
         None => None,
     };
-    Ok(ReviewClient::with_interceptor(channel, Auth(header)).max_decoding_message_size(64 << 20))
+    Ok((channel, Auth(header)))
 }

@@ -22,6 +22,18 @@ impl std::fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
+/// The server refused a call whose message says what to do already (no hint added).
+#[derive(Debug)]
+pub struct Refused(pub tonic::Status);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// Prints the error of a run (with a hint for the usual gRPC refusals) and returns the exit code.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     let Err(e) = result else {
@@ -39,6 +51,9 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             _ => "",
         };
         eprintln!("error: {:?}: {}{hint}", status.code(), status.message());
+        ExitCode::from(REFUSED)
+    } else if let Some(refused) = e.downcast_ref::<Refused>() {
+        eprintln!("error: {refused}");
         ExitCode::from(REFUSED)
     } else if e.downcast_ref::<Unreachable>().is_some() {
         eprintln!("error: {e:#}");

@@ -25,16 +25,20 @@ async fn main() -> ExitCode {
     error::exit_code(run(Args::parse()).await)
 }
 
-/// Connects to the review API, then runs the subcommand.
+/// Connects to the review API (or the model registry), then runs the subcommand.
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut client =
-        conn::connect(&args.server, args.token.as_deref(), args.ca_cert.as_deref()).await?;
+    let (server, token, ca) = (&args.server, args.token.as_deref(), args.ca_cert.as_deref());
+    let review = || conn::connect(server, token, ca);
     match &args.command {
-        Command::List(a) => cmd::list::run(&mut client, a, args.json).await,
-        Command::Show(a) => cmd::show::run(&mut client, a, args.json).await,
-        Command::Label(a) => cmd::label::run(&mut client, a, args.json).await,
-        Command::Edges => cmd::edges::run(&mut client, args.json).await,
-        Command::Export(a) => cmd::export::run(&mut client, a, args.json).await,
-        Command::Watch(a) => cmd::watch::run(&mut client, a, args.json).await,
+        Command::List(a) => cmd::list::run(&mut review().await?, a, args.json).await,
+        Command::Show(a) => cmd::show::run(&mut review().await?, a, args.json).await,
+        Command::Label(a) => cmd::label::run(&mut review().await?, a, args.json).await,
+        Command::Edges => cmd::edges::run(&mut review().await?, args.json).await,
+        Command::Export(a) => cmd::export::run(&mut review().await?, a, args.json).await,
+        Command::Watch(a) => cmd::watch::run(&mut review().await?, a, args.json).await,
+        Command::Models(a) => {
+            let mut client = conn::connect_models(server, token, ca).await?;
+            cmd::models::run(&mut client, a, args.json).await
+        }
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod action;
 pub mod admin;
+pub mod bundle;
 pub mod config;
 pub mod decode;
 pub mod labels;

@@ -142,3 +142,68 @@ pub async fn start() -> ReviewServer {
         _dir: dir,
     }
 }
+
+/// A review API with a model registry trusting `trusted`, and the bundle server, over an empty SQLite store;
+/// stopped when dropped. [`OTHER_REVIEWER`] is an operator, [`REVIEWER`] is not.
+pub struct RegistryServer {
+    /// Where the review API (with the `Models` service) listens.
+    pub api: SocketAddr,
+    /// Where the bundle server listens.
+    pub bundles: SocketAddr,
+    /// Its store.
+    pub store: Store,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts a [`RegistryServer`].
+pub async fn start_registry(trusted: tierline_shared::bundle::TrustedKeys) -> RegistryServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("cloud.db").display());
+    let store = Store::open(&url, true).await.expect("open store");
+    let config = ApiConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        reviewers: vec![
+            ReviewerConfig {
+                name: REVIEWER.into(),
+                token: Some(TOKEN.into()),
+                token_file: None,
+            },
+            ReviewerConfig {
+                name: OTHER_REVIEWER.into(),
+                token: Some(OTHER_TOKEN.into()),
+                token_file: None,
+            },
+        ],
+        operators: vec![OTHER_REVIEWER.into()],
+        ..ApiConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let registry = tierline_cloud::registry::Registry::new(store.clone(), trusted);
+    let api = tierline_cloud::api::ReviewApi::bind(config, store.clone())
+        .await
+        .expect("review API listens")
+        .with_registry(registry);
+    let bundles = tierline_cloud::registry::server::BundleServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        store.clone(),
+    )
+    .await
+    .expect("bundle server listens");
+    let (api_addr, bundles_addr) = (api.addr(), bundles.addr());
+    tokio::spawn(api.run(stop.clone()));
+    tokio::spawn(bundles.run(stop.clone()));
+    RegistryServer {
+        api: api_addr,
+        bundles: bundles_addr,
+        store,
+        stop,
+        _dir: dir,
+    }
+}

@@ -1085,3 +1085,197 @@ async fn the_queue_serves_disagreements_then_audit_misses_then_unsure_verdicts(s
         ]
     );
 }
+
+contract!(the_model_registry_keeps_bundles_once_and_records_every_target_change);
+async fn the_model_registry_keeps_bundles_once_and_records_every_target_change(s: Store) {
+    use tierline_cloud::store::{NewBundle, Published, RegistryRule};
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let bundle = |sha: &'static str, sequence: i64, data: &'static [u8]| NewBundle {
+        sha256: sha,
+        name: "prescreen",
+        version: "1.0.0",
+        sequence,
+        key_id: "k1",
+        signed: "{}",
+        data,
+    };
+    let data: &'static [u8] = Box::leak(data.into_boxed_slice());
+    let (a, b, c) = (
+        "aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111",
+        "aaaa2222aaaa2222aaaa2222aaaa2222aaaa2222aaaa2222aaaa2222aaaa2222",
+        "cccc3333cccc3333cccc3333cccc3333cccc3333cccc3333cccc3333cccc3333",
+    );
+    assert_eq!(
+        s.publish_bundle(bundle(a, 1, data), "ops", 10)
+            .await
+            .unwrap(),
+        Ok(Published::New)
+    );
+    // The same archive again changes nothing; another archive under a taken sequence is refused.
+    assert_eq!(
+        s.publish_bundle(bundle(a, 1, data), "ops", 11)
+            .await
+            .unwrap(),
+        Ok(Published::Known)
+    );
+    assert!(matches!(
+        s.publish_bundle(bundle(b, 1, b"other"), "ops", 12)
+            .await
+            .unwrap(),
+        Err(RegistryRule::SequenceTaken { sequence: 1, .. })
+    ));
+    assert_eq!(
+        s.publish_bundle(bundle(b, 2, b"second"), "ops", 13)
+            .await
+            .unwrap(),
+        Ok(Published::New)
+    );
+    assert_eq!(
+        s.publish_bundle(bundle(c, 3, b"third"), "ops", 14)
+            .await
+            .unwrap(),
+        Ok(Published::New)
+    );
+    let listed: Vec<_> = s
+        .list_bundles()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.sha256, r.sequence, r.size))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (c.into(), 3, 5),
+            (b.into(), 2, 6),
+            (a.into(), 1, data.len() as i64)
+        ]
+    );
+
+    // Downloads by range return exactly the bytes published.
+    let all = s.bundle_bytes(a, 0, u64::MAX).await.unwrap().unwrap();
+    assert_eq!(all, data);
+    let part = s.bundle_bytes(a, 1000, 777).await.unwrap().unwrap();
+    assert_eq!(part, &data[1000..1777]);
+    let tail = s.bundle_bytes(a, 4990, 100).await.unwrap().unwrap();
+    assert_eq!(tail, &data[4990..]);
+    assert!(
+        s.bundle_bytes(a, 6000, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.bundle_bytes(&"f".repeat(64), 0, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Hash prefixes: unique, ambiguous, unknown.
+    assert_eq!(s.find_bundle("cccc33").await.unwrap().unwrap().sha256, c);
+    assert_eq!(s.find_bundle("AAAA1").await.unwrap().unwrap().sha256, a);
+    assert!(matches!(
+        s.find_bundle("aaaa").await.unwrap(),
+        Err(RegistryRule::Ambiguous(_))
+    ));
+    assert!(matches!(
+        s.find_bundle("dddd").await.unwrap(),
+        Err(RegistryRule::UnknownBundle(_))
+    ));
+    assert!(matches!(
+        s.find_bundle("x'; --").await.unwrap(),
+        Err(RegistryRule::UnknownBundle(_))
+    ));
+
+    // Targets remember what they replaced; setting the same bundle again keeps that.
+    let t = s
+        .set_target("edges/line-3", a, false, "ops", "first", 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.sha256.as_str(), t.previous), (a, None));
+    let t = s
+        .set_target("edges/line-3", b, false, "ops", "upgrade", 21)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.sha256.as_str(), t.previous.as_deref()), (b, Some(a)));
+    let t = s
+        .set_target("edges/line-3", b, false, "ops", "again", 22)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.previous.as_deref(), Some(a));
+    let t = s
+        .set_target("edges/line-3", a, true, "controller", "gate failed", 23)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.previous.as_deref(), t.rollback), (Some(b), true));
+    s.set_target("workers", c, false, "ops", "", 24)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        s.set_target("workers", &"e".repeat(64), false, "ops", "", 25)
+            .await
+            .unwrap(),
+        Err(RegistryRule::UnknownBundle(_))
+    ));
+    let targets: Vec<_> = s
+        .model_targets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.target, t.sha256))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("edges/line-3".into(), a.into()),
+            ("workers".into(), c.into())
+        ]
+    );
+
+    // Every change is an event, in order, with who asked and why.
+    s.record_model_event(
+        "edge-7",
+        "edge-7",
+        b,
+        "rejected",
+        "golden dent-0 failed",
+        26,
+    )
+    .await
+    .unwrap();
+    let events: Vec<_> = s
+        .model_events(Some("edges/line-3"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.actor, e.event, e.detail))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("ops".into(), "targeted".into(), "first".into()),
+            ("ops".into(), "targeted".into(), "upgrade".into()),
+            ("ops".into(), "targeted".into(), "again".into()),
+            (
+                "controller".into(),
+                "rolled-back".into(),
+                "gate failed".into()
+            ),
+        ]
+    );
+    let all = s.model_events(None, 100).await.unwrap();
+    assert_eq!(all.len(), 3 + 5 + 1);
+    assert_eq!(all.first().unwrap().event, "published");
+    let latest = s.model_events(None, 2).await.unwrap();
+    assert_eq!(
+        latest.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+        ["targeted", "rejected"]
+    );
+}

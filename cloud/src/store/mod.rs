@@ -10,6 +10,7 @@
 //! - `review_claims`: the frame each reviewer has open in the console ([`Store::claim_next`]).
 //! - `edges`: one row per edge, from its presence and heartbeats ([`Store::list_edges`]).
 //! - `model_versions`: the model versions each tier has used ([`Store::model_versions`]).
+//! - `model_bundles`, `model_targets`, `model_events`: the model registry (`bundles` module).
 //! - `leases`: leader leases of jobs that must run once ([`Store::try_acquire_lease`]).
 //! - the `disagreements` view: frames whose edge decided locally against the later verdict.
 //!
@@ -49,6 +50,7 @@ macro_rules! on_pool {
     };
 }
 
+mod bundles;
 mod claims;
 mod edges;
 mod frames;
@@ -59,6 +61,7 @@ mod retention;
 mod reviews;
 mod verdicts;
 
+pub use bundles::{BundleRow, ModelEvent, NewBundle, Published, RegistryRule, TargetRow};
 pub use claims::{Claim, ClaimRow};
 pub use edges::{CameraView, EdgeRow};
 pub use frames::{FrameDetail, FrameFilter, FrameRow, LOW_CONFIDENCE, Urgency};
