@@ -17,7 +17,9 @@
 //! the uplink) goes to the settle stage as a refusal: decided locally, then deleted after the barrier.
 //!
 //! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
-//! `tierline_shared::service::Skeleton`), the health watcher (outbox disk headroom, link) and heartbeats.
+//! `tierline_shared::service::Skeleton`), the health watcher (outbox disk headroom, link), heartbeats, and
+//! model updates when `updates.url` is set (registry target ──► verify, download, golden samples, shadow on
+//! live frames ──► swap of the served model; `crate::updates`).
 //!
 //! [`App::build`] does everything that can fail before a frame is taken (config, model and golden samples,
 //! outbox, cameras, admin listener); [`App::run`] spawns every stage under one [`Supervisor`], in flow
@@ -82,6 +84,9 @@ pub enum EdgeError {
     /// The admin endpoint could not start.
     #[error("admin endpoint: {0}")]
     Admin(std::io::Error),
+    /// Model updates are configured but cannot start (unreadable trusted keys or state).
+    #[error(transparent)]
+    Updates(#[from] crate::updates::UpdateError),
 }
 
 /// How often heartbeats are published.
@@ -100,16 +105,38 @@ const REFUSAL_CHANNEL: usize = 256;
 /// in-flight window of the default size plus decision lines and presence.
 const MQTT_REQUESTS: usize = 512;
 
-/// Loads the prescreen model and checks it against its golden samples.
-pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeError> {
-    let runner_config = RunnerConfig {
+/// How the prescreen's sessions are set up.
+fn runner_config(config: &EdgeConfig) -> RunnerConfig {
+    RunnerConfig {
         threads: config.model.threads,
         max_batch: config.model.max_batch,
         ..RunnerConfig::default()
-    };
+    }
+}
+
+/// Loads the prescreen model and checks it against its golden samples: the bundle the registry last made
+/// active when model updates are on and one is installed (falling back to `model.manifest` if it no longer
+/// loads), else `model.manifest`.
+pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeError> {
+    if let Some((manifest, installed)) = crate::updates::startup_manifest(&config.updates)? {
+        match ServedModel::load(&manifest, runner_config(config), config.model.probe.clone()).await
+        {
+            Ok(model) => {
+                tracing::info!(
+                    bundle = %installed.sha256, version = %installed.version,
+                    "Serving the model bundle the registry last made active."
+                );
+                return Ok(model);
+            }
+            Err(e) => tracing::error!(
+                bundle = %installed.sha256, error = %e, fallback = %config.model.manifest.display(),
+                "The active model bundle does not load; serving model.manifest instead."
+            ),
+        }
+    }
     Ok(ServedModel::load(
         &config.model.manifest,
-        runner_config,
+        runner_config(config),
         config.model.probe.clone(),
     )
     .await?)
@@ -158,6 +185,11 @@ impl App {
             .map(|c| Camera::new(c, queue.clone(), stats.clone(), &mut triggers))
             .collect::<Result<Vec<_>, _>>()?;
         let statuses: Vec<Arc<CameraStatus>> = cameras.iter().map(Camera::status).collect();
+        if config.updates.url.is_some() {
+            // Checked before anything runs: updates that could verify nothing would only log errors.
+            tierline_shared::bundle::TrustedKeys::load(&config.updates.trusted_keys)
+                .map_err(crate::updates::UpdateError::from)?;
+        }
         let model = load_model(&config).await?;
         config.decision.check_classes(&model.manifest())?;
         let mqtt =
@@ -363,7 +395,7 @@ impl App {
                     concurrency: 2 * config.model.max_batch.get() * config.model.threads.get(),
                     max_image_bytes: config.mqtt.max_message_bytes,
                 },
-                model,
+                model: model.clone(),
                 seqs: SeqAllocator::new(outbox.clone()),
                 frames,
                 intake: intake_tx,
@@ -395,7 +427,7 @@ impl App {
                 publisher: publisher.clone(),
                 refusals: refusal_tx.clone(),
                 addr: addr.clone(),
-                model_version: model_version.clone(),
+                model: model.clone(),
                 cfg: config.outbox.clone(),
                 max_message_bytes: config.mqtt.max_message_bytes,
                 link: link_rx,
@@ -411,13 +443,28 @@ impl App {
                 publisher: publisher.clone(),
                 addr: addr.clone(),
                 outbox: outbox.clone(),
-                model_version: model_version.clone(),
+                model: model.clone(),
                 stats: stats.clone(),
                 every: HEARTBEAT_EVERY,
                 cameras: camera_states.clone(),
             }
             .run(stop.clone()),
         );
+        // registry ──► updates ──► served model (verified, golden, shadowed, swapped)
+        if config.updates.url.is_some() {
+            sup.spawn(
+                "model updates",
+                Ends::OnShutdown,
+                crate::updates::Updates {
+                    target: config.updates.target(&config.edge.line),
+                    cfg: config.updates.clone(),
+                    model: model.clone(),
+                    runner_config: runner_config(&config),
+                    stats: stats.clone(),
+                }
+                .run(stop.clone()),
+            );
+        }
 
         // MQTT ──► link ──► settle ──► decisions ──► sink ──► outbox.ack
         sup.spawn(
@@ -430,7 +477,7 @@ impl App {
                 refusals: refusal_tx,
                 addr,
                 mqtt: config.mqtt.clone(),
-                model_version,
+                model: model.clone(),
                 verdicts: verdict_tx,
                 link: link_tx,
                 triggers,

@@ -17,6 +17,7 @@ pub mod settle;
 pub mod sink;
 pub mod stats;
 pub mod synth;
+pub mod updates;
 pub mod uplink;
 
 pub use app::{App, EdgeError, run};

@@ -17,6 +17,12 @@ pub struct EdgeStats {
     /// Frames taken while the model was too far behind to score them: decided at their deadline under the
     /// offline policy.
     pub frames_unscored: AtomicU64,
+    /// Model bundles that became the serving model.
+    pub model_updates_applied: AtomicU64,
+    /// Model bundles refused.
+    pub model_updates_rejected: AtomicU64,
+    /// Checks of the model target that failed for the network or the disk.
+    pub model_update_errors: AtomicU64,
     /// Frames the prescreen could not read.
     pub frames_unreadable: AtomicU64,
     /// Part triggers received and handed to a camera.
@@ -104,6 +110,9 @@ impl Default for EdgeStats {
             triggers: AtomicU64::new(0),
             triggers_refused: AtomicU64::new(0),
             frames_unscored: AtomicU64::new(0),
+            model_updates_applied: AtomicU64::new(0),
+            model_updates_rejected: AtomicU64::new(0),
+            model_update_errors: AtomicU64::new(0),
             decisions_unscored: AtomicU64::new(0),
             frames_passed: AtomicU64::new(0),
             frames_suspect: AtomicU64::new(0),

@@ -73,8 +73,8 @@ pub struct Uplink {
     pub refusals: mpsc::Sender<Refusal>,
     /// This edge.
     pub addr: EdgeAddress,
-    /// Version of the edge model, sent with each frame.
-    pub model_version: String,
+    /// The model serving (its version goes with each frame published).
+    pub model: Arc<tierline_shared::serving::ServedModel>,
     /// Window and resend settings.
     pub cfg: OutboxConfig,
     /// Largest message the wire accepts.
@@ -154,7 +154,12 @@ impl Uplink {
         let mut backed_up = false;
         for r in &due {
             let bytes = match wire::encode(
-                &envelope(&self.addr, &self.model_version, outbox.incarnation(), r),
+                &envelope(
+                    &self.addr,
+                    &self.model.manifest().version,
+                    outbox.incarnation(),
+                    r,
+                ),
                 self.max_message_bytes,
             ) {
                 Ok(b) => b,

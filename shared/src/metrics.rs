@@ -202,6 +202,12 @@ metrics! {
     EDGE_PUBLISHES_REFUSED = ("tierline_edge_publishes_refused", Counter, "Decision lines, presence and heartbeat messages the broker refused in its PUBACK (check its ACL for this edge).");
     /// Outbox write failures.
     EDGE_OUTBOX_ERRORS = ("tierline_edge_outbox_errors", Counter, "Frames that could not be written to the outbox.");
+    /// Model bundles that became the serving model.
+    EDGE_MODEL_UPDATES_APPLIED = ("tierline_edge_model_updates_applied", Counter, "Model bundles from the registry that became the serving model (upgrades and rollbacks).");
+    /// Model bundles refused.
+    EDGE_MODEL_UPDATES_REJECTED = ("tierline_edge_model_updates_rejected", Counter, "Model bundles refused: untrusted or altered statement, downgrade, hash mismatch, golden samples or shadow gates failed; the serving model kept serving.");
+    /// Failed checks of the model target.
+    EDGE_MODEL_UPDATE_ERRORS = ("tierline_edge_model_update_errors", Counter, "Checks of the model target that failed for the network or the disk (tried again at the next check).");
     /// Frames the model was too far behind to score.
     EDGE_FRAMES_UNSCORED = ("tierline_edge_frames_unscored", Counter, "Frames taken while the model was too far behind to score them; decided at their deadline under the offline policy.");
     /// Decisions taken before a score.

@@ -137,7 +137,10 @@ pub const CHECK: &str = "model";
 /// A model served by a runner that a supervisor may replace.
 pub struct ServedModel {
     current: RwLock<Arc<ModelRunner>>,
-    manifest_path: PathBuf,
+    /// The manifest watched for changes on disk: the configured one, or the last activated bundle's.
+    manifest_path: Mutex<PathBuf>,
+    /// A candidate scoring live frames beside the serving model ([`ServedModel::start_shadow`]).
+    shadow: Mutex<Option<Arc<Shadow>>>,
     runner_config: RunnerConfig,
     probe: ProbeConfig,
     loaded: Mutex<Fingerprint>,
@@ -160,7 +163,8 @@ impl ServedModel {
         let runner = ModelRunner::load_checked(manifest_path, runner_config.clone()).await?;
         Ok(Arc::new(Self {
             current: RwLock::new(runner),
-            manifest_path: manifest_path.to_path_buf(),
+            manifest_path: Mutex::new(manifest_path.to_path_buf()),
+            shadow: Mutex::new(None),
             runner_config,
             probe,
             loaded: Mutex::new(loaded),
@@ -184,11 +188,61 @@ impl ServedModel {
         self.runner().manifest_arc()
     }
 
-    /// Scores one encoded image with the serving model, counting failures for the watchdog.
+    /// Scores one encoded image with the serving model, counting failures for the watchdog. While a shadow
+    /// runs, the image is also handed to the candidate, off this call's path.
     pub async fn score(&self, image: Bytes) -> Result<Score, InferError> {
-        let result = self.runner().score(image).await;
+        let shadow = self.shadow.lock().ok().and_then(|s| s.clone());
+        // A clone of `Bytes` shares the buffer.
+        let result = self.runner().score(image.clone()).await;
         self.observe(&result);
+        if let (Some(shadow), Ok(score)) = (shadow, &result) {
+            shadow.observe(score.defective, image);
+        }
         result
+    }
+
+    /// Serves `runner` from now on, loaded from the manifest at `manifest_path` (which the reload check
+    /// watches from now on). The caller has verified it and checked its golden samples.
+    pub async fn activate(&self, runner: Arc<ModelRunner>, manifest_path: &Path) {
+        let fingerprint = fingerprint_async(manifest_path.to_path_buf()).await;
+        if let Ok(mut l) = self.loaded.lock() {
+            *l = fingerprint;
+        }
+        if let Ok(mut p) = self.manifest_path.lock() {
+            *p = manifest_path.to_path_buf();
+        }
+        if let Ok(mut e) = self.rollout_error.lock() {
+            *e = None;
+        }
+        self.swap(runner);
+        self.counters.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts scoring the next `frames` live frames with `candidate` as well (replacing any shadow running),
+    /// without letting it affect a decision. Wait for [`Shadow::finished`], then read [`Shadow::report`].
+    pub fn start_shadow(&self, candidate: Arc<ModelRunner>, frames: u64) -> Arc<Shadow> {
+        let shadow = Arc::new(Shadow {
+            candidate,
+            want: frames.max(1),
+            taken: AtomicU64::new(0),
+            scored: AtomicU64::new(0),
+            agreed: AtomicU64::new(0),
+            serving_defective: AtomicU64::new(0),
+            candidate_defective: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            done: Notify::new(),
+        });
+        if let Ok(mut s) = self.shadow.lock() {
+            *s = Some(shadow.clone());
+        }
+        shadow
+    }
+
+    /// Stops the shadow, if one runs.
+    pub fn stop_shadow(&self) {
+        if let Ok(mut s) = self.shadow.lock() {
+            *s = None;
+        }
     }
 
     fn observe(&self, result: &Result<Score, InferError>) {
@@ -402,7 +456,9 @@ impl ServedModel {
 
     /// Loads the files on disk if they changed since the last attempt.
     async fn reload_if_changed(&self) {
-        let path = self.manifest_path.clone();
+        let Some(path) = self.manifest_path.lock().ok().map(|p| p.clone()) else {
+            return;
+        };
         let now = fingerprint_async(path.clone()).await;
         let changed = self.loaded.lock().map(|l| *l != now).unwrap_or(false);
         if !changed {
@@ -439,6 +495,98 @@ impl ServedModel {
                     *slot = Some(e.to_string());
                 }
             }
+        }
+    }
+}
+
+/// A candidate model scoring live frames beside the serving one; nothing it says reaches a decision.
+pub struct Shadow {
+    candidate: Arc<ModelRunner>,
+    want: u64,
+    taken: AtomicU64,
+    scored: AtomicU64,
+    agreed: AtomicU64,
+    serving_defective: AtomicU64,
+    candidate_defective: AtomicU64,
+    errors: AtomicU64,
+    done: Notify,
+}
+
+/// What a shadow run saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowReport {
+    /// Frames both models judged (or the candidate failed on).
+    pub frames: u64,
+    /// Frames on which both called the image defective, or both did not.
+    pub agreed: u64,
+    /// Frames the serving model called defective (suspects it forwarded).
+    pub serving_defective: u64,
+    /// Frames the candidate called defective (suspects it would have forwarded).
+    pub candidate_defective: u64,
+    /// Frames the candidate failed to score.
+    pub errors: u64,
+}
+
+impl ShadowReport {
+    /// Share of frames on which both agreed (0 when none was judged).
+    pub fn agreement(&self) -> f64 {
+        if self.frames == 0 {
+            0.0
+        } else {
+            self.agreed as f64 / self.frames as f64
+        }
+    }
+}
+
+impl Shadow {
+    fn observe(self: Arc<Self>, serving_defective: bool, image: Bytes) {
+        if self.taken.fetch_add(1, Ordering::Relaxed) >= self.want {
+            return;
+        }
+        tokio::spawn(async move {
+            match self.candidate.score(image).await {
+                Ok(s) => {
+                    if s.defective == serving_defective {
+                        self.agreed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if s.defective {
+                        self.candidate_defective.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if serving_defective {
+                self.serving_defective.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.scored.fetch_add(1, Ordering::Relaxed) + 1 >= self.want {
+                self.done.notify_one();
+            }
+        });
+    }
+
+    /// Frames asked for.
+    pub fn frames(&self) -> u64 {
+        self.want
+    }
+
+    /// Returns once the candidate has judged every frame asked for.
+    pub async fn finished(&self) {
+        while self.scored.load(Ordering::Relaxed) < self.want {
+            self.done.notified().await;
+        }
+    }
+
+    /// What it saw so far.
+    pub fn report(&self) -> ShadowReport {
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        ShadowReport {
+            frames: g(&self.scored),
+            agreed: g(&self.agreed),
+            serving_defective: g(&self.serving_defective),
+            candidate_defective: g(&self.candidate_defective),
+            errors: g(&self.errors),
         }
     }
 }

@@ -43,8 +43,8 @@ pub struct Link {
     pub addr: EdgeAddress,
     /// Connection settings.
     pub mqtt: MqttConfig,
-    /// Version of the edge model, announced in presence messages.
-    pub model_version: String,
+    /// The model serving, announced in presence messages.
+    pub model: std::sync::Arc<tierline_shared::serving::ServedModel>,
     /// Verdicts, to the settle stage.
     pub verdicts: mpsc::Sender<Verdict>,
     /// Whether the link is up, to the uplink.
@@ -66,7 +66,7 @@ impl Link {
             refusals,
             addr,
             mqtt,
-            model_version,
+            model,
             verdicts,
             link,
             triggers,
@@ -120,7 +120,7 @@ impl Link {
                         &addr.topic(TopicKind::Presence),
                         QoS::AtLeastOnce,
                         true,
-                        presence(&addr, PresenceState::Online, &model_version),
+                        presence(&addr, PresenceState::Online, &model.manifest().version),
                         Tag::Other("presence"),
                     );
                     stats.link_up.store(true, Ordering::Relaxed);
@@ -202,7 +202,7 @@ impl Link {
             &addr.topic(TopicKind::Presence),
             QoS::AtLeastOnce,
             true,
-            presence(&addr, PresenceState::Offline, &model_version),
+            presence(&addr, PresenceState::Offline, &model.manifest().version),
             Tag::Other("presence"),
         );
         tierline_shared::mqtt::disconnect(publisher.client(), &mut eventloop).await;

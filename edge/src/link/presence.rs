@@ -61,8 +61,8 @@ pub struct Heartbeats {
     pub addr: EdgeAddress,
     /// The outbox, whose backlog each heartbeat reports.
     pub outbox: Outbox,
-    /// Version of the edge model.
-    pub model_version: String,
+    /// The model serving, whose version each heartbeat carries.
+    pub model: Arc<tierline_shared::serving::ServedModel>,
     /// Counters.
     pub stats: Arc<EdgeStats>,
     /// Interval.
@@ -78,7 +78,7 @@ impl Heartbeats {
             publisher,
             addr,
             outbox,
-            model_version,
+            model,
             stats,
             every,
             cameras,
@@ -108,7 +108,7 @@ impl Heartbeats {
                 frames_seen: stats::get(&stats.frames_captured),
                 frames_forwarded: stats::get(&stats.frames_suspect)
                     + stats::get(&stats.frames_audit),
-                edge_model_version: model_version.clone(),
+                edge_model_version: model.manifest().version.clone(),
                 backlog_bytes: backlog.bytes,
                 link_connects: stats::get(&stats.link_connects),
                 publishes: stats::get(&stats.publishes),

@@ -1,0 +1,409 @@
+//! Model updates: the edge follows the bundle its group's target names in the cloud's registry.
+//!
+//! ```text
+//! every updates.interval:
+//!   GET /v1/targets ─► target edges/<group> for the serving model's name ─► same bundle as serving? done
+//!   ─► statement signed by a trusted key? names this bundle? sequence above the serving one, or a
+//!      rollback naming it? ──no──► rejected (logged once per bundle; the serving model keeps serving)
+//!   ─► download into staging (resumed by byte range after a cut) ─► size and hash as signed ─► unpack
+//!      into bundles/<sha256>/ (plain files only) ─► load: model hash, golden samples
+//!   ─► shadow (not for rollbacks): the next shadow_frames live frames judged by both models; agreement
+//!      and suspect count against the gates ─► state.json: pending ─► swap ─► state.json: active
+//!      (the two bundles before it stay on disk; older ones are removed)
+//! ```
+//!
+//! Each step is logged with an `event` field (`downloaded`, `verified`, `golden-pass`, `shadowing`,
+//! `active`, `rolled-back`, `rejected`) and the reason, and counted in metrics. An edge cut off from the cloud
+//! keeps serving what it has and catches up when the link returns. A crash between the records of a swap
+//! comes back on the model that served before it ([`state`]).
+
+pub mod fetch;
+pub mod state;
+
+use crate::config::UpdatesConfig;
+use crate::stats::{self, EdgeStats};
+use state::{Installed, State};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use tierline_shared::bundle::{
+    BundleError, BundleStatement, SignedStatement, TrustedKeys, archive, check_sequence,
+};
+use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
+use tierline_shared::serving::ServedModel;
+use tokio_util::sync::CancellationToken;
+
+/// Why a check of the target did not end with the target's bundle serving.
+#[derive(Debug, Error)]
+pub enum UpdateError {
+    /// The bundle server could not be asked, or answered nonsense.
+    #[error("model updates: {0}")]
+    Fetch(String),
+    /// A local file could not be read or written.
+    #[error("model updates: {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The installed-bundles record is unreadable or cannot be written.
+    #[error("model updates: {path}: {problem}")]
+    State {
+        /// `state.json`.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The bundle failed a check: signature, sequence, hash, contents.
+    #[error("model updates: {0}")]
+    Bundle(#[from] BundleError),
+    /// The bundle's model does not load or fails its golden samples.
+    #[error("model updates: bundle {bundle}: {source}")]
+    Model {
+        /// Bundle hash.
+        bundle: String,
+        /// The load or golden failure.
+        source: Box<RunnerError>,
+    },
+    /// The bundle judged the shadow frames unlike the serving model.
+    #[error("model updates: bundle {bundle} failed its shadow: {reason}")]
+    Shadow {
+        /// Bundle hash.
+        bundle: String,
+        /// Which gate failed, with the numbers.
+        reason: String,
+    },
+}
+
+impl UpdateError {
+    /// Whether the bundle itself is at fault (refused until the target changes), as opposed to the network
+    /// or the disk (tried again at the next check).
+    pub fn refuses_bundle(&self) -> bool {
+        matches!(
+            self,
+            Self::Bundle(_) | Self::Model { .. } | Self::Shadow { .. }
+        )
+    }
+}
+
+/// Where bundle `sha256` is unpacked.
+pub fn bundle_dir(dir: &Path, sha256: &str) -> PathBuf {
+    dir.join("bundles").join(sha256)
+}
+
+/// The manifest to serve at start: the active bundle's, when updates are on and one is installed. A swap a
+/// crash interrupted is dropped here (the bundle that served before it serves again).
+pub fn startup_manifest(cfg: &UpdatesConfig) -> Result<Option<(PathBuf, Installed)>, UpdateError> {
+    if cfg.url.is_none() {
+        return Ok(None);
+    }
+    let mut state = State::load(&cfg.dir)?;
+    if let Some(pending) = state.pending.take() {
+        tracing::warn!(
+            event = "interrupted", bundle = %pending.sha256, version = %pending.version,
+            serving = state.active.as_ref().map_or("model.manifest", |a| a.version.as_str()),
+            "A model swap was interrupted; serving the model that served before it and trying again later."
+        );
+        state.save(&cfg.dir)?;
+    }
+    Ok(state
+        .active
+        .map(|a| (bundle_dir(&cfg.dir, &a.sha256).join(archive::MANIFEST), a)))
+}
+
+/// The updates stage.
+pub struct Updates {
+    /// Settings.
+    pub cfg: UpdatesConfig,
+    /// The target followed (`edges/<group>`).
+    pub target: String,
+    /// The model serving.
+    pub model: Arc<ServedModel>,
+    /// How candidate models are run (as the serving one).
+    pub runner_config: RunnerConfig,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+}
+
+impl Updates {
+    /// Checks the target every interval until `shutdown`. Never fails: every problem is logged, counted and
+    /// tried again (or, for a bad bundle, refused until the target names another).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let trusted = match TrustedKeys::load(&self.cfg.trusted_keys) {
+            Ok(t) => t,
+            Err(e) => {
+                // Checked at start already; a key file removed since only stops updates.
+                tracing::error!(error = %e, "Model updates are off: the trusted keys cannot be read.");
+                return;
+            }
+        };
+        let server = match self.cfg.url.as_deref().map(fetch::Server::parse) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "Model updates are off.");
+                return;
+            }
+            None => return,
+        };
+        // Refused instructions (bundle, rollback): not tried again until the target names something else.
+        let mut refused: BTreeSet<(String, bool)> = BTreeSet::new();
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let check = self.check(&server, &trusted, &refused);
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.model.stop_shadow();
+                    return;
+                }
+                outcome = check => outcome,
+            };
+            match outcome {
+                Ok(()) => {}
+                Err((bundle, rollback, e)) if e.refuses_bundle() => {
+                    stats::inc(&self.stats.model_updates_rejected);
+                    tracing::error!(
+                        event = "rejected", bundle = %bundle, target = %self.target, error = %e,
+                        serving = %self.model.manifest().version,
+                        "Model bundle rejected; the serving model keeps serving."
+                    );
+                    refused.insert((bundle, rollback));
+                }
+                Err((bundle, _, e)) => {
+                    stats::inc(&self.stats.model_update_errors);
+                    tracing::warn!(
+                        bundle = %bundle, target = %self.target, error = %e,
+                        "Model update check failed; trying again at the next check."
+                    );
+                }
+            }
+        }
+    }
+
+    /// One check of the target. On error, the bundle concerned ('' if none), whether the target asked for
+    /// a rollback, and why.
+    async fn check(
+        &self,
+        server: &fetch::Server,
+        trusted: &TrustedKeys,
+        refused: &BTreeSet<(String, bool)>,
+    ) -> Result<(), (String, bool, UpdateError)> {
+        let none = |e| (String::new(), false, e);
+        let serving = self.model.manifest();
+        let targets = server.targets().await.map_err(none)?;
+        let Some(target) = targets
+            .into_iter()
+            .find(|t| t.target == self.target && t.name == serving.name)
+        else {
+            return Ok(());
+        };
+        let state = State::load(&self.cfg.dir).map_err(none)?;
+        let active = state.active.clone();
+        if active.as_ref().is_some_and(|a| a.sha256 == target.sha256)
+            || refused.contains(&(target.sha256.clone(), target.rollback))
+        {
+            return Ok(());
+        }
+        let bundle = target.sha256.clone();
+        let fail = |e: UpdateError| (bundle.clone(), target.rollback, e);
+        let statement = self
+            .verify(&target, trusted, active.as_ref())
+            .map_err(fail)?;
+        let manifest_path = self.install(server, &statement).await.map_err(fail)?;
+        let runner = ModelRunner::load_checked(&manifest_path, self.runner_config.clone())
+            .await
+            .map_err(|source| {
+                fail(UpdateError::Model {
+                    bundle: bundle.clone(),
+                    source: Box::new(source),
+                })
+            })?;
+        tracing::info!(
+            event = "golden-pass", bundle = %bundle, version = %statement.version,
+            samples = runner.manifest().golden.len(), "Model bundle passes its golden samples."
+        );
+        if !target.rollback {
+            self.shadow(&statement, runner.clone())
+                .await
+                .map_err(fail)?;
+        }
+        let new = Installed {
+            sha256: statement.sha256.clone(),
+            name: statement.name.clone(),
+            version: statement.version.clone(),
+            sequence: statement.sequence,
+        };
+        // Recorded before the swap: a crash from here on comes back on the model serving now.
+        let mut pending = state.clone();
+        pending.pending = Some(new.clone());
+        pending.save(&self.cfg.dir).map_err(fail)?;
+        let before = serving.version.clone();
+        self.model.activate(runner, &manifest_path).await;
+        let now = state.activated(new);
+        now.save(&self.cfg.dir).map_err(fail)?;
+        self.remove_unkept(&now);
+        stats::inc(&self.stats.model_updates_applied);
+        tracing::info!(
+            event = if target.rollback { "rolled-back" } else { "active" },
+            bundle = %bundle, from = %before, to = %statement.version, sequence = statement.sequence,
+            target = %self.target, "Model bundle now serving."
+        );
+        Ok(())
+    }
+
+    /// Verifies the target's statement: a trusted signature, the target's bundle, no downgrade.
+    fn verify(
+        &self,
+        target: &fetch::TargetView,
+        trusted: &TrustedKeys,
+        active: Option<&Installed>,
+    ) -> Result<BundleStatement, UpdateError> {
+        let statement = SignedStatement::parse(&target.signed)?.verify(trusted)?;
+        if !statement.sha256.eq_ignore_ascii_case(&target.sha256) {
+            return Err(BundleError::Mismatch {
+                bundle: target.sha256.clone(),
+                problem: format!("the target's statement signs bundle {}", statement.sha256),
+            }
+            .into());
+        }
+        check_sequence(
+            &statement,
+            active.map(|a| (a.sequence, a.sha256.as_str())),
+            target.rollback.then_some(target.sha256.as_str()),
+        )?;
+        tracing::info!(
+            event = "verified", bundle = %statement.sha256, version = %statement.version,
+            sequence = statement.sequence, rollback = target.rollback,
+            "Model bundle statement verified."
+        );
+        Ok(statement)
+    }
+
+    /// Makes sure the bundle is unpacked under `bundles/<sha256>/` (downloading it unless it is there from
+    /// before) and returns its manifest's path.
+    async fn install(
+        &self,
+        server: &fetch::Server,
+        statement: &BundleStatement,
+    ) -> Result<PathBuf, UpdateError> {
+        let dir = bundle_dir(&self.cfg.dir, &statement.sha256);
+        let manifest = dir.join(archive::MANIFEST);
+        if manifest.is_file() {
+            return Ok(manifest);
+        }
+        let part = self
+            .cfg
+            .dir
+            .join("staging")
+            .join(format!("{}.part", statement.sha256));
+        let bytes = server
+            .download(&statement.sha256, statement.size, &part)
+            .await?;
+        let staged = self.cfg.dir.join("staging").join(&statement.sha256);
+        let statement_owned = statement.clone();
+        let (staged2, dir2) = (staged.clone(), dir.clone());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&staged2);
+            let result = archive::unpack(&bytes, &statement_owned, &staged2);
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&staged2);
+                return result.map(|_| ());
+            }
+            if let Some(parent) = dir2.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| BundleError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            std::fs::rename(&staged2, &dir2).map_err(|source| BundleError::Io {
+                path: dir2.clone(),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| UpdateError::Fetch(format!("unpacking stopped: {e}")))?;
+        // A refused archive is dropped with its partial download, so the next attempt starts clean.
+        let _ = tokio::fs::remove_file(&part).await;
+        unpacked?;
+        tracing::info!(
+            event = "downloaded", bundle = %statement.sha256, bytes = statement.size,
+            "Model bundle downloaded, its hash checked and unpacked."
+        );
+        Ok(manifest)
+    }
+
+    /// Runs the candidate beside the serving model on live frames and checks the gates.
+    async fn shadow(
+        &self,
+        statement: &BundleStatement,
+        candidate: Arc<ModelRunner>,
+    ) -> Result<(), UpdateError> {
+        let frames = self.cfg.shadow_frames;
+        tracing::info!(
+            event = "shadowing", bundle = %statement.sha256, version = %statement.version, frames,
+            "Model bundle judging live frames in shadow."
+        );
+        let shadow = self.model.start_shadow(candidate, frames);
+        let finished = tokio::time::timeout(self.cfg.shadow_timeout, shadow.finished()).await;
+        self.model.stop_shadow();
+        let r = shadow.report();
+        if finished.is_err() {
+            return Err(UpdateError::Fetch(format!(
+                "bundle {}: only {} of {frames} shadow frames within {:?}; trying again at the next check",
+                statement.sha256, r.frames, self.cfg.shadow_timeout
+            )));
+        }
+        let allowed =
+            self.cfg.max_suspect_ratio * r.serving_defective as f64 + 0.02 * r.frames as f64;
+        let reason = if r.errors > 0 {
+            Some(format!("it failed on {} of {} frames", r.errors, r.frames))
+        } else if r.agreement() < self.cfg.min_agreement {
+            Some(format!(
+                "it agreed with the serving model on {:.1} % of {} frames (at least {:.1} % needed)",
+                100.0 * r.agreement(),
+                r.frames,
+                100.0 * self.cfg.min_agreement
+            ))
+        } else if r.candidate_defective as f64 > allowed {
+            Some(format!(
+                "it would forward {} suspects where the serving model forwarded {} (at most {:.0} allowed)",
+                r.candidate_defective, r.serving_defective, allowed
+            ))
+        } else {
+            None
+        };
+        tracing::info!(
+            event = "shadowed", bundle = %statement.sha256, frames = r.frames, agreed = r.agreed,
+            serving_suspects = r.serving_defective, candidate_suspects = r.candidate_defective,
+            passed = reason.is_none(), "Model bundle shadow finished."
+        );
+        match reason {
+            Some(reason) => Err(UpdateError::Shadow {
+                bundle: statement.sha256.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes bundles the state no longer refers to.
+    fn remove_unkept(&self, state: &State) {
+        let kept = state.kept();
+        let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("bundles")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !kept.contains(&name.as_ref()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}

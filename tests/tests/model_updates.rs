@@ -1,0 +1,299 @@
+//! Model updates on a running edge: the edge follows its group's target in the registry (the cloud's bundle
+//! server over HTTP), with live synthetic frames flowing through a real Mosquitto. The oracle is what leaves
+//! the edge: the model version every frame on the broker carries, read by a separate subscriber.
+//!
+//! A good bundle is shadowed and swapped in; a bundle failing its golden samples, one that would forward far
+//! more suspects in shadow, one signed by an untrusted key (planted in the registry's store, as a compromised
+//! registry would) and a downgrade without a rollback are each refused while the serving model keeps
+//! serving; an explicit rollback goes back. A restarted edge serves what was last made active.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tierline_cloud::registry::Registry;
+use tierline_cloud::store::NewBundle;
+use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
+use tierline_shared::mqtt::{Event, MqttConfig, Packet, QoS};
+use tierline_shared::wire::FrameEnvelope;
+use tierline_tests::mosquitto::Mosquitto;
+use tierline_tests::pipeline;
+use tierline_tests::review::start_registry;
+
+const TARGET: &str = "edges/l1";
+
+/// A copy of the shipped prescreen as `version`, its manifest text passed through `edit`.
+fn variant(dir: &Path, version: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let models = pipeline::models_dir();
+    let copy = dir.join(format!("variant-{version}"));
+    std::fs::create_dir_all(copy.join("golden")).unwrap();
+    let text = std::fs::read_to_string(models.join("prescreen.toml")).unwrap();
+    let text = edit(text.replacen(
+        "version = \"1.1.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    ));
+    std::fs::write(copy.join("prescreen.toml"), text).unwrap();
+    std::fs::copy(
+        models.join("prescreen-1.1.0.onnx"),
+        copy.join("prescreen-1.1.0.onnx"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(models.join("golden")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join("golden").join(entry.file_name())).unwrap();
+    }
+    copy.join("prescreen.toml")
+}
+
+/// The manifest with `threshold = value`.
+fn threshold(text: String, value: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("threshold") {
+                format!("threshold = {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Packs and signs `manifest` at `sequence`.
+fn signed(manifest: &Path, sequence: u64, key: &SigningKey) -> (archive::Packed, SignedStatement) {
+    let packed = archive::pack(manifest).unwrap();
+    let signed = SignedStatement::sign(&packed.statement(sequence), key).unwrap();
+    (packed, signed)
+}
+
+/// Frames seen on the broker: seq → the model version it carried.
+type Seen = Arc<Mutex<BTreeMap<u64, String>>>;
+
+/// Versions carried by frames with a seq above `after` (resends of older frames are left out).
+fn versions_after(seen: &Seen, after: u64) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (_, v) in seen.lock().unwrap().range(after + 1..) {
+        *out.entry(v.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+fn last_seq(seen: &Seen) -> u64 {
+    seen.lock()
+        .unwrap()
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn wait_for_version(seen: &Seen, after: u64, version: &str, what: &str) -> u64 {
+    let s = seen.clone();
+    let v = version.to_string();
+    pipeline::wait_until(
+        what,
+        Duration::from_secs(60),
+        || versions_after(&s, after).contains_key(&v),
+        || {
+            format!(
+                "versions on the broker after seq {after}: {:?}",
+                versions_after(&s, after)
+            )
+        },
+    )
+    .await;
+    last_seq(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let ops = SigningKey::generate().unwrap();
+    let stranger = SigningKey::generate().unwrap();
+    let ops_pub = dir.path().join("ops.pub");
+    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
+    let trusted = TrustedKeys::new(vec![ops.public()]);
+    let server = start_registry(trusted.clone()).await;
+    let registry = Registry::new(server.store.clone(), trusted);
+
+    // The oracle: every frame the edge publishes, with the model version it carries.
+    let seen: Seen = Arc::default();
+    let mqtt = MqttConfig {
+        port: broker.port(),
+        max_message_bytes: 8 << 20,
+        ..Default::default()
+    };
+    let (sub, mut events) =
+        tierline_shared::mqtt::client(mqtt.options("frame-reader").unwrap(), 64);
+    sub.subscribe("tierline/v1/+/+/+/frames", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(ev) = events.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev
+                    && let Ok(f) = <FrameEnvelope as prost::Message>::decode(&p.payload[..])
+                {
+                    seen.lock().unwrap().insert(f.seq, f.edge_model_version);
+                }
+            }
+        }
+    });
+
+    // Bundles: the shipped model as sequence 1, the same model as 1.2.0 (sequence 2).
+    let (v1, v1_signed) = signed(&pipeline::models_dir().join("prescreen.toml"), 1, &ops);
+    registry
+        .publish(&v1_signed.to_json(), v1.bytes.clone(), "ops")
+        .await
+        .unwrap();
+    let (v2, v2_signed) = signed(&variant(dir.path(), "1.2.0", |t| t), 2, &ops);
+    registry
+        .publish(&v2_signed.to_json(), v2.bytes.clone(), "ops")
+        .await
+        .unwrap();
+
+    let cameras = pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.05);
+    let mut config = pipeline::edge_config(broker.port(), dir.path(), &cameras, "audit_rate = 0.5");
+    config.updates.url = Some(format!("http://{}", server.bundles));
+    config.updates.trusted_keys = vec![ops_pub.clone()];
+    config.updates.dir = dir.path().join("models");
+    config.updates.interval = Duration::from_millis(200);
+    config.updates.shadow_frames = 40;
+    let edge = pipeline::start_edge(config.clone());
+    let stats = edge.stats.clone();
+    let mut at = wait_for_version(&seen, 0, "1.1.0", "frames from the shipped model").await;
+
+    // A good bundle: shadowed, then serving.
+    registry
+        .set_target(TARGET, &v2.sha256, false, "ops", "upgrade")
+        .await
+        .unwrap();
+    at = wait_for_version(&seen, at, "1.2.0", "frames from bundle 1.2.0").await;
+    // The installed model is the published one, byte for byte.
+    let installed = dir.path().join("models/bundles").join(&v2.sha256);
+    assert_eq!(
+        std::fs::read(installed.join("prescreen-1.1.0.onnx")).unwrap(),
+        std::fs::read(pipeline::models_dir().join("prescreen-1.1.0.onnx")).unwrap()
+    );
+
+    // Bad bundles, each refused while 1.2.0 keeps serving.
+    let fails_golden = variant(dir.path(), "1.3.0", |t| threshold(t, "0.0"));
+    let forwards_everything = variant(dir.path(), "1.4.0", |t| {
+        // Only the defect golden samples stay, so it passes them; on live frames it flags nearly all.
+        let head = t.split("[[golden]]").next().unwrap().to_string();
+        threshold(head, "0.001")
+            + "\n[[golden]]\nfile = \"golden/spot-0.png\"\nexpect = \"defect\"\n"
+            + "[[golden]]\nfile = \"golden/dent-0.png\"\nexpect = \"defect\"\n"
+    });
+    let mut rejected = 0;
+    for (manifest, sequence, what) in [
+        (fails_golden, 3, "failing its golden samples"),
+        (
+            forwards_everything,
+            4,
+            "flagging nearly every frame in shadow",
+        ),
+    ] {
+        let (b, s) = signed(&manifest, sequence, &ops);
+        registry
+            .publish(&s.to_json(), b.bytes.clone(), "ops")
+            .await
+            .unwrap();
+        registry
+            .set_target(TARGET, &b.sha256, false, "ops", what)
+            .await
+            .unwrap();
+        rejected += 1;
+        let st = stats.clone();
+        pipeline::wait_until(
+            &format!("the bundle {what} refused"),
+            Duration::from_secs(60),
+            || st.model_updates_rejected.load(Ordering::Relaxed) >= rejected,
+            || {
+                format!(
+                    "rejected {}",
+                    st.model_updates_rejected.load(Ordering::Relaxed)
+                )
+            },
+        )
+        .await;
+    }
+    // Planted in the store past the registry's checks: signed by a key the edge does not trust.
+    let (rogue, rogue_signed) = signed(&variant(dir.path(), "6.6.6", |t| t), 5, &stranger);
+    let json = rogue_signed.to_json();
+    server
+        .store
+        .publish_bundle(
+            NewBundle {
+                sha256: &rogue.sha256,
+                name: "prescreen",
+                version: "6.6.6",
+                sequence: 5,
+                key_id: &rogue_signed.key_id,
+                signed: &json,
+                data: &rogue.bytes,
+            },
+            "intruder",
+            1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // And a downgrade set past the registry's rule: sequence 1 while 2 serves, not marked as a rollback.
+    for (sha, what) in [(&rogue.sha256, "untrusted key"), (&v1.sha256, "downgrade")] {
+        server
+            .store
+            .set_target(TARGET, sha, false, "intruder", what, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        rejected += 1;
+        let st = stats.clone();
+        pipeline::wait_until(
+            &format!("the {what} refused"),
+            Duration::from_secs(30),
+            || st.model_updates_rejected.load(Ordering::Relaxed) >= rejected,
+            || {
+                format!(
+                    "rejected {}",
+                    st.model_updates_rejected.load(Ordering::Relaxed)
+                )
+            },
+        )
+        .await;
+    }
+    // Let more frames through: all from 1.2.0.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let since = versions_after(&seen, at);
+    assert!(
+        since.keys().all(|v| v == "1.2.0") && since.get("1.2.0").copied().unwrap_or(0) > 5,
+        "while bad bundles were refused the frames carried {since:?}"
+    );
+    at = last_seq(&seen);
+
+    // An explicit rollback to the shipped bundle: no shadow, back to 1.1.0.
+    registry
+        .set_target(TARGET, &v1.sha256, true, "ops", "rollback")
+        .await
+        .unwrap();
+    at = wait_for_version(&seen, at, "1.1.0", "frames from the rolled-back bundle").await;
+    edge.stop().await.unwrap();
+
+    // A restarted edge serves what was last made active, with no target change.
+    let edge = pipeline::start_edge(config);
+    wait_for_version(&seen, at, "1.1.0", "frames after a restart").await;
+    let after_restart = versions_after(&seen, at);
+    assert_eq!(
+        after_restart.keys().collect::<Vec<_>>(),
+        ["1.1.0"],
+        "{after_restart:?}"
+    );
+    edge.stop().await.unwrap();
+    reader.abort();
+}
