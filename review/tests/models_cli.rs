@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
+use tierline_tests::bundles::prescreen_variant;
 use tierline_tests::http::get_bytes;
 use tierline_tests::review::{OTHER_TOKEN, TOKEN, start_registry};
 
@@ -32,26 +33,8 @@ fn cli(addr: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
 /// Packs the shipped prescreen as `version`, signs it with `key` at `sequence`, and writes the bundle and
 /// its `.sig` into `dir`; returns the bundle's path and hash.
 fn signed_bundle(dir: &Path, version: &str, sequence: u64, key: &SigningKey) -> (PathBuf, String) {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
-    let copy = dir.join(format!("model-{version}-{sequence}"));
-    std::fs::create_dir_all(copy.join("golden")).unwrap();
-    let text = std::fs::read_to_string(models.join("prescreen.toml")).unwrap();
-    let text = text.replacen(
-        "version = \"1.1.0\"",
-        &format!("version = \"{version}\""),
-        1,
-    );
-    std::fs::write(copy.join("prescreen.toml"), &text).unwrap();
-    std::fs::copy(
-        models.join("prescreen-1.1.0.onnx"),
-        copy.join("prescreen-1.1.0.onnx"),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(models.join("golden")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join("golden").join(entry.file_name())).unwrap();
-    }
-    let packed = archive::pack(&copy.join("prescreen.toml")).unwrap();
+    let manifest = prescreen_variant(dir, version, |t| t);
+    let packed = archive::pack(&manifest).unwrap();
     let signed = SignedStatement::sign(&packed.statement(sequence), key).unwrap();
     let path = dir.join(format!("prescreen-{version}.bundle"));
     std::fs::write(&path, &packed.bytes).unwrap();

@@ -2,6 +2,7 @@
 //! restartable), the embedded broker, edge and cloud builders on temporary directories, and an oracle over
 //! what the edge decided and what the cloud stored, and a fresh PostgreSQL database per test.
 
+pub mod bundles;
 pub mod camera;
 pub mod http;
 pub mod mosquitto;

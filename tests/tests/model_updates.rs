@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,49 +19,12 @@ use tierline_cloud::store::NewBundle;
 use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
 use tierline_shared::mqtt::{Event, MqttConfig, Packet, QoS};
 use tierline_shared::wire::FrameEnvelope;
+use tierline_tests::bundles::{prescreen_variant, with_threshold};
 use tierline_tests::mosquitto::Mosquitto;
 use tierline_tests::pipeline;
 use tierline_tests::review::start_registry;
 
 const TARGET: &str = "edges/l1";
-
-/// A copy of the shipped prescreen as `version`, its manifest text passed through `edit`.
-fn variant(dir: &Path, version: &str, edit: impl Fn(String) -> String) -> PathBuf {
-    let models = pipeline::models_dir();
-    let copy = dir.join(format!("variant-{version}"));
-    std::fs::create_dir_all(copy.join("golden")).unwrap();
-    let text = std::fs::read_to_string(models.join("prescreen.toml")).unwrap();
-    let text = edit(text.replacen(
-        "version = \"1.1.0\"",
-        &format!("version = \"{version}\""),
-        1,
-    ));
-    std::fs::write(copy.join("prescreen.toml"), text).unwrap();
-    std::fs::copy(
-        models.join("prescreen-1.1.0.onnx"),
-        copy.join("prescreen-1.1.0.onnx"),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(models.join("golden")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join("golden").join(entry.file_name())).unwrap();
-    }
-    copy.join("prescreen.toml")
-}
-
-/// The manifest with `threshold = value`.
-fn threshold(text: String, value: &str) -> String {
-    text.lines()
-        .map(|l| {
-            if l.starts_with("threshold") {
-                format!("threshold = {value}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Packs and signs `manifest` at `sequence`.
 fn signed(manifest: &Path, sequence: u64, key: &SigningKey) -> (archive::Packed, SignedStatement) {
@@ -109,6 +72,23 @@ async fn wait_for_version(seen: &Seen, after: u64, version: &str, what: &str) ->
     last_seq(seen)
 }
 
+/// Waits until the edge has refused `n` bundles in all.
+async fn wait_rejected(stats: &Arc<tierline_edge::EdgeStats>, n: u64, what: &str) {
+    let st = stats.clone();
+    pipeline::wait_until(
+        &format!("the bundle ({what}) refused"),
+        Duration::from_secs(60),
+        || st.model_updates_rejected.load(Ordering::Relaxed) >= n,
+        || {
+            format!(
+                "rejected {}",
+                st.model_updates_rejected.load(Ordering::Relaxed)
+            )
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +132,7 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
         .publish(&v1_signed.to_json(), v1.bytes.clone(), "ops")
         .await
         .unwrap();
-    let (v2, v2_signed) = signed(&variant(dir.path(), "1.2.0", |t| t), 2, &ops);
+    let (v2, v2_signed) = signed(&prescreen_variant(dir.path(), "1.2.0", |t| t), 2, &ops);
     registry
         .publish(&v2_signed.to_json(), v2.bytes.clone(), "ops")
         .await
@@ -183,11 +163,11 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     );
 
     // Bad bundles, each refused while 1.2.0 keeps serving.
-    let fails_golden = variant(dir.path(), "1.3.0", |t| threshold(t, "0.0"));
-    let forwards_everything = variant(dir.path(), "1.4.0", |t| {
+    let fails_golden = prescreen_variant(dir.path(), "1.3.0", |t| with_threshold(t, "0.0"));
+    let forwards_everything = prescreen_variant(dir.path(), "1.4.0", |t| {
         // Only the defect golden samples stay, so it passes them; on live frames it flags nearly all.
         let head = t.split("[[golden]]").next().unwrap().to_string();
-        threshold(head, "0.001")
+        with_threshold(head, "0.001")
             + "\n[[golden]]\nfile = \"golden/spot-0.png\"\nexpect = \"defect\"\n"
             + "[[golden]]\nfile = \"golden/dent-0.png\"\nexpect = \"defect\"\n"
     });
@@ -210,22 +190,11 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
             .await
             .unwrap();
         rejected += 1;
-        let st = stats.clone();
-        pipeline::wait_until(
-            &format!("the bundle {what} refused"),
-            Duration::from_secs(60),
-            || st.model_updates_rejected.load(Ordering::Relaxed) >= rejected,
-            || {
-                format!(
-                    "rejected {}",
-                    st.model_updates_rejected.load(Ordering::Relaxed)
-                )
-            },
-        )
-        .await;
+        wait_rejected(&stats, rejected, what).await;
     }
     // Planted in the store past the registry's checks: signed by a key the edge does not trust.
-    let (rogue, rogue_signed) = signed(&variant(dir.path(), "6.6.6", |t| t), 5, &stranger);
+    let (rogue, rogue_signed) =
+        signed(&prescreen_variant(dir.path(), "6.6.6", |t| t), 5, &stranger);
     let json = rogue_signed.to_json();
     server
         .store
@@ -254,19 +223,7 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
             .unwrap()
             .unwrap();
         rejected += 1;
-        let st = stats.clone();
-        pipeline::wait_until(
-            &format!("the {what} refused"),
-            Duration::from_secs(30),
-            || st.model_updates_rejected.load(Ordering::Relaxed) >= rejected,
-            || {
-                format!(
-                    "rejected {}",
-                    st.model_updates_rejected.load(Ordering::Relaxed)
-                )
-            },
-        )
-        .await;
+        wait_rejected(&stats, rejected, what).await;
     }
     // Let more frames through: all from 1.2.0.
     tokio::time::sleep(Duration::from_secs(2)).await;
