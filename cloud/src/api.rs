@@ -43,6 +43,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("review_descriptor");
 }
 
+use crate::audit::AuditConfig;
 use crate::registry::api::ModelsService;
 use crate::registry::{MAX_BUNDLE, Registry};
 use pb::models_server::ModelsServer;
@@ -95,6 +96,7 @@ pub enum ApiError {
 pub struct ReviewService {
     store: Store,
     watch_poll: Duration,
+    audit: AuditConfig,
 }
 
 impl ReviewService {
@@ -103,7 +105,14 @@ impl ReviewService {
         Self {
             store,
             watch_poll: Duration::from_millis(250),
+            audit: AuditConfig::default(),
         }
+    }
+
+    /// The same service, estimating miss rates with `audit`'s window and target.
+    pub fn with_audit(mut self, audit: AuditConfig) -> Self {
+        self.audit = audit;
+        self
     }
 }
 
@@ -448,6 +457,37 @@ impl Review for ReviewService {
         Ok(Response::new(stream))
     }
 
+    async fn audit_estimates(
+        &self,
+        request: Request<pb::AuditEstimatesRequest>,
+    ) -> Result<Response<pb::AuditEstimatesResponse>, Status> {
+        let r = request.into_inner();
+        let window = if r.window_seconds == 0 {
+            self.audit.window
+        } else {
+            Duration::from_secs(r.window_seconds)
+        };
+        let list = crate::audit::estimates(&self.store, window)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AuditEstimatesResponse {
+            estimates: list
+                .into_iter()
+                .map(|e| pb::AuditEstimate {
+                    miss_rate: e.rate(),
+                    edge_id: e.edge_id,
+                    model_version: e.model_version,
+                    audits: e.audits,
+                    misses: e.misses,
+                    lower95: e.lower95,
+                    upper95: e.upper95,
+                })
+                .collect(),
+            miss_rate_target: self.audit.miss_rate_target,
+            window_seconds: window.as_secs(),
+        }))
+    }
+
     async fn list_edges(
         &self,
         _request: Request<pb::ListEdgesRequest>,
@@ -487,6 +527,7 @@ pub struct ReviewApi {
     credentials: Vec<Credential>,
     store: Store,
     registry: Registry,
+    audit: AuditConfig,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -512,10 +553,17 @@ impl ReviewApi {
             config,
             credentials,
             registry: Registry::new(store.clone(), TrustedKeys::default()),
+            audit: AuditConfig::default(),
             store,
             listener,
             addr,
         })
+    }
+
+    /// Answers `AuditEstimates` with `audit`'s window and target (by default the defaults of `[audit]`).
+    pub fn with_audit(mut self, audit: AuditConfig) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Serves the `Models` service over `registry` (by default one that trusts no signing key, so
@@ -542,6 +590,7 @@ async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiErr
         credentials,
         store,
         registry,
+        audit,
         listener,
         addr,
     } = api;
@@ -608,7 +657,7 @@ async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiErr
         tracing::warn!(addr = %addr, tls, auth = auth.required(), "Review API is reachable from other hosts without tokens or without TLS, because api.insecure = true.");
     }
     let review = tonic::service::interceptor::InterceptedService::new(
-        ReviewServer::new(ReviewService::new(store))
+        ReviewServer::new(ReviewService::new(store).with_audit(audit))
             .max_decoding_message_size(1 << 20)
             .max_encoding_message_size(64 << 20),
         auth.clone(),

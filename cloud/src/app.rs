@@ -8,6 +8,7 @@
 //!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
 //!    └─► presence / heartbeats ─► bounded queue ─► presence: edges table
 //!  retention candidate: leader lease (fencing token) ─► prune old images (verdicts stay)
+//!  audit estimate: store (audit samples per edge and prescreen version) ─► miss rate, Wilson bounds ─► metrics
 //!  review API (gRPC): store ◄── ListFrames, GetFrame, SubmitReview, WatchVerdicts, ListEdges
 //!  review console (HTTP, `console.listen`): store ◄── queue, frame pages, reviews from signed-in reviewers
 //!  model registry (gRPC `Models`, operators): signed bundles checked ─► store; targets ─► store
@@ -164,7 +165,8 @@ impl App {
             Some(
                 ReviewApi::bind(config.api.clone(), store.clone())
                     .await?
-                    .with_registry(registry),
+                    .with_registry(registry)
+                    .with_audit(config.audit.clone()),
             )
         } else {
             None
@@ -352,6 +354,19 @@ impl App {
                 store: store.clone(),
                 config: config.retention.clone(),
                 holder: config.cloud.worker_id.clone(),
+                stats: stats.clone(),
+            }
+            .run(background.clone()),
+        );
+        if let Ok(mut t) = stats.audit_target.lock() {
+            *t = config.audit.miss_rate_target;
+        }
+        sup.spawn(
+            "audit estimate",
+            Ends::OnShutdown,
+            crate::audit::AuditWatch {
+                store: store.clone(),
+                config: config.audit.clone(),
                 stats: stats.clone(),
             }
             .run(background.clone()),

@@ -45,6 +45,9 @@ pub struct CloudConfig {
     /// The model registry: the keys bundles must be signed with, and the bundle server.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// The live miss-rate estimate of the edges' prescreens from audit samples.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The model registry (`crate::registry`).
@@ -648,6 +651,15 @@ impl CloudConfig {
             ));
         }
         self.api.validate()?;
+        if !(0.0..1.0).contains(&self.audit.miss_rate_target) {
+            return Err(field(
+                "audit.miss_rate_target",
+                "must be within [0, 1), e.g. 0.01".into(),
+            ));
+        }
+        if self.audit.interval < Duration::from_secs(1) {
+            return Err(field("audit.interval", "must be at least 1s".into()));
+        }
         for (i, op) in self.api.operators.iter().enumerate() {
             if !self.api.reviewers.iter().any(|r| &r.name == op) {
                 return Err(field(

@@ -67,7 +67,8 @@ impl HealthWatch {
 /// The worker's metric samples now.
 pub fn samples(s: &CloudStats) -> Vec<Sample> {
     let c = |metric, v: &std::sync::atomic::AtomicU64| Sample::of(metric, stats::get(v));
-    vec![
+    let mut out = audit_samples(s);
+    out.extend([
         c(&m::CLOUD_FRAMES_RECEIVED, &s.frames_received),
         c(&m::CLOUD_VERDICTS_STORED, &s.verdicts_stored),
         c(&m::CLOUD_DUPLICATES, &s.duplicates),
@@ -97,5 +98,28 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
             &m::CLOUD_OLDEST_UNPROCESSED,
             s.lag.oldest_age().as_secs_f64(),
         ),
-    ]
+    ]);
+    out
+}
+
+/// The audit estimates, labelled by edge and prescreen version, and the target.
+fn audit_samples(s: &CloudStats) -> Vec<Sample> {
+    let mut out = Vec::new();
+    if let Ok(target) = s.audit_target.lock() {
+        out.push(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_TARGET, *target));
+    }
+    if let Ok(list) = s.audit.lock() {
+        for e in list.iter() {
+            let l = |sample: Sample| {
+                sample
+                    .labelled("edge", &e.edge_id)
+                    .labelled("model_version", &e.model_version)
+            };
+            out.push(l(Sample::of(&m::CLOUD_AUDIT_SAMPLES, e.audits)));
+            out.push(l(Sample::of(&m::CLOUD_AUDIT_MISSES, e.misses)));
+            out.push(l(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_LOWER, e.lower95)));
+            out.push(l(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_UPPER, e.upper95)));
+        }
+    }
+    out
 }

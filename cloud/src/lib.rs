@@ -6,6 +6,7 @@
 pub mod acks;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod commit;
 pub mod config;
 pub mod console;

@@ -13,19 +13,14 @@ use crate::cascade::Scored;
 use serde::Serialize;
 
 /// Two-sided 95 % normal quantile used for the Wilson bounds.
-pub const Z95: f64 = 1.959_963_984_540_054;
+pub const Z95: f64 = tierline_shared::wilson::Z95;
 
 /// Lower end of the Wilson score interval for `k` successes in `n` trials (`z` = normal quantile).
 pub fn wilson_lower(k: usize, n: usize, z: f64) -> f64 {
     if n == 0 {
         return 0.0;
     }
-    let (k, n) = (k as f64, n as f64);
-    let p = k / n;
-    let z2 = z * z;
-    let centre = p + z2 / (2.0 * n);
-    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+    tierline_shared::wilson::interval(k as u64, n as u64, z).0
 }
 
 /// A proportion with its raw counts.

@@ -1,7 +1,7 @@
 //! Command-line arguments: the options every subcommand takes, and the subcommands (their own arguments
 //! are defined next to them in [`crate::cmd`]).
 
-use crate::cmd::{export, label, list, models, show, watch};
+use crate::cmd::{export, label, list, models, recall, show, watch};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -56,6 +56,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Print verdicts as they are stored, until interrupted.
     Watch(watch::WatchArgs),
+    /// The prescreen's live miss rate per edge and version, from audit samples, against the target.
+    Recall(recall::RecallArgs),
     /// The model registry (operators): publish signed bundles, point targets at them, roll back, events.
     Models(models::ModelsArgs),
 }

@@ -5,5 +5,6 @@ pub mod export;
 pub mod label;
 pub mod list;
 pub mod models;
+pub mod recall;
 pub mod show;
 pub mod watch;

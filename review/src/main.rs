@@ -36,6 +36,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Edges => cmd::edges::run(&mut review().await?, args.json).await,
         Command::Export(a) => cmd::export::run(&mut review().await?, a, args.json).await,
         Command::Watch(a) => cmd::watch::run(&mut review().await?, a, args.json).await,
+        Command::Recall(a) => cmd::recall::run(&mut review().await?, a, args.json).await,
         Command::Models(a) => {
             let mut client = conn::connect_models(server, token, ca).await?;
             cmd::models::run(&mut client, a, args.json).await

@@ -131,3 +131,51 @@ fn the_cli_names_an_unreachable_server() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("cannot reach the review API"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_reports_the_miss_rate_from_audit_samples_against_the_target() {
+    let s = start().await;
+    // 40 audit samples of edge-r's prescreen pre-1, captured now; the cloud finds 2 of them defective.
+    let now = tierline_shared::time::now_us();
+    for seq in 1..=40u64 {
+        let mut f = tierline_tests::review::frame("edge-r", seq, now, "");
+        f.reason = 2;
+        let label = if seq <= 2 { "scratch" } else { "good" };
+        s.store
+            .store(&f, &tierline_tests::review::verdict("edge-r", seq, label))
+            .await
+            .unwrap();
+    }
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        let (code, out, err) = cli(addr, Some(TOKEN), &["--json", "recall", "--window", "1h"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let e = &v["estimates"][0];
+        assert_eq!(e["edge_id"], "edge-r");
+        assert_eq!(
+            (e["audits"].as_u64(), e["misses"].as_u64()),
+            (Some(40), Some(2))
+        );
+        assert!((e["miss_rate"].as_f64().unwrap() - 0.05).abs() < 1e-9);
+        // Wilson 95 % interval of 2 in 40: 1.38 % to 16.5 %; the default target (1 %) is below it.
+        assert!(
+            (e["lower95"].as_f64().unwrap() - 0.01382).abs() < 1e-4,
+            "{e}"
+        );
+        assert!(
+            (e["upper95"].as_f64().unwrap() - 0.16500).abs() < 1e-3,
+            "{e}"
+        );
+        assert_eq!(e["verdict"], "above target");
+        assert_eq!(v["window_seconds"], 3600);
+        let (code, table, err) = cli(addr, Some(TOKEN), &["recall"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            table.contains("edge-r") && table.contains("above target"),
+            "{table}"
+        );
+    })
+    .await
+    .unwrap();
+}

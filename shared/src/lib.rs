@@ -44,4 +44,5 @@ pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod topics;
+pub mod wilson;
 pub mod wire;

@@ -55,9 +55,9 @@ pub struct Sample {
     pub value: f64,
     /// Its distribution (histograms).
     pub histogram: Option<Latency>,
-    /// One label (name, value), for metrics kept per camera; samples of one metric with different labels
-    /// are exported as one family.
-    pub label: Option<(&'static str, String)>,
+    /// Labels (name, value), for metrics kept per camera or per edge and model; samples of one metric with
+    /// different labels are exported as one family.
+    pub labels: Vec<(&'static str, String)>,
 }
 
 impl Sample {
@@ -72,13 +72,13 @@ impl Sample {
             metric,
             value,
             histogram: None,
-            label: None,
+            labels: Vec::new(),
         }
     }
 
-    /// The same sample with a label, e.g. `("camera", "cam-1")`.
+    /// The same sample with one more label, e.g. `("camera", "cam-1")`.
     pub fn labelled(mut self, name: &'static str, value: &str) -> Self {
-        self.label = Some((name, value.to_string()));
+        self.labels.push((name, value.to_string()));
         self
     }
 
@@ -88,7 +88,7 @@ impl Sample {
             metric,
             value: 0.0,
             histogram: Some(latency.clone()),
-            label: None,
+            labels: Vec::new(),
         }
     }
 }
@@ -276,6 +276,16 @@ metrics! {
     CLOUD_IMAGES_PRUNED = ("tierline_cloud_images_pruned", Counter, "Stored images removed by retention on this worker (verdicts stay).");
     /// Autoscaling signal.
     CLOUD_IN_FLIGHT = ("tierline_cloud_in_flight_frames", Gauge, "Frames this worker holds without a verdict (received, not yet acknowledged).");
+    /// Audit samples per edge and prescreen version.
+    CLOUD_AUDIT_SAMPLES = ("tierline_cloud_audit_samples", Gauge, "Audit samples (random frames the prescreen passed) judged by the cloud within audit.window (labels edge, model_version).");
+    /// Audit samples the cloud found defective.
+    CLOUD_AUDIT_MISSES = ("tierline_cloud_audit_misses", Gauge, "Audit samples the cloud judged defective: frames the prescreen passed and should not have (labels edge, model_version).");
+    /// Lower Wilson bound of the prescreen's miss rate.
+    CLOUD_AUDIT_MISS_RATE_LOWER = ("tierline_cloud_audit_miss_rate_lower95", Gauge, "Wilson 95 % lower bound of the share of passed frames the cloud finds defective (labels edge, model_version); above the target, the prescreen misses too much.");
+    /// Upper Wilson bound of the prescreen's miss rate.
+    CLOUD_AUDIT_MISS_RATE_UPPER = ("tierline_cloud_audit_miss_rate_upper95", Gauge, "Wilson 95 % upper bound of the share of passed frames the cloud finds defective (labels edge, model_version); below the target, the prescreen is shown to meet it.");
+    /// The configured target.
+    CLOUD_AUDIT_MISS_RATE_TARGET = ("tierline_cloud_audit_miss_rate_target", Gauge, "The configured most share of passed frames the cloud may find defective (audit.miss_rate_target).");
     /// Autoscaling signal.
     CLOUD_OLDEST_UNPROCESSED = ("tierline_cloud_oldest_unprocessed_age_seconds", Gauge, "How long the oldest frame this worker holds has waited, in seconds (0 when none).");
 }
@@ -306,17 +316,16 @@ impl Collector for Snapshot {
             let labelled: Vec<&Sample> = family
                 .iter()
                 .copied()
-                .filter(|s| s.label.is_some())
+                .filter(|s| !s.labels.is_empty())
                 .collect();
             if labelled.is_empty() {
                 encode_value(s, descriptor)?;
             } else {
                 let mut descriptor = descriptor;
                 for l in labelled {
-                    if let Some((k, v)) = &l.label {
-                        let labels = vec![(*k, v.as_str())];
-                        encode_value(l, descriptor.encode_family(&labels)?)?;
-                    }
+                    let labels: Vec<(&str, &str)> =
+                        l.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    encode_value(l, descriptor.encode_family(&labels)?)?;
                 }
             }
         }

@@ -1279,3 +1279,43 @@ async fn the_model_registry_keeps_bundles_once_and_records_every_target_change(s
         ["targeted", "rejected"]
     );
 }
+
+contract!(audit_samples_are_counted_per_edge_and_prescreen_version);
+async fn audit_samples_are_counted_per_edge_and_prescreen_version(s: Store) {
+    use tierline_cloud::store::AuditCount;
+    // (edge, seq, reason, prescreen version, cloud label, capture time)
+    let frames = [
+        ("e1", 1, 2, "pre-1", "good", 100),
+        ("e1", 2, 2, "pre-1", "scratch", 110),
+        ("e1", 3, 2, "pre-1", "good", 120),
+        ("e1", 4, 1, "pre-1", "scratch", 130), // a suspect: not an audit sample
+        ("e1", 5, 2, "pre-2", "dent", 140),
+        ("e1", 6, 2, "pre-2", "good", 20), // before the window below
+        ("e2", 1, 2, "pre-1", "good", 150),
+    ];
+    for (edge, seq, reason, version, label, capture) in frames {
+        let mut f = frame(edge, seq, "l1", capture);
+        f.reason = reason;
+        f.edge_model_version = version.into();
+        s.store(&f, &verdict(edge, seq, label)).await.unwrap();
+    }
+    let count = |edge: &str, version: &str, audits, misses| AuditCount {
+        edge_id: edge.into(),
+        edge_model_version: version.into(),
+        audits,
+        misses,
+    };
+    assert_eq!(
+        s.audit_counts(50).await.unwrap(),
+        [
+            count("e1", "pre-1", 3, 1),
+            count("e1", "pre-2", 1, 1),
+            count("e2", "pre-1", 1, 0),
+        ]
+    );
+    assert_eq!(
+        s.audit_counts(0).await.unwrap()[1],
+        count("e1", "pre-2", 2, 1)
+    );
+    assert!(s.audit_counts(1_000).await.unwrap().is_empty());
+}

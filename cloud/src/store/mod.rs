@@ -11,6 +11,7 @@
 //! - `edges`: one row per edge, from its presence and heartbeats ([`Store::list_edges`]).
 //! - `model_versions`: the model versions each tier has used ([`Store::model_versions`]).
 //! - `model_bundles`, `model_targets`, `model_events`: the model registry (`bundles` module).
+//! - audit samples per edge and prescreen version ([`Store::audit_counts`]), for the live miss-rate estimate.
 //! - `leases`: leader leases of jobs that must run once ([`Store::try_acquire_lease`]).
 //! - the `disagreements` view: frames whose edge decided locally against the later verdict.
 //!
@@ -50,6 +51,7 @@ macro_rules! on_pool {
     };
 }
 
+mod audits;
 mod bundles;
 mod claims;
 mod edges;
@@ -61,6 +63,7 @@ mod retention;
 mod reviews;
 mod verdicts;
 
+pub use audits::AuditCount;
 pub use bundles::{BundleRow, ModelEvent, NewBundle, Published, RegistryRule, TargetRow};
 pub use claims::{Claim, ClaimRow};
 pub use edges::{CameraView, EdgeRow};
