@@ -1,4 +1,5 @@
-//! Edge presence: retained birth / last-will messages and heartbeats, recorded in the edges table.
+//! Edge presence: retained birth / last-will messages and heartbeats, recorded in the edges table; and the
+//! steps of edges' model updates, recorded with the registry's events.
 //!
 //! Every worker subscribes to `tierline/v1/+/+/+/presence` directly (retained messages are not delivered
 //! through shared subscriptions, and every worker must see the current state when it starts); heartbeats
@@ -11,7 +12,7 @@ use crate::store::Store;
 use bytes::Bytes;
 use std::sync::Arc;
 use tierline_shared::topics::{EdgeAddress, TopicKind};
-use tierline_shared::wire::{self, Heartbeat, Presence};
+use tierline_shared::wire::{self, Heartbeat, ModelEvent, Presence};
 use tokio::sync::mpsc;
 
 /// Room for presence messages waiting to be recorded.
@@ -35,6 +36,8 @@ pub enum Checked {
     Presence(Presence),
     /// Heartbeat.
     Heartbeat(Heartbeat),
+    /// A step of a model update.
+    ModelEvent(ModelEvent),
 }
 
 /// Decodes an update and checks that it names the edge of its topic. Pure.
@@ -47,6 +50,10 @@ pub fn check(u: &Update, max_bytes: usize) -> Result<Checked, String> {
         TopicKind::Heartbeat => {
             let h: Heartbeat = wire::decode(&u.payload, max_bytes).map_err(|e| e.to_string())?;
             (h.edge_id.clone(), Checked::Heartbeat(h))
+        }
+        TopicKind::Models => {
+            let e: ModelEvent = wire::decode(&u.payload, max_bytes).map_err(|e| e.to_string())?;
+            (e.edge_id.clone(), Checked::ModelEvent(e))
         }
         other => return Err(format!("{other:?} is not a presence topic")),
     };
@@ -94,6 +101,24 @@ impl PresenceRecorder {
                         .record_heartbeat(u.addr.site(), u.addr.line(), &h, now)
                         .await
                 }
+                // Recorded under the edge of the topic, which the broker's ACL ties to the edge's login.
+                Ok(Checked::ModelEvent(e)) => {
+                    let detail = if e.serving_version.is_empty() {
+                        e.detail.clone()
+                    } else {
+                        format!("{} [serving {}]", e.detail, e.serving_version)
+                    };
+                    store
+                        .record_model_event(
+                            u.addr.edge_id(),
+                            u.addr.edge_id(),
+                            &e.sha256,
+                            &e.event,
+                            &detail,
+                            now,
+                        )
+                        .await
+                }
                 Err(reason) => {
                     stats::inc(&stats.rejected_malformed);
                     tracing::warn!(edge = %u.addr, reason = %reason, "Rejected a presence message.");
@@ -138,5 +163,34 @@ mod tests {
             payload: wire::encode(&h, 1024).unwrap().into(),
         };
         assert!(matches!(check(&u, 1024), Ok(Checked::Heartbeat(h)) if h.backlog_frames == 7));
+    }
+
+    #[test]
+    fn model_events_must_name_their_topic_edge_and_have_an_event() {
+        let addr = EdgeAddress::new("s", "l", "e1").unwrap();
+        let event = |edge: &str, name: &str| Update {
+            addr: addr.clone(),
+            kind: TopicKind::Models,
+            payload: wire::encode(
+                &ModelEvent {
+                    protocol_version: 1,
+                    edge_id: edge.into(),
+                    event: name.into(),
+                    ..ModelEvent::default()
+                },
+                1024,
+            )
+            .unwrap()
+            .into(),
+        };
+        assert!(
+            matches!(check(&event("e1", "active"), 1024), Ok(Checked::ModelEvent(e)) if e.event == "active")
+        );
+        assert!(
+            check(&event("e2", "active"), 1024)
+                .unwrap_err()
+                .contains("e2")
+        );
+        assert!(check(&event("e1", ""), 1024).is_err());
     }
 }

@@ -461,6 +461,8 @@ impl App {
                     model: model.clone(),
                     runner_config: runner_config(&config),
                     stats: stats.clone(),
+                    publisher: publisher.clone(),
+                    addr: addr.clone(),
                 }
                 .run(stop.clone()),
             );

@@ -37,6 +37,8 @@ pub enum TopicKind {
     Heartbeat,
     /// Part triggers, line controller → edge.
     Trigger,
+    /// Steps of model updates, edge → cloud.
+    Models,
 }
 
 impl TopicKind {
@@ -47,6 +49,7 @@ impl TopicKind {
             TopicKind::Presence => "presence",
             TopicKind::Heartbeat => "heartbeat",
             TopicKind::Trigger => "trigger",
+            TopicKind::Models => "models",
         }
     }
 
@@ -57,6 +60,7 @@ impl TopicKind {
             "presence" => TopicKind::Presence,
             "heartbeat" => TopicKind::Heartbeat,
             "trigger" => TopicKind::Trigger,
+            "models" => TopicKind::Models,
             _ => return None,
         })
     }

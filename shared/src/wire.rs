@@ -12,7 +12,7 @@ pub mod pb {
 
 pub use pb::{
     CaptureClock, ClassScore, ForwardReason, FrameEnvelope, Heartbeat, ImageEncoding, LineAction,
-    Presence, Verdict, presence::State as PresenceState,
+    ModelEvent, Presence, Verdict, presence::State as PresenceState,
 };
 
 impl From<&crate::regions::Region> for pb::Region {
@@ -172,6 +172,22 @@ impl WireMessage for Heartbeat {
     const KIND: &'static str = "heartbeat";
     fn protocol_version(&self) -> u32 {
         self.protocol_version
+    }
+}
+
+impl WireMessage for ModelEvent {
+    const KIND: &'static str = "model event";
+    fn protocol_version(&self) -> u32 {
+        self.protocol_version
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.event.is_empty() || self.event.len() > 32 {
+            return Err("event must be 1 to 32 characters".into());
+        }
+        if self.detail.len() > 4096 || self.sha256.len() > 64 || self.serving_version.len() > 128 {
+            return Err("detail, sha256 or serving_version is too long".into());
+        }
+        Ok(())
     }
 }
 

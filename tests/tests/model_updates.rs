@@ -138,6 +138,10 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
         .await
         .unwrap();
 
+    // A cloud worker: it records the steps the edge reports over MQTT.
+    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    pipeline::wait_subscribed(&cloud.stats, "cloud subscribed", Duration::from_secs(30)).await;
+
     let cameras = pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.05);
     let mut config = pipeline::edge_config(broker.port(), dir.path(), &cameras, "audit_rate = 0.5");
     config.updates.url = Some(format!("http://{}", server.bundles));
@@ -253,4 +257,56 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     );
     edge.stop().await.unwrap();
     reader.abort();
+
+    // Every step reached the cloud's record over MQTT, under the edge's id, in order.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cloud.stop().await.unwrap();
+    let store = tierline_cloud::store::Store::open(
+        &format!("sqlite://{}", dir.path().join("cloud.db").display()),
+        true,
+    )
+    .await
+    .unwrap();
+    let events = store.model_events(Some("edge-t"), 1000).await.unwrap();
+    let of = |sha: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.sha256 == sha)
+            .map(|e| e.event.clone())
+            .collect()
+    };
+    assert_eq!(
+        of(&v2.sha256),
+        [
+            "verified",
+            "downloaded",
+            "golden-pass",
+            "shadowing",
+            "shadowed",
+            "active"
+        ],
+        "{events:#?}"
+    );
+    let rejections: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "rejected")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(rejections.len(), 4, "{events:#?}");
+    for (detail, says) in rejections.iter().zip([
+        "golden sample",
+        "failed its shadow",
+        "not trusted",
+        "sequence",
+    ]) {
+        assert!(
+            detail.contains(says),
+            "a rejection should say {says:?}: {detail}"
+        );
+    }
+    assert!(
+        of(&v1.sha256).ends_with(&["rolled-back".to_string()]),
+        "{events:#?}"
+    );
+    assert!(events.iter().all(|e| e.actor == "edge-t"));
 }

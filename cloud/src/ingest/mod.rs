@@ -103,6 +103,14 @@ impl Ingest {
                 topics::all_edges_filter(TopicKind::Presence),
                 QoS::AtLeastOnce,
             ),
+            // Model update steps: recorded once per group, like heartbeats, but each one counts.
+            Filter::new(
+                format!(
+                    "$share/{group}-models/{}",
+                    topics::all_edges_filter(TopicKind::Models)
+                ),
+                QoS::AtLeastOnce,
+            ),
         ];
         let mut backoff = Backoff::new(mqtt.reconnect_delay, Duration::from_secs(30));
         // Dropped on `stop`, which lets the processing stage finish what is queued and end.
@@ -177,8 +185,10 @@ impl Ingest {
                     let ticket = tickets.take();
                     // MQTT topics are UTF-8 (the broker checks); anything else fails the topic check below.
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    if let Ok((addr, kind @ (TopicKind::Presence | TopicKind::Heartbeat))) =
-                        topics::parse(&topic)
+                    if let Ok((
+                        addr,
+                        kind @ (TopicKind::Presence | TopicKind::Heartbeat | TopicKind::Models),
+                    )) = topics::parse(&topic)
                     {
                         let update = crate::presence::Update {
                             addr,

@@ -21,6 +21,7 @@ pub mod fetch;
 pub mod state;
 
 use crate::config::UpdatesConfig;
+use crate::link::{Publisher, Tag};
 use crate::stats::{self, EdgeStats};
 use state::{Installed, State};
 use std::collections::BTreeSet;
@@ -30,8 +31,11 @@ use thiserror::Error;
 use tierline_shared::bundle::{
     BundleError, BundleStatement, SignedStatement, TrustedKeys, archive, check_sequence,
 };
+use tierline_shared::mqtt::QoS;
 use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
 use tierline_shared::serving::ServedModel;
+use tierline_shared::topics::{EdgeAddress, TopicKind};
+use tierline_shared::wire::{self, ModelEvent};
 use tokio_util::sync::CancellationToken;
 
 /// Why a check of the target did not end with the target's bundle serving.
@@ -125,9 +129,43 @@ pub struct Updates {
     pub runner_config: RunnerConfig,
     /// Counters.
     pub stats: Arc<EdgeStats>,
+    /// Where the steps are reported (topic `.../models`, QoS 1).
+    pub publisher: Publisher,
+    /// This edge.
+    pub addr: EdgeAddress,
 }
 
 impl Updates {
+    /// Reports a step to the cloud (best effort: a step that cannot be queued is logged; the log has them
+    /// all).
+    fn report(&self, event: &str, bundle: &str, detail: String) {
+        let msg = ModelEvent {
+            protocol_version: 1,
+            edge_id: self.addr.edge_id().into(),
+            time_us: tierline_shared::time::now_us(),
+            sha256: bundle.into(),
+            event: event.into(),
+            detail: detail.chars().take(4000).collect(),
+            serving_version: self.model.manifest().version.clone(),
+        };
+        let sent = wire::encode(&msg, 64 << 10)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.publisher
+                    .publish(
+                        &self.addr.topic(TopicKind::Models),
+                        QoS::AtLeastOnce,
+                        false,
+                        bytes,
+                        Tag::Other("model event"),
+                    )
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = sent {
+            tracing::warn!(event, bundle, error = %e, "Model update step not reported to the cloud.");
+        }
+    }
+
     /// Checks the target every interval until `shutdown`. Never fails: every problem is logged, counted and
     /// tried again (or, for a bad bundle, refused until the target names another).
     pub async fn run(self, shutdown: CancellationToken) {
@@ -173,6 +211,7 @@ impl Updates {
                         serving = %self.model.manifest().version,
                         "Model bundle rejected; the serving model keeps serving."
                     );
+                    self.report("rejected", &bundle, e.to_string());
                     refused.insert((bundle, rollback));
                 }
                 Err((bundle, _, e)) => {
@@ -224,6 +263,11 @@ impl Updates {
                     source: Box::new(source),
                 })
             })?;
+        self.report(
+            "golden-pass",
+            &bundle,
+            format!("{} golden samples pass", runner.manifest().golden.len()),
+        );
         tracing::info!(
             event = "golden-pass", bundle = %bundle, version = %statement.version,
             samples = runner.manifest().golden.len(), "Model bundle passes its golden samples."
@@ -249,6 +293,18 @@ impl Updates {
         now.save(&self.cfg.dir).map_err(fail)?;
         self.remove_unkept(&now);
         stats::inc(&self.stats.model_updates_applied);
+        self.report(
+            if target.rollback {
+                "rolled-back"
+            } else {
+                "active"
+            },
+            &bundle,
+            format!(
+                "{before} -> {} (sequence {})",
+                statement.version, statement.sequence
+            ),
+        );
         tracing::info!(
             event = if target.rollback { "rolled-back" } else { "active" },
             bundle = %bundle, from = %before, to = %statement.version, sequence = statement.sequence,
@@ -277,6 +333,19 @@ impl Updates {
             active.map(|a| (a.sequence, a.sha256.as_str())),
             target.rollback.then_some(target.sha256.as_str()),
         )?;
+        self.report(
+            "verified",
+            &statement.sha256,
+            format!(
+                "{} sequence {}, signed by key {}{}",
+                statement.label(),
+                statement.sequence,
+                SignedStatement::parse(&target.signed)
+                    .map(|s| s.key_id)
+                    .unwrap_or_default(),
+                if target.rollback { ", rollback" } else { "" }
+            ),
+        );
         tracing::info!(
             event = "verified", bundle = %statement.sha256, version = %statement.version,
             sequence = statement.sequence, rollback = target.rollback,
@@ -331,6 +400,11 @@ impl Updates {
         // A refused archive is dropped with its partial download, so the next attempt starts clean.
         let _ = tokio::fs::remove_file(&part).await;
         unpacked?;
+        self.report(
+            "downloaded",
+            &statement.sha256,
+            format!("{} bytes, hash as signed", statement.size),
+        );
         tracing::info!(
             event = "downloaded", bundle = %statement.sha256, bytes = statement.size,
             "Model bundle downloaded, its hash checked and unpacked."
@@ -345,6 +419,11 @@ impl Updates {
         candidate: Arc<ModelRunner>,
     ) -> Result<(), UpdateError> {
         let frames = self.cfg.shadow_frames;
+        self.report(
+            "shadowing",
+            &statement.sha256,
+            format!("{frames} live frames beside the serving model"),
+        );
         tracing::info!(
             event = "shadowing", bundle = %statement.sha256, version = %statement.version, frames,
             "Model bundle judging live frames in shadow."
@@ -378,6 +457,20 @@ impl Updates {
         } else {
             None
         };
+        self.report(
+            "shadowed",
+            &statement.sha256,
+            format!(
+                "{} frames, {} agreed, suspects {} (serving) vs {} (new){}",
+                r.frames,
+                r.agreed,
+                r.serving_defective,
+                r.candidate_defective,
+                reason
+                    .as_deref()
+                    .map_or(String::new(), |why| format!(": {why}"))
+            ),
+        );
         tracing::info!(
             event = "shadowed", bundle = %statement.sha256, frames = r.frames, agreed = r.agreed,
             serving_suspects = r.serving_defective, candidate_suspects = r.candidate_defective,
