@@ -358,9 +358,6 @@ impl App {
             }
             .run(background.clone()),
         );
-        if let Ok(mut t) = stats.audit_target.lock() {
-            *t = config.audit.miss_rate_target;
-        }
         sup.spawn(
             "audit estimate",
             Ends::OnShutdown,

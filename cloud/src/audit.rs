@@ -14,6 +14,7 @@ use crate::store::{AuditCount, Store};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tierline_shared::metrics::{self as m, Sample};
 use tierline_shared::wilson;
 use tokio_util::sync::CancellationToken;
 
@@ -141,12 +142,68 @@ impl AuditWatch {
                             "The prescreen passes more defective frames than the target allows (audit samples)."
                         );
                     }
+                    let samples = samples(&list, self.config.miss_rate_target);
                     if let Ok(mut slot) = self.stats.audit.lock() {
-                        *slot = list;
+                        *slot = samples;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "Audit estimate not updated."),
             }
         }
+    }
+}
+
+/// The metric samples of `list` (labels edge, model_version) and of the target.
+pub fn samples(list: &[Estimate], target: f64) -> Vec<Sample> {
+    let mut out = vec![Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_TARGET, target)];
+    for e in list {
+        let l = |sample: Sample| {
+            sample
+                .labelled("edge", &e.edge_id)
+                .labelled("model_version", &e.model_version)
+        };
+        out.push(l(Sample::of(&m::CLOUD_AUDIT_SAMPLES, e.audits)));
+        out.push(l(Sample::of(&m::CLOUD_AUDIT_MISSES, e.misses)));
+        out.push(l(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_LOWER, e.lower95)));
+        out.push(l(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_UPPER, e.upper95)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_are_exported_per_edge_and_version_with_their_bounds() {
+        let count = |edge: &str, version: &str, audits, misses| AuditCount {
+            edge_id: edge.into(),
+            edge_model_version: version.into(),
+            audits,
+            misses,
+        };
+        let list: Vec<Estimate> = [count("e1", "1.1.0", 40, 2), count("e1", "1.2.0", 0, 0)]
+            .iter()
+            .map(Estimate::from_count)
+            .collect();
+        assert!((list[0].lower95 - 0.01382).abs() < 1e-4 && (list[0].rate() - 0.05).abs() < 1e-12);
+        // No samples: nothing is known.
+        assert_eq!(
+            (list[1].lower95, list[1].upper95, list[1].rate()),
+            (0.0, 1.0, 0.0)
+        );
+        let text = tierline_shared::metrics::render(samples(&list, 0.01));
+        assert!(
+            text.contains("tierline_cloud_audit_miss_rate_target 0.01"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierline_cloud_audit_samples{edge=\"e1\",model_version=\"1.1.0\"} 40"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierline_cloud_audit_misses{edge=\"e1\",model_version=\"1.2.0\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -102,24 +102,7 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
     out
 }
 
-/// The audit estimates, labelled by edge and prescreen version, and the target.
+/// The audit estimates' samples, as the audit stage last left them.
 fn audit_samples(s: &CloudStats) -> Vec<Sample> {
-    let mut out = Vec::new();
-    if let Ok(target) = s.audit_target.lock() {
-        out.push(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_TARGET, *target));
-    }
-    if let Ok(list) = s.audit.lock() {
-        for e in list.iter() {
-            let l = |sample: Sample| {
-                sample
-                    .labelled("edge", &e.edge_id)
-                    .labelled("model_version", &e.model_version)
-            };
-            out.push(l(Sample::of(&m::CLOUD_AUDIT_SAMPLES, e.audits)));
-            out.push(l(Sample::of(&m::CLOUD_AUDIT_MISSES, e.misses)));
-            out.push(l(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_LOWER, e.lower95)));
-            out.push(l(Sample::gauge(&m::CLOUD_AUDIT_MISS_RATE_UPPER, e.upper95)));
-        }
-    }
-    out
+    s.audit.lock().map(|a| a.clone()).unwrap_or_default()
 }

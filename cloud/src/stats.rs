@@ -31,10 +31,8 @@ pub struct CloudStats {
     pub link_up: AtomicBool,
     /// Frames held without a verdict, for autoscaling.
     pub lag: crate::lag::Lag,
-    /// The latest miss-rate estimates from audit samples (`crate::audit`).
-    pub audit: std::sync::Mutex<Vec<crate::audit::Estimate>>,
-    /// The configured miss-rate target, exported beside them.
-    pub audit_target: std::sync::Mutex<f64>,
+    /// The metric samples of the latest miss-rate estimates from audit samples, kept by `crate::audit`.
+    pub audit: std::sync::Mutex<Vec<tierline_shared::metrics::Sample>>,
     /// Why the link is down, when it is.
     pub link_error: tierline_shared::mqtt::LastError,
     /// Presence and heartbeat messages recorded in the edges table.

@@ -379,6 +379,18 @@ impl Supervisor {
     }
 }
 
+/// A named point where a test may crash the process: with the `fault-injection` feature and
+/// `TIERLINE_CRASH_AT=<name>`, the process aborts there (`std::process::abort`: like `kill -9`, no destructor
+/// runs and nothing is flushed). Compiled to nothing without the feature.
+pub fn crash_point(name: &str) {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("TIERLINE_CRASH_AT").is_ok_and(|at| at == name) {
+        eprintln!("crash point {name}: aborting");
+        std::process::abort();
+    }
+    let _ = name;
+}
+
 /// Whether a stage that ended at `at` with `policy` is excused: every stage feeding it ended as allowed, and
 /// no later than [`SAME_MOMENT`] after it (a stage that ended clearly before its upstream closed the
 /// upstream's output; it is not excused by that upstream ending).

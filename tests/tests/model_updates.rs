@@ -72,6 +72,35 @@ async fn wait_for_version(seen: &Seen, after: u64, version: &str, what: &str) ->
     last_seq(seen)
 }
 
+/// Subscribes to every edge's frames: seq → the model version each carried.
+async fn frame_reader(port: u16) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let mqtt = MqttConfig {
+        port,
+        max_message_bytes: 8 << 20,
+        ..Default::default()
+    };
+    let (sub, mut events) =
+        tierline_shared::mqtt::client(mqtt.options("frame-reader").unwrap(), 64);
+    sub.subscribe("tierline/v1/+/+/+/frames", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let _client = sub;
+            while let Ok(ev) = events.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev
+                    && let Ok(f) = <FrameEnvelope as prost::Message>::decode(&p.payload[..])
+                {
+                    seen.lock().unwrap().insert(f.seq, f.edge_model_version);
+                }
+            }
+        }
+    });
+    (seen, reader)
+}
+
 /// Waits until the edge has refused `n` bundles in all.
 async fn wait_rejected(stats: &Arc<tierline_edge::EdgeStats>, n: u64, what: &str) {
     let st = stats.clone();
@@ -102,29 +131,7 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     let registry = Registry::new(server.store.clone(), trusted);
 
     // The oracle: every frame the edge publishes, with the model version it carries.
-    let seen: Seen = Arc::default();
-    let mqtt = MqttConfig {
-        port: broker.port(),
-        max_message_bytes: 8 << 20,
-        ..Default::default()
-    };
-    let (sub, mut events) =
-        tierline_shared::mqtt::client(mqtt.options("frame-reader").unwrap(), 64);
-    sub.subscribe("tierline/v1/+/+/+/frames", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let reader = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while let Ok(ev) = events.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = ev
-                    && let Ok(f) = <FrameEnvelope as prost::Message>::decode(&p.payload[..])
-                {
-                    seen.lock().unwrap().insert(f.seq, f.edge_model_version);
-                }
-            }
-        }
-    });
+    let (seen, reader) = frame_reader(broker.port()).await;
 
     // Bundles: the shipped model as sequence 1, the same model as 1.2.0 (sequence 2).
     let (v1, v1_signed) = signed(&pipeline::models_dir().join("prescreen.toml"), 1, &ops);
@@ -309,4 +316,148 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
         "{events:#?}"
     );
     assert!(events.iter().all(|e| e.actor == "edge-t"));
+}
+
+/// The edge config file of a process edge following `edges/l1` at `bundles`.
+fn edge_toml(port: u16, dir: &Path, bundles: std::net::SocketAddr, key: &Path) -> String {
+    format!(
+        "[edge]\nid = \"edge-c\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
+         [model]\nmanifest = {:?}\n[decision]\naudit_rate = 0.5\n[outbox]\npath = {:?}\nresend_after = \"2s\"\n\
+         [sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [updates]\nurl = \"http://{bundles}\"\ntrusted_keys = [{:?}]\ndir = {:?}\ninterval = \"200ms\"\nshadow_frames = 80\n{}",
+        pipeline::models_dir().join("prescreen.toml"),
+        dir.join("outbox.db"),
+        dir.join("decisions.jsonl"),
+        key,
+        dir.join("models"),
+        pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.05),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_swap_comes_back_on_a_whole_model_and_converges() {
+    use std::os::unix::process::ExitStatusExt;
+    use tierline_tests::process;
+    let root = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(root.path());
+    let ops = SigningKey::generate().unwrap();
+    let ops_pub = root.path().join("ops.pub");
+    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
+    let trusted = TrustedKeys::new(vec![ops.public()]);
+    let server = start_registry(trusted.clone()).await;
+    let registry = Registry::new(server.store.clone(), trusted);
+    let (v2, v2_signed) = signed(&prescreen_variant(root.path(), "1.2.0", |t| t), 2, &ops);
+    registry
+        .publish(&v2_signed.to_json(), v2.bytes.clone(), "ops")
+        .await
+        .unwrap();
+    registry
+        .set_target(TARGET, &v2.sha256, false, "ops", "upgrade")
+        .await
+        .unwrap();
+    let (seen, reader) = frame_reader(broker.port()).await;
+
+    // Crash points inside the swap, then a kill -9 from outside while the new model shadows.
+    for point in [
+        "updates:downloaded",
+        "updates:unpacked",
+        "updates:pending",
+        "updates:swapped",
+        "kill -9 while shadowing",
+    ] {
+        let dir = root.path().join(point.replace([':', ' '], "-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("edge.toml");
+        std::fs::write(
+            &config,
+            edge_toml(broker.port(), &dir, server.bundles, &ops_pub),
+        )
+        .unwrap();
+        let log = dir.join("edge.log");
+        seen.lock().unwrap().clear();
+        if let Some(external) = point.strip_prefix("kill -9 ") {
+            let mut child = process::spawn_edge(&config, &log);
+            let log2 = log.clone();
+            pipeline::wait_until(
+                &format!("the edge {external}"),
+                Duration::from_secs(30),
+                || {
+                    std::fs::read_to_string(&log2)
+                        .unwrap_or_default()
+                        .contains("shadow")
+                },
+                || std::fs::read_to_string(&log2).unwrap_or_default(),
+            )
+            .await;
+            process::kill9(&mut child);
+        } else {
+            let mut child =
+                process::spawn_edge_with(&config, &log, &[("TIERLINE_CRASH_AT", point)]);
+            let status = tokio::task::spawn_blocking(move || {
+                process::wait_exit(&mut child, Duration::from_secs(30))
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the edge did not reach {point}"));
+            assert_eq!(status.signal(), Some(6), "{point}: {status:?}");
+        }
+        // What the crash left on disk is one whole state: the swap recorded as pending at most.
+        let state: serde_json::Value = std::fs::read(dir.join("models/state.json"))
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or(serde_json::Value::Null);
+        assert!(state["active"].is_null(), "{point}: {state}");
+        let pending_expected = matches!(point, "updates:pending" | "updates:swapped");
+        assert_eq!(
+            !state["pending"].is_null(),
+            pending_expected,
+            "{point}: {state}"
+        );
+
+        // Restarted: it serves the model it served before, whole, then takes the bundle again.
+        let at = last_seq(&seen);
+        let mut child = process::spawn_edge(&config, &log);
+        let s = seen.clone();
+        pipeline::wait_until(
+            &format!("{point}: frames from 1.2.0 after the restart"),
+            Duration::from_secs(60),
+            || versions_after(&s, at).contains_key("1.2.0"),
+            || {
+                format!(
+                    "{:?}\n{}",
+                    versions_after(&s, at),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
+        )
+        .await;
+        let versions = versions_after(&seen, 0);
+        assert!(
+            versions.keys().all(|v| v == "1.1.0" || v == "1.2.0"),
+            "{point}: {versions:?}"
+        );
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("models/state.json")).unwrap()).unwrap();
+        assert_eq!(
+            state["active"]["sha256"],
+            v2.sha256.as_str(),
+            "{point}: {state}"
+        );
+        assert!(state["pending"].is_null(), "{point}: {state}");
+        let installed = dir.join("models/bundles").join(&v2.sha256);
+        assert_eq!(
+            std::fs::read(installed.join("prescreen-1.1.0.onnx")).unwrap(),
+            std::fs::read(pipeline::models_dir().join("prescreen-1.1.0.onnx")).unwrap(),
+            "{point}"
+        );
+        if pending_expected {
+            assert!(
+                std::fs::read_to_string(&log)
+                    .unwrap()
+                    .contains("interrupted"),
+                "{point}: the restart should say the swap was interrupted"
+            );
+        }
+        process::terminate(&mut child);
+    }
+    reader.abort();
 }

@@ -16,7 +16,6 @@
 //! verifies the statement's signature and the archive's hash itself (`tierline_shared::bundle`), so a
 //! compromised registry, store or network can withhold bundles but not substitute them.
 
-pub mod api;
 pub mod server;
 
 use crate::store::{BundleRow, NewBundle, Published, RegistryRule, Store, StoreError, TargetRow};

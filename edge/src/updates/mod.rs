@@ -34,6 +34,7 @@ use tierline_shared::bundle::{
 use tierline_shared::mqtt::QoS;
 use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
 use tierline_shared::serving::ServedModel;
+use tierline_shared::supervisor::crash_point;
 use tierline_shared::topics::{EdgeAddress, TopicKind};
 use tierline_shared::wire::{self, ModelEvent};
 use tokio_util::sync::CancellationToken;
@@ -287,8 +288,10 @@ impl Updates {
         let mut pending = state.clone();
         pending.pending = Some(new.clone());
         pending.save(&self.cfg.dir).map_err(fail)?;
+        crash_point("updates:pending");
         let before = serving.version.clone();
         self.model.activate(runner, &manifest_path).await;
+        crash_point("updates:swapped");
         let now = state.activated(new);
         now.save(&self.cfg.dir).map_err(fail)?;
         self.remove_unkept(&now);
@@ -374,6 +377,7 @@ impl Updates {
         let bytes = server
             .download(&statement.sha256, statement.size, &part)
             .await?;
+        crash_point("updates:downloaded");
         let staged = self.cfg.dir.join("staging").join(&statement.sha256);
         let statement_owned = statement.clone();
         let (staged2, dir2) = (staged.clone(), dir.clone());
@@ -400,6 +404,7 @@ impl Updates {
         // A refused archive is dropped with its partial download, so the next attempt starts clean.
         let _ = tokio::fs::remove_file(&part).await;
         unpacked?;
+        crash_point("updates:unpacked");
         self.report(
             "downloaded",
             &statement.sha256,

@@ -2,8 +2,8 @@
 //! targets, for operators only. It shares the review API's server and bearer tokens; who is an operator is
 //! `api.operators`.
 
-use super::{Registry, RegistryError};
-use crate::api::{Reviewer, pb};
+use super::{Reviewer, pb};
+use crate::registry::{Registry, RegistryError};
 use crate::store::{BundleRow, Published, RegistryRule, StoreError, TargetRow};
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -43,9 +43,11 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("review_descriptor");
 }
 
+pub mod models;
+
 use crate::audit::AuditConfig;
-use crate::registry::api::ModelsService;
 use crate::registry::{MAX_BUNDLE, Registry};
+use models::ModelsService;
 use pb::models_server::ModelsServer;
 use pb::review_server::{Review, ReviewServer};
 use tierline_shared::bundle::TrustedKeys;
