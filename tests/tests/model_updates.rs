@@ -461,3 +461,104 @@ async fn a_crash_at_any_step_of_a_swap_comes_back_on_a_whole_model_and_converges
     }
     reader.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_cut_off_from_the_registry_keeps_its_model_and_converges_after_healing() {
+    use tierline_tests::proxy::{Mode, Proxy};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let ops = SigningKey::generate().unwrap();
+    let ops_pub = dir.path().join("ops.pub");
+    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
+    let trusted = TrustedKeys::new(vec![ops.public()]);
+    let server = start_registry(trusted.clone()).await;
+    let registry = Registry::new(server.store.clone(), trusted);
+    // The edge reaches the bundle server through a proxy that can drop every packet.
+    let path = Proxy::start(server.bundles).await.unwrap();
+    let (seen, reader) = frame_reader(broker.port()).await;
+
+    let cameras = pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.05);
+    let mut config = pipeline::edge_config(broker.port(), dir.path(), &cameras, "audit_rate = 0.5");
+    config.updates.url = Some(format!("http://{}", path.addr()));
+    config.updates.trusted_keys = vec![ops_pub];
+    config.updates.dir = dir.path().join("models");
+    config.updates.interval = Duration::from_millis(200);
+    config.updates.shadow_frames = 20;
+    let edge = pipeline::start_edge(config);
+    let mut at = wait_for_version(&seen, 0, "1.1.0", "frames from the shipped model").await;
+
+    let publish = async |version: &str, sequence: u64| {
+        let (b, s) = signed(
+            &prescreen_variant(dir.path(), version, |t| t),
+            sequence,
+            &ops,
+        );
+        registry
+            .publish(&s.to_json(), b.bytes.clone(), "ops")
+            .await
+            .unwrap();
+        registry
+            .set_target(TARGET, &b.sha256, false, "ops", version)
+            .await
+            .unwrap();
+    };
+    publish("1.2.0", 2).await;
+    at = wait_for_version(&seen, at, "1.2.0", "frames from 1.2.0").await;
+
+    // Cut off: a newer bundle is targeted meanwhile; the edge keeps deciding with what it has.
+    path.set_mode(Mode::BlackHole);
+    publish("1.3.0", 3).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = versions_after(&seen, at);
+    assert_eq!(
+        during.keys().collect::<Vec<_>>(),
+        ["1.2.0"],
+        "while cut off the edge should keep serving 1.2.0: {during:?}"
+    );
+    assert!(during["1.2.0"] > 20, "frames kept flowing: {during:?}");
+    at = last_seq(&seen);
+
+    // Healed: it catches up.
+    path.set_mode(Mode::Forward);
+    wait_for_version(&seen, at, "1.3.0", "frames from 1.3.0 after healing").await;
+    edge.stop().await.unwrap();
+    reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_download_resumes_by_range_and_a_corrupt_start_fails_the_signed_hash() {
+    use tierline_edge::updates::fetch::Server;
+    let dir = tempfile::tempdir().unwrap();
+    let ops = SigningKey::generate().unwrap();
+    let trusted = TrustedKeys::new(vec![ops.public()]);
+    let server = start_registry(trusted.clone()).await;
+    let registry = Registry::new(server.store.clone(), trusted);
+    let (b, s) = signed(&prescreen_variant(dir.path(), "1.2.0", |t| t), 2, &ops);
+    registry
+        .publish(&s.to_json(), b.bytes.clone(), "ops")
+        .await
+        .unwrap();
+    let bundles = Server::parse(&format!("http://{}", server.bundles)).unwrap();
+    let size = b.bytes.len() as u64;
+
+    // The first half arrived before the cut: the rest is fetched by range, and the whole is the archive.
+    let part = dir.path().join("staging/a.part");
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, &b.bytes[..b.bytes.len() / 2]).unwrap();
+    let got = bundles.download(&b.sha256, size, &part).await.unwrap();
+    assert_eq!(got, b.bytes);
+    let statement = s.verify(&TrustedKeys::new(vec![ops.public()])).unwrap();
+    archive::check(&got, &statement).unwrap();
+
+    // A partial file that is not the bundle's start: the resumed whole fails the signed hash.
+    let part = dir.path().join("staging/b.part");
+    std::fs::write(&part, vec![0u8; 1000]).unwrap();
+    let got = bundles.download(&b.sha256, size, &part).await.unwrap();
+    assert_eq!(got.len() as u64, size);
+    assert!(archive::check(&got, &statement).is_err());
+    // Longer than the bundle: started over from the beginning.
+    let part = dir.path().join("staging/c.part");
+    std::fs::write(&part, vec![0u8; size as usize + 10]).unwrap();
+    let got = bundles.download(&b.sha256, size, &part).await.unwrap();
+    assert_eq!(got, b.bytes);
+}
