@@ -1,5 +1,8 @@
 //! `tierline-models eval` and `calibrate` on the committed labeled samples, checked against an independent
-//! pass over the same images through the runtime's `ModelRunner`.
+//! pass over the same images through the runtime's `ModelRunner`; `keygen`, `sign` and `verify` as an operator
+//! uses them: a signed bundle verifies with the right key (or either of two during a rotation) and is
+//! refused, with the reason named, when the key is not trusted or the bundle was altered; a model that fails
+//! its golden samples is never signed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tierline_shared::manifest::Manifest;
 use tierline_shared::runner::{ModelRunner, RunnerConfig};
+use tierline_tests::bundles::{prescreen_variant, with_threshold};
 
 fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -260,4 +264,122 @@ fn unknown_label_and_bad_prevalence_are_named() {
     let (code, _, err) = run(&["eval", path(dir.path()), "--prevalence", "2"]);
     assert_eq!(code, 1);
     assert!(err.contains("--prevalence"), "{err}");
+}
+
+#[test]
+fn a_signed_bundle_verifies_only_with_a_trusted_key_and_only_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+    for key in [&a, &b] {
+        let (code, out, err) = run(&["keygen", path(key)]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    // A key is never overwritten.
+    let before = std::fs::read(&a).unwrap();
+    let (code, _, err) = run(&["keygen", path(&a)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("never overwritten"), "{err}");
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+
+    let out_dir = dir.path().join("bundles");
+    let manifest = models().join("prescreen.toml");
+    let (code, out, err) = run(&[
+        "sign",
+        path(&manifest),
+        "--key",
+        path(&a),
+        "--sequence",
+        "4",
+        "--out",
+        path(&out_dir),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let signed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bundle = PathBuf::from(signed["bundle"].as_str().unwrap());
+    let sig = PathBuf::from(signed["signature"].as_str().unwrap());
+    assert!(bundle.starts_with(&out_dir) && sig.starts_with(&out_dir));
+    // The bundle is addressed by its own hash (an independent check with sha256sum).
+    let sum = Command::new("sha256sum").arg(&bundle).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(sum.split_whitespace().next(), signed["sha256"].as_str());
+
+    let pub_a = dir.path().join("a.key.pub");
+    let pub_b = dir.path().join("b.key.pub");
+    let (code, out, err) = run(&["verify", path(&bundle), "--trusted", path(&pub_a)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("sequence 4") && out.contains("golden samples pass"),
+        "{out}"
+    );
+    // Two trusted keys during a rotation: either order works.
+    let (code, out, err) = run(&[
+        "verify",
+        path(&bundle),
+        "--trusted",
+        path(&pub_b),
+        "--trusted",
+        path(&pub_a),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Only the other key trusted: refused, naming the key that signed.
+    let (code, _, err) = run(&["verify", path(&bundle), "--trusted", path(&pub_b)]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not trusted here") && err.contains(signed["key_id"].as_str().unwrap()),
+        "{err}"
+    );
+    // One flipped byte in the archive: refused as not matching its statement.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let tampered = dir.path().join("tampered.bundle");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let (code, _, err) = run(&[
+        "verify",
+        path(&tampered),
+        "--signature",
+        path(&sig),
+        "--trusted",
+        path(&pub_a),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not match its signed statement"), "{err}");
+    // A cut-off download: refused as truncated.
+    let cut = dir.path().join("cut.bundle");
+    std::fs::write(&cut, &bytes[..mid]).unwrap();
+    let (code, _, err) = run(&[
+        "verify",
+        path(&cut),
+        "--signature",
+        path(&sig),
+        "--trusted",
+        path(&pub_a),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn a_model_failing_its_golden_samples_is_not_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ops.key");
+    assert_eq!(run(&["keygen", path(&key)]).0, 0);
+    // A copy of the shipped prescreen whose threshold calls every frame defective: its good golden samples
+    // fail.
+    let manifest = prescreen_variant(dir.path(), "1.1.1", |t| with_threshold(t, "0.0"));
+    let out_dir = dir.path().join("bundles");
+    let (code, out, err) = run(&[
+        "sign",
+        path(&manifest),
+        "--key",
+        path(&key),
+        "--sequence",
+        "1",
+        "--out",
+        path(&out_dir),
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("fails its golden samples"), "{err}");
+    assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none());
 }
