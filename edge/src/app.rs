@@ -128,10 +128,13 @@ pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeErr
                 );
                 return Ok(model);
             }
-            Err(e) => tracing::error!(
-                bundle = %installed.sha256, error = %e, fallback = %config.model.manifest.display(),
-                "The active model bundle does not load; serving model.manifest instead."
-            ),
+            Err(e) => {
+                tracing::error!(
+                    bundle = %installed.sha256, error = %e, fallback = %config.model.manifest.display(),
+                    "The active model bundle does not load; serving model.manifest instead."
+                );
+                crate::updates::forget_active(&config.updates)?;
+            }
         }
     }
     Ok(ServedModel::load(

@@ -141,6 +141,8 @@ pub struct ServedModel {
     manifest_path: Mutex<PathBuf>,
     /// A candidate scoring live frames beside the serving model ([`ServedModel::start_shadow`]).
     shadow: Mutex<Option<Arc<Shadow>>>,
+    /// Counts swaps, so a rebuild or reload that took its model before an activation cannot undo it.
+    generation: AtomicU64,
     runner_config: RunnerConfig,
     probe: ProbeConfig,
     loaded: Mutex<Fingerprint>,
@@ -165,6 +167,7 @@ impl ServedModel {
             current: RwLock::new(runner),
             manifest_path: Mutex::new(manifest_path.to_path_buf()),
             shadow: Mutex::new(None),
+            generation: AtomicU64::new(0),
             runner_config,
             probe,
             loaded: Mutex::new(loaded),
@@ -263,11 +266,24 @@ impl ServedModel {
     }
 
     fn swap(&self, runner: Arc<ModelRunner>) {
-        match self.current.write() {
-            Ok(mut r) => *r = runner,
-            Err(poisoned) => *poisoned.into_inner() = runner,
+        self.swap_if(None, runner);
+    }
+
+    /// Swaps `runner` in, unless `expected` is given and another swap happened since that generation
+    /// (then the runner is dropped and `false` returned).
+    fn swap_if(&self, expected: Option<u64>, runner: Arc<ModelRunner>) -> bool {
+        let mut current = match self.current.write() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if expected.is_some_and(|g| g != self.generation.load(Ordering::Relaxed)) {
+            return false;
         }
+        *current = runner;
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        drop(current);
         self.consecutive_errors.store(0, Ordering::Relaxed);
+        true
     }
 
     /// Probes, heals and reloads until `shutdown`, reporting the `model` readiness check.
@@ -425,6 +441,7 @@ impl ServedModel {
 
     /// Replaces the serving sessions with fresh ones from the same manifest.
     async fn rebuild(&self, reason: &str) {
+        let generation = self.generation.load(Ordering::Relaxed);
         let manifest = (*self.manifest()).clone();
         let config = self.runner_config.clone();
         let started = tokio::task::spawn_blocking(move || {
@@ -436,12 +453,19 @@ impl ServedModel {
         self.counters.rebuilds.fetch_add(1, Ordering::Relaxed);
         match started {
             Ok(Ok(runner)) => {
-                self.swap(runner);
-                tracing::warn!(
-                    reason,
-                    action = "rebuilt the inference sessions",
-                    "Model watchdog fired."
-                );
+                if self.swap_if(Some(generation), runner) {
+                    tracing::warn!(
+                        reason,
+                        action = "rebuilt the inference sessions",
+                        "Model watchdog fired."
+                    );
+                } else {
+                    tracing::warn!(
+                        reason,
+                        action = "none: another model was swapped in meanwhile",
+                        "Model watchdog fired."
+                    );
+                }
             }
             Ok(Err(e)) => tracing::error!(
                 reason, error = %e, action = "rebuild failed; keeping the current sessions",
@@ -468,10 +492,14 @@ impl ServedModel {
             *l = now;
         }
         let before = self.manifest();
+        let generation = self.generation.load(Ordering::Relaxed);
         match ModelRunner::load_checked(&path, self.runner_config.clone()).await {
             Ok(runner) => {
                 let after = runner.manifest_arc();
-                self.swap(runner);
+                if !self.swap_if(Some(generation), runner) {
+                    // An activation swapped another model in while this one loaded: it stands.
+                    return;
+                }
                 if let Ok(mut e) = self.rollout_error.lock() {
                     *e = None;
                 }

@@ -160,7 +160,7 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     let stats = edge.stats.clone();
     let mut at = wait_for_version(&seen, 0, "1.1.0", "frames from the shipped model").await;
 
-    // A good bundle: shadowed, then serving.
+    // Good bundles, each shadowed, then serving: 1.2.0, then 1.3.0 (1.2.0 stays on disk as the one before).
     registry
         .set_target(TARGET, &v2.sha256, false, "ops", "upgrade")
         .await
@@ -172,10 +172,20 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
         std::fs::read(installed.join("prescreen-1.1.0.onnx")).unwrap(),
         std::fs::read(pipeline::models_dir().join("prescreen-1.1.0.onnx")).unwrap()
     );
+    let (v3, v3_signed) = signed(&prescreen_variant(dir.path(), "1.3.0", |t| t), 3, &ops);
+    registry
+        .publish(&v3_signed.to_json(), v3.bytes.clone(), "ops")
+        .await
+        .unwrap();
+    registry
+        .set_target(TARGET, &v3.sha256, false, "ops", "upgrade")
+        .await
+        .unwrap();
+    at = wait_for_version(&seen, at, "1.3.0", "frames from bundle 1.3.0").await;
 
-    // Bad bundles, each refused while 1.2.0 keeps serving.
-    let fails_golden = prescreen_variant(dir.path(), "1.3.0", |t| with_threshold(t, "0.0"));
-    let forwards_everything = prescreen_variant(dir.path(), "1.4.0", |t| {
+    // Bad bundles, each refused while 1.3.0 keeps serving.
+    let fails_golden = prescreen_variant(dir.path(), "1.4.0", |t| with_threshold(t, "0.0"));
+    let forwards_everything = prescreen_variant(dir.path(), "1.5.0", |t| {
         // Only the defect golden samples stay, so it passes them; on live frames it flags nearly all.
         let head = t.split("[[golden]]").next().unwrap().to_string();
         with_threshold(head, "0.001")
@@ -184,10 +194,10 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     });
     let mut rejected = 0;
     for (manifest, sequence, what) in [
-        (fails_golden, 3, "failing its golden samples"),
+        (fails_golden, 4, "failing its golden samples"),
         (
             forwards_everything,
-            4,
+            5,
             "flagging nearly every frame in shadow",
         ),
     ] {
@@ -205,7 +215,7 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
     }
     // Planted in the store past the registry's checks: signed by a key the edge does not trust.
     let (rogue, rogue_signed) =
-        signed(&prescreen_variant(dir.path(), "6.6.6", |t| t), 5, &stranger);
+        signed(&prescreen_variant(dir.path(), "6.6.6", |t| t), 6, &stranger);
     let json = rogue_signed.to_json();
     server
         .store
@@ -214,7 +224,7 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
                 sha256: &rogue.sha256,
                 name: "prescreen",
                 version: "6.6.6",
-                sequence: 5,
+                sequence: 6,
                 key_id: &rogue_signed.key_id,
                 signed: &json,
                 data: &rogue.bytes,
@@ -225,41 +235,46 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
         .await
         .unwrap()
         .unwrap();
-    // And a downgrade set past the registry's rule: sequence 1 while 2 serves, not marked as a rollback.
-    for (sha, what) in [(&rogue.sha256, "untrusted key"), (&v1.sha256, "downgrade")] {
+    // Set past the registry's rules: a downgrade to sequence 1 while 3 serves, first unmarked, then marked as
+    // a rollback, which the edge honours only towards a bundle it served before (1.1.0 never was one here).
+    for (sha, rollback, what) in [
+        (&rogue.sha256, false, "untrusted key"),
+        (&v1.sha256, false, "downgrade"),
+        (&v1.sha256, true, "rollback to a bundle never served here"),
+    ] {
         server
             .store
-            .set_target(TARGET, sha, false, "intruder", what, 2)
+            .set_target(TARGET, sha, rollback, "intruder", what, 2)
             .await
             .unwrap()
             .unwrap();
         rejected += 1;
         wait_rejected(&stats, rejected, what).await;
     }
-    // Let more frames through: all from 1.2.0.
+    // Let more frames through: all from 1.3.0.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let since = versions_after(&seen, at);
     assert!(
-        since.keys().all(|v| v == "1.2.0") && since.get("1.2.0").copied().unwrap_or(0) > 5,
+        since.keys().all(|v| v == "1.3.0") && since.get("1.3.0").copied().unwrap_or(0) > 5,
         "while bad bundles were refused the frames carried {since:?}"
     );
     at = last_seq(&seen);
 
-    // An explicit rollback to the shipped bundle: no shadow, back to 1.1.0.
+    // An explicit rollback to the bundle served before: no shadow, no download, back to 1.2.0.
     registry
-        .set_target(TARGET, &v1.sha256, true, "ops", "rollback")
+        .set_target(TARGET, &v2.sha256, true, "ops", "rollback")
         .await
         .unwrap();
-    at = wait_for_version(&seen, at, "1.1.0", "frames from the rolled-back bundle").await;
+    at = wait_for_version(&seen, at, "1.2.0", "frames from the rolled-back bundle").await;
     edge.stop().await.unwrap();
 
     // A restarted edge serves what was last made active, with no target change.
     let edge = pipeline::start_edge(config);
-    wait_for_version(&seen, at, "1.1.0", "frames after a restart").await;
+    wait_for_version(&seen, at, "1.2.0", "frames after a restart").await;
     let after_restart = versions_after(&seen, at);
     assert_eq!(
         after_restart.keys().collect::<Vec<_>>(),
-        ["1.1.0"],
+        ["1.2.0"],
         "{after_restart:?}"
     );
     edge.stop().await.unwrap();
@@ -282,28 +297,30 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
             .map(|e| e.event.clone())
             .collect()
     };
-    assert_eq!(
-        of(&v2.sha256),
-        [
-            "verified",
-            "downloaded",
-            "golden-pass",
-            "shadowing",
-            "shadowed",
-            "active"
-        ],
-        "{events:#?}"
-    );
+    let upgrade = [
+        "verified",
+        "downloaded",
+        "golden-pass",
+        "shadowing",
+        "shadowed",
+        "active",
+    ];
+    assert_eq!(of(&v3.sha256), upgrade, "{events:#?}");
+    // 1.2.0: upgraded to, then rolled back to from the copy kept on disk.
+    let mut v2_steps = upgrade.to_vec();
+    v2_steps.extend(["verified", "golden-pass", "rolled-back"]);
+    assert_eq!(of(&v2.sha256), v2_steps, "{events:#?}");
     let rejections: Vec<&str> = events
         .iter()
         .filter(|e| e.event == "rejected")
         .map(|e| e.detail.as_str())
         .collect();
-    assert_eq!(rejections.len(), 4, "{events:#?}");
+    assert_eq!(rejections.len(), 5, "{events:#?}");
     for (detail, says) in rejections.iter().zip([
         "golden sample",
         "failed its shadow",
         "not trusted",
+        "sequence",
         "sequence",
     ]) {
         assert!(
@@ -311,10 +328,6 @@ async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
             "a rejection should say {says:?}: {detail}"
         );
     }
-    assert!(
-        of(&v1.sha256).ends_with(&["rolled-back".to_string()]),
-        "{events:#?}"
-    );
     assert!(events.iter().all(|e| e.actor == "edge-t"));
 }
 

@@ -1118,6 +1118,13 @@ async fn the_model_registry_keeps_bundles_once_and_records_every_target_change(s
             .unwrap(),
         Ok(Published::Known)
     );
+    // The same archive under another sequence is not a new bundle.
+    assert!(matches!(
+        s.publish_bundle(bundle(a, 9, data), "ops", 11)
+            .await
+            .unwrap(),
+        Err(RegistryRule::AlreadyPublished { sequence: 1, .. })
+    ));
     assert!(matches!(
         s.publish_bundle(bundle(b, 1, b"other"), "ops", 12)
             .await

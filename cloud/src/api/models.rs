@@ -57,9 +57,9 @@ fn status(e: RegistryError) -> Status {
         }
         RegistryError::NoTrustedKeys => Status::failed_precondition(e.to_string()),
         RegistryError::Downgrade { .. }
-        | RegistryError::Rule(RegistryRule::SequenceTaken { .. }) => {
-            Status::failed_precondition(e.to_string())
-        }
+        | RegistryError::Rule(
+            RegistryRule::SequenceTaken { .. } | RegistryRule::AlreadyPublished { .. },
+        ) => Status::failed_precondition(e.to_string()),
         RegistryError::Bundle(
             BundleError::UnknownKey { .. } | BundleError::BadSignature { .. },
         ) => Status::permission_denied(e.to_string()),

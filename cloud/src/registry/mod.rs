@@ -1,5 +1,5 @@
-//! The model registry: where signed model bundles are published, what each edge group and the cloud workers
-//! should run, and where edges and workers download bundles from.
+//! The model registry: where signed model bundles are published, what each edge group should run, and where
+//! edges download bundles from.
 //!
 //! ```text
 //!  operator: tierline-models sign ──► bundle + signed statement
@@ -8,13 +8,14 @@
 //!            inside as named? ──► store: model_bundles (+ event)
 //!     └─► tierline-review models target ──► Registry::set_target: no downgrade without --rollback
 //!            ──► store: model_targets (+ event)
-//!  edges, workers ──► bundle server (`registry.listen`, HTTP): GET /v1/bundles/<sha256> (byte ranges, so a
+//!  edges ──► bundle server (`registry.listen`, HTTP): GET /v1/bundles/<sha256> (byte ranges, so a
 //!            cut download resumes), /v1/bundles/<sha256>/statement, /v1/targets
 //! ```
 //!
 //! The registry checks every bundle before storing it, but nobody downstream has to trust it: an edge
 //! verifies the statement's signature and the archive's hash itself (`tierline_shared::bundle`), so a
-//! compromised registry, store or network can withhold bundles but not substitute them.
+//! compromised registry, store or network can withhold bundles but not substitute them. The rollback flag of
+//! a target is not signed: an edge follows it only back to a bundle it served before.
 
 pub mod server;
 
@@ -49,7 +50,8 @@ pub enum RegistryError {
     Rule(#[from] RegistryRule),
     /// The target name is not one the fleet uses.
     #[error(
-        "target {0:?} is not `workers` or `edges/<group>` (group: letters, digits, `_`, `-`, `.`, up to 64)"
+        "target {0:?} is not `edges/<group>` (group: letters, digits, `_`, `-`, `.`, up to 64); cloud workers do \
+         not follow registry targets yet: ship their model with model.manifest"
     )]
     BadTarget(String),
     /// Setting the target would run an older bundle without saying it is a rollback.
@@ -207,15 +209,14 @@ impl Registry {
     }
 }
 
-/// Checks a target name: `workers` or `edges/<group>`.
+/// Checks a target name: `edges/<group>`.
 pub fn check_target(target: &str) -> Result<(), RegistryError> {
-    let ok = target == "workers"
-        || target.strip_prefix("edges/").is_some_and(|g| {
-            !g.is_empty()
-                && g.len() <= 64
-                && g.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        });
+    let ok = target.strip_prefix("edges/").is_some_and(|g| {
+        !g.is_empty()
+            && g.len() <= 64
+            && g.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    });
     if ok {
         Ok(())
     } else {
@@ -228,11 +229,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_are_workers_or_edge_groups() {
-        for good in ["workers", "edges/line-3", "edges/plant_1.a"] {
+    fn targets_are_edge_groups() {
+        for good in ["edges/line-3", "edges/plant_1.a"] {
             assert!(check_target(good).is_ok(), "{good}");
         }
-        for bad in ["", "edges/", "edges/a/b", "edge/x", "workers2", "edges/ x"] {
+        for bad in ["", "edges/", "edges/a/b", "edge/x", "workers", "edges/ x"] {
             assert!(check_target(bad).is_err(), "{bad}");
         }
     }

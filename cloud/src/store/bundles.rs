@@ -35,7 +35,7 @@ pub struct BundleRow {
 /// What a target should run for one model name.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TargetRow {
-    /// `edges/<group>` or `workers`.
+    /// `edges/<group>` (the store takes any name; the registry checks it).
     pub target: String,
     /// Model name.
     pub name: String,
@@ -97,6 +97,16 @@ pub enum RegistryRule {
     /// No bundle with this hash (or prefix) is published.
     #[error("no published bundle matches {0}; list them with `tierline-review models list`")]
     UnknownBundle(String),
+    /// The archive is published already, under another sequence.
+    #[error(
+        "this archive is published already as {name} sequence {sequence}; a new sequence needs a changed bundle (another version in the manifest)"
+    )]
+    AlreadyPublished {
+        /// Model name.
+        name: String,
+        /// Its sequence.
+        sequence: i64,
+    },
     /// A hash prefix matches several bundles.
     #[error("{0} matches several bundles; give more of the hash")]
     Ambiguous(String),
@@ -138,6 +148,17 @@ impl Store {
         let op = "publish bundle";
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(self.err(op))?;
+            let same: Option<(String, i64)> =
+                sqlx::query_as("SELECT name, sequence FROM model_bundles WHERE sha256 = $1")
+                    .bind(b.sha256)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(self.err(op))?;
+            if let Some((name, sequence)) = same
+                && sequence != b.sequence
+            {
+                return Ok(Err(RegistryRule::AlreadyPublished { name, sequence }));
+            }
             let holder: Option<String> = sqlx::query_scalar(
                 "SELECT sha256 FROM model_bundles WHERE name = $1 AND sequence = $2",
             )

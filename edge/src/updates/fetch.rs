@@ -21,7 +21,7 @@ const MAX_TARGETS: usize = 4 << 20;
 /// One target as the bundle server lists it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TargetView {
-    /// `edges/<group>` or `workers`.
+    /// `edges/<group>`.
     pub target: String,
     /// Model name.
     pub name: String,

@@ -86,11 +86,22 @@ impl UpdateError {
     /// Whether the bundle itself is at fault (refused until the target changes), as opposed to the network
     /// or the disk (tried again at the next check).
     pub fn refuses_bundle(&self) -> bool {
-        matches!(
-            self,
-            Self::Bundle(_) | Self::Model { .. } | Self::Shadow { .. }
-        )
+        match self {
+            // A disk that is full or unwritable is not the bundle's fault.
+            Self::Bundle(BundleError::Io { .. }) => false,
+            Self::Bundle(_) | Self::Model { .. } | Self::Shadow { .. } => true,
+            _ => false,
+        }
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn prefix(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Where bundle `sha256` is unpacked.
@@ -116,6 +127,18 @@ pub fn startup_manifest(cfg: &UpdatesConfig) -> Result<Option<(PathBuf, Installe
     Ok(state
         .active
         .map(|a| (bundle_dir(&cfg.dir, &a.sha256).join(archive::MANIFEST), a)))
+}
+
+/// Records that the active bundle no longer loads (the configured `model.manifest` serves instead), so the
+/// next check installs the target again and sequences are compared with what actually serves.
+pub fn forget_active(cfg: &UpdatesConfig) -> Result<(), UpdateError> {
+    let mut state = State::load(&cfg.dir)?;
+    if let Some(broken) = state.active.take() {
+        state.save(&cfg.dir)?;
+        // Unpacked again from a fresh download next time.
+        let _ = std::fs::remove_dir_all(bundle_dir(&cfg.dir, &broken.sha256));
+    }
+    Ok(())
 }
 
 /// The updates stage.
@@ -144,10 +167,10 @@ impl Updates {
             protocol_version: 1,
             edge_id: self.addr.edge_id().into(),
             time_us: tierline_shared::time::now_us(),
-            sha256: bundle.into(),
+            sha256: prefix(bundle, 64),
             event: event.into(),
-            detail: detail.chars().take(4000).collect(),
-            serving_version: self.model.manifest().version.clone(),
+            detail: prefix(&detail, 4000),
+            serving_version: prefix(&self.model.manifest().version, 128),
         };
         let sent = wire::encode(&msg, 64 << 10)
             .map_err(|e| e.to_string())
@@ -244,16 +267,18 @@ impl Updates {
             return Ok(());
         };
         let state = State::load(&self.cfg.dir).map_err(none)?;
-        let active = state.active.clone();
-        if active.as_ref().is_some_and(|a| a.sha256 == target.sha256)
+        if state
+            .active
+            .as_ref()
+            .is_some_and(|a| a.sha256 == target.sha256)
             || refused.contains(&(target.sha256.clone(), target.rollback))
         {
             return Ok(());
         }
         let bundle = target.sha256.clone();
         let fail = |e: UpdateError| (bundle.clone(), target.rollback, e);
-        let statement = self
-            .verify(&target, trusted, active.as_ref())
+        let (statement, rollback) = self
+            .verify(&target, trusted, &state, &serving.name)
             .map_err(fail)?;
         let manifest_path = self.install(server, &statement).await.map_err(fail)?;
         let runner = ModelRunner::load_checked(&manifest_path, self.runner_config.clone())
@@ -273,7 +298,7 @@ impl Updates {
             event = "golden-pass", bundle = %bundle, version = %statement.version,
             samples = runner.manifest().golden.len(), "Model bundle passes its golden samples."
         );
-        if !target.rollback {
+        if !rollback {
             self.shadow(&statement, runner.clone())
                 .await
                 .map_err(fail)?;
@@ -297,11 +322,7 @@ impl Updates {
         self.remove_unkept(&now);
         stats::inc(&self.stats.model_updates_applied);
         self.report(
-            if target.rollback {
-                "rolled-back"
-            } else {
-                "active"
-            },
+            if rollback { "rolled-back" } else { "active" },
             &bundle,
             format!(
                 "{before} -> {} (sequence {})",
@@ -309,7 +330,7 @@ impl Updates {
             ),
         );
         tracing::info!(
-            event = if target.rollback { "rolled-back" } else { "active" },
+            event = if rollback { "rolled-back" } else { "active" },
             bundle = %bundle, from = %before, to = %statement.version, sequence = statement.sequence,
             target = %self.target, "Model bundle now serving."
         );
@@ -317,12 +338,16 @@ impl Updates {
     }
 
     /// Verifies the target's statement: a trusted signature, the target's bundle, no downgrade.
+    /// A rollback is honoured only to a bundle this edge served before (kept in `state.previous`): the
+    /// registry's rollback flag is not signed, so it may only lead back to a model that already passed here.
+    /// Returns the statement and whether this is such a rollback.
     fn verify(
         &self,
         target: &fetch::TargetView,
         trusted: &TrustedKeys,
-        active: Option<&Installed>,
-    ) -> Result<BundleStatement, UpdateError> {
+        state: &State,
+        serving: &str,
+    ) -> Result<(BundleStatement, bool), UpdateError> {
         let statement = SignedStatement::parse(&target.signed)?.verify(trusted)?;
         if !statement.sha256.eq_ignore_ascii_case(&target.sha256) {
             return Err(BundleError::Mismatch {
@@ -331,10 +356,28 @@ impl Updates {
             }
             .into());
         }
+        if statement.name != serving {
+            return Err(BundleError::Mismatch {
+                bundle: target.sha256.clone(),
+                problem: format!(
+                    "it is a {} model and this edge serves {serving}",
+                    statement.name
+                ),
+            }
+            .into());
+        }
+        let rollback = target.rollback
+            && state
+                .previous
+                .iter()
+                .any(|p| p.sha256.eq_ignore_ascii_case(&target.sha256));
         check_sequence(
             &statement,
-            active.map(|a| (a.sequence, a.sha256.as_str())),
-            target.rollback.then_some(target.sha256.as_str()),
+            state
+                .active
+                .as_ref()
+                .map(|a| (a.sequence, a.sha256.as_str())),
+            rollback.then_some(target.sha256.as_str()),
         )?;
         self.report(
             "verified",
@@ -346,15 +389,15 @@ impl Updates {
                 SignedStatement::parse(&target.signed)
                     .map(|s| s.key_id)
                     .unwrap_or_default(),
-                if target.rollback { ", rollback" } else { "" }
+                if rollback { ", rollback" } else { "" }
             ),
         );
         tracing::info!(
             event = "verified", bundle = %statement.sha256, version = %statement.version,
-            sequence = statement.sequence, rollback = target.rollback,
+            sequence = statement.sequence, rollback,
             "Model bundle statement verified."
         );
-        Ok(statement)
+        Ok((statement, rollback))
     }
 
     /// Makes sure the bundle is unpacked under `bundles/<sha256>/` (downloading it unless it is there from
@@ -397,7 +440,15 @@ impl Updates {
             std::fs::rename(&staged2, &dir2).map_err(|source| BundleError::Io {
                 path: dir2.clone(),
                 source,
-            })
+            })?;
+            // The rename itself must survive a power loss before the swap is recorded.
+            let bundles = dir2.parent().unwrap_or(&dir2);
+            std::fs::File::open(bundles)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| BundleError::Io {
+                    path: bundles.to_path_buf(),
+                    source,
+                })
         })
         .await
         .map_err(|e| UpdateError::Fetch(format!("unpacking stopped: {e}")))?;

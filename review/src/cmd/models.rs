@@ -29,9 +29,9 @@ enum ModelsCommand {
     },
     /// List published bundles and what each target runs.
     List,
-    /// Point a target (`workers` or `edges/<group>`) at a bundle (its hash or a unique prefix).
+    /// Point a target (`edges/<group>`) at a bundle (its hash or a unique prefix).
     Target {
-        /// `workers` or `edges/<group>`.
+        /// `edges/<group>`.
         target: String,
         /// Bundle hash or unique prefix.
         bundle: String,
@@ -41,7 +41,7 @@ enum ModelsCommand {
     },
     /// Send a target back to an older bundle (edges accept a lower sequence only when it is named so).
     Rollback {
-        /// `workers` or `edges/<group>`.
+        /// `edges/<group>`.
         target: String,
         /// Bundle hash or unique prefix.
         bundle: String,
@@ -71,7 +71,7 @@ fn target_json(t: &pb::Target) -> serde_json::Value {
 }
 
 fn short(sha: &str) -> String {
-    or_dash(&sha[..sha.len().min(12)])
+    or_dash(&sha.chars().take(12).collect::<String>())
 }
 
 /// Runs the `models` subcommand.

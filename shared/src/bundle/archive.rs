@@ -172,6 +172,7 @@ pub fn unpack(
             source,
         })?;
     }
+    sync_dirs(dir)?;
     let manifest = Manifest::load(&dir.join(MANIFEST))?;
     if manifest.name != statement.name || manifest.version != statement.version {
         return Err(BundleError::Mismatch {
@@ -192,6 +193,24 @@ pub fn unpack(
         }
     }
     Ok(manifest)
+}
+
+/// Makes the directory entries under `dir` (and `dir` itself) durable: the files were synced as they were
+/// written, their names are synced here.
+pub fn sync_dirs(dir: &Path) -> Result<(), BundleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BundleError::Io { path, source }
+    };
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_dir() {
+            sync_dirs(&path)?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// Whether `p` is a relative path of plain names (no `..`, no root, not empty).

@@ -37,7 +37,7 @@ impl BundleStatement {
             "{} {} ({})",
             self.name,
             self.version,
-            &self.sha256[..self.sha256.len().min(12)]
+            self.sha256.chars().take(12).collect::<String>()
         )
     }
 }
@@ -197,6 +197,28 @@ mod tests {
         let mut signed = SignedStatement::sign(&s, &old).unwrap();
         signed.signature = "zz".into();
         assert!(signed.verify(&trusted).is_err());
+    }
+
+    #[test]
+    fn an_unverified_statement_with_odd_text_is_refused_without_a_panic() {
+        let key = SigningKey::generate().unwrap();
+        let trusted = TrustedKeys::new(vec![key.public()]);
+        let mut s = statement(1, 'a');
+        s.sha256 = "ééééééééééééé".into();
+        let mut signed = SignedStatement::sign(&s, &key).unwrap();
+        signed.signature = "00".repeat(64);
+        assert!(matches!(
+            signed.verify(&trusted).unwrap_err(),
+            BundleError::BadSignature { .. }
+        ));
+        signed.key_id = "unknown".into();
+        assert!(
+            signed
+                .verify(&trusted)
+                .unwrap_err()
+                .to_string()
+                .contains("éééé")
+        );
     }
 
     #[test]
