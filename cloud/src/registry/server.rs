@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Why the bundle server stopped or could not start.
@@ -58,7 +60,7 @@ impl BundleServer {
         Ok(Self {
             listener,
             addr,
-            router: router(store),
+            router: router(store, MAX_DOWNLOADS),
         })
     }
 
@@ -77,13 +79,29 @@ impl BundleServer {
     }
 }
 
-/// The bundle server's routes over `store`.
-pub fn router(store: Store) -> Router {
+/// Bundle downloads served at once: each holds its range in memory (up to a whole bundle), so this bounds
+/// the memory downloads take. Others are answered 503 with `Retry-After`, and edges try again at their next
+/// check.
+pub const MAX_DOWNLOADS: usize = 4;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Shared {
+    store: Store,
+    downloads: Arc<Semaphore>,
+}
+
+/// The bundle server's routes over `store`, serving at most `max_downloads` bundle downloads at once.
+pub fn router(store: Store, max_downloads: usize) -> Router {
+    let shared = Shared {
+        store,
+        downloads: Arc::new(Semaphore::new(max_downloads)),
+    };
     Router::new()
         .route("/v1/bundles/{sha256}", get(bundle))
         .route("/v1/bundles/{sha256}/statement", get(statement))
         .route("/v1/targets", get(targets))
-        .with_state(store)
+        .with_state(shared)
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
@@ -162,7 +180,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
 }
 
 async fn bundle(
-    State(store): State<Store>,
+    State(Shared { store, downloads }): State<Shared>,
     Path(sha): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -198,6 +216,14 @@ async fn bundle(
                 .into_response();
         }
     };
+    let Ok(_permit) = downloads.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            format!("{MAX_DOWNLOADS} bundle downloads are under way; retry shortly\n"),
+        )
+            .into_response();
+    };
     let bytes = match store.bundle_bytes(&sha, start, len).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
@@ -226,7 +252,10 @@ async fn bundle(
     response
 }
 
-async fn statement(State(store): State<Store>, Path(sha): Path<String>) -> Response {
+async fn statement(
+    State(Shared { store, .. }): State<Shared>,
+    Path(sha): Path<String>,
+) -> Response {
     if !valid_sha(&sha) {
         return text(
             StatusCode::BAD_REQUEST,
@@ -255,7 +284,7 @@ struct TargetView {
     signed: String,
 }
 
-async fn targets(State(store): State<Store>) -> Response {
+async fn targets(State(Shared { store, .. }): State<Shared>) -> Response {
     let rows = match store.model_targets().await {
         Ok(rows) => rows,
         Err(e) => return unavailable(e),
@@ -284,6 +313,43 @@ async fn targets(State(store): State<Store>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn downloads_beyond_the_limit_are_told_to_retry() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = Store::open(&url, true).await.unwrap();
+        let data = vec![7u8; 100];
+        let sha = tierline_shared::bundle::archive::sha256_hex(&data);
+        store
+            .publish_bundle(
+                crate::store::NewBundle {
+                    sha256: &sha,
+                    name: "prescreen",
+                    version: "1",
+                    sequence: 1,
+                    key_id: "k",
+                    signed: "{}",
+                    data: &data,
+                },
+                "ops",
+                1,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let get = |limit: usize| {
+            let request = axum::http::Request::get(format!("/v1/bundles/{sha}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            router(store.clone(), limit).oneshot(request)
+        };
+        assert_eq!(get(1).await.unwrap().status(), StatusCode::OK);
+        let busy = get(0).await.unwrap();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "5");
+    }
 
     #[test]
     fn ranges_follow_rfc_9110() {

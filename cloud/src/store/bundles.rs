@@ -281,7 +281,7 @@ impl Store {
         len: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         // substr counts from 1 on blobs in SQLite and on bytea in PostgreSQL alike, with 32-bit arguments in
-        // PostgreSQL (bundles are limited to 1 GiB, `crate::registry::MAX_BUNDLE`).
+        // PostgreSQL (bundles are limited to `crate::registry::MAX_BUNDLE`, 256 MiB).
         let from = i32::try_from(start.saturating_add(1)).unwrap_or(i32::MAX);
         let len = i32::try_from(len).unwrap_or(i32::MAX);
         on_pool!(self, |pool| sqlx::query_scalar(
