@@ -101,6 +101,36 @@ async fn frame_reader(port: u16) -> (Seen, tokio::task::JoinHandle<()>) {
     (seen, reader)
 }
 
+/// What every test here starts with: a Mosquitto, an operator's signing key (its public key written to
+/// `ops.pub`), and a registry trusting it with its bundle server.
+struct Fleet {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    ops: SigningKey,
+    ops_pub: std::path::PathBuf,
+    server: tierline_tests::review::RegistryServer,
+    registry: Registry,
+}
+
+async fn fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let ops = SigningKey::generate().unwrap();
+    let ops_pub = dir.path().join("ops.pub");
+    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
+    let trusted = TrustedKeys::new(vec![ops.public()]);
+    let server = start_registry(trusted.clone()).await;
+    let registry = Registry::new(server.store.clone(), trusted);
+    Fleet {
+        dir,
+        broker,
+        ops,
+        ops_pub,
+        server,
+        registry,
+    }
+}
+
 /// Waits until the edge has refused `n` bundles in all.
 async fn wait_rejected(stats: &Arc<tierline_edge::EdgeStats>, n: u64, what: &str) {
     let st = stats.clone();
@@ -120,15 +150,15 @@ async fn wait_rejected(stats: &Arc<tierline_edge::EdgeStats>, n: u64, what: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_takes_good_bundles_refuses_bad_ones_and_rolls_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let ops = SigningKey::generate().unwrap();
+    let Fleet {
+        dir,
+        broker,
+        ops,
+        ops_pub,
+        server,
+        registry,
+    } = fleet().await;
     let stranger = SigningKey::generate().unwrap();
-    let ops_pub = dir.path().join("ops.pub");
-    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
-    let trusted = TrustedKeys::new(vec![ops.public()]);
-    let server = start_registry(trusted.clone()).await;
-    let registry = Registry::new(server.store.clone(), trusted);
 
     // The oracle: every frame the edge publishes, with the model version it carries.
     let (seen, reader) = frame_reader(broker.port()).await;
@@ -351,14 +381,14 @@ fn edge_toml(port: u16, dir: &Path, bundles: std::net::SocketAddr, key: &Path) -
 async fn a_crash_at_any_step_of_a_swap_comes_back_on_a_whole_model_and_converges() {
     use std::os::unix::process::ExitStatusExt;
     use tierline_tests::process;
-    let root = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(root.path());
-    let ops = SigningKey::generate().unwrap();
-    let ops_pub = root.path().join("ops.pub");
-    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
-    let trusted = TrustedKeys::new(vec![ops.public()]);
-    let server = start_registry(trusted.clone()).await;
-    let registry = Registry::new(server.store.clone(), trusted);
+    let Fleet {
+        dir: root,
+        broker,
+        ops,
+        ops_pub,
+        server,
+        registry,
+    } = fleet().await;
     let (v2, v2_signed) = signed(&prescreen_variant(root.path(), "1.2.0", |t| t), 2, &ops);
     registry
         .publish(&v2_signed.to_json(), v2.bytes.clone(), "ops")
@@ -478,14 +508,14 @@ async fn a_crash_at_any_step_of_a_swap_comes_back_on_a_whole_model_and_converges
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_cut_off_from_the_registry_keeps_its_model_and_converges_after_healing() {
     use tierline_tests::proxy::{Mode, Proxy};
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let ops = SigningKey::generate().unwrap();
-    let ops_pub = dir.path().join("ops.pub");
-    std::fs::write(&ops_pub, ops.public().to_file_text()).unwrap();
-    let trusted = TrustedKeys::new(vec![ops.public()]);
-    let server = start_registry(trusted.clone()).await;
-    let registry = Registry::new(server.store.clone(), trusted);
+    let Fleet {
+        dir,
+        broker,
+        ops,
+        ops_pub,
+        server,
+        registry,
+    } = fleet().await;
     // The edge reaches the bundle server through a proxy that can drop every packet.
     let path = Proxy::start(server.bundles).await.unwrap();
     let (seen, reader) = frame_reader(broker.port()).await;

@@ -266,7 +266,7 @@ impl Updates {
         else {
             return Ok(());
         };
-        let state = State::load(&self.cfg.dir).map_err(none)?;
+        let state = self.load_state().await.map_err(none)?;
         if state
             .active
             .as_ref()
@@ -312,14 +312,13 @@ impl Updates {
         // Recorded before the swap: a crash from here on comes back on the model serving now.
         let mut pending = state.clone();
         pending.pending = Some(new.clone());
-        pending.save(&self.cfg.dir).map_err(fail)?;
+        self.save_state(pending).await.map_err(fail)?;
         crash_point("updates:pending");
         let before = serving.version.clone();
         self.model.activate(runner, &manifest_path).await;
         crash_point("updates:swapped");
         let now = state.activated(new);
-        now.save(&self.cfg.dir).map_err(fail)?;
-        self.remove_unkept(&now);
+        self.save_state(now).await.map_err(fail)?;
         stats::inc(&self.stats.model_updates_applied);
         self.report(
             if rollback { "rolled-back" } else { "active" },
@@ -541,18 +540,40 @@ impl Updates {
         }
     }
 
-    /// Removes bundles the state no longer refers to.
-    fn remove_unkept(&self, state: &State) {
-        let kept = state.kept();
-        let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("bundles")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !kept.contains(&name.as_ref()) {
-                let _ = std::fs::remove_dir_all(entry.path());
+    /// Reads `state.json` off the async threads.
+    async fn load_state(&self) -> Result<State, UpdateError> {
+        let dir = self.cfg.dir.clone();
+        tokio::task::spawn_blocking(move || State::load(&dir))
+            .await
+            .map_err(|e| UpdateError::Fetch(format!("reading the update state stopped: {e}")))?
+    }
+
+    /// Replaces `state.json` (synced) and removes the bundles it no longer refers to, off the async threads.
+    async fn save_state(&self, state: State) -> Result<(), UpdateError> {
+        let dir = self.cfg.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            state.save(&dir)?;
+            if state.pending.is_none() {
+                remove_unkept(&dir, &state);
             }
+            Ok(())
+        })
+        .await
+        .map_err(|e| UpdateError::Fetch(format!("writing the update state stopped: {e}")))?
+    }
+}
+
+/// Removes bundles `state` no longer refers to.
+fn remove_unkept(dir: &Path, state: &State) {
+    let kept = state.kept();
+    let Ok(entries) = std::fs::read_dir(dir.join("bundles")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !kept.contains(&name.as_ref()) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
