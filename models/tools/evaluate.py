@@ -2,10 +2,15 @@
 """Python reference of `tierline-models eval` and `calibrate` (same definitions, Pillow preprocessing).
 
     python tools/evaluate.py DIR [--prevalence 0.02] [--calibrate 0.995] [--edge-threshold T]
+        [--edge prescreen.toml] [--cloud full.toml] [--cloud-fa 0.02] [--cache scores.npz]
 
 DIR holds labels.csv (file,label[,surface]). Prints the cascade numbers as
 `eval` defines them (src/report.rs), per class and per surface; with
 --calibrate, the threshold `calibrate` would pick (src/calibrate.rs) instead.
+Tiled manifests are scored as the runtime scores them: one row per tile, the
+frame's score is its worst tile's and its label that tile's. --cloud-fa prints
+the cloud threshold that flags at most that share of the good frames.
+--cache keeps the scores of a set in a file for later runs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import tomllib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from preprocess import preprocess  # noqa: E402
+from preprocess import preprocess_tiles  # noqa: E402
 
 MODELS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Z95 = 1.959963984540054
@@ -35,15 +40,35 @@ def wilson_lower(k: int, n: int) -> float:
     return max(0.0, (centre - spread) / (1 + z2 / n))
 
 
-def load(name: str):
+def load(path: str):
     import onnxruntime as ort
-    with open(os.path.join(MODELS, f"{name}.toml"), "rb") as f:
+    with open(path, "rb") as f:
         m = tomllib.load(f)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(os.path.join(MODELS, m["file"]), opts,
+    sess = ort.InferenceSession(os.path.join(os.path.dirname(os.path.abspath(path)), m["file"]), opts,
                                 providers=["CPUExecutionProvider"])
     return m, sess
+
+
+def frame_scores(path: str, rows, d: str):
+    """Per frame: (defect score of the worst tile, that tile's probabilities or None)."""
+    m, sess = load(path)
+    kind = m["output"]["kind"]
+    scores, probs = [], []
+    for r in rows:
+        with open(os.path.join(d, r["file"]), "rb") as f:
+            x = preprocess_tiles(f.read(), m["input"], m.get("tiling"))
+        out = sess.run(None, {"image": x})[0]
+        if kind == "sigmoid":
+            t = out[:, 0]
+            scores.append(float(t.max()))
+        else:
+            t = 1.0 - out[:, m["output"]["good_class"]]
+            worst = int(t.argmax())
+            scores.append(float(t[worst]))
+            probs.append(out[worst])
+    return np.array(scores), (np.array(probs) if probs else None)
 
 
 def main() -> None:
@@ -52,25 +77,42 @@ def main() -> None:
     ap.add_argument("--prevalence", type=float, default=None)
     ap.add_argument("--calibrate", type=float, default=None, metavar="TARGET")
     ap.add_argument("--edge-threshold", type=float, default=None)
+    ap.add_argument("--edge", default=os.path.join(MODELS, "prescreen.toml"))
+    ap.add_argument("--cloud", default=os.path.join(MODELS, "full.toml"))
+    ap.add_argument("--cloud-threshold", type=float, default=None)
+    ap.add_argument("--cloud-fa", type=float, default=None, metavar="SHARE")
+    ap.add_argument("--cache", default=None)
     args = ap.parse_args()
-    pm, ps = load("prescreen")
-    fm, fs = load("full")
+    with open(args.edge, "rb") as f:
+        pm = tomllib.load(f)
+    with open(args.cloud, "rb") as f:
+        fm = tomllib.load(f)
     classes = fm["output"]["classes"]
     with open(os.path.join(args.dir, "labels.csv")) as f:
         rows = list(csv.DictReader(f))
-    edge, probs, sizes = [], [], []
-    for r in rows:
-        with open(os.path.join(args.dir, r["file"]), "rb") as f:
-            data = f.read()
-        sizes.append(len(data))
-        xe = preprocess(data, pm["input"])
-        xf = preprocess(data, fm["input"])
-        edge.append(float(ps.run(None, {"image": xe})[0][0, 0]))
-        probs.append(fs.run(None, {"image": xf})[0][0])
-    edge, probs, sizes = np.array(edge), np.array(probs), np.array(sizes, float)
+    sizes = np.array([os.path.getsize(os.path.join(args.dir, r["file"])) for r in rows], float)
+    if args.cache and os.path.exists(args.cache):
+        c = np.load(args.cache)
+        edge, cloud_score, probs = c["edge"], c["cloud"], c["probs"]
+    else:
+        edge, _ = frame_scores(args.edge, rows, args.dir)
+        cloud_score, probs = frame_scores(args.cloud, rows, args.dir)
+        if args.cache:
+            np.savez(args.cache, edge=edge, cloud=cloud_score, probs=probs)
     truth = np.array([r["label"] for r in rows])
     surface = np.array([r.get("surface", "-") for r in rows])
-    cloud_def = 1.0 - probs[:, 0] >= fm["output"]["threshold"]
+    if args.cloud_fa is not None:
+        g = np.sort(cloud_score[truth == "good"])[::-1]
+        k = int(math.floor(args.cloud_fa * len(g) + 1e-9))
+        t = float(np.nextafter(np.float32(g[k]), np.float32(1))) if k < len(g) else 0.0
+        print(f"cloud threshold {t:.6f}: flags {np.mean(cloud_score[truth == 'good'] >= t):.4f} of good "
+              f"frames, {np.mean(cloud_score[truth != 'good'] >= t):.4f} of defective frames")
+        for c in classes[1:]:
+            sel = truth == c
+            print(f"  {c:8s} {np.mean(cloud_score[sel] >= t):.4f} of {sel.sum()}")
+        return
+    cthr = args.cloud_threshold if args.cloud_threshold is not None else fm["output"]["threshold"]
+    cloud_def = cloud_score >= cthr
     masked = probs.copy()
     masked[:, 0] = -1
     cloud_label = np.where(cloud_def, np.array(classes)[masked.argmax(axis=1)], "good")
@@ -101,6 +143,9 @@ def main() -> None:
           f"{args.prevalence if args.prevalence is not None else round(p_s, 4)}, edge threshold {t:.6f}")
     r, h, n = rate(cloud_def, fwd)
     print(f"edge recall vs cloud flags  {r:.4f} ({h}/{n}, Wilson 95 % lower {wilson_lower(h, n):.4f})")
+    r, h, n = rate(~good & cloud_def, fwd)
+    print(f"edge recall vs true defects the cloud catches {r:.4f} ({h}/{n}, Wilson 95 % lower "
+          f"{wilson_lower(h, n):.4f})")
     r, h, n = rate(~good, fwd)
     print(f"edge recall vs ground truth {r:.4f} ({h}/{n})")
     allsel = np.ones(len(rows), bool)
@@ -108,6 +153,9 @@ def main() -> None:
     ca, ka = rate(allsel, cloud_label == truth)[0], rate(allsel, casc == truth)[0]
     cb = rate(allsel, cloud_def == ~good)[0]
     kb = rate(allsel, (fwd & cloud_def) == ~good)[0]
+    r, h, n = rate(~good, ~(fwd & cloud_def))
+    print(f"cascade escapes (defective frames passed) {r:.4f} ({h}/{n}); "
+          f"false rejects {rate(good, fwd & cloud_def)[0]:.4f}")
     print(f"accuracy class: cloud-only {ca:.4f}, cascade {ka:.4f} ({100 * (ka - ca):+.2f} points); "
           f"good/defective: cloud-only {cb:.4f}, cascade {kb:.4f}")
     print(f"{'class':10s} {'frames':>6s} {'edge fwd':>9s} {'cloud flag':>10s} {'cloud ok':>9s} {'cascade ok':>10s}")

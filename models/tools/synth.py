@@ -283,6 +283,15 @@ def render_pair(seed: int, index: int, width: int = 640, height: int = 480,
                 p_defect: float = 0.5, kinds: tuple[str, ...] = PROCEDURAL,
                 force: str | None = None) -> tuple[np.ndarray, np.ndarray, Params]:
     """(clean uint8 frame, frame with the drawn defect, params). For good frames both are equal."""
+    clean, bad, _, p = render_layers(seed, index, width, height, p_defect, kinds, force)
+    return clean, bad, p
+
+
+def render_layers(seed: int, index: int, width: int = 640, height: int = 480,
+                  p_defect: float = 0.5, kinds: tuple[str, ...] = PROCEDURAL,
+                  force: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, Params]:
+    """render_pair plus the additive defect layer (grey levels, float [height, width]; zero for good
+    frames): where the defect is, for labelling tiles."""
     s = Stream.frame(seed, index)
     p = draw_params(s, width, height, p_defect, kinds, force)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -294,9 +303,10 @@ def render_pair(seed: int, index: int, width: int = 640, height: int = 480,
     v = v + p.sigma * s.child(SALT_PIXEL).normals_at(k)
     clean = np.clip(np.floor(v + 0.5), 0, 255).astype(np.uint8)
     if p.label == "good":
-        return clean, clean, p
-    bad = np.clip(np.floor(v + defect_layer(p, width, height) + 0.5), 0, 255).astype(np.uint8)
-    return clean, bad, p
+        return clean, clean, np.zeros((height, width)), p
+    layer = defect_layer(p, width, height)
+    bad = np.clip(np.floor(v + layer + 0.5), 0, 255).astype(np.uint8)
+    return clean, bad, layer, p
 
 
 def render(seed: int, index: int, width: int = 640, height: int = 480,
