@@ -18,7 +18,9 @@ prescreen  Conv3x3/2 1->8, Conv3x3/2 8->16, Conv3x3/2 16->24, Conv3x3 24->24 (Re
 An epoch is every defective tile, its clean twin (the same tile of the same frame without the
 defect) and NEG_RATIO more clean tiles drawn at random from all frames (a new draw each epoch), so
 the many good tiles are all seen over the run. Random horizontal and vertical flips. Adam with a
-cosine learning rate. The last --val-frames frames of the first data file are held back.
+cosine learning rate; --init-onnx starts from the weights of an earlier model of the same layout
+(the full model 2.0.0 starts from full-1.0.0's, trained on whole squeezed frames). The last
+--val-frames frames of the first data file are held back.
 
 A checkpoint (weights, optimizer, random state, position) is written every --ckpt-every seconds
 and at every epoch end; a rerun with the same --ckpt resumes where it stopped. The loss per epoch
@@ -195,6 +197,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--val-frames", type=int, default=200)
     ap.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
+    ap.add_argument("--init-onnx", default=None,
+                    help="start from the weights of an ONNX file of the same layout (e.g. full-1.0.0.onnx)")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="training seconds: after each epoch, the planned epochs are cut to what fits "
+                         "(the cosine schedule is stretched or shrunk to the new total)")
     ap.add_argument("--stop-at", type=float, default=None,
                     help="Unix time: checkpoint and export the model as it is at this time")
     args = ap.parse_args()
@@ -220,10 +227,20 @@ def main() -> None:
           f"{int(val.sum())} held back; epoch = {len(pos) * (2 + NEG_RATIO)} tiles", flush=True)
 
     model = build(args.model)
+    if args.init_onnx:
+        import onnx
+        from onnx import numpy_helper
+        w = {t.name: numpy_helper.to_array(t) for t in onnx.load(args.init_onnx).graph.initializer}
+        with torch.no_grad():
+            for i, conv in enumerate(model.convs):
+                conv.weight.copy_(torch.from_numpy(w[f"conv{i}_w"].copy()))
+                conv.bias.copy_(torch.from_numpy(w[f"conv{i}_b"].copy()))
+            model.head.weight.copy_(torch.from_numpy(w["head_w"].copy()))
+            model.head.bias.copy_(torch.from_numpy(w["head_b"].copy()))
+        print(f"initialised from {args.init_onnx}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = len(pos) * (2 + NEG_RATIO) // args.batch
-    total = args.epochs * steps_per_epoch
-    state = {"epoch": 0, "step_in_epoch": 0, "t": 0, "seconds": 0.0, "losses": [],
+    state = {"epochs": args.epochs, "epoch": 0, "step_in_epoch": 0, "t": 0, "seconds": 0.0, "losses": [],
              "rng": np.random.default_rng(args.seed).bit_generator.state, "order": None}
     if os.path.exists(args.ckpt):
         ck = torch.load(args.ckpt, weights_only=False)
@@ -234,6 +251,7 @@ def main() -> None:
               f"{state['seconds']:.0f} s trained", flush=True)
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
+    total = state["epochs"] * steps_per_epoch
 
     def checkpoint():
         state["rng"] = rng.bit_generator.state
@@ -242,7 +260,7 @@ def main() -> None:
     started = time.time() - state["seconds"]
     last_ckpt = time.time()
     stopped_early = False
-    while state["epoch"] < args.epochs:
+    while state["epoch"] < state["epochs"]:
         if state["order"] is None:
             state["order"] = epoch_indices(rng, pos, twin, neg)
             state["epoch_losses"] = []
@@ -269,7 +287,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            state["epoch_losses"].append(float(loss))
+            state["epoch_losses"].append(loss.item())
             state["step_in_epoch"] = i + 1
             state["seconds"] = time.time() - started
             if time.time() - last_ckpt > args.ckpt_every:
@@ -290,9 +308,17 @@ def main() -> None:
         state["epoch"] += 1
         state["step_in_epoch"] = 0
         state["order"] = None
-        checkpoint()
         last_ckpt = time.time()
-        print(f"{args.model} epoch {state['epoch']}/{args.epochs} loss {state['losses'][-1]:.4f} "
+        if args.time_budget is not None:
+            per_epoch = state["seconds"] / state["epoch"]
+            fit = state["epoch"] + int((args.time_budget - state["seconds"]) // per_epoch)
+            fit = max(state["epoch"], min(args.epochs, fit))
+            if fit != state["epochs"]:
+                print(f"{args.model}: time budget fits {fit} epochs", flush=True)
+                state["epochs"] = fit
+                total = fit * steps_per_epoch
+        checkpoint()
+        print(f"{args.model} epoch {state['epoch']}/{state['epochs']} loss {state['losses'][-1]:.4f} "
               f"({state['seconds']:.0f} s)", flush=True)
 
     model.eval()
@@ -319,7 +345,7 @@ def main() -> None:
                 summary[f"recall_{synth.CLASSES[c]}"] = float(np.mean(score[sel] >= thr))
     print(json.dumps({"model": args.model, "file": path, "params": n_params(args.model),
                       "flops_per_tile": flops(args.model), "flops_per_frame_5x4": 20 * flops(args.model),
-                      "epochs_done": state["epoch"], "epochs_planned": args.epochs,
+                      "epochs_done": state["epoch"], "epochs_planned": state["epochs"],
                       "stopped_early": stopped_early, "train_seconds": round(state["seconds"], 1),
                       "epoch_losses": [round(v, 4) for v in state["losses"]],
                       "lr": args.lr, "batch": args.batch, **summary}), flush=True)
