@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import sys
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--cloud-threshold", type=float, default=None)
     ap.add_argument("--cloud-fa", type=float, default=None, metavar="SHARE")
     ap.add_argument("--cache", default=None)
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with open(args.edge, "rb") as f:
         pm = tomllib.load(f)
@@ -139,37 +141,82 @@ def main() -> None:
     def rate(sel, hit):
         return float(np.sum(w[sel & hit]) / max(np.sum(w[sel]), 1e-12)), int(np.sum(sel & hit)), int(np.sum(sel))
 
-    print(f"{len(rows)} frames ({int((~good).sum())} defective), prevalence "
-          f"{args.prevalence if args.prevalence is not None else round(p_s, 4)}, edge threshold {t:.6f}")
-    r, h, n = rate(cloud_def, fwd)
-    print(f"edge recall vs cloud flags  {r:.4f} ({h}/{n}, Wilson 95 % lower {wilson_lower(h, n):.4f})")
-    r, h, n = rate(~good & cloud_def, fwd)
-    print(f"edge recall vs true defects the cloud catches {r:.4f} ({h}/{n}, Wilson 95 % lower "
-          f"{wilson_lower(h, n):.4f})")
-    r, h, n = rate(~good, fwd)
-    print(f"edge recall vs ground truth {r:.4f} ({h}/{n})")
+    def counted(sel, hit):
+        r, h, n = rate(sel, hit)
+        return {"hits": h, "total": n, "rate": r, "wilson95_lower": wilson_lower(h, n)}
+
     allsel = np.ones(len(rows), bool)
-    print(f"forwarded frames {rate(allsel, fwd)[0]:.4f}, bytes {np.sum(w * sizes * fwd) / np.sum(w * sizes):.4f}")
-    ca, ka = rate(allsel, cloud_label == truth)[0], rate(allsel, casc == truth)[0]
-    cb = rate(allsel, cloud_def == ~good)[0]
-    kb = rate(allsel, (fwd & cloud_def) == ~good)[0]
-    r, h, n = rate(~good, ~(fwd & cloud_def))
-    print(f"cascade escapes (defective frames passed) {r:.4f} ({h}/{n}); "
-          f"false rejects {rate(good, fwd & cloud_def)[0]:.4f}")
-    print(f"accuracy class: cloud-only {ca:.4f}, cascade {ka:.4f} ({100 * (ka - ca):+.2f} points); "
-          f"good/defective: cloud-only {cb:.4f}, cascade {kb:.4f}")
-    print(f"{'class':10s} {'frames':>6s} {'edge fwd':>9s} {'cloud flag':>10s} {'cloud ok':>9s} {'cascade ok':>10s}")
+    passed = ~(fwd & cloud_def)
+    rep = {
+        "frames": len(rows), "defective_frames": int((~good).sum()),
+        "prevalence": args.prevalence, "edge_threshold": t, "cloud_threshold": cthr,
+        "edge_recall_vs_cloud": counted(cloud_def, fwd),
+        "edge_recall_vs_true_defects_cloud_catches": counted(~good & cloud_def, fwd),
+        "edge_recall_vs_truth": counted(~good, fwd),
+        "forwarded_frames": rate(allsel, fwd)[0],
+        "forwarded_bytes": float(np.sum(w * sizes * fwd) / np.sum(w * sizes)),
+        "cloud_recall_vs_truth": counted(~good, cloud_def),
+        "cloud_false_alarms": counted(good, cloud_def),
+        "cascade_escapes": counted(~good, passed),
+        "cascade_false_rejects": counted(good, fwd & cloud_def),
+        "cloud_accuracy": rate(allsel, cloud_label == truth)[0],
+        "cascade_accuracy": rate(allsel, casc == truth)[0],
+        "cloud_binary_accuracy": rate(allsel, cloud_def == ~good)[0],
+        "cascade_binary_accuracy": rate(allsel, (fwd & cloud_def) == ~good)[0],
+        "classes": {}, "surfaces": {},
+    }
+    rep["accuracy_delta_points"] = 100 * (rep["cascade_accuracy"] - rep["cloud_accuracy"])
     for c in classes:
         sel = truth == c
         if sel.any():
-            print(f"{c:10s} {sel.sum():6d} {fwd[sel].mean():9.4f} {cloud_def[sel].mean():10.4f} "
-                  f"{(cloud_label[sel] == c).mean():9.4f} {(casc[sel] == c).mean():10.4f}")
-    for s in np.unique(surface):
-        sel = surface == s
+            rep["classes"][c] = {
+                "frames": int(sel.sum()), "edge_forwarded": float(fwd[sel].mean()),
+                "cloud_flagged": float(cloud_def[sel].mean()),
+                "cloud_correct": float((cloud_label[sel] == c).mean()),
+                "cascade_flagged": float((fwd & cloud_def)[sel].mean()),
+                "cascade_correct": float((casc[sel] == c).mean())}
+    for sf in np.unique(surface):
+        sel = surface == sf
         g, d = sel & good, sel & ~good
-        print(f"surface {s:8s} good fwd {fwd[g].mean() if g.any() else float('nan'):.4f}  "
-              f"defect fwd {fwd[d].mean() if d.any() else float('nan'):.4f}  "
-              f"cloud flags caught {fwd[sel & cloud_def].mean() if (sel & cloud_def).any() else float('nan'):.4f}")
+        rep["surfaces"][str(sf)] = {
+            "good_frames": int(g.sum()), "defective_frames": int(d.sum()),
+            "good_forwarded": float(fwd[g].mean()) if g.any() else None,
+            "good_cloud_flagged": float(cloud_def[g].mean()) if g.any() else None,
+            "defects_forwarded": float(fwd[d].mean()) if d.any() else None,
+            "defects_cloud_flagged": float(cloud_def[d].mean()) if d.any() else None,
+            "defects_escaped": float(passed[d].mean()) if d.any() else None}
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return
+
+    def line(name, c):
+        return (f"{name} {c['rate']:.4f} ({c['hits']}/{c['total']}, "
+                f"Wilson 95 % lower {c['wilson95_lower']:.4f})")
+
+    print(f"{len(rows)} frames ({rep['defective_frames']} defective), prevalence "
+          f"{args.prevalence if args.prevalence is not None else round(p_s, 4)}, edge threshold {t:.6f}, "
+          f"cloud threshold {cthr:.6f}")
+    print(line("edge recall vs cloud flags ", rep["edge_recall_vs_cloud"]))
+    print(line("edge recall vs true defects the cloud catches", rep["edge_recall_vs_true_defects_cloud_catches"]))
+    print(line("edge recall vs ground truth", rep["edge_recall_vs_truth"]))
+    print(f"forwarded frames {rep['forwarded_frames']:.4f}, bytes {rep['forwarded_bytes']:.4f}")
+    print(line("cloud recall vs ground truth", rep["cloud_recall_vs_truth"]))
+    print(line("cloud false alarms on good frames", rep["cloud_false_alarms"]))
+    print(line("cascade escapes (defective frames passed)", rep["cascade_escapes"]))
+    print(line("cascade false rejects (good frames failed)", rep["cascade_false_rejects"]))
+    print(f"accuracy class: cloud-only {rep['cloud_accuracy']:.4f}, cascade {rep['cascade_accuracy']:.4f} "
+          f"({rep['accuracy_delta_points']:+.2f} points); good/defective: cloud-only "
+          f"{rep['cloud_binary_accuracy']:.4f}, cascade {rep['cascade_binary_accuracy']:.4f}")
+    print(f"{'class':10s} {'frames':>6s} {'edge fwd':>9s} {'cloud flag':>10s} {'cloud ok':>9s} "
+          f"{'casc flag':>10s} {'cascade ok':>10s}")
+    for c, r in rep["classes"].items():
+        print(f"{c:10s} {r['frames']:6d} {r['edge_forwarded']:9.4f} {r['cloud_flagged']:10.4f} "
+              f"{r['cloud_correct']:9.4f} {r['cascade_flagged']:10.4f} {r['cascade_correct']:10.4f}")
+    for sf, r in rep["surfaces"].items():
+        f = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"surface {sf:8s} good fwd {f(r['good_forwarded'])} good cloud-flagged "
+              f"{f(r['good_cloud_flagged'])}  defects fwd {f(r['defects_forwarded'])} cloud-flagged "
+              f"{f(r['defects_cloud_flagged'])} escaped {f(r['defects_escaped'])}")
 
 
 if __name__ == "__main__":
