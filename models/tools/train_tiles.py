@@ -17,7 +17,8 @@ prescreen  Conv3x3/2 1->8, Conv3x3/2 8->16, Conv3x3/2 16->24, Conv3x3 24->24 (Re
 
 An epoch is every defective tile, its clean twin (the same tile of the same frame without the
 defect) and NEG_RATIO more clean tiles drawn at random from all frames (a new draw each epoch), so
-the many good tiles are all seen over the run. Random horizontal and vertical flips. Adam with a
+the many good tiles are all seen over the run; --hard-surfaces (grass, brick: photographs with
+defect-like texture) are drawn --hard-weight times as often, defective and clean. Random horizontal and vertical flips. Adam with a
 cosine learning rate; --init-onnx starts from the weights of an earlier model of the same layout
 (the full model 2.0.0 starts from full-1.0.0's, trained on whole squeezed frames). The last
 --val-frames frames of the first data file are held back.
@@ -112,9 +113,16 @@ def normalise(x_u8: np.ndarray) -> np.ndarray:
     return ((x_u8.astype(np.float32) / np.float32(255.0) - np.float32(MEAN)) / np.float32(STD))[:, None]
 
 
-def epoch_indices(rng, pos: np.ndarray, twin: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    extra = rng.choice(neg, size=min(len(neg), NEG_RATIO * len(pos)), replace=False)
-    return rng.permutation(np.concatenate([pos, twin, extra]))
+def epoch_indices(rng, pos: np.ndarray, twin: np.ndarray, neg: np.ndarray, hard: np.ndarray,
+                  hard_weight: int) -> np.ndarray:
+    """One epoch: the defective tiles and their clean twins (those on `hard` surfaces hard_weight
+    times), and NEG_RATIO as many other clean tiles, hard-surface ones hard_weight times as likely."""
+    hp = hard[pos]
+    reps = np.where(hp, hard_weight, 1)
+    p_ep, t_ep = np.repeat(pos, reps), np.repeat(twin, reps)
+    w = np.where(hard[neg], float(hard_weight), 1.0)
+    extra = rng.choice(neg, size=min(len(neg), NEG_RATIO * len(p_ep)), replace=False, p=w / w.sum())
+    return rng.permutation(np.concatenate([p_ep, t_ep, extra]))
 
 
 def save_ckpt(path: str, state: dict) -> None:
@@ -197,6 +205,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--val-frames", type=int, default=200)
     ap.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
+    ap.add_argument("--hard-surfaces", default="",
+                    help="comma list of surfaces whose tiles are drawn --hard-weight times as often")
+    ap.add_argument("--hard-weight", type=int, default=1)
     ap.add_argument("--init-onnx", default=None,
                     help="start from the weights of an ONNX file of the same layout (e.g. full-1.0.0.onnx)")
     ap.add_argument("--time-budget", type=float, default=None,
@@ -223,8 +234,10 @@ def main() -> None:
     clean_by_key = dict(zip(key[clean].tolist(), clean.tolist()))
     twin = np.array([clean_by_key[k] for k in key[pos].tolist()], dtype=np.int64)
     neg = np.setdiff1d(clean, twin)
+    hard = np.isin(d["surface"], [h for h in args.hard_surfaces.split(",") if h])
+    n_ep_pos = int(np.where(hard[pos], args.hard_weight, 1).sum())
     print(f"{args.model}: {len(train_idx)} training tiles ({len(pos)} defective, {len(clean)} clean), "
-          f"{int(val.sum())} held back; epoch = {len(pos) * (2 + NEG_RATIO)} tiles", flush=True)
+          f"{int(val.sum())} held back; epoch = {n_ep_pos * (2 + NEG_RATIO)} tiles", flush=True)
 
     model = build(args.model)
     if args.init_onnx:
@@ -239,7 +252,7 @@ def main() -> None:
             model.head.bias.copy_(torch.from_numpy(w["head_b"].copy()))
         print(f"initialised from {args.init_onnx}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps_per_epoch = len(pos) * (2 + NEG_RATIO) // args.batch
+    steps_per_epoch = n_ep_pos * (2 + NEG_RATIO) // args.batch
     state = {"epochs": args.epochs, "epoch": 0, "step_in_epoch": 0, "t": 0, "seconds": 0.0, "losses": [],
              "rng": np.random.default_rng(args.seed).bit_generator.state, "order": None}
     if os.path.exists(args.ckpt):
@@ -262,11 +275,12 @@ def main() -> None:
     stopped_early = False
     while state["epoch"] < state["epochs"]:
         if state["order"] is None:
-            state["order"] = epoch_indices(rng, pos, twin, neg)
+            state["order"] = epoch_indices(rng, pos, twin, neg, hard, args.hard_weight)
             state["epoch_losses"] = []
         order = state["order"]
         model.train()
-        for i in range(state["step_in_epoch"], steps_per_epoch):
+        n_steps = len(order) // args.batch
+        for i in range(state["step_in_epoch"], n_steps):
             idx = np.sort(order[i * args.batch:(i + 1) * args.batch])
             xb = normalise(d["x"][idx])
             if rng.random() < 0.5:
@@ -294,7 +308,7 @@ def main() -> None:
                 checkpoint()
                 last_ckpt = time.time()
                 ls = state["epoch_losses"]
-                print(f"  epoch {state['epoch'] + 1} step {i + 1}/{steps_per_epoch} "
+                print(f"  epoch {state['epoch'] + 1} step {i + 1}/{n_steps} "
                       f"loss {np.mean(ls[-200:]):.4f} ({state['seconds']:.0f} s)", flush=True)
             if args.stop_at is not None and time.time() >= args.stop_at:
                 stopped_early = True
@@ -302,7 +316,7 @@ def main() -> None:
         if stopped_early:
             checkpoint()
             print(f"stopped by --stop-at in epoch {state['epoch'] + 1} at step "
-                  f"{state['step_in_epoch']}/{steps_per_epoch}", flush=True)
+                  f"{state['step_in_epoch']}/{n_steps}", flush=True)
             break
         state["losses"].append(float(np.mean(state["epoch_losses"])))
         state["epoch"] += 1
