@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--hard-weight", type=int, default=1)
     ap.add_argument("--init-onnx", default=None,
                     help="start from the weights of an ONNX file of the same layout (e.g. full-1.0.0.onnx)")
+    ap.add_argument("--extend", action="store_true",
+                    help="on resume, raise the planned epochs of a finished run to --epochs")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="training seconds: after each epoch, the planned epochs are cut to what fits "
                          "(the cosine schedule is stretched or shrunk to the new total)")
@@ -262,6 +264,11 @@ def main() -> None:
         state = ck["state"]
         print(f"resumed at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}, "
               f"{state['seconds']:.0f} s trained", flush=True)
+        if args.extend and args.epochs > state["epochs"]:
+            # More epochs after a finished run: the cosine schedule is stretched to the new total
+            # (the learning rate steps back up to where the longer schedule would be).
+            print(f"extended from {state['epochs']} to {args.epochs} epochs", flush=True)
+            state["epochs"] = args.epochs
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     total = state["epochs"] * steps_per_epoch
