@@ -8,6 +8,8 @@
 //!            ─► publish verdict to tierline/v1/<site>/<line>/<edge>/verdicts ─► acks (in arrival order)
 //!    └─► presence / heartbeats ─► bounded queue ─► presence: edges table
 //!  retention candidate: leader lease (fencing token) ─► prune old images (verdicts stay)
+//!  rollout controller: its own leader lease ─► stages, gates (heartbeats, edges' update reports, audit
+//!      estimates) ─► targets per edge and per group, or every edge back (fenced writes)
 //!  audit estimate: store (audit samples per edge and prescreen version) ─► miss rate, Wilson bounds ─► metrics
 //!  review API (gRPC): store ◄── ListFrames, GetFrame, SubmitReview, WatchVerdicts, ListEdges
 //!  review console (HTTP, `console.listen`): store ◄── queue, frame pages, reviews from signed-in reviewers
@@ -166,7 +168,8 @@ impl App {
                 ReviewApi::bind(config.api.clone(), store.clone())
                     .await?
                     .with_registry(registry)
-                    .with_audit(config.audit.clone()),
+                    .with_audit(config.audit.clone())
+                    .with_rollouts(config.rollouts.clone()),
             )
         } else {
             None
@@ -353,6 +356,17 @@ impl App {
             Retention {
                 store: store.clone(),
                 config: config.retention.clone(),
+                holder: config.cloud.worker_id.clone(),
+                stats: stats.clone(),
+            }
+            .run(background.clone()),
+        );
+        sup.spawn(
+            "rollout controller",
+            Ends::OnShutdown,
+            crate::rollout::Controller {
+                store: store.clone(),
+                config: config.rollouts.clone(),
                 holder: config.cloud.worker_id.clone(),
                 stats: stats.clone(),
             }

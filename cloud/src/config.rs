@@ -48,6 +48,9 @@ pub struct CloudConfig {
     /// The live miss-rate estimate of the edges' prescreens from audit samples.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Staged model rollouts to edge groups: stages, gates, and the controller's lease.
+    #[serde(default)]
+    pub rollouts: crate::rollout::RolloutConfig,
 }
 
 /// The model registry (`crate::registry`).
@@ -659,6 +662,9 @@ impl CloudConfig {
         }
         if self.audit.interval < Duration::from_secs(1) {
             return Err(field("audit.interval", "must be at least 1s".into()));
+        }
+        if let Err((key, problem)) = self.rollouts.check() {
+            return Err(field(key, problem));
         }
         for (i, op) in self.api.operators.iter().enumerate() {
             if !self.api.reviewers.iter().any(|r| &r.name == op) {

@@ -93,6 +93,15 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
         ),
         Sample::of(&m::CLOUD_LEASE_TOKEN, s.lease_token.load(Ordering::Relaxed)),
         c(&m::CLOUD_IMAGES_PRUNED, &s.images_pruned),
+        Sample::of(
+            &m::CLOUD_ROLLOUT_LEADER,
+            u64::from(s.rollout_leader.load(Ordering::Relaxed)),
+        ),
+        Sample::of(
+            &m::CLOUD_ROLLOUTS_ACTIVE,
+            s.rollouts_active.load(Ordering::Relaxed),
+        ),
+        c(&m::CLOUD_ROLLOUTS_ROLLED_BACK, &s.rollouts_rolled_back),
         Sample::of(&m::CLOUD_IN_FLIGHT, s.lag.in_flight() as u64),
         Sample::gauge(
             &m::CLOUD_OLDEST_UNPROCESSED,

@@ -18,6 +18,7 @@ pub mod order;
 pub mod presence;
 pub mod process;
 pub mod registry;
+pub mod rollout;
 pub mod stats;
 pub mod store;
 

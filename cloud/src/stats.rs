@@ -49,6 +49,12 @@ pub struct CloudStats {
     pub lease_token: AtomicU64,
     /// Images removed by retention on this worker.
     pub images_pruned: AtomicU64,
+    /// Gauge: this worker holds the rollout controller's lease.
+    pub rollout_leader: AtomicBool,
+    /// Gauge: unfinished rollouts (as the controller last saw them).
+    pub rollouts_active: AtomicU64,
+    /// Rollouts this worker rolled back (gates or an operator).
+    pub rollouts_rolled_back: AtomicU64,
 }
 
 /// Adds one to a counter.

@@ -450,6 +450,11 @@ impl App {
                 stats: stats.clone(),
                 every: HEARTBEAT_EVERY,
                 cameras: camera_states.clone(),
+                update_group: if config.updates.url.is_some() {
+                    config.updates.group(&config.edge.line).to_string()
+                } else {
+                    String::new()
+                },
             }
             .run(stop.clone()),
         );

@@ -166,9 +166,15 @@ impl UpdatesConfig {
         Ok(())
     }
 
-    /// The target this edge follows.
+    /// The edge group this edge belongs to for updates.
+    pub fn group<'a>(&'a self, line: &'a str) -> &'a str {
+        self.group.as_deref().unwrap_or(line)
+    }
+
+    /// The group target this edge follows (`edges/<group>`); a target for this edge alone
+    /// (`edge/<edge id>`, set by a canary rollout) overrides it while it is the newer of the two.
     pub fn target(&self, line: &str) -> String {
-        format!("edges/{}", self.group.as_deref().unwrap_or(line))
+        format!("edges/{}", self.group(line))
     }
 }
 

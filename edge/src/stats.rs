@@ -91,6 +91,8 @@ pub struct EdgeStats {
     pub disk_free: AtomicU64,
     /// Capture → line decision for suspects, µs, for the live summary's quantiles.
     pub decision_latency_us: Mutex<Histogram<u64>>,
+    /// The same since the last heartbeat (each heartbeat reports its p99 and resets it).
+    pub decision_latency_window_us: Mutex<Histogram<u64>>,
     /// Capture → line decision for suspects, exported as a Prometheus histogram.
     pub decision_latency: Latency,
     /// Outbox commit time per group of forwarded frames.
@@ -143,6 +145,7 @@ impl Default for EdgeStats {
             backlog_oldest_us: AtomicU64::new(0),
             disk_free: AtomicU64::new(0),
             decision_latency_us: hist(),
+            decision_latency_window_us: hist(),
             decision_latency: Latency::default(),
             outbox_commit: Latency::default(),
         }
@@ -167,6 +170,7 @@ pub fn get(c: &AtomicU64) -> u64 {
 /// Records a suspect's decision latency in µs, for the summary and the exported histogram.
 pub fn record_decision(stats: &EdgeStats, us: u64) {
     record(&stats.decision_latency_us, us);
+    record(&stats.decision_latency_window_us, us);
     stats
         .decision_latency
         .observe(std::time::Duration::from_micros(us));
@@ -176,6 +180,22 @@ pub fn record_decision(stats: &EdgeStats, us: u64) {
 pub fn record(h: &Mutex<Histogram<u64>>, us: u64) {
     if let Ok(mut h) = h.lock() {
         h.saturating_record(us.max(1));
+    }
+}
+
+/// The p99 in µs and the count of a histogram, which is then emptied.
+pub fn take_p99_us(h: &Mutex<Histogram<u64>>) -> (u64, u64) {
+    match h.lock() {
+        Ok(mut h) => {
+            let out = if h.is_empty() {
+                (0, 0)
+            } else {
+                (h.value_at_quantile(0.99), h.len())
+            };
+            h.reset();
+            out
+        }
+        Err(_) => (0, 0),
     }
 }
 

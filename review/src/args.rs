@@ -1,7 +1,7 @@
 //! Command-line arguments: the options every subcommand takes, and the subcommands (their own arguments
 //! are defined next to them in [`crate::cmd`]).
 
-use crate::cmd::{export, label, list, models, recall, show, watch};
+use crate::cmd::{export, label, list, models, recall, rollout, show, watch};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -60,4 +60,6 @@ pub enum Command {
     Recall(recall::RecallArgs),
     /// The model registry (operators): publish signed bundles, point targets at them, roll back, events.
     Models(models::ModelsArgs),
+    /// Staged model rollouts to an edge group (operators): start, list, pause, resume, abort, roll back.
+    Rollout(rollout::RolloutArgs),
 }

@@ -6,5 +6,6 @@ pub mod label;
 pub mod list;
 pub mod models;
 pub mod recall;
+pub mod rollout;
 pub mod show;
 pub mod watch;

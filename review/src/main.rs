@@ -41,5 +41,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut client = conn::connect_models(server, token, ca).await?;
             cmd::models::run(&mut client, a, args.json).await
         }
+        Command::Rollout(a) => {
+            let mut client = conn::connect_models(server, token, ca).await?;
+            cmd::rollout::run(&mut client, a, args.json).await
+        }
     }
 }

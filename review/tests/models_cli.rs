@@ -144,7 +144,7 @@ async fn operators_publish_target_and_roll_back_and_edges_download_by_ranges() {
         let (code, _, err) = cli(
             api,
             OTHER_TOKEN,
-            &["models", "target", "edge/3", &sha1c[..10]],
+            &["models", "target", "workers", &sha1c[..10]],
         );
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("edges/<group>"), "{err}");

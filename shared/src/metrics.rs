@@ -274,6 +274,12 @@ metrics! {
     CLOUD_LEASE_TOKEN = ("tierline_cloud_lease_token", Gauge, "Fencing token of the lease this worker holds (0 when none).");
     /// Retention.
     CLOUD_IMAGES_PRUNED = ("tierline_cloud_images_pruned", Counter, "Stored images removed by retention on this worker (verdicts stay).");
+    /// Rollout controller lease.
+    CLOUD_ROLLOUT_LEADER = ("tierline_cloud_rollout_leader", Gauge, "1 while this worker holds the rollout controller's lease.");
+    /// Unfinished rollouts.
+    CLOUD_ROLLOUTS_ACTIVE = ("tierline_cloud_rollouts_active", Gauge, "Unfinished model rollouts (running, paused or rolling back), as the rollout controller last saw them (0 on other workers).");
+    /// Rolled-back rollouts.
+    CLOUD_ROLLOUTS_ROLLED_BACK = ("tierline_cloud_rollouts_rolled_back", Counter, "Model rollouts this worker rolled back, stopped by their gates or by an operator.");
     /// Autoscaling signal.
     CLOUD_IN_FLIGHT = ("tierline_cloud_in_flight_frames", Gauge, "Frames this worker holds without a verdict (received, not yet acknowledged).");
     /// Audit samples per edge and prescreen version.

@@ -203,11 +203,29 @@ pub fn check_pipeline_against(
         );
     }
     let forwarded = get(&stats.frames_suspect) + get(&stats.frames_audit);
-    assert_eq!(
-        stored.verdicts.len() as u64,
-        forwarded,
-        "one stored verdict per accepted frame"
-    );
+    if stored.verdicts.len() as u64 != forwarded {
+        // Name the frames: what the decision log says was forwarded against what the store holds.
+        let mut logged: std::collections::BTreeSet<u64> = log.suspect_seqs().into_iter().collect();
+        logged.extend(log.of("audit").filter_map(|a| a["seq"].as_u64()));
+        let in_store: std::collections::BTreeSet<u64> = stored
+            .verdicts
+            .keys()
+            .filter(|(e, _)| e == edge_id)
+            .map(|(_, s)| *s)
+            .collect();
+        panic!(
+            "one stored verdict per accepted frame: {} stored, {forwarded} forwarded ({} suspects, {} audit \
+             samples; {} refused by the broker, {} evicted); in the log but not stored: {:?}; stored but not \
+             in the log as suspect or audit: {:?}",
+            stored.verdicts.len(),
+            get(&stats.frames_suspect),
+            get(&stats.frames_audit),
+            get(&stats.frames_refused),
+            get(&stats.evictions),
+            logged.difference(&in_store).collect::<Vec<_>>(),
+            in_store.difference(&logged).collect::<Vec<_>>(),
+        );
+    }
     stored.check_labels(edge_id, &log);
     for seq in log.suspect_seqs() {
         assert!(

@@ -58,6 +58,8 @@ pub struct Running<S> {
     pub admin_addr: Arc<OnceLock<SocketAddr>>,
     /// Where its review API listens (cloud workers), once it does.
     pub api_addr: Arc<OnceLock<SocketAddr>>,
+    /// Where its bundle server listens (cloud workers with `registry.listen`), once it does.
+    pub bundles_addr: Arc<OnceLock<SocketAddr>>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -81,9 +83,10 @@ pub fn start_cloud(config: CloudConfig) -> Running<CloudStats> {
     let stats = Arc::new(CloudStats::default());
     let stop = CancellationToken::new();
     let (admin_addr, api_addr) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
+    let bundles_addr = Arc::new(OnceLock::new());
     let task = tokio::spawn({
         let (stats, stop) = (stats.clone(), stop.clone());
-        let (admin, api) = (admin_addr.clone(), api_addr.clone());
+        let (admin, api, bundles) = (admin_addr.clone(), api_addr.clone(), bundles_addr.clone());
         async move {
             let app = tierline_cloud::App::build(config, stats).await?;
             if let Some(a) = app.admin_addr() {
@@ -92,6 +95,9 @@ pub fn start_cloud(config: CloudConfig) -> Running<CloudStats> {
             if let Some(a) = app.api_addr() {
                 let _ = api.set(a);
             }
+            if let Some(a) = app.bundles_addr() {
+                let _ = bundles.set(a);
+            }
             Ok(app.run(stop).await?)
         }
     });
@@ -99,6 +105,7 @@ pub fn start_cloud(config: CloudConfig) -> Running<CloudStats> {
         stats,
         admin_addr,
         api_addr,
+        bundles_addr,
         stop,
         task,
     }
@@ -123,6 +130,7 @@ pub fn start_edge(config: EdgeConfig) -> Running<EdgeStats> {
         stats,
         admin_addr,
         api_addr: Arc::new(OnceLock::new()),
+        bundles_addr: Arc::new(OnceLock::new()),
         stop,
         task,
     }

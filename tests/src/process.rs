@@ -92,20 +92,30 @@ pub async fn outbox_suspects(db: &Path) -> Vec<u64> {
     held(db, "SELECT seq FROM outbox WHERE reason = 1").await
 }
 
+/// The seqs `sql` selects from the outbox at `db` (none when there is no outbox file). A read that fails
+/// (the edge holds a write lock) is tried again; one that keeps failing panics rather than pass for an
+/// empty outbox.
 async fn held(db: &Path, sql: &str) -> Vec<u64> {
     if !db.exists() {
         return Vec::new();
     }
     let url = format!("sqlite://{}", db.display());
-    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
-        return Vec::new();
-    };
-    let seqs: Vec<i64> = sqlx::query_scalar(sql)
-        .fetch_all(&pool)
-        .await
-        .unwrap_or_default();
-    pool.close().await;
-    seqs.into_iter().map(|s| s as u64).collect()
+    let mut last = String::new();
+    for _ in 0..50 {
+        match sqlx::SqlitePool::connect(&url).await {
+            Ok(pool) => {
+                let seqs: Result<Vec<i64>, _> = sqlx::query_scalar(sql).fetch_all(&pool).await;
+                pool.close().await;
+                match seqs {
+                    Ok(seqs) => return seqs.into_iter().map(|s| s as u64).collect(),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("cannot read the outbox {}: {last}", db.display())
 }
 
 /// A cloud worker configuration (TOML) for worker `worker` on the broker at `port`, storing at `db_url`,

@@ -233,18 +233,30 @@ async fn settle_or_explain(
 ) -> Option<String> {
     let (e, c) = (&edge.stats, &cloud.stats);
     let started = Instant::now();
+    // Settled twice in a row: a frame decided before it reached the outbox (an audit sample, a frame
+    // decided at its deadline before the prescreen answered) is not held yet at the first look.
+    let mut settled_polls = 0;
     loop {
         let decided =
             get(&e.frames_captured) == total && get(&e.decisions) + get(&e.frames_dropped) == total;
         let reconciled = get(&e.reconciliations) >= get(&e.decisions_fallback);
+        let forwarded = get(&e.frames_suspect) + get(&e.frames_audit);
+        let judged = get(&c.verdicts_stored) >= forwarded && get(&e.verdicts) >= forwarded;
         let held = process::outbox_seqs(&dir.join("outbox.db")).await;
-        if decided && reconciled && held.is_empty() {
-            return None;
+        if decided && reconciled && judged && held.is_empty() {
+            settled_polls += 1;
+            if settled_polls >= 2 {
+                return None;
+            }
+        } else {
+            settled_polls = 0;
         }
         if started.elapsed() > Duration::from_secs(120) {
             return Some(format!(
-                "not settled after {:?}: decided {decided}, {} reconciliations for {} local fallbacks, {} verdicts refused as another frame's, {} outbox errors, outbox holds {:?}; {}",
+                "not settled after {:?}: decided {decided}, judged {judged} ({} stored, {} verdicts at the edge, {forwarded} forwarded), {} reconciliations for {} local fallbacks, {} verdicts refused as another frame's, {} outbox errors, outbox holds {:?}; {}",
                 started.elapsed(),
+                get(&c.verdicts_stored),
+                get(&e.verdicts),
                 get(&e.reconciliations),
                 get(&e.decisions_fallback),
                 get(&e.verdicts_mismatched),
@@ -353,6 +365,13 @@ async fn black_hole_delay_and_resets_between_edge_and_broker_lose_nothing_and_de
     let stats = edge.stats.clone();
     edge.stop().await.unwrap();
     cloud.stop().await.unwrap();
+    // Nothing was left behind in the outbox by the stop (a frame counted as forwarded but never sent).
+    let left = process::outbox_seqs(&dir.path().join("outbox.db")).await;
+    assert!(
+        left.is_empty() || unsettled.is_some(),
+        "the outbox still holds {left:?} after the edge stopped; refused {} frames",
+        get(&stats.frames_refused)
+    );
     tail_stop.cancel();
     tailer.join().unwrap();
 

@@ -530,6 +530,7 @@ pub struct ReviewApi {
     store: Store,
     registry: Registry,
     audit: AuditConfig,
+    rollouts: crate::rollout::RolloutConfig,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -556,6 +557,7 @@ impl ReviewApi {
             credentials,
             registry: Registry::new(store.clone(), TrustedKeys::default()),
             audit: AuditConfig::default(),
+            rollouts: crate::rollout::RolloutConfig::default(),
             store,
             listener,
             addr,
@@ -565,6 +567,12 @@ impl ReviewApi {
     /// Answers `AuditEstimates` with `audit`'s window and target (by default the defaults of `[audit]`).
     pub fn with_audit(mut self, audit: AuditConfig) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// Starts rollouts with `rollouts`' stages (by default the defaults of `[rollouts]`).
+    pub fn with_rollouts(mut self, rollouts: crate::rollout::RolloutConfig) -> Self {
+        self.rollouts = rollouts;
         self
     }
 
@@ -593,6 +601,7 @@ async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiErr
         store,
         registry,
         audit,
+        rollouts,
         listener,
         addr,
     } = api;
@@ -669,7 +678,7 @@ async fn serve(api: ReviewApi, shutdown: CancellationToken) -> Result<(), ApiErr
         .required()
         .then(|| config.operators.iter().cloned().collect());
     let models = tonic::service::interceptor::InterceptedService::new(
-        ModelsServer::new(ModelsService::new(registry, operators))
+        ModelsServer::new(ModelsService::new(registry, operators).with_rollouts(rollouts))
             .max_decoding_message_size(MAX_BUNDLE as usize + (1 << 20))
             .max_encoding_message_size(4 << 20),
         auth.clone(),

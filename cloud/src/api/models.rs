@@ -4,6 +4,8 @@
 
 use super::{Reviewer, pb};
 use crate::registry::{Registry, RegistryError};
+use crate::rollout::{self, Control, RolloutConfig, RolloutError, plan};
+use crate::store::RolloutRow;
 use crate::store::{BundleRow, Published, RegistryRule, StoreError, TargetRow};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ pub struct ModelsService {
     registry: Registry,
     /// Reviewer names allowed to call it; `None`: everyone (the API has no tokens).
     operators: Option<Arc<BTreeSet<String>>>,
+    /// Stages and gates of new rollouts.
+    rollouts: RolloutConfig,
 }
 
 impl ModelsService {
@@ -25,7 +29,14 @@ impl ModelsService {
         Self {
             registry,
             operators: operators.map(Arc::new),
+            rollouts: RolloutConfig::default(),
         }
+    }
+
+    /// Starts rollouts with `rollouts`' stages.
+    pub fn with_rollouts(mut self, rollouts: RolloutConfig) -> Self {
+        self.rollouts = rollouts;
+        self
     }
 
     /// The operator making the call, or `permission_denied`.
@@ -68,6 +79,57 @@ fn status(e: RegistryError) -> Status {
             Status::internal("the worker could not check the bundle (its log says why)")
         }
         _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+fn rollout_status(e: RolloutError) -> Status {
+    match e {
+        RolloutError::Rule(RegistryRule::UnknownBundle(_) | RegistryRule::UnknownRollout(_)) => {
+            Status::not_found(e.to_string())
+        }
+        RolloutError::Rule(_) => Status::failed_precondition(e.to_string()),
+        RolloutError::Invalid(_) => Status::failed_precondition(e.to_string()),
+        RolloutError::Store(other) => status(RegistryError::Store(other)),
+    }
+}
+
+fn rollout_pb(r: RolloutRow) -> pb::Rollout {
+    let stages: Vec<plan::StageSize> = serde_json::from_str(&r.stages).unwrap_or_default();
+    let members: Vec<String> = serde_json::from_str(&r.members).unwrap_or_default();
+    let stages = plan::stage_counts(&stages, members.len()).len() as u32;
+    let progress = plan::Progress::parse(&r.progress);
+    pb::Rollout {
+        id: r.id.max(0) as u64,
+        group: r.grp,
+        name: r.name,
+        sha256: r.sha256,
+        version: r.version,
+        previous: r.previous,
+        previous_version: r.previous_version,
+        state: r.state,
+        stage: r.stage.max(0) as u32 + 1,
+        stages,
+        reason: r.reason,
+        created_by: r.created_by,
+        created_us: r.created_us,
+        updated_us: r.updated_us,
+        edges: progress
+            .edges
+            .into_iter()
+            .map(|(edge_id, p)| pb::RolloutEdge {
+                edge_id,
+                stage: p.stage + 1,
+                status: if p.failed.is_some() {
+                    "failed"
+                } else if p.active_us.is_some() {
+                    "active"
+                } else {
+                    "pending"
+                }
+                .into(),
+                detail: p.failed.unwrap_or(p.note),
+            })
+            .collect(),
     }
 }
 
@@ -142,6 +204,61 @@ impl pb::models_server::Models for ModelsService {
             .map_err(status)?;
         Ok(Response::new(pb::SetTargetResponse {
             target: Some(target_pb(row)),
+        }))
+    }
+
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        let who = self.operator(&request)?;
+        let r = request.into_inner();
+        let row = rollout::start(
+            self.registry.store(),
+            &self.rollouts,
+            &r.group,
+            &r.bundle,
+            &who,
+            &r.reason,
+        )
+        .await
+        .map_err(rollout_status)?;
+        Ok(Response::new(pb::RolloutResponse {
+            rollout: Some(rollout_pb(row)),
+        }))
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.operator(&request)?;
+        let r = request.into_inner();
+        let rows = self
+            .registry
+            .store()
+            .rollouts(r.active_only)
+            .await
+            .map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: rows.into_iter().map(rollout_pb).collect(),
+        }))
+    }
+
+    async fn control_rollout(
+        &self,
+        request: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        let who = self.operator(&request)?;
+        let r = request.into_inner();
+        let action: Control = r.action.parse().map_err(Status::invalid_argument)?;
+        let id =
+            i64::try_from(r.id).map_err(|_| Status::not_found(format!("no rollout {}", r.id)))?;
+        let row = rollout::control(self.registry.store(), id, action, &who, &r.reason)
+            .await
+            .map_err(rollout_status)?;
+        Ok(Response::new(pb::RolloutResponse {
+            rollout: Some(rollout_pb(row)),
         }))
     }
 

@@ -50,8 +50,8 @@ pub enum RegistryError {
     Rule(#[from] RegistryRule),
     /// The target name is not one the fleet uses.
     #[error(
-        "target {0:?} is not `edges/<group>` (group: letters, digits, `_`, `-`, `.`, up to 64); cloud workers do \
-         not follow registry targets yet: ship their model with model.manifest"
+        "target {0:?} is not `edges/<group>` or `edge/<edge id>` (letters, digits, `_`, `-`, `.`, up to 64); \
+         cloud workers do not follow registry targets yet: ship their model with model.manifest"
     )]
     BadTarget(String),
     /// Setting the target would run an older bundle without saying it is a rollback.
@@ -209,14 +209,17 @@ impl Registry {
     }
 }
 
-/// Checks a target name: `edges/<group>`.
+/// Checks a target name: `edges/<group>`, or `edge/<edge id>` for one edge (a canary).
 pub fn check_target(target: &str) -> Result<(), RegistryError> {
-    let ok = target.strip_prefix("edges/").is_some_and(|g| {
-        !g.is_empty()
-            && g.len() <= 64
-            && g.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    });
+    let ok = target
+        .strip_prefix("edges/")
+        .or_else(|| target.strip_prefix("edge/"))
+        .is_some_and(|g| {
+            !g.is_empty()
+                && g.len() <= 64
+                && g.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
     if ok {
         Ok(())
     } else {
@@ -230,10 +233,18 @@ mod tests {
 
     #[test]
     fn targets_are_edge_groups() {
-        for good in ["edges/line-3", "edges/plant_1.a"] {
+        for good in ["edges/line-3", "edges/plant_1.a", "edge/edge-7"] {
             assert!(check_target(good).is_ok(), "{good}");
         }
-        for bad in ["", "edges/", "edges/a/b", "edge/x", "workers", "edges/ x"] {
+        for bad in [
+            "",
+            "edges/",
+            "edges/a/b",
+            "edge/",
+            "edge/a/b",
+            "workers",
+            "edges/ x",
+        ] {
             assert!(check_target(bad).is_err(), "{bad}");
         }
     }

@@ -7,7 +7,8 @@
 //! - A model name's sequence numbers are unique: another archive under a sequence already taken is refused.
 //! - A target's change records the bundle it replaces (`previous`), and every change is an event.
 
-use super::{Pool, Store, StoreError};
+use super::lease::CHECK_FENCE;
+use super::{Lease, Pool, Store, StoreError};
 
 /// A published bundle, without its archive.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -110,6 +111,25 @@ pub enum RegistryRule {
     /// A hash prefix matches several bundles.
     #[error("{0} matches several bundles; give more of the hash")]
     Ambiguous(String),
+    /// Another rollout of this model to this group has not finished.
+    #[error(
+        "rollout {0} of this model to this group has not finished; wait for it, or pause, abort or roll it back \
+         (`tierline-review rollout`)"
+    )]
+    RolloutActive(i64),
+    /// No rollout has this id.
+    #[error("no rollout {0}; list them with `tierline-review rollout list`")]
+    UnknownRollout(i64),
+    /// The rollout's state does not allow the change.
+    #[error("rollout {id} is {state}: {problem}")]
+    RolloutState {
+        /// The rollout.
+        id: i64,
+        /// Its state.
+        state: String,
+        /// What cannot be done.
+        problem: String,
+    },
 }
 
 /// A bundle to store.
@@ -147,7 +167,10 @@ impl Store {
     ) -> Result<Result<Published, RegistryRule>, StoreError> {
         let op = "publish bundle";
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await.map_err(self.err(op))?;
+            let mut tx = pool
+                .begin_with(self.begin_write())
+                .await
+                .map_err(self.err(op))?;
             let same: Option<(String, i64)> =
                 sqlx::query_as("SELECT name, sequence FROM model_bundles WHERE sha256 = $1")
                     .bind(b.sha256)
@@ -306,12 +329,63 @@ impl Store {
         detail: &str,
         now_us: i64,
     ) -> Result<Result<TargetRow, RegistryRule>, StoreError> {
+        self.set_target_guarded(None, target, sha256, rollback, actor, detail, now_us)
+            .await
+    }
+
+    /// [`Store::set_target`] for a leader: refused with [`StoreError::Fenced`] (nothing changed) unless
+    /// `lease` is still held.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_target_fenced(
+        &self,
+        lease: &Lease,
+        target: &str,
+        sha256: &str,
+        rollback: bool,
+        actor: &str,
+        detail: &str,
+        now_us: i64,
+    ) -> Result<Result<TargetRow, RegistryRule>, StoreError> {
+        self.set_target_guarded(Some(lease), target, sha256, rollback, actor, detail, now_us)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn set_target_guarded(
+        &self,
+        fence: Option<&Lease>,
+        target: &str,
+        sha256: &str,
+        rollback: bool,
+        actor: &str,
+        detail: &str,
+        now_us: i64,
+    ) -> Result<Result<TargetRow, RegistryRule>, StoreError> {
         let Some(bundle) = self.bundle(sha256).await? else {
             return Ok(Err(RegistryRule::UnknownBundle(sha256.into())));
         };
         let op = "set model target";
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await.map_err(self.err(op))?;
+            let mut tx = pool
+                .begin_with(self.begin_write())
+                .await
+                .map_err(self.err(op))?;
+            if let Some(lease) = fence {
+                let held = sqlx::query(CHECK_FENCE)
+                    .bind(&lease.name)
+                    .bind(lease.token)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err(op))?
+                    .rows_affected()
+                    == 1;
+                if !held {
+                    return Err(StoreError::Fenced {
+                        name: lease.name.clone(),
+                        token: lease.token,
+                    });
+                }
+            }
             let row: TargetRow = sqlx::query_as(
                 "INSERT INTO model_targets (target, name, sha256, previous, rollback, changed_by, changed_us)
                  VALUES ($1, $2, $3, NULL, $4, $5, $6)

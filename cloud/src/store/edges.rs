@@ -29,6 +29,12 @@ pub struct EdgeRow {
     pub frames_forwarded: i64,
     /// Its cameras from the last heartbeat, JSON (see [`EdgeRow::cameras`]).
     pub cameras_json: String,
+    /// The edge group it follows for model updates ('' when its updates are off).
+    pub update_group: String,
+    /// Its suspects' decision latency p99 over its last heartbeat's interval, µs.
+    pub decision_p99_us: i64,
+    /// How many decisions that p99 covers (0: none in that interval).
+    pub decisions: i64,
 }
 
 /// A camera of an edge, from its last heartbeat.
@@ -81,11 +87,12 @@ const UPSERT_PRESENCE: &str = "INSERT INTO edges (edge_id, site, line, online, l
        last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
        edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
 
-const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version, frames_seen, frames_forwarded, cameras_json)
-     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7, $8, $9, $10)
+const UPSERT_HEARTBEAT: &str = "INSERT INTO edges (edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms, edge_model_version, frames_seen, frames_forwarded, cameras_json, update_group, decision_p99_us, decisions)
+     VALUES ($1, $2, $3, TRUE, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
      ON CONFLICT (edge_id) DO UPDATE SET
        frames_seen = excluded.frames_seen, frames_forwarded = excluded.frames_forwarded,
-       cameras_json = excluded.cameras_json,
+       cameras_json = excluded.cameras_json, update_group = excluded.update_group,
+       decision_p99_us = excluded.decision_p99_us, decisions = excluded.decisions,
        last_seen_us = CASE WHEN excluded.last_seen_us > edges.last_seen_us THEN excluded.last_seen_us ELSE edges.last_seen_us END,
        backlog_frames = excluded.backlog_frames, oldest_backlog_age_ms = excluded.oldest_backlog_age_ms,
        edge_model_version = CASE WHEN excluded.edge_model_version != '' THEN excluded.edge_model_version ELSE edges.edge_model_version END";
@@ -129,6 +136,9 @@ impl Store {
             .bind(i64::try_from(h.frames_seen).unwrap_or(i64::MAX))
             .bind(i64::try_from(h.frames_forwarded).unwrap_or(i64::MAX))
             .bind(cameras_json(h))
+            .bind(h.update_group.chars().take(64).collect::<String>())
+            .bind(i64::try_from(h.decision_p99_us).unwrap_or(i64::MAX))
+            .bind(i64::try_from(h.decisions).unwrap_or(i64::MAX))
             .execute(pool)
             .await
             .map(|_| ())
@@ -141,7 +151,8 @@ impl Store {
         on_pool!(self, |pool| {
             sqlx::query_as(
             "SELECT edge_id, site, line, online, last_seen_us, backlog_frames, oldest_backlog_age_ms,
-                    edge_model_version, frames_seen, frames_forwarded, cameras_json FROM edges ORDER BY edge_id"
+                    edge_model_version, frames_seen, frames_forwarded, cameras_json, update_group,
+                    decision_p99_us, decisions FROM edges ORDER BY edge_id"
         )
         .fetch_all(pool)
         .await

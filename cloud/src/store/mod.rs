@@ -61,6 +61,7 @@ mod lease;
 mod models;
 mod retention;
 mod reviews;
+mod rollouts;
 mod verdicts;
 
 pub use audits::AuditCount;
@@ -72,6 +73,7 @@ pub use images::{Images, ImagesError};
 pub use lease::Lease;
 pub use retention::{Pruned, RetentionPolicy};
 pub use reviews::ReviewRow;
+pub use rollouts::{NewRollout, RolloutRow};
 pub use verdicts::Stored;
 
 /// Errors from the store.
@@ -238,6 +240,17 @@ impl Store {
     /// The URL, with any password removed.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The statement that opens a transaction which reads before it writes: `BEGIN IMMEDIATE` on SQLite (a
+    /// deferred transaction that read first cannot wait for the write lock and fails at once with "database
+    /// is locked" when another connection wrote meanwhile; an immediate one waits up to the busy timeout),
+    /// `BEGIN` on PostgreSQL.
+    fn begin_write(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "BEGIN IMMEDIATE",
+            Pool::Postgres(_) => "BEGIN",
+        }
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError + use<> {

@@ -69,6 +69,8 @@ pub struct Heartbeats {
     pub every: Duration,
     /// The cameras, whose state each heartbeat reports.
     pub cameras: Vec<std::sync::Arc<crate::camera::CameraStatus>>,
+    /// The edge group this edge follows for model updates ("" when updates are off).
+    pub update_group: String,
 }
 
 impl Heartbeats {
@@ -82,6 +84,7 @@ impl Heartbeats {
             stats,
             every,
             cameras,
+            update_group,
         } = self;
         let mut tick = tokio::time::interval(every);
         loop {
@@ -96,6 +99,8 @@ impl Heartbeats {
                 continue;
             };
             let now = tierline_shared::time::now_us();
+            let (decision_p99_us, decisions) =
+                stats::take_p99_us(&stats.decision_latency_window_us);
             let hb = Heartbeat {
                 protocol_version: wire::PROTOCOL_VERSION,
                 edge_id: addr.edge_id().into(),
@@ -115,6 +120,9 @@ impl Heartbeats {
                 verdicts_received: stats::get(&stats.verdicts),
                 evictions: stats::get(&stats.evictions),
                 cameras: cameras.iter().map(|c| c.state()).collect(),
+                update_group: update_group.clone(),
+                decision_p99_us,
+                decisions,
             };
             if let Ok(bytes) = wire::encode(&hb, usize::MAX) {
                 let _ = publisher.publish(

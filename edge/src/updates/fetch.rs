@@ -21,7 +21,7 @@ const MAX_TARGETS: usize = 4 << 20;
 /// One target as the bundle server lists it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TargetView {
-    /// `edges/<group>`.
+    /// `edges/<group>` or `edge/<edge id>`.
     pub target: String,
     /// Model name.
     pub name: String,
@@ -29,6 +29,9 @@ pub struct TargetView {
     pub sha256: String,
     /// The last change was a rollback.
     pub rollback: bool,
+    /// When the target last changed, µs (0 from a registry that does not say).
+    #[serde(default)]
+    pub changed_us: i64,
     /// The bundle's signed statement.
     pub signed: String,
 }

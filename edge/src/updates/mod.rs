@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! every updates.interval:
-//!   GET /v1/targets ─► target edges/<group> for the serving model's name ─► same bundle as serving? done
+//!   GET /v1/targets ─► target edge/<edge id> or edges/<group> (the newer) for the serving model's name
+//!   ─► same bundle as serving? done
 //!   ─► statement signed by a trusted key? names this bundle? sequence above the serving one, or a
 //!      rollback naming it? ──no──► rejected (logged once per bundle; the serving model keeps serving)
 //!   ─► download into staging (resumed by byte range after a cut) ─► size and hash as signed ─► unpack
@@ -260,10 +261,12 @@ impl Updates {
         let none = |e| (String::new(), false, e);
         let serving = self.model.manifest();
         let targets = server.targets().await.map_err(none)?;
-        let Some(target) = targets
-            .into_iter()
-            .find(|t| t.target == self.target && t.name == serving.name)
-        else {
+        let Some(target) = pick_target(
+            targets,
+            &self.target,
+            &format!("edge/{}", self.addr.edge_id()),
+            &serving.name,
+        ) else {
             return Ok(());
         };
         let state = self.load_state().await.map_err(none)?;
@@ -564,6 +567,21 @@ impl Updates {
 }
 
 /// Removes bundles `state` no longer refers to.
+/// The target this edge follows for model `name`: its own (`edge`, set by a canary rollout) or its group's
+/// (`group`), whichever changed last, so a later group-wide change supersedes an earlier canary and a
+/// canary's rollback supersedes the group's change before it.
+pub fn pick_target(
+    targets: Vec<fetch::TargetView>,
+    group: &str,
+    edge: &str,
+    name: &str,
+) -> Option<fetch::TargetView> {
+    targets
+        .into_iter()
+        .filter(|t| t.name == name && (t.target == group || t.target == edge))
+        .max_by_key(|t| (t.changed_us, t.target == edge))
+}
+
 fn remove_unkept(dir: &Path, state: &State) {
     let kept = state.kept();
     let Ok(entries) = std::fs::read_dir(dir.join("bundles")) else {
@@ -575,5 +593,43 @@ fn remove_unkept(dir: &Path, state: &State) {
         if !kept.contains(&name.as_ref()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(target: &str, name: &str, sha: &str, changed_us: i64) -> fetch::TargetView {
+        fetch::TargetView {
+            target: target.into(),
+            name: name.into(),
+            sha256: sha.into(),
+            rollback: false,
+            changed_us,
+            signed: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_newer_of_the_edge_and_group_targets_wins() {
+        let pick = |ts: Vec<fetch::TargetView>| {
+            pick_target(ts, "edges/line-3", "edge/e1", "prescreen").map(|t| t.sha256)
+        };
+        let group = t("edges/line-3", "prescreen", "g", 10);
+        let canary = t("edge/e1", "prescreen", "c", 20);
+        assert_eq!(pick(vec![group.clone(), canary.clone()]), Some("c".into()));
+        let later_group = t("edges/line-3", "prescreen", "g2", 30);
+        assert_eq!(pick(vec![canary.clone(), later_group]), Some("g2".into()));
+        // Someone else's canary, another group and another model are not ours.
+        let others = vec![
+            t("edge/e2", "prescreen", "x", 50),
+            t("edges/line-4", "prescreen", "y", 50),
+            t("edge/e1", "full", "z", 50),
+        ];
+        assert_eq!(pick(others.clone()), None);
+        let mut all = others;
+        all.push(group);
+        assert_eq!(pick(all), Some("g".into()));
     }
 }
