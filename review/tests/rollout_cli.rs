@@ -157,6 +157,21 @@ async fn operators_start_pause_resume_abort_and_roll_back_rollouts() {
     .await
     .unwrap();
 
+    // The bundle server says when each target changed: an edge follows the newer of its own and its
+    // group's.
+    let (status, _, body) = tierline_tests::http::get_bytes(server.bundles, "/v1/targets", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let targets: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let group = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "edges/line-3")
+        .unwrap();
+    assert!(group["changed_us"].as_i64().unwrap() > 0, "{group}");
+
     // Every change is recorded, by whom and why.
     let events: Vec<(String, String, String)> = store
         .model_events(Some("rollout/1"), 100)

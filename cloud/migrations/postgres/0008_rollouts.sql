@@ -30,3 +30,6 @@ CREATE TABLE rollouts (
     rev BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX rollouts_state ON rollouts (state, id);
+-- At most one unfinished rollout per group and model, even when two are started at once.
+CREATE UNIQUE INDEX rollouts_one_open ON rollouts (grp, name)
+    WHERE state IN ('running', 'paused', 'rolling-back');

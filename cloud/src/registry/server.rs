@@ -280,6 +280,8 @@ struct TargetView {
     sha256: String,
     previous: Option<String>,
     rollback: bool,
+    /// When the target last changed, µs: an edge follows the newer of its own target and its group's.
+    changed_us: i64,
     /// The bundle's signed statement, so a downloader needs no second request to verify it.
     signed: String,
 }
@@ -301,6 +303,7 @@ async fn targets(State(Shared { store, .. }): State<Shared>) -> Response {
             sha256: t.sha256,
             previous: t.previous,
             rollback: t.rollback,
+            changed_us: t.changed_us,
             signed,
         });
     }

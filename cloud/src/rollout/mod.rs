@@ -243,7 +243,20 @@ pub async fn start(
             previous.name, previous.sequence, wanted.sha256, wanted.sequence
         )));
     }
-    let members = plan::members(&store.list_edges().await?, group);
+    let edges = store.list_edges().await?;
+    let members = plan::members(&edges, group);
+    // A rollback returns edges to the bundle the group runs now, and an edge honours a rollback only to a
+    // bundle it served: every edge of the group that is online must serve it when the rollout starts.
+    if let Some(e) = edges
+        .iter()
+        .find(|e| e.update_group == group && e.online && e.edge_model_version != previous.version)
+    {
+        return Err(RolloutError::Invalid(format!(
+            "edge {} of group {group} serves {} {}, not {} as its target says: wait until the group has \
+             converged on its target before rolling out (a rollback could not bring it back)",
+            e.edge_id, previous.name, e.edge_model_version, previous.version
+        )));
+    }
     if members.is_empty() {
         return Err(RolloutError::Invalid(format!(
             "no edge has reported following group {group:?} (edges report it in their heartbeats when \
@@ -306,6 +319,41 @@ impl std::str::FromStr for Control {
     }
 }
 
+/// Targets a running rollout's progress says it set that the store does not hold (a leader died between
+/// recording a stage and setting its targets).
+fn missing_targets(
+    row: &RolloutRow,
+    targets: &[crate::store::TargetRow],
+) -> Vec<plan::TargetChange> {
+    let progress = plan::Progress::parse(&row.progress);
+    let holds = |target: &str| {
+        targets
+            .iter()
+            .any(|t| t.target == target && t.name == row.name && t.sha256 == row.sha256)
+    };
+    let mut out: Vec<plan::TargetChange> = progress
+        .edges
+        .iter()
+        .filter(|(id, p)| p.own_target && !holds(&format!("edge/{id}")))
+        .map(|(id, p)| plan::TargetChange {
+            target: format!("edge/{id}"),
+            sha256: row.sha256.clone(),
+            rollback: false,
+            why: format!("rollout {} stage {} (canary)", row.id, p.stage + 1),
+        })
+        .collect();
+    let group = format!("edges/{}", row.grp);
+    if progress.group_targeted_us.is_some() && !holds(&group) {
+        out.push(plan::TargetChange {
+            target: group,
+            sha256: row.sha256.clone(),
+            rollback: false,
+            why: format!("rollout {} last stage (every edge)", row.id),
+        });
+    }
+    out
+}
+
 /// Applies an operator's `action` to rollout `id`.
 pub async fn control(
     store: &Store,
@@ -342,6 +390,20 @@ pub async fn control(
             }
             (Control::Rollback, _) => return refuse("it is rolled back or rolling back already"),
         };
+        if action == Control::Rollback && row.state == "done" {
+            // Only while the group still runs this rollout's bundle: a later change is not undone.
+            let group_target = store
+                .model_targets()
+                .await?
+                .into_iter()
+                .find(|t| t.target == format!("edges/{}", row.grp) && t.name == row.name);
+            if group_target.is_none_or(|t| t.sha256 != row.sha256) {
+                return refuse(
+                    "the group's target has changed since it finished; roll back with `tierline-review \
+                     models rollback` instead",
+                );
+            }
+        }
         next.state = new_state.into();
         next.reason = format!("{event} by {actor}: {reason}");
         if action == Control::Resume {
@@ -349,7 +411,8 @@ pub async fn control(
             let mut progress = plan::Progress::parse(&row.progress);
             for p in progress.edges.values_mut() {
                 if p.active_us.is_none() && p.failed.is_none() {
-                    p.targeted_us = now;
+                    // Reports made while paused still count (they match from targeted_us on).
+                    p.timeout_from_us = Some(now);
                 }
             }
             next.progress = progress.to_json();
@@ -436,6 +499,27 @@ impl Controller {
         }
     }
 
+    /// Sets `changes` under the lease; a target a registry rule refuses is logged (the gates then see
+    /// the edge not activate).
+    async fn set_targets(
+        &self,
+        lease: &Lease,
+        rollout: i64,
+        changes: &[plan::TargetChange],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        for t in changes {
+            if let Err(rule) = self
+                .store
+                .set_target_fenced(lease, &t.target, &t.sha256, t.rollback, ACTOR, &t.why, now)
+                .await?
+            {
+                tracing::error!(rollout, target = %t.target, error = %rule, "Rollout could not set a target.");
+            }
+        }
+        Ok(())
+    }
+
     /// One look at every unfinished rollout.
     async fn tick(&self, lease: &Lease) -> Result<(), StoreError> {
         let rollouts = self.store.rollouts(true).await?;
@@ -469,27 +553,58 @@ impl Controller {
                     now_us: now,
                 },
             );
-            if step.row == row && step.targets.is_empty() {
-                continue;
-            }
-            // Targets first: if the row write then fails, the next step sets the same targets again.
-            for t in &step.targets {
-                if let Err(rule) = self
-                    .store
-                    .set_target_fenced(lease, &t.target, &t.sha256, t.rollback, ACTOR, &t.why, now)
-                    .await?
-                {
-                    tracing::error!(rollout = row.id, target = %t.target, error = %rule, "Rollout could not set a target.");
-                }
-            }
             let (event, detail) = step.event.clone().unwrap_or_default();
-            let written = self
-                .store
-                .update_rollout(Some(lease), &step.row, ACTOR, &event, &detail, now)
-                .await?;
-            if !written {
-                // An operator changed it meanwhile; the next tick reads the new state.
-                continue;
+            let targets = self.store.model_targets().await?;
+            if row.state == "rolling-back" {
+                // Rolling back: targets first (repeating them is harmless), then the row. Besides those the
+                // step names, any target of the group or its members still naming the bundle goes back too.
+                let mut changes = step.targets.clone();
+                let members: Vec<String> = serde_json::from_str(&row.members).unwrap_or_default();
+                for t in &targets {
+                    let ours = t.target == format!("edges/{}", row.grp)
+                        || t.target
+                            .strip_prefix("edge/")
+                            .is_some_and(|id| members.iter().any(|m| m == id));
+                    if ours
+                        && t.name == row.name
+                        && t.sha256 == row.sha256
+                        && !changes.iter().any(|c| c.target == t.target)
+                    {
+                        changes.push(plan::TargetChange {
+                            target: t.target.clone(),
+                            sha256: row.previous.clone(),
+                            rollback: true,
+                            why: format!("rollout {} rolled back: {}", row.id, row.reason),
+                        });
+                    }
+                }
+                self.set_targets(lease, row.id, &changes, now).await?;
+                self.store
+                    .update_rollout(Some(lease), &step.row, ACTOR, &event, &detail, now)
+                    .await?;
+            } else {
+                let mut changes = step.targets.clone();
+                if step.row.state == "running" {
+                    for m in missing_targets(&step.row, &targets) {
+                        if !changes.iter().any(|c| c.target == m.target) {
+                            changes.push(m);
+                        }
+                    }
+                }
+                if step.row == row && changes.is_empty() {
+                    continue;
+                }
+                // Going forward: the row first (with the rev check, so a pause or abort made meanwhile
+                // wins and nothing is pushed), then the targets it records. A leader that dies in between
+                // leaves targets the next step sets again (below).
+                let written = self
+                    .store
+                    .update_rollout(Some(lease), &step.row, ACTOR, &event, &detail, now)
+                    .await?;
+                if !written {
+                    continue;
+                }
+                self.set_targets(lease, row.id, &changes, now).await?;
             }
             if !event.is_empty() {
                 match event.as_str() {

@@ -60,7 +60,8 @@ pub fn stage_counts(stages: &[StageSize], n: usize) -> Vec<usize> {
     for s in stages {
         let k = match *s {
             StageSize::Edges(k) => k as usize,
-            StageSize::Percent(p) => ((p / 100.0) * n as f64).ceil() as usize,
+            // Rounded up, less a hair: 10 % of 30 is 3, not 3.0000000000000004 → 4.
+            StageSize::Percent(p) => ((p * n as f64) / 100.0 - 1e-9).ceil().max(0.0) as usize,
         }
         .min(n);
         if k > out.last().copied().unwrap_or(0) {
@@ -99,6 +100,10 @@ pub struct EdgeProgress {
     /// It was given a target of its own (`edge/<id>`, a canary stage) rather than the group's.
     #[serde(default)]
     pub own_target: bool,
+    /// Its stage timeout counts from here (later than `targeted_us` after a pause, or while it was offline
+    /// at the last stage); `None`: from `targeted_us`.
+    #[serde(default)]
+    pub timeout_from_us: Option<i64>,
 }
 
 /// An edge's heartbeat counters at a moment.
@@ -117,7 +122,7 @@ impl Counters {
         Self {
             seen: e.frames_seen,
             forwarded: e.frames_forwarded,
-            p99_us: if e.decisions > 0 {
+            p99_us: if e.decisions >= MIN_DECISIONS {
                 e.decision_p99_us
             } else {
                 0
@@ -125,6 +130,9 @@ impl Counters {
         }
     }
 }
+
+/// Fewest decisions in a heartbeat interval for its p99 to count (fewer: one slow frame would be the p99).
+pub const MIN_DECISIONS: i64 = 20;
 
 /// What the controller has recorded of a rollout besides its row's columns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -326,9 +334,17 @@ fn run(row: &RolloutRow, cfg: &RolloutConfig, seen: &Observed<'_>) -> Step {
                 p.at_active = edge.map(Counters::of);
             }
         }
-        if p.failed.is_none() && p.active_us.is_none() && now - p.targeted_us > timeout {
+        if p.failed.is_none() && p.active_us.is_none() && p.stage as usize == last && !online {
+            // Cut off at the last stage: it follows the group target when it is back, and its timeout
+            // counts from then.
+            p.note = "offline; follows the group target when back".into();
+            p.timeout_from_us = Some(now);
+        }
+        if p.failed.is_none()
+            && p.active_us.is_none()
+            && now - p.timeout_from_us.unwrap_or(p.targeted_us) > timeout
+        {
             if p.stage as usize == last && !online {
-                // Cut off at the last stage: it follows the group target when it is back.
                 p.note = "offline; follows the group target when back".into();
             } else {
                 p.failed = Some(format!(
@@ -515,6 +531,7 @@ mod tests {
         let plan = s(&["1", "10%", "100%"]);
         assert_eq!(stage_counts(&plan, 3), vec![1, 3]);
         assert_eq!(stage_counts(&plan, 50), vec![1, 5, 50]);
+        assert_eq!(stage_counts(&plan, 30), vec![1, 3, 30]);
         assert_eq!(stage_counts(&plan, 1), vec![1]);
         assert_eq!(stage_counts(&plan, 0), vec![0]);
         assert_eq!(stage_counts(&s(&["2", "50%"]), 10), vec![2, 5, 10]);
@@ -555,7 +572,7 @@ mod step_tests {
             cameras_json: "[]".into(),
             update_group: "g".into(),
             decision_p99_us: 20_000,
-            decisions: 10,
+            decisions: 50,
         }
     }
 
@@ -687,6 +704,33 @@ mod step_tests {
             "{}",
             s3.row.reason
         );
+    }
+
+    #[test]
+    fn an_edge_offline_at_the_last_stage_waits_and_its_timeout_starts_when_it_is_back() {
+        // A one-stage rollout (everything at once) to a, b (b offline).
+        let mut r = row();
+        r.stages = serde_json::to_string(&[StageSize::Percent(100.0)]).unwrap();
+        r.members = serde_json::to_string(&["a", "b"]).unwrap();
+        let mut b = edge("b", "1", 1000, 50);
+        b.online = false;
+        let a_old = edge("a", "1", 1000, 50);
+        let s1 = at(&r, &[a_old, b.clone()], &[], 0);
+        assert_eq!(targets(&s1), [("edges/g".into(), "new".into(), false)]);
+        let events = [event("a", "active", S)];
+        let a_new = |seen, fwd| edge("a", "2", seen, fwd);
+        let s2 = at(&s1.row, &[a_new(1100, 55), b.clone()], &events, 2 * S);
+        // Long past the timeout, b still offline: a passes, b waits; the rollout is done.
+        let s3 = at(&s2.row, &[a_new(1300, 65), b.clone()], &events, 200 * S);
+        assert_eq!(s3.row.state, "done", "{s3:?}");
+        // Were it still running when b comes back, b's timeout would count from then.
+        let mut running = s2.row.clone();
+        running.progress = at(&s2.row, &[a_new(1100, 55), b.clone()], &events, 150 * S)
+            .row
+            .progress;
+        b.online = true;
+        let s4 = at(&running, &[a_new(1100, 55), b], &events, 160 * S);
+        assert_eq!(s4.row.state, "running", "{s4:?}");
     }
 
     #[test]

@@ -566,7 +566,6 @@ impl Updates {
     }
 }
 
-/// Removes bundles `state` no longer refers to.
 /// The target this edge follows for model `name`: its own (`edge`, set by a canary rollout) or its group's
 /// (`group`), whichever changed last, so a later group-wide change supersedes an earlier canary and a
 /// canary's rollback supersedes the group's change before it.
@@ -582,6 +581,7 @@ pub fn pick_target(
         .max_by_key(|t| (t.changed_us, t.target == edge))
 }
 
+/// Removes bundles `state` no longer refers to.
 fn remove_unkept(dir: &Path, state: &State) {
     let kept = state.kept();
     let Ok(entries) = std::fs::read_dir(dir.join("bundles")) else {
