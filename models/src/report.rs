@@ -51,6 +51,8 @@ pub struct ClassReport {
     pub cloud_correct: f64,
     /// Share the cascade labeled correctly.
     pub cascade_correct: f64,
+    /// Share the cascade passed (defect classes: escapes; `good`: correct passes).
+    pub cascade_passed: f64,
 }
 
 /// Everything `eval` reports.
@@ -72,6 +74,14 @@ pub struct Report {
     pub edge_recall_vs_truth: Rate,
     /// Frames the cloud model flags that the edge forwards.
     pub edge_recall_vs_cloud: Rate,
+    /// Defective frames (ground truth) the cloud model flags that the edge forwards: the defects the
+    /// cascade can catch at all.
+    pub edge_recall_vs_cloud_on_defects: Rate,
+    /// Escapes: defective frames (ground truth) that end as a pass in the cascade (the edge passed them,
+    /// or the cloud judged them good). Against the ground truth the data set's labels give.
+    pub escapes: Rate,
+    /// False rejects: good frames (ground truth) that end as a reject (forwarded and flagged by the cloud).
+    pub false_rejects: Rate,
     /// Cloud-only: frames whose label is right.
     pub cloud_accuracy: f64,
     /// Cloud-only: frames whose good/defective call is right.
@@ -120,6 +130,8 @@ pub fn compute(
         }
     };
     let forwarded = |f: &Scored| f.edge_score >= edge_threshold;
+    // The cascade rejects what the edge forwards and the cloud flags; everything else passes.
+    let rejected = |f: &Scored| forwarded(f) && f.cloud.defective;
     // The cascade's label is the cloud's for forwarded frames and good for the rest.
     let cascade_right = |f: &Scored| {
         if forwarded(f) {
@@ -173,6 +185,7 @@ pub fn compute(
             cloud_flagged: share(&|f| f.cloud.defective),
             cloud_correct: share(&|f| f.cloud.label == f.truth),
             cascade_correct: share(&cascade_right),
+            cascade_passed: share(&|f| !rejected(f)),
         }
     };
     Report {
@@ -184,6 +197,12 @@ pub fn compute(
         cloud_threshold,
         edge_recall_vs_truth: rate(&|f| f.truth != good, &forwarded),
         edge_recall_vs_cloud: rate(&|f| f.cloud.defective, &forwarded),
+        edge_recall_vs_cloud_on_defects: rate(
+            &|f| f.cloud.defective && f.truth != good,
+            &forwarded,
+        ),
+        escapes: rate(&|f| f.truth != good, &|f| !rejected(f)),
+        false_rejects: rate(&|f| f.truth == good, &rejected),
         cloud_accuracy,
         cloud_binary_accuracy: rate(&all, &|f| f.cloud.defective == (f.truth != good)).rate,
         cascade_accuracy,
@@ -261,6 +280,18 @@ impl Report {
             rate_line(&self.edge_recall_vs_truth)
         );
         s += &format!(
+            "edge recall vs cloud, defects {}\n",
+            rate_line(&self.edge_recall_vs_cloud_on_defects)
+        );
+        s += &format!(
+            "escapes (defects passed)     {} (against the labels' ground truth)\n",
+            rate_line(&self.escapes)
+        );
+        s += &format!(
+            "false rejects (goods)        {}\n",
+            rate_line(&self.false_rejects)
+        );
+        s += &format!(
             "forwarded                    {} of frames, {} of bytes (saved {})\n",
             pct(self.forwarded_frames),
             pct(self.forwarded_bytes),
@@ -278,18 +309,19 @@ impl Report {
             pct(self.cascade_binary_accuracy)
         );
         s += &format!(
-            "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
-            "class", "frames", "edge fwd", "cloud flag", "cloud ok", "cascade ok"
+            "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "class", "frames", "edge fwd", "cloud flag", "cloud ok", "cascade ok", "passed"
         );
         for c in &self.classes {
             s += &format!(
-                "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+                "{:<10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
                 c.label,
                 c.frames,
                 pct(c.edge_forwarded),
                 pct(c.cloud_flagged),
                 pct(c.cloud_correct),
-                pct(c.cascade_correct)
+                pct(c.cascade_correct),
+                pct(c.cascade_passed)
             );
         }
         s
@@ -346,6 +378,18 @@ mod tests {
         assert!((r.accuracy_delta_points + 25.0).abs() < 1e-9);
         let dent = r.classes.iter().find(|c| c.label == "dent").unwrap();
         assert_eq!((dent.cloud_correct, dent.cascade_correct), (1.0, 0.0));
+        // Against ground truth: the dent escapes, the good frame the cloud flags is a false reject; of the
+        // two defects the cloud catches, the edge forwards one.
+        assert_eq!(dent.cascade_passed, 1.0);
+        assert_eq!((r.escapes.hits, r.escapes.total), (1, 2));
+        assert_eq!((r.false_rejects.hits, r.false_rejects.total), (1, 2));
+        assert_eq!(
+            (
+                r.edge_recall_vs_cloud_on_defects.hits,
+                r.edge_recall_vs_cloud_on_defects.total
+            ),
+            (1, 2)
+        );
     }
 
     #[test]
