@@ -7,7 +7,6 @@
 //! - A model name's sequence numbers are unique: another archive under a sequence already taken is refused.
 //! - A target's change records the bundle it replaces (`previous`), and every change is an event.
 
-use super::lease::CHECK_FENCE;
 use super::{Lease, Pool, Store, StoreError};
 
 /// A published bundle, without its archive.
@@ -154,7 +153,7 @@ pub struct NewBundle<'a> {
 const BUNDLE_COLUMNS: &str =
     "sha256, name, version, sequence, size, key_id, signed, published_by, published_us";
 
-const INSERT_EVENT: &str = "INSERT INTO model_events (at_us, actor, subject, sha256, event, detail) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(super) const INSERT_EVENT: &str = "INSERT INTO model_events (at_us, actor, subject, sha256, event, detail) VALUES ($1, $2, $3, $4, $5, $6)";
 
 impl Store {
     /// Stores a bundle published by `actor` at `now_us` (an event records it). Idempotent on the archive's
@@ -371,20 +370,7 @@ impl Store {
                 .await
                 .map_err(self.err(op))?;
             if let Some(lease) = fence {
-                let held = sqlx::query(CHECK_FENCE)
-                    .bind(&lease.name)
-                    .bind(lease.token)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.err(op))?
-                    .rows_affected()
-                    == 1;
-                if !held {
-                    return Err(StoreError::Fenced {
-                        name: lease.name.clone(),
-                        token: lease.token,
-                    });
-                }
+                hold_fence!(self, tx, lease, op);
             }
             let row: TargetRow = sqlx::query_as(
                 "INSERT INTO model_targets (target, name, sha256, previous, rollback, changed_by, changed_us)

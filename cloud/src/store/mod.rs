@@ -51,6 +51,28 @@ macro_rules! on_pool {
     };
 }
 
+/// In transaction `$tx` of `$store`, under lease `$lease`: locks the lease row if its token is still the
+/// lease's (the fence, `lease::CHECK_FENCE`), else returns [`StoreError::Fenced`] from the enclosing
+/// function; `$op` names the operation in database errors.
+macro_rules! hold_fence {
+    ($store:expr, $tx:expr, $lease:expr, $op:expr) => {{
+        let held = sqlx::query(super::lease::CHECK_FENCE)
+            .bind(&$lease.name)
+            .bind($lease.token)
+            .execute(&mut *$tx)
+            .await
+            .map_err($store.err($op))?
+            .rows_affected()
+            == 1;
+        if !held {
+            return Err(StoreError::Fenced {
+                name: $lease.name.clone(),
+                token: $lease.token,
+            });
+        }
+    }};
+}
+
 mod audits;
 mod bundles;
 mod claims;

@@ -7,7 +7,7 @@
 //!   tick and an operator's pause never overwrite each other unseen; every change is a model event with the
 //!   subject `rollout/<id>`.
 
-use super::lease::CHECK_FENCE;
+use super::bundles::INSERT_EVENT;
 use super::{Lease, Pool, RegistryRule, Store, StoreError};
 
 /// A rollout.
@@ -83,8 +83,6 @@ pub struct NewRollout<'a> {
 
 const COLUMNS: &str = "id, grp, name, sha256, version, previous, previous_version, state, stage, \
      stage_started_us, stages, members, progress, reason, created_by, created_us, updated_us, rev";
-
-const INSERT_EVENT: &str = "INSERT INTO model_events (at_us, actor, subject, sha256, event, detail) VALUES ($1, $2, $3, $4, $5, $6)";
 
 impl Store {
     /// Starts a rollout (state `running`, stage 0) for `actor`; refused while another rollout of the model
@@ -195,20 +193,7 @@ impl Store {
                 .await
                 .map_err(self.err(op))?;
             if let Some(lease) = fence {
-                let held = sqlx::query(CHECK_FENCE)
-                    .bind(&lease.name)
-                    .bind(lease.token)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.err(op))?
-                    .rows_affected()
-                    == 1;
-                if !held {
-                    return Err(StoreError::Fenced {
-                        name: lease.name.clone(),
-                        token: lease.token,
-                    });
-                }
+                hold_fence!(self, tx, lease, op);
             }
             let changed = sqlx::query(
                 "UPDATE rollouts SET state = $1, stage = $2, stage_started_us = $3, progress = $4,
