@@ -3,27 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::process::Command;
 use tierline_tests::review::{TOKEN, start};
 
-fn cli(addr: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tierline-review"));
-    c.arg("--server")
-        .arg(format!("http://{addr}"))
-        .args(args)
-        .env_remove("TIERLINE_REVIEW_TOKEN")
-        .env_remove("TIERLINE_REVIEW_SERVER");
-    if let Some(t) = token {
-        c.env("TIERLINE_REVIEW_TOKEN", t);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::cli;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_shows_labels_and_lists_edges() {

@@ -8,26 +8,15 @@
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
 use tierline_tests::bundles::prescreen_variant;
 use tierline_tests::http::get_bytes;
 use tierline_tests::review::{OTHER_TOKEN, TOKEN, start_registry};
 
+mod common;
+
 fn cli(addr: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tierline-review"))
-        .arg("--server")
-        .arg(format!("http://{addr}"))
-        .args(args)
-        .env_remove("TIERLINE_REVIEW_SERVER")
-        .env("TIERLINE_REVIEW_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli(addr, Some(token), args)
 }
 
 /// Packs the shipped prescreen as `version`, signs it with `key` at `sequence`, and writes the bundle and

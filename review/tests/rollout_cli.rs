@@ -7,26 +7,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
 use tierline_shared::wire::Heartbeat;
 use tierline_tests::bundles::prescreen_variant;
 use tierline_tests::review::{OTHER_REVIEWER, OTHER_TOKEN, TOKEN, start_registry};
 
+mod common;
+
 fn cli(addr: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tierline-review"))
-        .arg("--server")
-        .arg(format!("http://{addr}"))
-        .args(args)
-        .env_remove("TIERLINE_REVIEW_SERVER")
-        .env("TIERLINE_REVIEW_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli(addr, Some(token), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
