@@ -43,6 +43,18 @@ pub fn jpeg_frames(n: u64, seed: u64, w: u32, h: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `n` synthetic frames as JPEG bytes, the even ones good and the odd ones each with a defect, and each
+/// frame's truth (`good`, `scratch`…).
+pub fn alternating_jpeg_frames(n: u64, seed: u64, w: u32, h: u32) -> (Vec<Vec<u8>>, Vec<String>) {
+    (0..n)
+        .map(|i| {
+            let f = tierline_edge::synth::render(seed, i, w, h, (i % 2) as f64);
+            let jpeg = f.to_jpeg(90).expect("encode");
+            (jpeg, f.truth.as_str().to_string())
+        })
+        .unzip()
+}
+
 /// The GStreamer RTSP server, serving `/h264` and `/mjpeg` from a folder of frames.
 pub struct RtspServer {
     child: Child,

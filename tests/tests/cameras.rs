@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tierline_cloud::api::pb::{self, review_client::ReviewClient};
 use tierline_edge::stats::get;
 use tierline_tests::Mosquitto;
 use tierline_tests::camera::{self, HttpCamera, RtspServer};
@@ -388,10 +390,18 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
     d.assert_one_decision_each(d.per_seq().len() as u64);
 }
 
+/// Part triggers end to end: N triggers (over HTTP to two cameras, over MQTT to one) give exactly N decisions
+/// carrying their part ids, and every triggered frame the edge forwarded (suspects and audit samples) is in
+/// the cloud's store under its part id: the store's rows, read with SQL, and the review API's part filter
+/// both say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
+async fn n_part_triggers_give_exactly_n_decisions_and_forwarded_parts_reach_the_cloud_store() {
     let dir = tempfile::tempdir().unwrap();
-    let jpegs = camera::jpeg_frames(4, 5, 320, 240);
+    // Every other picture the camera serves shows a defect, so some triggered frames are suspects.
+    let seed = 5;
+    let (jpegs, truth) = camera::alternating_jpeg_frames(6, seed, 320, 240);
+    println!("camera pictures (seed {seed}): {truth:?}");
+    assert!(truth.iter().any(|t| t != "good"), "{truth:?}");
     let cam = HttpCamera::start(jpegs, 10.0, 0).await;
     let broker = Mosquitto::start(dir.path());
     let cameras = format!(
@@ -399,7 +409,16 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
          [[camera]]\nid = \"stream\"\nkind = \"mjpeg\"\nmode = \"trigger\"\nurl = \"http://{}/mjpeg\"\n{WATCHDOG}",
         cam.addr, cam.addr,
     );
-    let edge = start_edge(&broker, dir.path(), &cameras);
+    // A cloud worker judges the suspects; half the passed frames go to it too, as audit samples.
+    let audit_seed = 15;
+    println!("audit sampling seed {audit_seed}");
+    let cloud = pipeline::start_cloud(pipeline::cloud_config(broker.port(), dir.path(), "w1"));
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        &format!("deadline = \"5s\"\naudit_rate = 0.5\naudit_seed = {audit_seed}"),
+    ));
     let admin = loop {
         if let Some(a) = edge.admin_addr.get() {
             break *a;
@@ -430,7 +449,7 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     );
     let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
     // The edge subscribes after it connects: wait for its link.
-    let e = edge.stats.clone();
+    let (e, c) = (edge.stats.clone(), cloud.stats.clone());
     pipeline::wait_until(
         "edge link up",
         Duration::from_secs(10),
@@ -462,20 +481,30 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     };
     pipeline::wait_until(
         "one decision per trigger",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || parts_of("station").len() >= 10 && parts_of("stream").len() >= 5,
         || {
             format!(
-                "station {:?} stream {:?}",
+                "station {:?} stream {:?}; {}",
                 parts_of("station"),
-                parts_of("stream")
+                parts_of("stream"),
+                pipeline::describe(&e, &c)
             )
         },
     )
     .await;
-    // Nothing more comes without triggers.
+    // Nothing more comes without triggers; the audit samples' verdicts come back too.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    edge.stop().await.unwrap();
+    pipeline::wait_until(
+        "every forwarded frame judged and its verdict back at the edge",
+        Duration::from_secs(30),
+        || {
+            let forwarded = get(&e.frames_suspect) + get(&e.frames_audit);
+            get(&c.verdicts_stored) >= forwarded && get(&e.verdicts) >= forwarded
+        },
+        || pipeline::describe(&e, &c),
+    )
+    .await;
     pump.abort();
     let mut station = parts_of("station");
     station.sort();
@@ -488,6 +517,114 @@ async fn n_part_triggers_give_exactly_n_decisions_carrying_their_part_ids() {
     stream.sort();
     want_stream.sort();
     assert_eq!(stream, want_stream);
+
+    // The frames the log says were forwarded, with the camera and part of their decision lines.
+    let d = Decisions::read(&log);
+    let decided: BTreeMap<u64, (String, String)> = d
+        .decisions()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                (
+                    e["camera_id"].as_str().unwrap().to_string(),
+                    e["part_id"].as_str().unwrap_or("").to_string(),
+                ),
+            )
+        })
+        .collect();
+    let suspects = d.suspect_seqs();
+    let audits: BTreeSet<u64> = d.of("audit").filter_map(|a| a["seq"].as_u64()).collect();
+    println!(
+        "{} triggered frames: {} suspects, {} audit samples forwarded",
+        decided.len(),
+        suspects.len(),
+        audits.len()
+    );
+    assert!(
+        !suspects.is_empty(),
+        "no triggered frame was a suspect, so nothing defective reached the cloud: {}",
+        pipeline::describe(&e, &c)
+    );
+    assert_eq!(
+        (suspects.len() + audits.len()) as u64,
+        get(&e.frames_suspect) + get(&e.frames_audit),
+        "the log names every frame the edge forwarded"
+    );
+    let forwarded: BTreeMap<u64, &str> = suspects
+        .iter()
+        .map(|s| (*s, "suspect"))
+        .chain(audits.iter().map(|s| (*s, "audit")))
+        .collect();
+
+    // The store, read with SQL: exactly the forwarded frames, each with its camera and part id.
+    let url = format!("sqlite://{}?mode=ro", dir.path().join("cloud.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT seq, camera_id, part_id FROM frames WHERE edge_id = 'edge-t'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    let stored: BTreeMap<u64, (String, String)> = rows
+        .into_iter()
+        .map(|(seq, camera, part)| (seq as u64, (camera, part)))
+        .collect();
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        forwarded.keys().collect::<Vec<_>>(),
+        "the store holds exactly the forwarded frames"
+    );
+    for (seq, row) in &stored {
+        assert!(!row.1.is_empty(), "stored frame {seq} has no part id");
+        assert_eq!(
+            Some(row),
+            decided.get(seq),
+            "stored frame {seq}: camera and part as the decision log has them"
+        );
+    }
+
+    // The review API, filtering by part, lists each forwarded part's frames and no other.
+    let api = *cloud.api_addr.get().unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{api}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut review = ReviewClient::new(channel);
+    let parts: BTreeSet<&String> = stored.values().map(|(_, p)| p).collect();
+    for part in &parts {
+        let listed = review
+            .list_frames(pb::ListFramesRequest {
+                part_id: part.to_string(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .frames;
+        let mut got: Vec<(u64, String, String, String)> = listed
+            .into_iter()
+            .map(|f| (f.seq, f.camera_id, f.part_id, f.reason))
+            .collect();
+        got.sort();
+        let want: Vec<(u64, String, String, String)> = stored
+            .iter()
+            .filter(|(_, (_, p))| p == *part)
+            .map(|(seq, (camera, p))| (*seq, camera.clone(), p.clone(), forwarded[seq].to_string()))
+            .collect();
+        assert_eq!(got, want, "review API frames of part {part}");
+    }
+    println!(
+        "{} forwarded frames of {} parts in the store and the review API: {:?}",
+        stored.len(),
+        parts.len(),
+        parts
+    );
+    let stored_labels = Stored::read(&dir.path().join("cloud.db")).await;
+    stored_labels.check_labels("edge-t", &d);
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
