@@ -390,6 +390,147 @@ async fn a_frozen_or_reset_http_camera_recovers_and_the_other_cameras_never_stop
     d.assert_one_decision_each(d.per_seq().len() as u64);
 }
 
+/// An RTSP camera (TCP interleaved) whose connection stays open but goes silent: a fault proxy between the
+/// edge and the RTSP server freezes it. The watchdog reports the camera down in `/readyz` within its
+/// no-frame timeout, reconnects (counted), and frames resume once the path is back, within the no-frame
+/// timeout plus the longest reconnect backoff; the camera streaming directly never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_rtsp_stream_is_reconnected_within_its_watchdog_bound_and_the_other_camera_never_stops()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    camera::write_frames(&frames, 10, 3, 0.0, 320, 240);
+    let server = RtspServer::start(&["--frames", frames.to_str().unwrap(), "--fps", "10"]);
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into())
+        .await
+        .unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let cameras = format!(
+        "{FAST_CHECKS}[[camera]]\nid = \"frozen\"\nkind = \"rtsp\"\nurl = \"rtsp://127.0.0.1:{}/h264\"\ntransport = \"tcp\"\n{WATCHDOG}\
+         [[camera]]\nid = \"direct\"\nkind = \"rtsp\"\nurl = \"{}\"\ntransport = \"tcp\"\n{WATCHDOG}",
+        proxy.port(),
+        server.url("mjpeg"),
+    );
+    let config = pipeline::edge_config(broker.port(), dir.path(), &cameras, "deadline = \"300ms\"");
+    // The bounds come from the configuration the edge runs with.
+    let cam = config.cameras.iter().find(|c| c.id == "frozen").unwrap();
+    let (no_frame, backoff_max, connect_timeout, check_every) = (
+        cam.no_frame_timeout,
+        cam.reconnect_max,
+        cam.connect_timeout,
+        config.admin.check_every,
+    );
+    // Slack: an RTSP handshake on loopback, the first key frame at 10 fps, this test's 100 ms polling, and
+    // room for a busy 2-core machine running other tests.
+    let slack = Duration::from_secs(2);
+    let detect_bound = no_frame + check_every + slack;
+    let recover_bound = no_frame + backoff_max + slack;
+    let edge = pipeline::start_edge(config);
+    let log = dir.path().join("decisions.jsonl");
+    let count = |cam: &str| camera_frames(&Decisions::read(&log), cam);
+    pipeline::wait_until(
+        "both RTSP cameras delivering",
+        Duration::from_secs(30),
+        || count("frozen") >= 10 && count("direct") >= 10,
+        || format!("frozen {} direct {}", count("frozen"), count("direct")),
+    )
+    .await;
+    let admin = *edge.admin_addr.get().unwrap();
+    wait_check(admin, "camera frozen", true).await;
+    let reconnects = |metrics: &str, cam: &str| {
+        camera_metric(metrics, "tierline_edge_camera_reconnects_total", cam)
+    };
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    let before = reconnects(&metrics, "frozen");
+
+    // The freeze: the connection stays open and nothing flows, for longer than a reconnect cycle (the
+    // edge's reconnects during it are held by the proxy as well).
+    let freeze = no_frame + backoff_max + connect_timeout;
+    proxy.set_mode(Mode::BlackHole);
+    let frozen_at = std::time::Instant::now();
+    let (f0, d0) = (count("frozen"), count("direct"));
+    let mut detected = None;
+    let mut direct_age: f64 = 0.0;
+    while frozen_at.elapsed() < freeze {
+        let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+        direct_age = direct_age.max(camera_metric(
+            &metrics,
+            "tierline_edge_camera_last_frame_age_seconds",
+            "direct",
+        ));
+        let r = readyz(admin).await;
+        assert_eq!(
+            check(&r, "camera direct")["ok"],
+            true,
+            "the direct camera went down during the other's freeze: {r}"
+        );
+        if detected.is_none() && check(&r, "camera frozen")["ok"] == false {
+            detected = Some(frozen_at.elapsed());
+            println!("freeze: {}", check(&r, "camera frozen")["detail"]);
+            assert_eq!(r["ready"], true, "a camera down leaves the edge ready: {r}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = proxy.stats().bytes_to_client;
+    let stuck = count("frozen");
+    let detected = detected.expect("the frozen camera was never reported down");
+    // Frames already in flight when the path froze may still arrive; then nothing.
+    assert!(
+        stuck <= f0 + 5,
+        "frames through a frozen path: {f0} -> {stuck}"
+    );
+    println!("freeze: reported down in /readyz after {detected:?} (bound {detect_bound:?})");
+    assert!(
+        detected <= detect_bound,
+        "down after {detected:?}, beyond no_frame_timeout {no_frame:?} + check_every {check_every:?} + slack {slack:?}"
+    );
+    println!("freeze: the direct camera's last frame was at most {direct_age:.2} s old");
+    assert!(
+        direct_age < no_frame.as_secs_f64(),
+        "the direct camera went {direct_age} s without a frame during the freeze"
+    );
+    assert!(
+        count("direct") >= d0 + 20,
+        "the direct camera kept delivering during the freeze: {} -> {}",
+        d0,
+        count("direct")
+    );
+
+    // The path is back: the camera reconnects and frames resume.
+    proxy.set_mode(Mode::Forward);
+    let thawed_at = std::time::Instant::now();
+    pipeline::wait_until(
+        "frames from the frozen camera after the freeze",
+        recover_bound * 3,
+        || count("frozen") > stuck,
+        || format!("frozen {} direct {}", count("frozen"), count("direct")),
+    )
+    .await;
+    let recovered = thawed_at.elapsed();
+    let r = wait_check(admin, "camera frozen", true).await;
+    let ready_again = thawed_at.elapsed();
+    println!(
+        "freeze: first frame {recovered:?} and /readyz ok {ready_again:?} after the path came back (bound {recover_bound:?}); {}",
+        check(&r, "camera frozen")["detail"]
+    );
+    assert!(
+        recovered <= recover_bound,
+        "frames resumed after {recovered:?}, beyond no_frame_timeout {no_frame:?} + reconnect_max {backoff_max:?} + slack {slack:?}"
+    );
+    assert!(
+        proxy.stats().bytes_to_client > held,
+        "the stream flows through the proxy again"
+    );
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    let after = reconnects(&metrics, "frozen");
+    println!("freeze: reconnects of the frozen camera {before} -> {after}");
+    assert!(after > before, "the stall is counted as a reconnect");
+    assert_eq!(reconnects(&metrics, "direct"), 0.0);
+    edge.stop().await.unwrap();
+    let d = Decisions::read(&log);
+    d.assert_one_decision_each(d.per_seq().len() as u64);
+}
+
 /// Part triggers end to end: N triggers (over HTTP to two cameras, over MQTT to one) give exactly N decisions
 /// carrying their part ids, and every triggered frame the edge forwarded (suspects and audit samples) is in
 /// the cloud's store under its part id: the store's rows, read with SQL, and the review API's part filter
