@@ -10,6 +10,10 @@ paced in real time at --fps) as two live RTSP streams:
   rtsp://HOST:PORT/mjpeg  the JPEG files themselves (RTP/JPEG, RFC 2435);
                           re-encoded only if RTP/JPEG cannot carry them as
                           they are, or if --width/--height scale them
+  rtsp://HOST:PORT/vp8    frames re-encoded with libvpx (RTP/VP8), a video
+                          codec the edge does not decode
+  rtsp://HOST:PORT/audio  a live sine tone as G.711 mu-law (RTP/PCMU), a
+                          stream with no video at all
 
 Run it with Debian's interpreter (it needs python3-gi and GstRtspServer):
 
@@ -323,6 +327,8 @@ def appsrc_desc(caps):
 
 
 class Mount:
+    # frame_source and start_index are None for a mount with its own live
+    # source instead of an appsrc fed with the frames.
     def __init__(self, path, launch, frame_source, start_index):
         self.path = path
         self.launch = launch
@@ -336,7 +342,7 @@ class Mount:
 def parse_args():
     p = argparse.ArgumentParser(
         description="Serve a directory of JPEG frames as live RTSP streams "
-                    "at /h264, /h265 and /mjpeg.")
+                    "at /h264, /h265, /mjpeg, /vp8 and /audio.")
     p.add_argument("--frames", required=True, metavar="DIR",
                    help="directory of .jpg files, streamed in name order and looped")
     p.add_argument("--port", type=int, default=8554,
@@ -447,6 +453,25 @@ def main():
     mounts.append(Mount("/mjpeg", f"( {mjpeg}rtpjpegpay name=pay0 pt=26 )",
                         read_frame, wall_index))
 
+    # Streams the edge cannot decode, for its wrong-codec handling.
+    if all(Gst.ElementFactory.find(e) for e in ("vp8enc", "rtpvp8pay")):
+        mounts.append(Mount(
+            "/vp8",
+            f"( {appsrc_desc(jpeg_caps)} ! {raw_convert(*size)} ! "
+            f"vp8enc deadline=1 keyframe-max-dist={args.keyint} ! rtpvp8pay name=pay0 pt=96 )",
+            read_frame, wall_index))
+    else:
+        log("no /vp8: GStreamer's vp8enc or rtpvp8pay is missing (gstreamer1.0-plugins-good)")
+    if all(Gst.ElementFactory.find(e) for e in ("audiotestsrc", "mulawenc", "rtppcmupay")):
+        mounts.append(Mount(
+            "/audio",
+            "( audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! "
+            "audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay name=pay0 pt=0 )",
+            None, None))
+    else:
+        log("no /audio: GStreamer's audiotestsrc, mulawenc or rtppcmupay is missing "
+            "(gstreamer1.0-plugins-base, gstreamer1.0-plugins-good)")
+
     # Fail before READY rather than on the first client if a pipeline is bad.
     for m in mounts:
         try:
@@ -475,6 +500,9 @@ def main():
     feeders = set()
 
     def on_media_configure(_factory, media, mount):
+        if mount.frame_source is None:
+            log(f"{mount.path}: started")
+            return
         appsrc = media.get_element().get_by_name("src")
         feeder = Feeder(mount.path, appsrc, mount.frame_source, fr,
                         mount.start_index())
@@ -544,7 +572,7 @@ def main():
     log(f"serving {len(paths)} frames from {args.frames} at {args.fps:g} fps, "
         f"{size[0]}x{size[1]}, H.264 {args.profile} keyint {args.keyint}"
         f"{' (pre-encoded)' if args.pre_encode > 0 else ''}: "
-        f"rtsp://{args.address}:{port}/h264, /h265 and /mjpeg"
+        f"rtsp://{args.address}:{port}/" + ", /".join(m.path[1:] for m in mounts) +
         f"{f' ({args.auth} auth)' if args.user is not None else ''}")
     print(f"READY {port}", flush=True)
     loop.run()

@@ -55,7 +55,8 @@ pub fn alternating_jpeg_frames(n: u64, seed: u64, w: u32, h: u32) -> (Vec<Vec<u8
         .unzip()
 }
 
-/// The GStreamer RTSP server, serving `/h264` and `/mjpeg` from a folder of frames.
+/// The GStreamer RTSP server, serving `/h264`, `/h265`, `/mjpeg` and `/vp8` from a folder of frames, and
+/// `/audio` (no video).
 pub struct RtspServer {
     child: Child,
     port: u16,

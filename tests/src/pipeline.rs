@@ -27,15 +27,20 @@ pub fn cloud_config(port: u16, dir: &Path, worker: &str) -> CloudConfig {
 /// An edge config for a broker on `port` in `dir`, with `cameras` as `[[camera]]` TOML and `extra` TOML
 /// appended (sections that are not set here).
 pub fn edge_config(port: u16, dir: &Path, cameras: &str, decision: &str) -> EdgeConfig {
-    let text = format!(
+    toml::from_str(&edge_toml(port, dir, cameras, decision)).expect("edge config")
+}
+
+/// The TOML text of [`edge_config`], for an edge run as a process; its admin endpoint listens on any free
+/// port (`listen = "127.0.0.1:0"`, the last key before `cameras`).
+pub fn edge_toml(port: u16, dir: &Path, cameras: &str, decision: &str) -> String {
+    format!(
         "[edge]\nid = \"edge-t\"\nsite = \"plant\"\nline = \"l1\"\n[mqtt]\nport = {port}\nreconnect_delay = \"100ms\"\n\
          [model]\nmanifest = {:?}\n[decision]\n{decision}\n[outbox]\npath = {:?}\nresend_after = \"2s\"\n\
          [sink]\nkind = \"file\"\npath = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n{cameras}",
         models_dir().join("prescreen.toml"),
         dir.join("outbox.db"),
         dir.join("decisions.jsonl"),
-    );
-    toml::from_str(&text).expect("edge config")
+    )
 }
 
 /// `n` synthetic cameras of `frames` frames each.

@@ -1,6 +1,6 @@
 //! Cameras against real servers: the GStreamer RTSP server (H.264 and MJPEG over RTP, killed and restarted
-//! as a rebooting camera), an HTTP MJPEG and snapshot camera, and a fault proxy between camera and edge that
-//! freezes (socket open, no data) and resets. The oracle is what the servers sent and what the edge's
+//! as a rebooting camera; VP8 and audio-only streams the edge cannot decode), an HTTP MJPEG and snapshot
+//! camera, and a fault proxy between camera and edge that freezes (socket open, no data) and resets. The oracle is what the servers sent and what the edge's
 //! decision log and the cloud's store hold, not the edge's own counters alone.
 
 #![allow(clippy::unwrap_used)]
@@ -14,6 +14,7 @@ use tierline_tests::Mosquitto;
 use tierline_tests::camera::{self, HttpCamera, RtspServer};
 use tierline_tests::oracle::{Decisions, Stored};
 use tierline_tests::pipeline;
+use tierline_tests::process;
 use tierline_tests::proxy::{Mode, Proxy};
 
 /// Refreshes `/readyz` twice a second. It lands in the `[admin]` table: `pipeline::edge_config` writes the
@@ -527,6 +528,141 @@ async fn a_frozen_rtsp_stream_is_reconnected_within_its_watchdog_bound_and_the_o
     assert!(after > before, "the stall is counted as a reconnect");
     assert_eq!(reconnects(&metrics, "direct"), 0.0);
     edge.stop().await.unwrap();
+    let d = Decisions::read(&log);
+    d.assert_one_decision_each(d.per_seq().len() as u64);
+}
+
+/// RTSP cameras whose streams the edge cannot decode (VP8 video; G.711 audio and no video at all), run by
+/// the edge binary: each camera is down with a reason naming what the stream carries, every attempt is logged
+/// with the camera id and the URL with its password hidden, it keeps retrying with backoff, and the edge
+/// keeps deciding the other camera's frames, without a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_streams_in_codecs_the_edge_cannot_decode_are_named_and_the_other_camera_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    camera::write_frames(&frames, 10, 4, 0.0, 320, 240);
+    let server = RtspServer::start(&["--frames", frames.to_str().unwrap(), "--fps", "10"]);
+    let with_login = |path: &str| {
+        server
+            .url(path)
+            .replacen("rtsp://", "rtsp://inspector:s3cret@", 1)
+    };
+    let broker = Mosquitto::start(dir.path());
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let cameras = format!(
+        "{FAST_CHECKS}[[camera]]\nid = \"vp8\"\nkind = \"rtsp\"\nurl = \"{}\"\n{WATCHDOG}\
+         [[camera]]\nid = \"audio-only\"\nkind = \"rtsp\"\nurl = \"{}\"\n{WATCHDOG}\
+         [[camera]]\nid = \"mjpeg\"\nkind = \"rtsp\"\nurl = \"{}\"\n{WATCHDOG}",
+        with_login("vp8"),
+        with_login("audio"),
+        server.url("mjpeg"),
+    );
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        pipeline::edge_toml(broker.port(), dir.path(), &cameras, "deadline = \"300ms\"").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{admin_port}\""),
+        ),
+    )
+    .unwrap();
+    let edge_log = dir.path().join("edge.log");
+    let mut edge = process::spawn_edge(&config, &edge_log);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let log = dir.path().join("decisions.jsonl");
+    let count = |cam: &str| camera_frames(&Decisions::read(&log), cam);
+    let started = std::time::Instant::now();
+    // Until both broken cameras have been refused once, with the reason in /readyz.
+    let r = loop {
+        assert!(
+            edge.try_wait().unwrap().is_none(),
+            "the edge exited: {}",
+            std::fs::read_to_string(&edge_log).unwrap_or_default()
+        );
+        if let Ok((200 | 503, body)) = tierline_tests::http::get(admin, "/readyz").await {
+            let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let named = |name: &str, codec: &str| {
+                r["checks"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["name"] == name && c["detail"].as_str().is_some_and(|d| d.contains(codec))
+                    })
+                })
+            };
+            if named("camera vp8", "video/vp8") && named("camera audio-only", "audio/pcmu") {
+                break r;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the broken cameras were never named in /readyz; edge log:\n{}",
+            std::fs::read_to_string(&edge_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for cam in ["vp8", "audio-only"] {
+        let c = check(&r, &format!("camera {cam}"));
+        let detail = c["detail"].as_str().unwrap();
+        println!("{cam}: {detail}");
+        assert_eq!(c["ok"], false, "{c}");
+        assert!(
+            detail.contains("H.264") && detail.contains("***") && !detail.contains("s3cret"),
+            "the reason says what the edge decodes, the password hidden: {detail}"
+        );
+    }
+    assert_eq!(r["ready"], true, "cameras down leave the edge ready: {r}");
+    // The broken cameras keep being retried with backoff while the other camera's frames are decided.
+    let m0 = count("mjpeg");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m1 = count("mjpeg");
+    println!("mjpeg camera: {m0} -> {m1} frames decided over 4 s while the others were refused");
+    assert!(m1 >= m0 + 20, "the other camera's frames: {m0} -> {m1}");
+    let r = readyz(admin).await;
+    assert_eq!(check(&r, "camera mjpeg")["ok"], true, "{r}");
+    let (_, metrics) = tierline_tests::http::get(admin, "/metrics").await.unwrap();
+    for cam in ["vp8", "audio-only"] {
+        assert_eq!(camera_metric(&metrics, "tierline_edge_camera_up", cam), 0.0);
+        assert_eq!(
+            camera_metric(&metrics, "tierline_edge_camera_frames_total", cam),
+            0.0
+        );
+    }
+    assert!(
+        edge.try_wait().unwrap().is_none(),
+        "the edge is still running"
+    );
+    process::terminate(&mut edge);
+    let status = edge.wait().unwrap();
+    let text = std::fs::read_to_string(&edge_log).unwrap();
+    assert!(
+        !text.contains("panicked") && !text.contains("s3cret"),
+        "no panic and no password in the edge log:\n{text}"
+    );
+    // Each attempt is a log line naming the camera, the stream (password hidden) and what it carries.
+    for (cam, codec) in [("vp8", "video/vp8"), ("audio-only", "audio/pcmu")] {
+        let attempts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!("camera={cam} ")) && l.contains("Camera source failed"))
+            .collect();
+        println!(
+            "{cam}: {} refused attempts logged, e.g. {:?}",
+            attempts.len(),
+            attempts.first()
+        );
+        assert!(
+            attempts.len() >= 2,
+            "{cam}: retried and logged each time:\n{text}"
+        );
+        assert!(
+            attempts
+                .iter()
+                .all(|l| l.contains(codec) && l.contains("***")),
+            "{cam}: {attempts:?}"
+        );
+    }
+    assert!(status.success(), "the edge stopped cleanly: {status}");
     let d = Decisions::read(&log);
     d.assert_one_decision_each(d.per_seq().len() as u64);
 }
