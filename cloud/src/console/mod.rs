@@ -22,7 +22,7 @@
 //!   `/static/`.
 
 mod export;
-mod filters;
+pub mod filters;
 mod pages;
 pub mod session;
 

@@ -238,6 +238,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::bundle::{SignedStatement, SigningKey, TrustedKeys};
+    use proptest::strategy::Strategy;
 
     fn shipped_prescreen() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/prescreen.toml")
@@ -318,5 +319,63 @@ mod tests {
         let err = unpack(&bytes, &statement, &dir.path().join("staged")).unwrap_err();
         assert!(matches!(err, BundleError::UnsafeEntry { .. }), "{err}");
         assert!(!dir.path().join("escaped.txt").exists());
+    }
+
+    /// A tar archive of hand-made entries: any name bytes, any entry type, a link target.
+    fn archive(entries: &[(String, u8, String)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            let gnu = header.as_gnu_mut().unwrap();
+            let n = name.len().min(gnu.name.len());
+            gnu.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+            let l = link.len().min(gnu.linkname.len());
+            gnu.linkname[..l].copy_from_slice(&link.as_bytes()[..l]);
+            header.set_entry_type(tar::EntryType::new(*kind));
+            header.set_size(2);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append(&header, &b"hi"[..]).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    proptest::proptest! {
+        /// Whatever names, types and links a correctly hashed archive's entries claim, unpacking writes
+        /// nothing outside its staging directory (the fuzz target `bundle_verify` runs the same check on
+        /// arbitrary bytes).
+        #[test]
+        fn no_archive_writes_outside_its_staging_directory(
+            entries in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "a.onnx", "../up", "..", "/abs", "x/../../up", "dir/", "./b", "x/y/z.jpg", "up",
+                        "a.onnx",
+                    ])
+                    .prop_map(String::from),
+                    proptest::sample::select(vec![b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'L', b'x']),
+                    proptest::sample::select(vec!["", "../up", "/etc/passwd", "a.onnx"]).prop_map(String::from),
+                ),
+                0..6,
+            )
+        ) {
+            let bytes = archive(&entries);
+            let statement = BundleStatement {
+                format: FORMAT.into(),
+                name: "prescreen".into(),
+                version: "1".into(),
+                sequence: 1,
+                sha256: sha256_hex(&bytes),
+                size: bytes.len() as u64,
+                signed_at_us: 0,
+            };
+            let root = tempfile::tempdir().unwrap();
+            let staging = root.path().join("staging");
+            let _ = unpack(&bytes, &statement, &staging);
+            for entry in std::fs::read_dir(root.path()).unwrap() {
+                let name = entry.unwrap().file_name();
+                proptest::prop_assert_eq!(name, "staging");
+            }
+        }
     }
 }

@@ -199,6 +199,28 @@ mod tests {
         assert!(signed.verify(&trusted).is_err());
     }
 
+    proptest::proptest! {
+        /// A forged envelope (any statement text, any signature, the trusted key's own id) never verifies,
+        /// and a statement signed by the trusted key verifies only when it is a well-formed statement (the
+        /// fuzz target `bundle_verify` runs the same checks on arbitrary bytes).
+        #[test]
+        fn forged_envelopes_never_verify(text in ".{0,300}", signature in "[0-9a-f]{0,140}") {
+            let key = SigningKey::generate().unwrap();
+            let trusted = TrustedKeys::new(vec![key.public()]);
+            let forged = SignedStatement { statement: text.clone(), key_id: key.id().0, signature };
+            proptest::prop_assert!(forged.verify(&trusted).is_err());
+            let signed = SignedStatement {
+                signature: hex::encode(key.sign(text.as_bytes())),
+                statement: text,
+                key_id: key.id().0,
+            };
+            if let Ok(s) = signed.verify(&trusted) {
+                proptest::prop_assert_eq!(s.format, FORMAT);
+                proptest::prop_assert_eq!(s.sha256.len(), 64);
+            }
+        }
+    }
+
     #[test]
     fn an_unverified_statement_with_odd_text_is_refused_without_a_panic() {
         let key = SigningKey::generate().unwrap();

@@ -1,0 +1,25 @@
+//! The review console's form and cookie parsing on arbitrary request bytes: the queue's filter form as axum
+//! reads it (`application/x-www-form-urlencoded`), and the `Cookie` header. Never a panic; a filter shown
+//! back in the form and submitted again selects the same frames (the form round trip is stable), and a
+//! cookie value found is a non-empty piece of the header.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tierline_cloud::console::filters::FilterQuery;
+use tierline_cloud::console::session::{LOGIN_COOKIE, SESSION_COOKIE, cookie};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(q) = serde_urlencoded::from_bytes::<FilterQuery>(data) {
+        let shown = FilterQuery::from_filter(&q.to_filter());
+        let again = FilterQuery::from_filter(&shown.to_filter());
+        assert_eq!(shown, again, "the filter form does not round-trip: {q:?}");
+    }
+    if let Ok(header) = std::str::from_utf8(data) {
+        for name in [SESSION_COOKIE, LOGIN_COOKIE, ""] {
+            if let Some(v) = cookie(Some(header), name) {
+                assert!(!v.is_empty());
+                assert!(header.contains(v));
+            }
+        }
+    }
+});
