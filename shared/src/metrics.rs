@@ -157,6 +157,8 @@ metrics! {
     /// Per camera.
     EDGE_CAMERA_RECONNECTS = ("tierline_edge_camera_reconnects", Counter, "Times a camera's source failed or stalled and was reconnected (label camera).");
     /// Per camera.
+    EDGE_CAMERA_OPEN_FAILURES = ("tierline_edge_camera_open_failures", Counter, "Attempts to open a camera's source that failed: unreachable, login refused, not a camera, a codec the edge cannot decode (label camera; the reason is in /readyz and the log).");
+    /// Per camera.
     EDGE_CAMERA_FPS = ("tierline_edge_camera_fps", Gauge, "Frames per second a camera delivered over the last health interval (label camera).");
     /// Per camera.
     EDGE_CAMERA_LAST_FRAME_AGE = ("tierline_edge_camera_last_frame_age_seconds", Gauge, "Seconds since a camera's source last sent a frame, kept or skipped (label camera; -1 before the first).");

@@ -628,7 +628,17 @@ async fn rtsp_streams_in_codecs_the_edge_cannot_decode_are_named_and_the_other_c
             camera_metric(&metrics, "tierline_edge_camera_frames_total", cam),
             0.0
         );
+        let refused = camera_metric(&metrics, "tierline_edge_camera_open_failures_total", cam);
+        assert!(refused >= 2.0, "{cam}: {refused} failed opens counted");
     }
+    assert_eq!(
+        camera_metric(
+            &metrics,
+            "tierline_edge_camera_open_failures_total",
+            "mjpeg"
+        ),
+        0.0
+    );
     assert!(
         edge.try_wait().unwrap().is_none(),
         "the edge is still running"

@@ -255,6 +255,7 @@ impl Camera {
             let mut source = match opened {
                 Ok(s) => s,
                 Err(e) => {
+                    self.status.open_failures.fetch_add(1, Ordering::Relaxed);
                     self.failed(&e, false);
                     if !sleep(backoff.next_delay(), &shutdown).await {
                         break;

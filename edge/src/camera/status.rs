@@ -20,6 +20,8 @@ pub struct CameraStatus {
     pub corrupt: AtomicU64,
     /// Reconnects after a failure or stall.
     pub reconnects: AtomicU64,
+    /// Attempts to open the source that failed.
+    pub open_failures: AtomicU64,
     /// Whether the source is connected and sending in time.
     pub up: AtomicBool,
     /// Whether the camera has finished (files without `loop`, a frame limit).
@@ -39,6 +41,7 @@ impl CameraStatus {
             skipped: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            open_failures: AtomicU64::new(0),
             up: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             last_arrival: Mutex::new(None),
@@ -167,6 +170,10 @@ impl CameraStatus {
         out.push(l(Sample::of(
             &m::EDGE_CAMERA_RECONNECTS,
             self.reconnects.load(Ordering::Relaxed),
+        )));
+        out.push(l(Sample::of(
+            &m::EDGE_CAMERA_OPEN_FAILURES,
+            self.open_failures.load(Ordering::Relaxed),
         )));
         out.push(l(Sample::gauge(&m::EDGE_CAMERA_FPS, self.fps())));
         out.push(l(Sample::gauge(
