@@ -15,6 +15,9 @@
 //!  review console (HTTP, `console.listen`): store ◄── queue, frame pages, reviews from signed-in reviewers
 //!  model registry (gRPC `Models`, operators): signed bundles checked ─► store; targets ─► store
 //!  bundle server (HTTP, `registry.listen`): store ─► bundle downloads (byte ranges) for edges and workers
+//!  target announcer: store (model targets) ─► retained MQTT tierline/targets/v1/<target>/<model> (wakes edges)
+//!  model updates (`updates.url`): registry target workers/<group> ─► download, verify, golden samples,
+//!      shadow on live frames ─► swap of the served full model; steps ─► store (model events)
 //! ```
 //!
 //! Beside the flow: the shared skeleton (model supervisor, admin endpoint, systemd notify;
@@ -51,6 +54,7 @@ use tierline_shared::runner::{RunnerConfig, RunnerError};
 use tierline_shared::service::Skeleton;
 use tierline_shared::serving::ServedModel;
 use tierline_shared::supervisor::{Drain, Ends, StageFailure, Supervisor};
+use tierline_shared::updates;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -76,6 +80,9 @@ pub enum CloudError {
     /// The review console failed.
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    /// Model updates are configured but cannot start (unreadable trusted keys or state).
+    #[error(transparent)]
+    Updates(#[from] updates::UpdateError),
     /// A trusted model signing key cannot be read.
     #[error("registry.trusted_keys: {0}")]
     TrustedKeys(#[from] tierline_shared::bundle::BundleError),
@@ -97,20 +104,47 @@ pub enum CloudError {
 const PROCESSING_GRACE: Duration = Duration::from_secs(5);
 /// How long the other stages get to stop.
 const GRACE: Duration = Duration::from_secs(2);
+/// How often the model targets are read for their retained announcements.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 /// Capacity of the MQTT client's request channel.
 const MQTT_REQUESTS: usize = 256;
 
-/// Loads the full model and checks it against its golden samples.
-pub async fn load_model(config: &CloudConfig) -> Result<Arc<ServedModel>, CloudError> {
-    let runner_config = RunnerConfig {
+/// How the full model is run.
+fn runner_config(config: &CloudConfig) -> RunnerConfig {
+    RunnerConfig {
         threads: config.model.threads,
         max_batch: config.model.max_batch,
         max_wait: config.model.max_wait,
         queue: config.cloud.concurrency,
-    };
+    }
+}
+
+/// Loads the full model and checks it against its golden samples: the bundle the registry last made active
+/// when model updates are on and one is installed (falling back to `model.manifest` if it no longer loads),
+/// else `model.manifest`.
+pub async fn load_model(config: &CloudConfig) -> Result<Arc<ServedModel>, CloudError> {
+    if let Some((manifest, installed)) = updates::startup_manifest(&config.updates)? {
+        match ServedModel::load(&manifest, runner_config(config), config.model.probe.clone()).await
+        {
+            Ok(model) => {
+                tracing::info!(
+                    bundle = %installed.sha256, version = %installed.version,
+                    "Serving the model bundle the registry last made active."
+                );
+                return Ok(model);
+            }
+            Err(e) => {
+                tracing::error!(
+                    bundle = %installed.sha256, error = %e, fallback = %config.model.manifest.display(),
+                    "The active model bundle does not load; serving model.manifest instead."
+                );
+                updates::forget_active(&config.updates)?;
+            }
+        }
+    }
     Ok(ServedModel::load(
         &config.model.manifest,
-        runner_config,
+        runner_config(config),
         config.model.probe.clone(),
     )
     .await?)
@@ -143,6 +177,11 @@ impl App {
     /// API and the admin endpoint.
     pub async fn build(config: CloudConfig, stats: Arc<CloudStats>) -> Result<Self, CloudError> {
         config.validate()?;
+        if config.updates.url.is_some() {
+            // Checked before anything runs: updates that could verify nothing would only log errors.
+            tierline_shared::bundle::TrustedKeys::load(&config.updates.trusted_keys)
+                .map_err(updates::UpdateError::from)?;
+        }
         let model = load_model(&config).await?;
         let images = Images::open_with(
             &config.store.images_setting(),
@@ -284,6 +323,28 @@ impl App {
             .run(background.clone()),
         );
 
+        // registry (workers/<group>) ──► updates ──► served model (verified, golden, shadowed, swapped)
+        if config.updates.url.is_some() {
+            sup.spawn(
+                "model updates",
+                Ends::OnShutdown,
+                updates::Updates {
+                    targets: vec![crate::updates::target(&config.updates)],
+                    role: "worker",
+                    cfg: config.updates.clone(),
+                    model: model.clone(),
+                    runner_config: runner_config(&config),
+                    counters: stats.model_updates.clone(),
+                    report: Arc::new(crate::updates::StoreReport {
+                        store: store.clone(),
+                        worker_id: config.cloud.worker_id.clone(),
+                    }),
+                    wake: Arc::default(),
+                }
+                .run(stop.clone()),
+            );
+        }
+
         // MQTT ──► ingest ──► processing ──► acks; ingest ──► presence
         sup.spawn(
             "ingest",
@@ -330,7 +391,7 @@ impl App {
             "acknowledgement",
             Ends::after(["ingest", "processing"]),
             Acker {
-                client,
+                client: client.clone(),
                 finished: ack_rx,
                 connection,
                 stats: stats.clone(),
@@ -371,6 +432,17 @@ impl App {
                 stats: stats.clone(),
             }
             .run(background.clone()),
+        );
+        // store (targets) ──► retained announcements, so edges learn of a change at once
+        sup.spawn(
+            "target announcer",
+            Ends::OnShutdown,
+            crate::registry::announce::Announcer {
+                store: store.clone(),
+                client: client.clone(),
+                every: ANNOUNCE_EVERY,
+            }
+            .run(stop.clone()),
         );
         sup.spawn(
             "audit estimate",

@@ -51,6 +51,10 @@ pub struct CloudConfig {
     /// Staged model rollouts to edge groups: stages, gates, and the controller's lease.
     #[serde(default)]
     pub rollouts: crate::rollout::RolloutConfig,
+    /// Full-model updates from the registry: the worker follows target `workers/<group>`; off unless `url`
+    /// is set.
+    #[serde(default)]
+    pub updates: tierline_shared::updates::UpdatesConfig,
 }
 
 /// The model registry (`crate::registry`).
@@ -635,6 +639,7 @@ impl CloudConfig {
             problem,
         };
         self.mqtt.validate()?;
+        self.updates.validate(crate::updates::DEFAULT_GROUP)?;
         topics::validate_id("worker_id", &self.cloud.worker_id)
             .map_err(|e| field("cloud.worker_id", e.to_string()))?;
         topics::validate_id("group", &self.cloud.group)

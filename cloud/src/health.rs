@@ -102,6 +102,9 @@ pub fn samples(s: &CloudStats) -> Vec<Sample> {
             s.rollouts_active.load(Ordering::Relaxed),
         ),
         c(&m::CLOUD_ROLLOUTS_ROLLED_BACK, &s.rollouts_rolled_back),
+        c(&m::CLOUD_MODEL_UPDATES_APPLIED, &s.model_updates.applied),
+        c(&m::CLOUD_MODEL_UPDATES_REJECTED, &s.model_updates.rejected),
+        c(&m::CLOUD_MODEL_UPDATE_ERRORS, &s.model_updates.errors),
         Sample::of(&m::CLOUD_IN_FLIGHT, s.lag.in_flight() as u64),
         Sample::gauge(
             &m::CLOUD_OLDEST_UNPROCESSED,

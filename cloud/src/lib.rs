@@ -21,6 +21,7 @@ pub mod registry;
 pub mod rollout;
 pub mod stats;
 pub mod store;
+pub mod updates;
 
 pub use app::{App, CloudError, run};
 pub use config::CloudConfig;

@@ -55,6 +55,8 @@ pub struct CloudStats {
     pub rollouts_active: AtomicU64,
     /// Rollouts this worker rolled back (gates or an operator).
     pub rollouts_rolled_back: AtomicU64,
+    /// Model updates of this worker: bundles applied and refused, checks failed for the network or the disk.
+    pub model_updates: std::sync::Arc<tierline_shared::updates::UpdateCounters>,
 }
 
 /// Adds one to a counter.

@@ -458,19 +458,30 @@ impl App {
             }
             .run(stop.clone()),
         );
-        // registry ──► updates ──► served model (verified, golden, shadowed, swapped)
+        // registry ──► updates ──► served model (verified, golden, shadowed, swapped); the link wakes the
+        // updates when the cloud announces a change of a target this edge follows
+        let update_targets = if config.updates.url.is_some() {
+            crate::updates::targets(&config.updates, &addr)
+        } else {
+            Vec::new()
+        };
+        let wake_updates = Arc::new(tokio::sync::Notify::new());
         if config.updates.url.is_some() {
             sup.spawn(
                 "model updates",
                 Ends::OnShutdown,
                 crate::updates::Updates {
-                    target: config.updates.target(&config.edge.line),
+                    targets: update_targets.clone(),
+                    role: "edge",
                     cfg: config.updates.clone(),
                     model: model.clone(),
                     runner_config: runner_config(&config),
-                    stats: stats.clone(),
-                    publisher: publisher.clone(),
-                    addr: addr.clone(),
+                    counters: stats.model_updates.clone(),
+                    report: Arc::new(crate::updates::MqttReport {
+                        publisher: publisher.clone(),
+                        addr: addr.clone(),
+                    }),
+                    wake: wake_updates.clone(),
                 }
                 .run(stop.clone()),
             );
@@ -491,6 +502,8 @@ impl App {
                 verdicts: verdict_tx,
                 link: link_tx,
                 triggers,
+                update_targets,
+                wake_updates,
                 stats: stats.clone(),
             }
             .run(link_stop.clone()),

@@ -1,9 +1,10 @@
 //! Counters and latency histograms the edge keeps about itself, for the live summary, heartbeats and tests.
 
 use hdrhistogram::Histogram;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tierline_shared::metrics::Latency;
+use tierline_shared::updates::UpdateCounters;
 
 /// Live edge figures. All counters only grow.
 #[derive(Debug)]
@@ -17,12 +18,8 @@ pub struct EdgeStats {
     /// Frames taken while the model was too far behind to score them: decided at their deadline under the
     /// offline policy.
     pub frames_unscored: AtomicU64,
-    /// Model bundles that became the serving model.
-    pub model_updates_applied: AtomicU64,
-    /// Model bundles refused.
-    pub model_updates_rejected: AtomicU64,
-    /// Checks of the model target that failed for the network or the disk.
-    pub model_update_errors: AtomicU64,
+    /// Model updates: bundles applied and refused, checks failed for the network or the disk.
+    pub model_updates: Arc<UpdateCounters>,
     /// Frames the prescreen could not read.
     pub frames_unreadable: AtomicU64,
     /// Part triggers received and handed to a camera.
@@ -112,9 +109,7 @@ impl Default for EdgeStats {
             triggers: AtomicU64::new(0),
             triggers_refused: AtomicU64::new(0),
             frames_unscored: AtomicU64::new(0),
-            model_updates_applied: AtomicU64::new(0),
-            model_updates_rejected: AtomicU64::new(0),
-            model_update_errors: AtomicU64::new(0),
+            model_updates: Arc::default(),
             decisions_unscored: AtomicU64::new(0),
             frames_passed: AtomicU64::new(0),
             frames_suspect: AtomicU64::new(0),

@@ -44,5 +44,6 @@ pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod topics;
+pub mod updates;
 pub mod wilson;
 pub mod wire;

@@ -282,6 +282,12 @@ metrics! {
     CLOUD_ROLLOUTS_ACTIVE = ("tierline_cloud_rollouts_active", Gauge, "Unfinished model rollouts (running, paused or rolling back), as the rollout controller last saw them (0 on other workers).");
     /// Rolled-back rollouts.
     CLOUD_ROLLOUTS_ROLLED_BACK = ("tierline_cloud_rollouts_rolled_back", Counter, "Model rollouts this worker rolled back, stopped by their gates or by an operator.");
+    /// Full-model bundles from the registry that became the serving model.
+    CLOUD_MODEL_UPDATES_APPLIED = ("tierline_cloud_model_updates_applied", Counter, "Full-model bundles from the registry (target workers/<group>) that became this worker's serving model (upgrades and rollbacks).");
+    /// Full-model bundles refused.
+    CLOUD_MODEL_UPDATES_REJECTED = ("tierline_cloud_model_updates_rejected", Counter, "Full-model bundles refused: untrusted or altered statement, downgrade, hash mismatch, golden samples or shadow gates failed; the serving model kept serving.");
+    /// Failed checks of the workers' model target.
+    CLOUD_MODEL_UPDATE_ERRORS = ("tierline_cloud_model_update_errors", Counter, "Checks of the workers' model target that failed for the network or the disk (tried again at the next check).");
     /// Autoscaling signal.
     CLOUD_IN_FLIGHT = ("tierline_cloud_in_flight_frames", Gauge, "Frames this worker holds without a verdict (received, not yet acknowledged).");
     /// Audit samples per edge and prescreen version.

@@ -181,6 +181,21 @@ pub fn all_edges_filter(kind: TopicKind) -> String {
     format!("{ROOT}/+/+/+/{}", kind.as_str())
 }
 
+/// Root of the retained model-target announcements, outside the edges' tree (which edges may write to):
+/// `tierline/targets/v1/<target>/<model name>`, e.g. `tierline/targets/v1/edges/line-3/prescreen`.
+pub const TARGETS_ROOT: &str = "tierline/targets/v1";
+
+/// Where the cloud announces what `target` (`edges/<group>`, `edge/<edge id>`, `workers/<group>`) should run
+/// for model `name`.
+pub fn target_topic(target: &str, name: &str) -> String {
+    format!("{TARGETS_ROOT}/{target}/{name}")
+}
+
+/// The filter matching the announcements of `target` for every model.
+pub fn target_filter(target: &str) -> String {
+    format!("{TARGETS_ROOT}/{target}/+")
+}
+
 /// The shared-subscription filter through which cloud workers in `group` split the frames.
 pub fn shared_frames_filter(group: &str) -> String {
     format!("$share/{group}/{}", all_edges_filter(TopicKind::Frames))

@@ -24,7 +24,13 @@ pub fn spawn_edge(config: &Path, log: &Path) -> Child {
 
 /// Starts `tierline-edge --config <config>` with extra environment variables, logging to `log` (appended).
 pub fn spawn_edge_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
-    spawn("tierline-edge", "warn,tierline_edge=info", config, log, env)
+    spawn(
+        "tierline-edge",
+        "warn,tierline_edge=info,tierline_shared=info",
+        config,
+        log,
+        env,
+    )
 }
 
 fn spawn(name: &str, filter: &str, config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
@@ -137,7 +143,7 @@ pub fn spawn_cloud(config: &Path, log: &Path) -> Child {
 pub fn spawn_cloud_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     spawn(
         "tierline-cloud",
-        "warn,tierline_cloud=info",
+        "warn,tierline_cloud=info,tierline_shared=info",
         config,
         log,
         env,

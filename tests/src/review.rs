@@ -152,6 +152,8 @@ pub struct RegistryServer {
     pub bundles: SocketAddr,
     /// Its store.
     pub store: Store,
+    /// The store's URL, for a cloud worker sharing it.
+    pub url: String,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -203,6 +205,7 @@ pub async fn start_registry(trusted: tierline_shared::bundle::TrustedKeys) -> Re
         api: api_addr,
         bundles: bundles_addr,
         store,
+        url,
         stop,
         _dir: dir,
     }

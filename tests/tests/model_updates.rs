@@ -5,7 +5,9 @@
 //! A good bundle is shadowed and swapped in; a bundle failing its golden samples, one that would forward far
 //! more suspects in shadow, one signed by an untrusted key (planted in the registry's store, as a compromised
 //! registry would) and a downgrade without a rollback are each refused while the serving model keeps
-//! serving; an explicit rollback goes back. A restarted edge serves what was last made active.
+//! serving; an explicit rollback goes back. A restarted edge serves what was last made active. Cloud workers
+//! follow their own target (`workers/<group>`) for the full model the same way, seen in the model version
+//! every verdict on the broker carries.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,8 +20,8 @@ use tierline_cloud::registry::Registry;
 use tierline_cloud::store::NewBundle;
 use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
 use tierline_shared::mqtt::{Event, MqttConfig, Packet, QoS};
-use tierline_shared::wire::FrameEnvelope;
-use tierline_tests::bundles::{prescreen_variant, with_threshold};
+use tierline_shared::wire::{FrameEnvelope, Verdict};
+use tierline_tests::bundles::{full_variant, prescreen_variant, with_threshold};
 use tierline_tests::mosquitto::Mosquitto;
 use tierline_tests::pipeline;
 use tierline_tests::review::start_registry;
@@ -137,11 +139,11 @@ async fn wait_rejected(stats: &Arc<tierline_edge::EdgeStats>, n: u64, what: &str
     pipeline::wait_until(
         &format!("the bundle ({what}) refused"),
         Duration::from_secs(60),
-        || st.model_updates_rejected.load(Ordering::Relaxed) >= n,
+        || st.model_updates.rejected.load(Ordering::Relaxed) >= n,
         || {
             format!(
                 "rejected {}",
-                st.model_updates_rejected.load(Ordering::Relaxed)
+                st.model_updates.rejected.load(Ordering::Relaxed)
             )
         },
     )
@@ -565,6 +567,305 @@ async fn an_edge_cut_off_from_the_registry_keeps_its_model_and_converges_after_h
     path.set_mode(Mode::Forward);
     wait_for_version(&seen, at, "1.3.0", "frames from 1.3.0 after healing").await;
     edge.stop().await.unwrap();
+    reader.abort();
+}
+
+/// Subscribes to every edge's verdicts: the cloud model version of each first judgment, in arrival order
+/// (a redelivered frame is answered with the verdict stored before, whatever serves now).
+async fn verdict_reader(port: u16) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mqtt = MqttConfig {
+        port,
+        ..Default::default()
+    };
+    let (sub, mut events) =
+        tierline_shared::mqtt::client(mqtt.options("verdict-reader").unwrap(), 64);
+    sub.subscribe("tierline/v1/+/+/+/verdicts", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let _client = sub;
+            while let Ok(ev) = events.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev
+                    && let Ok(v) = <Verdict as prost::Message>::decode(&p.payload[..])
+                    && !v.redelivery
+                {
+                    seen.lock().unwrap().push(v.cloud_model_version);
+                }
+            }
+        }
+    });
+    (seen, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_worker_takes_full_model_bundles_from_the_registry() {
+    const WORKERS: &str = "workers/default";
+    let Fleet {
+        dir,
+        broker,
+        ops,
+        ops_pub,
+        server,
+        registry,
+    } = fleet().await;
+    let (verdicts, reader) = verdict_reader(broker.port()).await;
+    // The versions of the verdicts published after the first `from`.
+    let versions_from = |from: usize| -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for v in verdicts.lock().unwrap().iter().skip(from) {
+            *out.entry(v.clone()).or_insert(0) += 1;
+        }
+        out
+    };
+    let wait_verdicts = async |from: usize, version: &str, what: &str| -> usize {
+        pipeline::wait_until(
+            what,
+            Duration::from_secs(60),
+            || versions_from(from).contains_key(version),
+            || format!("verdict versions since #{from}: {:?}", versions_from(from)),
+        )
+        .await;
+        verdicts.lock().unwrap().len()
+    };
+
+    let mut config = pipeline::cloud_config(broker.port(), dir.path(), "w1");
+    config.updates.url = Some(format!("http://{}", server.bundles));
+    config.updates.trusted_keys = vec![ops_pub];
+    config.updates.dir = dir.path().join("worker-models");
+    config.updates.interval = Duration::from_millis(200);
+    config.updates.shadow_frames = 10;
+    let cloud = pipeline::start_cloud(config.clone());
+    pipeline::wait_subscribed(&cloud.stats, "cloud subscribed", Duration::from_secs(30)).await;
+    // Many suspects, so the worker sees live frames to shadow on.
+    let cameras = pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.3);
+    let edge = pipeline::start_edge(pipeline::edge_config(
+        broker.port(),
+        dir.path(),
+        &cameras,
+        "audit_rate = 0.5",
+    ));
+    let mut at = wait_verdicts(0, "1.0.0", "verdicts of the shipped full model").await;
+
+    // Sequence 1 is the shipped model, sequence 2 the same network as 1.1.0.
+    let publish = async |manifest: &Path, sequence: u64, key: &SigningKey| {
+        let (b, s) = signed(manifest, sequence, key);
+        registry
+            .publish(&s.to_json(), b.bytes.clone(), "ops")
+            .await
+            .unwrap();
+        b.sha256
+    };
+    let v1 = publish(&pipeline::models_dir().join("full.toml"), 1, &ops).await;
+    registry
+        .set_target(WORKERS, &v1, false, "ops", "adopt")
+        .await
+        .unwrap();
+    let applied = |n: u64| {
+        let stats = cloud.stats.clone();
+        async move {
+            pipeline::wait_until(
+                &format!("{n} bundles applied on the worker"),
+                Duration::from_secs(60),
+                || stats.model_updates.applied.load(Ordering::Relaxed) >= n,
+                || format!("{:?}", stats.model_updates),
+            )
+            .await;
+        }
+    };
+    applied(1).await;
+    let v2 = publish(&full_variant(dir.path(), "1.1.0", |t| t), 2, &ops).await;
+    registry
+        .set_target(WORKERS, &v2, false, "ops", "upgrade")
+        .await
+        .unwrap();
+    wait_verdicts(at, "1.1.0", "verdicts of bundle 1.1.0").await;
+    applied(2).await;
+
+    // A restarted worker serves what was made active last, not model.manifest.
+    cloud.stop().await.unwrap();
+    let cloud = pipeline::start_cloud(config.clone());
+    pipeline::wait_subscribed(
+        &cloud.stats,
+        "cloud subscribed again",
+        Duration::from_secs(30),
+    )
+    .await;
+    let restarted = verdicts.lock().unwrap().len();
+    at = wait_verdicts(restarted, "1.1.0", "verdicts of 1.1.0 after the restart").await;
+    // Frames judged just before the swap may still be on their way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let since_swap = verdicts.lock().unwrap().len();
+
+    // A bundle failing its golden samples (a good sample expected as a stain) is refused; 1.1.0 serves on.
+    let wrong = full_variant(dir.path(), "1.2.0", |t| {
+        t.replacen("expect = \"good\"", "expect = \"stain\"", 1)
+    });
+    let v3 = publish(&wrong, 3, &ops).await;
+    registry
+        .set_target(WORKERS, &v3, false, "ops", "bad upgrade")
+        .await
+        .unwrap();
+    {
+        let stats = cloud.stats.clone();
+        pipeline::wait_until(
+            "the bundle failing its golden samples refused on the worker",
+            Duration::from_secs(60),
+            || stats.model_updates.rejected.load(Ordering::Relaxed) >= 1,
+            || format!("{:?}", stats.model_updates),
+        )
+        .await;
+    }
+    at = wait_verdicts(at, "1.1.0", "verdicts after the refusal").await;
+    let after = versions_from(since_swap);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        ["1.1.0"],
+        "after the swap every verdict comes from 1.1.0 (the refused 1.2.0 never served): {after:?}"
+    );
+
+    // An explicit rollback to the bundle that served before goes back, without a shadow.
+    registry
+        .set_target(WORKERS, &v1, true, "ops", "rollback")
+        .await
+        .unwrap();
+    wait_verdicts(at, "1.0.0", "verdicts of 1.0.0 after the rollback").await;
+
+    // Every step is in the worker's store, under the worker.
+    let store = tierline_cloud::store::Store::open(
+        &format!("sqlite://{}", dir.path().join("cloud.db").display()),
+        false,
+    )
+    .await
+    .unwrap();
+    let events = store.model_events(Some("worker/w1"), 1000).await.unwrap();
+    let steps = |sha: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.sha256 == sha)
+            .map(|e| e.event.clone())
+            .collect()
+    };
+    for (sha, wanted) in [
+        (
+            &v2,
+            &[
+                "verified",
+                "downloaded",
+                "golden-pass",
+                "shadowing",
+                "active",
+            ][..],
+        ),
+        (&v3, &["verified", "downloaded", "rejected"][..]),
+        (&v1, &["rolled-back"][..]),
+    ] {
+        let got = steps(sha);
+        for w in wanted {
+            assert!(
+                got.iter().any(|g| g == w),
+                "bundle {sha}: no {w:?} step in {got:?}"
+            );
+        }
+    }
+    assert!(
+        events.iter().all(|e| e.actor == "w1"),
+        "steps recorded under the worker: {events:?}"
+    );
+
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
+    reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_hears_of_a_target_change_at_once_from_the_retained_announcement() {
+    let Fleet {
+        dir,
+        broker,
+        ops,
+        ops_pub,
+        server,
+        registry,
+    } = fleet().await;
+    let (seen, reader) = frame_reader(broker.port()).await;
+    // A cloud worker on the registry's store announces its targets.
+    let mut cloud_config = pipeline::cloud_config(broker.port(), dir.path(), "w1");
+    cloud_config.store.url = server.url.clone();
+    let cloud = pipeline::start_cloud(cloud_config);
+    pipeline::wait_subscribed(&cloud.stats, "cloud subscribed", Duration::from_secs(30)).await;
+
+    // The edge polls the bundle server once at start and then only every hour: only the announcement can
+    // tell it of a change within this test.
+    let cameras = pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.05);
+    let mut config = pipeline::edge_config(broker.port(), dir.path(), &cameras, "audit_rate = 0.5");
+    config.updates.url = Some(format!("http://{}", server.bundles));
+    config.updates.trusted_keys = vec![ops_pub];
+    config.updates.dir = dir.path().join("models");
+    config.updates.interval = Duration::from_secs(3600);
+    config.updates.shadow_frames = 20;
+    let edge = pipeline::start_edge(config);
+    let at = wait_for_version(&seen, 0, "1.1.0", "frames from the shipped model").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (v2, v2_signed) = signed(&prescreen_variant(dir.path(), "1.2.0", |t| t), 2, &ops);
+    registry
+        .publish(&v2_signed.to_json(), v2.bytes.clone(), "ops")
+        .await
+        .unwrap();
+    let changed = std::time::Instant::now();
+    registry
+        .set_target(TARGET, &v2.sha256, false, "ops", "upgrade")
+        .await
+        .unwrap();
+    wait_for_version(
+        &seen,
+        at,
+        "1.2.0",
+        "frames from 1.2.0 well before the next poll",
+    )
+    .await;
+    println!(
+        "announcement: the edge served 1.2.0 {:.1} s after the target changed (its poll interval: 1 h)",
+        changed.elapsed().as_secs_f64()
+    );
+
+    // The announcement stays on the broker: a new subscriber gets it at once, naming the bundle.
+    let mqtt = MqttConfig {
+        port: broker.port(),
+        ..Default::default()
+    };
+    let (sub, mut events) =
+        tierline_shared::mqtt::client(mqtt.options("target-reader").unwrap(), 64);
+    sub.subscribe(
+        tierline_shared::topics::target_filter(TARGET),
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let retained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
+                return (p.retain, p.payload);
+            }
+        }
+    })
+    .await
+    .expect("a retained announcement");
+    assert!(retained.0, "the announcement is retained");
+    let view: serde_json::Value = serde_json::from_slice(&retained.1).unwrap();
+    assert_eq!(view["sha256"], v2.sha256.as_str(), "{view}");
+    assert_eq!(view["name"], "prescreen", "{view}");
+    // It carries the operator's signed statement, which verifies with the operator's key.
+    let statement = SignedStatement::parse(view["signed"].as_str().unwrap())
+        .unwrap()
+        .verify(&TrustedKeys::new(vec![ops.public()]))
+        .unwrap();
+    assert_eq!(statement.sha256, v2.sha256);
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
     reader.abort();
 }
 

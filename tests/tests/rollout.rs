@@ -9,6 +9,9 @@
 //! shadow gates are opened wide here, so it gets through them) becomes active on the canary only, fails the
 //! controller's forwarded-share gate there, and the canary is rolled back automatically.
 //!
+//! A partition during a rollout: the edge of the last stage is cut off from the broker and the bundle
+//! server; it keeps its model, the rollout finishes without it, and it converges after healing.
+//!
 //! Two worker processes on PostgreSQL: the one running the controller is killed with SIGKILL while the
 //! canary serves the new bundle; the other takes the controller's lease and finishes the rollout.
 
@@ -29,6 +32,7 @@ use tierline_tests::mosquitto::Mosquitto;
 use tierline_tests::pg::TestDb;
 use tierline_tests::pipeline;
 use tierline_tests::process;
+use tierline_tests::proxy::{Mode, Proxy};
 
 const GROUP: &str = "l1";
 const SOAK: Duration = Duration::from_secs(2);
@@ -159,33 +163,32 @@ async fn wait_all_on(seen: &Seen, edges: &[String], version: &str, since: Instan
     .await;
 }
 
-/// Starts `n` edges (`edge-1` …) in group `GROUP` on synthetic cameras, following the bundle server at
-/// `bundles`, with their shadow gates wide open (so a bundle that forwards too much reaches the
-/// controller's gates).
+/// Starts one edge (`edge-1` …) per path in `paths` (its broker's port and the bundle server's address), in
+/// group `GROUP` on synthetic cameras, with their shadow gates wide open (so a bundle that forwards too much
+/// reaches the controller's gates).
 fn start_edges(
-    port: u16,
+    paths: &[(u16, String)],
     dir: &Path,
-    bundles: &str,
     ops_pub: &Path,
-    n: usize,
 ) -> (
     Vec<String>,
     Vec<pipeline::Running<tierline_edge::EdgeStats>>,
 ) {
-    let ids: Vec<String> = (1..=n).map(|i| format!("edge-{i}")).collect();
+    let ids: Vec<String> = (1..=paths.len()).map(|i| format!("edge-{i}")).collect();
     let mut edges = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
+    for (i, (id, (port, bundles))) in ids.iter().zip(paths).enumerate() {
         let home = dir.join(id);
         std::fs::create_dir_all(&home).unwrap();
         let cameras = pipeline::synthetic_cameras(1, 1_000_000, 40.0, 0.05)
             .replace("seed = 7", &format!("seed = {}", 70 + i));
-        let mut c = pipeline::edge_config(port, &home, &cameras, "audit_rate = 0.05");
+        let mut c = pipeline::edge_config(*port, &home, &cameras, "audit_rate = 0.05");
         c.edge.id = id.clone();
         c.updates.url = Some(format!("http://{bundles}"));
         c.updates.trusted_keys = vec![ops_pub.to_path_buf()];
         c.updates.dir = home.join("models");
         c.updates.interval = Duration::from_millis(200);
-        c.updates.shadow_frames = 40;
+        // Enough frames that the serving model flags some (5 % defects), so the wide gate is never 2 % of 0.
+        c.updates.shadow_frames = 120;
         c.updates.min_agreement = 0.0;
         c.updates.max_suspect_ratio = 1000.0;
         edges.push(pipeline::start_edge(c));
@@ -193,23 +196,23 @@ fn start_edges(
     (ids, edges)
 }
 
-/// Waits until `n` edges have named group `GROUP` in their heartbeats (the controller's members).
-async fn wait_members(store: &Store, n: usize) {
+/// Waits until `n` edges have named group `GROUP` in their heartbeats (the controller's members), each
+/// serving `version` there: a rollout starts only once the group is on its target.
+async fn wait_members(store: &Store, n: usize, version: &str) {
     let started = Instant::now();
     loop {
-        let known = store
-            .list_edges()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|e| e.update_group == GROUP)
-            .count();
-        if known >= n {
+        let edges = store.list_edges().await.unwrap();
+        let members: Vec<_> = edges.iter().filter(|e| e.update_group == GROUP).collect();
+        if members.len() >= n && members.iter().all(|e| e.edge_model_version == version) {
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "only {known} of {n} edges named their group in a heartbeat"
+            "the heartbeats of {n} edges never all named group {GROUP} and {version}: {:?}",
+            members
+                .iter()
+                .map(|e| (&e.edge_id, &e.edge_model_version))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -269,7 +272,20 @@ async fn bundles_roll_out_stage_by_stage_and_bad_ones_are_rolled_back() {
         .unwrap();
 
     let (seen, reader) = frame_reader(broker.port()).await;
-    let (ids, edges) = start_edges(broker.port(), dir.path(), &bundles.to_string(), &ops_pub, 3);
+    // edge-3 reaches the broker and the bundle server through proxies that can cut it off (part 3).
+    let (broker_path, bundle_path) = (
+        Proxy::start(([127, 0, 0, 1], broker.port()).into())
+            .await
+            .unwrap(),
+        Proxy::start(bundles).await.unwrap(),
+    );
+    let direct = (broker.port(), bundles.to_string());
+    let paths = [
+        direct.clone(),
+        direct,
+        (broker_path.port(), bundle_path.addr().to_string()),
+    ];
+    let (ids, edges) = start_edges(&paths, dir.path(), &ops_pub);
     let t0 = Instant::now();
     wait_all_on(
         &seen,
@@ -279,7 +295,7 @@ async fn bundles_roll_out_stage_by_stage_and_bad_ones_are_rolled_back() {
         "every edge on the group's bundle 1.2.0",
     )
     .await;
-    wait_members(&store, 3).await;
+    wait_members(&store, 3, "1.2.0").await;
 
     // 1. A good bundle: one edge, then two, then all three, a soak apart.
     let good = publish(prescreen_variant(dir.path(), "1.3.0", |t| t), 2).await;
@@ -384,6 +400,63 @@ async fn bundles_roll_out_stage_by_stage_and_bad_ones_are_rolled_back() {
             assert_eq!(latest(&seen, id), "1.3.0", "{id} ends on 1.3.0");
         }
     }
+
+    // 3. A partition during a rollout: once it started, edge-3 (the last stage's) is cut off from the broker
+    // and the bundle server, without a packet or a close getting through. It keeps deciding on 1.3.0; the
+    // broker marks it offline; the rollout finishes on the edges it reaches; after healing edge-3 follows the
+    // group target to the new bundle.
+    let v16 = publish(prescreen_variant(dir.path(), "1.6.0", |t| t), 5).await;
+    wait_members(&store, 3, "1.3.0").await;
+    let t3 = Instant::now();
+    let row = rollout::start(&store, &cfg, GROUP, &v16, "ops", "during a partition")
+        .await
+        .unwrap();
+    broker_path.set_mode(Mode::BlackHole);
+    bundle_path.set_mode(Mode::BlackHole);
+    let done = wait_rollout(&store, row.id, &["done"], Duration::from_secs(120)).await;
+    eprintln!(
+        "partition: rollout done {:.1} s after its start with edge-3 cut off: {}",
+        t3.elapsed().as_secs_f64(),
+        done.reason
+    );
+    assert!(
+        done.progress
+            .contains("offline; follows the group target when back"),
+        "the cut-off edge is waited for when back, not failed: {}",
+        done.progress
+    );
+    wait_all_on(&seen, &ids[..2], "1.6.0", t3, "edge-1 and edge-2 on 1.6.0").await;
+    assert!(
+        first_with(&seen, "edge-3", "1.6.0", t3).is_none(),
+        "edge-3 was cut off from the bundle"
+    );
+    let healed = Instant::now();
+    broker_path.set_mode(Mode::Forward);
+    bundle_path.set_mode(Mode::Forward);
+    wait_all_on(
+        &seen,
+        &ids[2..],
+        "1.6.0",
+        healed,
+        "edge-3 on 1.6.0 after healing",
+    )
+    .await;
+    // What it decided while cut off arrives first, judged by the model it kept.
+    let sent = versions_since(&seen, "edge-3", healed);
+    eprintln!(
+        "partition: edge-3 on 1.6.0 {:.1} s after healing; frames since: {sent:?}",
+        (first_with(&seen, "edge-3", "1.6.0", healed).unwrap() - healed).as_secs_f64()
+    );
+    assert_eq!(
+        sent.first().map(|(v, _)| v.as_str()),
+        Some("1.3.0"),
+        "edge-3's backlog from the cut was judged by 1.3.0: {sent:?}"
+    );
+    assert!(
+        sent.first().is_some_and(|(_, n)| *n >= 5),
+        "edge-3 kept deciding while cut off: {sent:?}"
+    );
+    assert_eq!(sent.last().map(|(v, _)| v.as_str()), Some("1.6.0"));
 
     for e in edges {
         e.stop().await.unwrap();
@@ -494,10 +567,11 @@ async fn a_rollout_survives_the_kill_9_of_its_controller() {
     // The edges download from the worker that stays.
     let (seen, reader) = frame_reader(broker.port()).await;
     let bundles = format!("127.0.0.1:{}", ports[1]);
-    let (ids, edges) = start_edges(broker.port(), dir.path(), &bundles, &ops_pub, 2);
+    let direct = (broker.port(), bundles);
+    let (ids, edges) = start_edges(&[direct.clone(), direct], dir.path(), &ops_pub);
     let t0 = Instant::now();
     wait_all_on(&seen, &ids, "1.2.0", t0, "both edges on 1.2.0").await;
-    wait_members(&store, 2).await;
+    wait_members(&store, 2, "1.2.0").await;
 
     let cfg = RolloutConfig {
         stages: vec!["1".into(), "100%".into()],

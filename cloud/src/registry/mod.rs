@@ -17,6 +17,7 @@
 //! compromised registry, store or network can withhold bundles but not substitute them. The rollback flag of
 //! a target is not signed: an edge follows it only back to a bundle it served before.
 
+pub mod announce;
 pub mod server;
 
 use crate::store::{BundleRow, NewBundle, Published, RegistryRule, Store, StoreError, TargetRow};
@@ -50,8 +51,8 @@ pub enum RegistryError {
     Rule(#[from] RegistryRule),
     /// The target name is not one the fleet uses.
     #[error(
-        "target {0:?} is not `edges/<group>` or `edge/<edge id>` (letters, digits, `_`, `-`, `.`, up to 64); \
-         cloud workers do not follow registry targets yet: ship their model with model.manifest"
+        "target {0:?} is not `edges/<group>`, `edge/<edge id>` or `workers/<group>` (letters, digits, `_`, `-`, \
+         `.`, up to 64)"
     )]
     BadTarget(String),
     /// Setting the target would run an older bundle without saying it is a rollback.
@@ -209,11 +210,13 @@ impl Registry {
     }
 }
 
-/// Checks a target name: `edges/<group>`, or `edge/<edge id>` for one edge (a canary).
+/// Checks a target name: `edges/<group>`, `edge/<edge id>` for one edge (a canary), or `workers/<group>` for
+/// the cloud workers of a group (`updates.group`, default `default`).
 pub fn check_target(target: &str) -> Result<(), RegistryError> {
     let ok = target
         .strip_prefix("edges/")
         .or_else(|| target.strip_prefix("edge/"))
+        .or_else(|| target.strip_prefix("workers/"))
         .is_some_and(|g| {
             !g.is_empty()
                 && g.len() <= 64
@@ -233,7 +236,12 @@ mod tests {
 
     #[test]
     fn targets_are_edge_groups() {
-        for good in ["edges/line-3", "edges/plant_1.a", "edge/edge-7"] {
+        for good in [
+            "edges/line-3",
+            "edges/plant_1.a",
+            "edge/edge-7",
+            "workers/default",
+        ] {
             assert!(check_target(good).is_ok(), "{good}");
         }
         for bad in [
@@ -243,6 +251,7 @@ mod tests {
             "edge/",
             "edge/a/b",
             "workers",
+            "workers/",
             "edges/ x",
         ] {
             assert!(check_target(bad).is_err(), "{bad}");

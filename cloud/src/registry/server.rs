@@ -272,31 +272,35 @@ async fn statement(
     }
 }
 
-/// One target as `/v1/targets` lists it.
-#[derive(Debug, Serialize)]
-struct TargetView {
-    target: String,
-    name: String,
-    sha256: String,
-    previous: Option<String>,
-    rollback: bool,
+/// One target as `/v1/targets` lists it and `tierline/targets/v1/<target>/<name>` announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetView {
+    /// `edges/<group>`, `edge/<edge id>` or `workers/<group>`.
+    pub target: String,
+    /// Model name.
+    pub name: String,
+    /// The bundle to run.
+    pub sha256: String,
+    /// The bundle it ran before.
+    pub previous: Option<String>,
+    /// The last change was a rollback.
+    pub rollback: bool,
     /// When the target last changed, µs: an edge follows the newer of its own target and its group's.
-    changed_us: i64,
+    pub changed_us: i64,
     /// The bundle's signed statement, so a downloader needs no second request to verify it.
-    signed: String,
+    pub signed: String,
 }
 
-async fn targets(State(Shared { store, .. }): State<Shared>) -> Response {
-    let rows = match store.model_targets().await {
-        Ok(rows) => rows,
-        Err(e) => return unavailable(e),
-    };
+/// Every target with its bundle's signed statement.
+pub async fn target_views(store: &Store) -> Result<Vec<TargetView>, StoreError> {
+    let rows = store.model_targets().await?;
     let mut out = Vec::with_capacity(rows.len());
     for t in rows {
-        let signed = match store.bundle(&t.sha256).await {
-            Ok(row) => row.map(|r| r.signed).unwrap_or_default(),
-            Err(e) => return unavailable(e),
-        };
+        let signed = store
+            .bundle(&t.sha256)
+            .await?
+            .map(|r| r.signed)
+            .unwrap_or_default();
         out.push(TargetView {
             target: t.target,
             name: t.name,
@@ -307,6 +311,14 @@ async fn targets(State(Shared { store, .. }): State<Shared>) -> Response {
             signed,
         });
     }
+    Ok(out)
+}
+
+async fn targets(State(Shared { store, .. }): State<Shared>) -> Response {
+    let out = match target_views(&store).await {
+        Ok(out) => out,
+        Err(e) => return unavailable(e),
+    };
     match serde_json::to_vec(&out) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tierline_shared::mqtt::Event;
 use tierline_shared::mqtt::{Backoff, EventLoop, MqttConfig, Packet, QoS};
-use tierline_shared::topics::{EdgeAddress, TopicKind};
+use tierline_shared::topics::{self, EdgeAddress, TopicKind};
 use tierline_shared::wire::{self, PresenceState, Verdict};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,11 @@ pub struct Link {
     /// Part triggers, to the cameras in trigger mode (the trigger topic is subscribed only when there are
     /// any).
     pub triggers: crate::camera::triggers::Triggers,
+    /// The model targets this edge follows (none without model updates): their retained announcements
+    /// (`tierline/targets/v1/<target>/<model>`) are subscribed, and each one wakes `wake_updates`.
+    pub update_targets: Vec<String>,
+    /// Wakes the updates stage.
+    pub wake_updates: Arc<tokio::sync::Notify>,
     /// Counters.
     pub stats: Arc<EdgeStats>,
 }
@@ -70,8 +75,14 @@ impl Link {
             verdicts,
             link,
             triggers,
+            update_targets,
+            wake_updates,
             stats,
         } = self;
+        let target_filters: Vec<String> = update_targets
+            .iter()
+            .map(|t| topics::target_filter(t))
+            .collect();
         let verdict_topic = addr.topic(TopicKind::Verdicts);
         let trigger_topic = addr.topic(TopicKind::Trigger);
         let mut backoff = Backoff::new(mqtt.reconnect_delay, Duration::from_secs(30));
@@ -115,6 +126,9 @@ impl Link {
                     let _ = client.try_subscribe(verdict_topic.clone(), QoS::AtLeastOnce);
                     if triggers.any() {
                         let _ = client.try_subscribe(trigger_topic.clone(), QoS::AtLeastOnce);
+                    }
+                    for filter in &target_filters {
+                        let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                     }
                     let _ = publisher.publish(
                         &addr.topic(TopicKind::Presence),
@@ -176,6 +190,25 @@ impl Link {
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == trigger_topic.as_bytes() => {
                     if let Ok(cameras) = triggers.fire_json(&p.payload, &stats) {
                         tracing::debug!(?cameras, "Part trigger received over MQTT.");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p)))
+                    if p.topic.starts_with(topics::TARGETS_ROOT.as_bytes()) =>
+                {
+                    let topic = String::from_utf8_lossy(&p.topic);
+                    match serde_json::from_slice::<tierline_shared::updates::fetch::TargetView>(
+                        &p.payload,
+                    ) {
+                        Ok(t) => {
+                            tracing::info!(
+                                topic = %topic, target = %t.target, bundle = %t.sha256, rollback = t.rollback,
+                                "Model target announced; checking it now."
+                            );
+                            wake_updates.notify_one();
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %topic, error = %e, "Ignoring a malformed model target announcement.")
+                        }
                     }
                 }
                 Ok(_) => {}

@@ -1,8 +1,9 @@
-//! Model updates: the edge follows the bundle its group's target names in the cloud's registry.
+//! Model updates: a machine follows the bundle its registry target names, an edge (targets `edges/<group>`
+//! and `edge/<edge id>`) and a cloud worker (`workers/<group>`) alike.
 //!
 //! ```text
 //! every updates.interval:
-//!   GET /v1/targets ─► target edge/<edge id> or edges/<group> (the newer) for the serving model's name
+//!   GET /v1/targets ─► of the targets followed, the one changed last, for the serving model's name
 //!   ─► same bundle as serving? done
 //!   ─► statement signed by a trusted key? names this bundle? sequence above the serving one, or a
 //!      rollback naming it? ──no──► rejected (logged once per bundle; the serving model keeps serving)
@@ -14,31 +15,47 @@
 //! ```
 //!
 //! Each step is logged with an `event` field (`downloaded`, `verified`, `golden-pass`, `shadowing`,
-//! `active`, `rolled-back`, `rejected`) and the reason, and counted in metrics. An edge cut off from the cloud
-//! keeps serving what it has and catches up when the link returns. A crash between the records of a swap
-//! comes back on the model that served before it ([`state`]).
+//! `active`, `rolled-back`, `rejected`) and the reason, counted ([`UpdateCounters`]) and handed to a
+//! [`Report`]: an edge publishes it over MQTT, a cloud worker writes it to the registry's event log. A machine
+//! cut off from the cloud keeps serving what it has and catches up when the link returns. A crash between the
+//! records of a swap comes back on the model that served before it ([`state`]).
 
+pub mod config;
 pub mod fetch;
 pub mod state;
 
-use crate::config::UpdatesConfig;
-use crate::link::{Publisher, Tag};
-use crate::stats::{self, EdgeStats};
+pub use config::UpdatesConfig;
+
+use crate::bundle::{
+    BundleError, BundleStatement, SignedStatement, TrustedKeys, archive, check_sequence,
+};
+use crate::runner::{ModelRunner, RunnerConfig, RunnerError};
+use crate::serving::ServedModel;
+use crate::supervisor::crash_point;
 use state::{Installed, State};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
-use tierline_shared::bundle::{
-    BundleError, BundleStatement, SignedStatement, TrustedKeys, archive, check_sequence,
-};
-use tierline_shared::mqtt::QoS;
-use tierline_shared::runner::{ModelRunner, RunnerConfig, RunnerError};
-use tierline_shared::serving::ServedModel;
-use tierline_shared::supervisor::crash_point;
-use tierline_shared::topics::{EdgeAddress, TopicKind};
-use tierline_shared::wire::{self, ModelEvent};
 use tokio_util::sync::CancellationToken;
+
+/// Where each step of an update is reported besides the log (best effort: the log has them all).
+pub trait Report: Send + Sync {
+    /// Step `event` of `bundle` (its hash), with `detail`, while `serving_version` serves.
+    fn step(&self, event: &str, bundle: &str, detail: &str, serving_version: &str);
+}
+
+/// What the updates have done, for metrics.
+#[derive(Debug, Default)]
+pub struct UpdateCounters {
+    /// Bundles swapped in (updates and rollbacks).
+    pub applied: AtomicU64,
+    /// Bundles refused (signature, sequence, hash, contents, golden samples, shadow).
+    pub rejected: AtomicU64,
+    /// Checks that failed for a reason that is not the bundle's (network, disk), tried again.
+    pub errors: AtomicU64,
+}
 
 /// Why a check of the target did not end with the target's bundle serving.
 #[derive(Debug, Error)]
@@ -96,8 +113,9 @@ impl UpdateError {
     }
 }
 
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-fn prefix(text: &str, max: usize) -> String {
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary (for bounded
+/// report fields).
+pub fn prefix(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -146,49 +164,29 @@ pub fn forget_active(cfg: &UpdatesConfig) -> Result<(), UpdateError> {
 pub struct Updates {
     /// Settings.
     pub cfg: UpdatesConfig,
-    /// The target followed (`edges/<group>`).
-    pub target: String,
+    /// The targets followed (e.g. `edges/line-3` and `edge/e1`); of those naming the serving model, the one
+    /// changed last wins, so a later group-wide change supersedes an earlier canary and a canary's rollback
+    /// supersedes the group's change before it. On a tie the later one in this list wins.
+    pub targets: Vec<String>,
+    /// What runs the updates, for messages: `edge`, `worker`.
+    pub role: &'static str,
     /// The model serving.
     pub model: Arc<ServedModel>,
     /// How candidate models are run (as the serving one).
     pub runner_config: RunnerConfig,
     /// Counters.
-    pub stats: Arc<EdgeStats>,
-    /// Where the steps are reported (topic `.../models`, QoS 1).
-    pub publisher: Publisher,
-    /// This edge.
-    pub addr: EdgeAddress,
+    pub counters: Arc<UpdateCounters>,
+    /// Where the steps are reported.
+    pub report: Arc<dyn Report>,
+    /// Checks the targets now instead of at the next interval (an edge wakes it when the cloud announces
+    /// a target change over MQTT).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Updates {
-    /// Reports a step to the cloud (best effort: a step that cannot be queued is logged; the log has them
-    /// all).
     fn report(&self, event: &str, bundle: &str, detail: String) {
-        let msg = ModelEvent {
-            protocol_version: 1,
-            edge_id: self.addr.edge_id().into(),
-            time_us: tierline_shared::time::now_us(),
-            sha256: prefix(bundle, 64),
-            event: event.into(),
-            detail: prefix(&detail, 4000),
-            serving_version: prefix(&self.model.manifest().version, 128),
-        };
-        let sent = wire::encode(&msg, 64 << 10)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                self.publisher
-                    .publish(
-                        &self.addr.topic(TopicKind::Models),
-                        QoS::AtLeastOnce,
-                        false,
-                        bytes,
-                        Tag::Other("model event"),
-                    )
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = sent {
-            tracing::warn!(event, bundle, error = %e, "Model update step not reported to the cloud.");
-        }
+        self.report
+            .step(event, bundle, &detail, &self.model.manifest().version);
     }
 
     /// Checks the target every interval until `shutdown`. Never fails: every problem is logged, counted and
@@ -218,6 +216,7 @@ impl Updates {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
             }
             let check = self.check(&server, &trusted, &refused);
             let outcome = tokio::select! {
@@ -230,9 +229,9 @@ impl Updates {
             match outcome {
                 Ok(()) => {}
                 Err((bundle, rollback, e)) if e.refuses_bundle() => {
-                    stats::inc(&self.stats.model_updates_rejected);
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
-                        event = "rejected", bundle = %bundle, target = %self.target, error = %e,
+                        event = "rejected", bundle = %bundle, targets = ?self.targets, error = %e,
                         serving = %self.model.manifest().version,
                         "Model bundle rejected; the serving model keeps serving."
                     );
@@ -240,9 +239,9 @@ impl Updates {
                     refused.insert((bundle, rollback));
                 }
                 Err((bundle, _, e)) => {
-                    stats::inc(&self.stats.model_update_errors);
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        bundle = %bundle, target = %self.target, error = %e,
+                        bundle = %bundle, targets = ?self.targets, error = %e,
                         "Model update check failed; trying again at the next check."
                     );
                 }
@@ -261,12 +260,7 @@ impl Updates {
         let none = |e| (String::new(), false, e);
         let serving = self.model.manifest();
         let targets = server.targets().await.map_err(none)?;
-        let Some(target) = pick_target(
-            targets,
-            &self.target,
-            &format!("edge/{}", self.addr.edge_id()),
-            &serving.name,
-        ) else {
+        let Some(target) = pick_target(targets, &self.targets, &serving.name) else {
             return Ok(());
         };
         let state = self.load_state().await.map_err(none)?;
@@ -322,7 +316,7 @@ impl Updates {
         crash_point("updates:swapped");
         let now = state.activated(new);
         self.save_state(now).await.map_err(fail)?;
-        stats::inc(&self.stats.model_updates_applied);
+        self.counters.applied.fetch_add(1, Ordering::Relaxed);
         self.report(
             if rollback { "rolled-back" } else { "active" },
             &bundle,
@@ -334,7 +328,7 @@ impl Updates {
         tracing::info!(
             event = if rollback { "rolled-back" } else { "active" },
             bundle = %bundle, from = %before, to = %statement.version, sequence = statement.sequence,
-            target = %self.target, "Model bundle now serving."
+            targets = ?self.targets, "Model bundle now serving."
         );
         Ok(())
     }
@@ -362,8 +356,8 @@ impl Updates {
             return Err(BundleError::Mismatch {
                 bundle: target.sha256.clone(),
                 problem: format!(
-                    "it is a {} model and this edge serves {serving}",
-                    statement.name
+                    "it is a {} model and this {} serves {serving}",
+                    statement.name, self.role
                 ),
             }
             .into());
@@ -566,19 +560,22 @@ impl Updates {
     }
 }
 
-/// The target this edge follows for model `name`: its own (`edge`, set by a canary rollout) or its group's
-/// (`group`), whichever changed last, so a later group-wide change supersedes an earlier canary and a
-/// canary's rollback supersedes the group's change before it.
+/// The target to follow for model `name`: of `followed`, the one changed last (on a tie, the later in
+/// `followed`).
 pub fn pick_target(
     targets: Vec<fetch::TargetView>,
-    group: &str,
-    edge: &str,
+    followed: &[String],
     name: &str,
 ) -> Option<fetch::TargetView> {
     targets
         .into_iter()
-        .filter(|t| t.name == name && (t.target == group || t.target == edge))
-        .max_by_key(|t| (t.changed_us, t.target == edge))
+        .filter(|t| t.name == name)
+        .filter_map(|t| {
+            let rank = followed.iter().position(|f| *f == t.target)?;
+            Some(((t.changed_us, rank), t))
+        })
+        .max_by_key(|(key, _)| *key)
+        .map(|(_, t)| t)
 }
 
 /// Removes bundles `state` no longer refers to.
@@ -614,7 +611,8 @@ mod tests {
     #[test]
     fn the_newer_of_the_edge_and_group_targets_wins() {
         let pick = |ts: Vec<fetch::TargetView>| {
-            pick_target(ts, "edges/line-3", "edge/e1", "prescreen").map(|t| t.sha256)
+            let followed = ["edges/line-3".to_string(), "edge/e1".to_string()];
+            pick_target(ts, &followed, "prescreen").map(|t| t.sha256)
         };
         let group = t("edges/line-3", "prescreen", "g", 10);
         let canary = t("edge/e1", "prescreen", "c", 20);
