@@ -123,31 +123,17 @@ fn runner_config(config: &CloudConfig) -> RunnerConfig {
 /// when model updates are on and one is installed (falling back to `model.manifest` if it no longer loads),
 /// else `model.manifest`.
 pub async fn load_model(config: &CloudConfig) -> Result<Arc<ServedModel>, CloudError> {
-    if let Some((manifest, installed)) = updates::startup_manifest(&config.updates)? {
-        match ServedModel::load(&manifest, runner_config(config), config.model.probe.clone()).await
-        {
-            Ok(model) => {
-                tracing::info!(
-                    bundle = %installed.sha256, version = %installed.version,
-                    "Serving the model bundle the registry last made active."
-                );
-                return Ok(model);
-            }
-            Err(e) => {
-                tracing::error!(
-                    bundle = %installed.sha256, error = %e, fallback = %config.model.manifest.display(),
-                    "The active model bundle does not load; serving model.manifest instead."
-                );
-                updates::forget_active(&config.updates)?;
-            }
-        }
-    }
-    Ok(ServedModel::load(
+    updates::load_serving(
+        &config.updates,
         &config.model.manifest,
         runner_config(config),
         config.model.probe.clone(),
     )
-    .await?)
+    .await
+    .map_err(|e| match e {
+        updates::LoadError::Updates(e) => CloudError::Updates(e),
+        updates::LoadError::Model(e) => CloudError::Model(e),
+    })
 }
 
 /// Runs the cloud worker until `shutdown` is cancelled or a stage fails: [`App::build`] then [`App::run`].
@@ -323,7 +309,9 @@ impl App {
             .run(background.clone()),
         );
 
-        // registry (workers/<group>) ──► updates ──► served model (verified, golden, shadowed, swapped)
+        // registry (workers/<group>) ──► updates ──► served model (verified, golden, shadowed, swapped); the
+        // target announcer wakes them when a workers/... target changes
+        let wake_updates = Arc::new(tokio::sync::Notify::new());
         if config.updates.url.is_some() {
             sup.spawn(
                 "model updates",
@@ -335,11 +323,11 @@ impl App {
                     model: model.clone(),
                     runner_config: runner_config(&config),
                     counters: stats.model_updates.clone(),
-                    report: Arc::new(crate::updates::StoreReport {
-                        store: store.clone(),
-                        worker_id: config.cloud.worker_id.clone(),
-                    }),
-                    wake: Arc::default(),
+                    report: Arc::new(crate::updates::StoreReport::start(
+                        store.clone(),
+                        config.cloud.worker_id.clone(),
+                    )),
+                    wake: wake_updates.clone(),
                 }
                 .run(stop.clone()),
             );
@@ -393,7 +381,7 @@ impl App {
             Acker {
                 client: client.clone(),
                 finished: ack_rx,
-                connection,
+                connection: connection.clone(),
                 stats: stats.clone(),
             }
             .run(),
@@ -440,7 +428,9 @@ impl App {
             crate::registry::announce::Announcer {
                 store: store.clone(),
                 client: client.clone(),
+                connection: connection.clone(),
                 every: ANNOUNCE_EVERY,
+                wake_workers: wake_updates.clone(),
             }
             .run(stop.clone()),
         );

@@ -118,31 +118,17 @@ fn runner_config(config: &EdgeConfig) -> RunnerConfig {
 /// active when model updates are on and one is installed (falling back to `model.manifest` if it no longer
 /// loads), else `model.manifest`.
 pub async fn load_model(config: &EdgeConfig) -> Result<Arc<ServedModel>, EdgeError> {
-    if let Some((manifest, installed)) = crate::updates::startup_manifest(&config.updates)? {
-        match ServedModel::load(&manifest, runner_config(config), config.model.probe.clone()).await
-        {
-            Ok(model) => {
-                tracing::info!(
-                    bundle = %installed.sha256, version = %installed.version,
-                    "Serving the model bundle the registry last made active."
-                );
-                return Ok(model);
-            }
-            Err(e) => {
-                tracing::error!(
-                    bundle = %installed.sha256, error = %e, fallback = %config.model.manifest.display(),
-                    "The active model bundle does not load; serving model.manifest instead."
-                );
-                crate::updates::forget_active(&config.updates)?;
-            }
-        }
-    }
-    Ok(ServedModel::load(
+    crate::updates::load_serving(
+        &config.updates,
         &config.model.manifest,
         runner_config(config),
         config.model.probe.clone(),
     )
-    .await?)
+    .await
+    .map_err(|e| match e {
+        crate::updates::LoadError::Updates(e) => EdgeError::Updates(e),
+        crate::updates::LoadError::Model(e) => EdgeError::Model(e),
+    })
 }
 
 /// Runs the edge until `shutdown` is cancelled or a stage fails: [`App::build`] then [`App::run`].

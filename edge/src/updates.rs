@@ -8,8 +8,8 @@ use tierline_shared::topics::{EdgeAddress, TopicKind};
 use tierline_shared::wire::{self, ModelEvent};
 
 pub use tierline_shared::updates::{
-    Report, UpdateCounters, UpdateError, Updates, UpdatesConfig, bundle_dir, fetch, forget_active,
-    pick_target, prefix, startup_manifest, state,
+    LoadError, Report, UpdateCounters, UpdateError, Updates, UpdatesConfig, bundle_dir, fetch,
+    forget_active, load_serving, pick_target, prefix, startup_manifest, state,
 };
 
 /// The targets an edge follows: its group's, then its own (which wins a tie).

@@ -69,12 +69,16 @@ fuzz_target!(|data: &[u8]| {
                 size: rest.len() as u64,
                 signed_at_us: 0,
             };
+            // Staging two levels down, so an entry climbing out by one or two levels is seen.
             let root = tempfile::tempdir().expect("a temporary directory");
-            let staging = root.path().join("staging");
+            let staging = root.path().join("a/b/staging");
+            std::fs::create_dir_all(root.path().join("a/b")).expect("the staging parent");
             let _ = unpack(rest, &statement, &staging);
-            for entry in std::fs::read_dir(root.path()).expect("the temporary directory") {
-                let name = entry.expect("an entry").file_name();
-                assert_eq!(name, "staging", "an archive wrote {name:?} outside its staging directory");
+            for (dir, only) in [("", "a"), ("a", "b"), ("a/b", "staging")] {
+                for entry in std::fs::read_dir(root.path().join(dir)).expect("the temporary directory") {
+                    let name = entry.expect("an entry").file_name();
+                    assert_eq!(name, only, "an archive wrote {name:?} outside its staging directory");
+                }
             }
         }
     }

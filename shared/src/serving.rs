@@ -480,6 +480,9 @@ impl ServedModel {
 
     /// Loads the files on disk if they changed since the last attempt.
     async fn reload_if_changed(&self) {
+        // Read before the path: an activation after this point changes the generation, so a reload of the
+        // path it replaced cannot undo it.
+        let generation = self.generation.load(Ordering::Relaxed);
         let Some(path) = self.manifest_path.lock().ok().map(|p| p.clone()) else {
             return;
         };
@@ -492,7 +495,6 @@ impl ServedModel {
             *l = now;
         }
         let before = self.manifest();
-        let generation = self.generation.load(Ordering::Relaxed);
         match ModelRunner::load_checked(&path, self.runner_config.clone()).await {
             Ok(runner) => {
                 let after = runner.manifest_arc();

@@ -192,3 +192,38 @@ pub fn describe(e: &EdgeStats, c: &CloudStats) -> String {
         get(&c.rejected_malformed) + get(&c.rejected_forged),
     )
 }
+
+/// Subscribes as `client_id` to `filter` on the broker at `port` (messages up to 8 MiB) and hands every
+/// message that decodes as `M` to `each`, until the returned task is aborted. Returns once subscribed.
+pub async fn read_messages<M, F>(
+    port: u16,
+    client_id: &str,
+    filter: &str,
+    mut each: F,
+) -> JoinHandle<()>
+where
+    M: prost::Message + Default + 'static,
+    F: FnMut(M) + Send + 'static,
+{
+    use tierline_shared::mqtt::{Event, MqttConfig, Packet, QoS};
+    let mqtt = MqttConfig {
+        port,
+        max_message_bytes: 8 << 20,
+        ..Default::default()
+    };
+    let (sub, mut events) =
+        tierline_shared::mqtt::client(mqtt.options(client_id).expect("reader options"), 64);
+    sub.subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("reader subscribes");
+    tokio::spawn(async move {
+        let _client = sub;
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev
+                && let Ok(m) = M::decode(&p.payload[..])
+            {
+                each(m);
+            }
+        }
+    })
+}

@@ -25,7 +25,6 @@ use tierline_cloud::registry::Registry;
 use tierline_cloud::rollout::{self, RolloutConfig};
 use tierline_cloud::store::{RolloutRow, Store};
 use tierline_shared::bundle::{SignedStatement, SigningKey, TrustedKeys, archive};
-use tierline_shared::mqtt::{Event, MqttConfig, Packet, QoS};
 use tierline_shared::wire::FrameEnvelope;
 use tierline_tests::bundles::{prescreen_variant, with_threshold};
 use tierline_tests::mosquitto::Mosquitto;
@@ -49,33 +48,20 @@ type Seen = Arc<Mutex<BTreeMap<String, Vec<(Instant, u64, String)>>>>;
 
 async fn frame_reader(port: u16) -> (Seen, tokio::task::JoinHandle<()>) {
     let seen: Seen = Arc::default();
-    let mqtt = MqttConfig {
+    let s = seen.clone();
+    let reader = pipeline::read_messages(
         port,
-        max_message_bytes: 8 << 20,
-        ..Default::default()
-    };
-    let (sub, mut events) =
-        tierline_shared::mqtt::client(mqtt.options("rollout-frame-reader").unwrap(), 64);
-    sub.subscribe("tierline/v1/+/+/+/frames", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let reader = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            let _client = sub;
-            while let Ok(ev) = events.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = ev
-                    && let Ok(f) = <FrameEnvelope as prost::Message>::decode(&p.payload[..])
-                {
-                    seen.lock()
-                        .unwrap()
-                        .entry(f.edge_id.clone())
-                        .or_default()
-                        .push((Instant::now(), f.seq, f.edge_model_version));
-                }
-            }
-        }
-    });
+        "rollout-frame-reader",
+        "tierline/v1/+/+/+/frames",
+        move |f: FrameEnvelope| {
+            s.lock()
+                .unwrap()
+                .entry(f.edge_id.clone())
+                .or_default()
+                .push((Instant::now(), f.seq, f.edge_model_version));
+        },
+    )
+    .await;
     (seen, reader)
 }
 
@@ -188,7 +174,7 @@ fn start_edges(
         c.updates.dir = home.join("models");
         c.updates.interval = Duration::from_millis(200);
         // Enough frames that the serving model flags some (5 % defects), so the wide gate is never 2 % of 0.
-        c.updates.shadow_frames = 120;
+        c.updates.shadow_frames = 200;
         c.updates.min_agreement = 0.0;
         c.updates.max_suspect_ratio = 1000.0;
         edges.push(pipeline::start_edge(c));

@@ -116,6 +116,13 @@ impl Registry {
         }
         let signed = SignedStatement::parse(signed_json)?;
         let statement = signed.verify(&self.trusted)?;
+        // The name becomes a topic level of the target announcements (`tierline/targets/v1/<target>/<name>`).
+        tierline_shared::topics::validate_id("model name", &statement.name).map_err(|e| {
+            BundleError::Malformed(format!(
+                "model name {:?}: {e}; rename the model in its manifest",
+                statement.name
+            ))
+        })?;
         // Unpacking writes files and hashes the model: off the async threads.
         let (statement, bytes) = tokio::task::spawn_blocking(move || {
             let scratch = tempfile::tempdir().map_err(|source| BundleError::Io {

@@ -29,9 +29,10 @@ enum ModelsCommand {
     },
     /// List published bundles and what each target runs.
     List,
-    /// Point a target (`edges/<group>`) at a bundle (its hash or a unique prefix).
+    /// Point a target (`edges/<group>`, `edge/<edge id>` or `workers/<group>`) at a bundle (its hash or a
+    /// unique prefix).
     Target {
-        /// `edges/<group>`.
+        /// `edges/<group>`, `edge/<edge id>` or `workers/<group>`.
         target: String,
         /// Bundle hash or unique prefix.
         bundle: String,
@@ -41,7 +42,7 @@ enum ModelsCommand {
     },
     /// Send a target back to an older bundle (edges accept a lower sequence only when it is named so).
     Rollback {
-        /// `edges/<group>`.
+        /// `edges/<group>`, `edge/<edge id>` or `workers/<group>`.
         target: String,
         /// Bundle hash or unique prefix.
         bundle: String,

@@ -219,6 +219,30 @@ mod tests {
                 proptest::prop_assert_eq!(s.sha256.len(), 64);
             }
         }
+
+        /// A well-formed statement signed by the trusted key verifies to itself; the same statement with its
+        /// hash cut or a character outside hex does not.
+        #[test]
+        fn well_formed_statements_verify_and_malformed_hashes_do_not(
+            sequence in 0u64..u64::MAX,
+            sha in "[0-9a-f]{64}",
+            name in "[a-z]{1,12}",
+            cut in 1usize..64,
+        ) {
+            let key = SigningKey::generate().unwrap();
+            let trusted = TrustedKeys::new(vec![key.public()]);
+            let mut s = statement(sequence, 'a');
+            s.sha256 = sha;
+            s.name = name;
+            let signed = SignedStatement::sign(&s, &key).unwrap();
+            proptest::prop_assert_eq!(signed.verify(&trusted).unwrap(), s.clone());
+            let mut short = s.clone();
+            short.sha256.truncate(cut);
+            proptest::prop_assert!(SignedStatement::sign(&short, &key).unwrap().verify(&trusted).is_err());
+            let mut odd = s;
+            odd.sha256.replace_range(cut - 1..cut, "g");
+            proptest::prop_assert!(SignedStatement::sign(&odd, &key).unwrap().verify(&trusted).is_err());
+        }
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl UpdatesConfig {
                 ),
             ));
         }
+        super::fetch::Server::parse(url).map_err(|e| field("updates.url", e.to_string()))?;
         if self.trusted_keys.is_empty() {
             return Err(field(
                 "updates.trusted_keys",

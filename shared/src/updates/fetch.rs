@@ -21,7 +21,7 @@ const MAX_TARGETS: usize = 4 << 20;
 /// One target as the bundle server lists it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TargetView {
-    /// `edges/<group>` or `edge/<edge id>`.
+    /// `edges/<group>`, `edge/<edge id>` or `workers/<group>`.
     pub target: String,
     /// Model name.
     pub name: String,
@@ -81,7 +81,7 @@ impl Server {
             });
             let mut req = Request::get(path)
                 .header(header::HOST, format!("{}:{}", self.host, self.port))
-                .header(header::USER_AGENT, "tierline-edge");
+                .header(header::USER_AGENT, "tierline-updates");
             if let Some(from) = range_from {
                 req = req.header(header::RANGE, format!("bytes={from}-"));
             }

@@ -148,6 +148,47 @@ pub fn startup_manifest(cfg: &UpdatesConfig) -> Result<Option<(PathBuf, Installe
         .map(|a| (bundle_dir(&cfg.dir, &a.sha256).join(archive::MANIFEST), a)))
 }
 
+/// Why the model to serve at start could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The installed-bundles record could not be read or written.
+    #[error(transparent)]
+    Updates(#[from] UpdateError),
+    /// The configured model does not load or fails its golden samples.
+    #[error(transparent)]
+    Model(#[from] RunnerError),
+}
+
+/// Loads the model to serve at start and checks it against its golden samples: the bundle the registry last
+/// made active when updates are on and one is installed (falling back to `manifest`, the configured one, if
+/// it no longer loads), else `manifest`.
+pub async fn load_serving(
+    cfg: &UpdatesConfig,
+    manifest: &Path,
+    runner_config: RunnerConfig,
+    probe: crate::serving::ProbeConfig,
+) -> Result<Arc<ServedModel>, LoadError> {
+    if let Some((bundle_manifest, installed)) = startup_manifest(cfg)? {
+        match ServedModel::load(&bundle_manifest, runner_config.clone(), probe.clone()).await {
+            Ok(model) => {
+                tracing::info!(
+                    bundle = %installed.sha256, version = %installed.version,
+                    "Serving the model bundle the registry last made active."
+                );
+                return Ok(model);
+            }
+            Err(e) => {
+                tracing::error!(
+                    bundle = %installed.sha256, error = %e, fallback = %manifest.display(),
+                    "The active model bundle does not load; serving the configured model instead."
+                );
+                forget_active(cfg)?;
+            }
+        }
+    }
+    Ok(ServedModel::load(manifest, runner_config, probe).await?)
+}
+
 /// Records that the active bundle no longer loads (the configured `model.manifest` serves instead), so the
 /// next check installs the target again and sequences are compared with what actually serves.
 pub fn forget_active(cfg: &UpdatesConfig) -> Result<(), UpdateError> {
@@ -192,21 +233,22 @@ impl Updates {
     /// Checks the target every interval until `shutdown`. Never fails: every problem is logged, counted and
     /// tried again (or, for a bad bundle, refused until the target names another).
     pub async fn run(self, shutdown: CancellationToken) {
+        // Both are checked at start; a key file removed since only stops updates, and the stage waits for
+        // shutdown like any other (ending early would stop the process).
         let trusted = match TrustedKeys::load(&self.cfg.trusted_keys) {
             Ok(t) => t,
             Err(e) => {
-                // Checked at start already; a key file removed since only stops updates.
                 tracing::error!(error = %e, "Model updates are off: the trusted keys cannot be read.");
-                return;
+                return shutdown.cancelled().await;
             }
         };
         let server = match self.cfg.url.as_deref().map(fetch::Server::parse) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "Model updates are off.");
-                return;
+                return shutdown.cancelled().await;
             }
-            None => return,
+            None => return shutdown.cancelled().await,
         };
         // Refused instructions (bundle, rollback): not tried again until the target names something else.
         let mut refused: BTreeSet<(String, bool)> = BTreeSet::new();

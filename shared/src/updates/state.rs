@@ -1,7 +1,7 @@
-//! What the edge has installed, kept in `<updates.dir>/state.json` and replaced atomically (written beside,
+//! What a machine (edge or cloud worker) has installed, kept in `<updates.dir>/state.json` and replaced atomically (written beside,
 //! synced, renamed, directory synced), so a crash leaves either the old or the new file, never half of one.
 //!
-//! Before a swap the new bundle is recorded as `pending`; after it, as `active`. An edge that starts and finds
+//! Before a swap the new bundle is recorded as `pending`; after it, as `active`. A machine that starts and finds
 //! a `pending` bundle crashed between the two: it serves `active` (the model it served before) and drops the
 //! pending one, which the next check of the target tries again from the start.
 
