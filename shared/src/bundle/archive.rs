@@ -306,19 +306,24 @@ mod tests {
         let mut builder = tar::Builder::new(Vec::new());
         builder.append(&header, &b"hi"[..]).unwrap();
         let bytes = builder.into_inner().unwrap();
-        let statement = BundleStatement {
-            format: FORMAT.into(),
-            name: "prescreen".into(),
-            version: "1".into(),
-            sequence: 1,
-            sha256: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            signed_at_us: 0,
-        };
+        let statement = statement_of(&bytes);
         let dir = tempfile::tempdir().unwrap();
         let err = unpack(&bytes, &statement, &dir.path().join("staged")).unwrap_err();
         assert!(matches!(err, BundleError::UnsafeEntry { .. }), "{err}");
         assert!(!dir.path().join("escaped.txt").exists());
+    }
+
+    /// A statement naming `bytes` by hash and size, as a signed one would (the signature is not checked here).
+    fn statement_of(bytes: &[u8]) -> BundleStatement {
+        BundleStatement {
+            format: FORMAT.into(),
+            name: "prescreen".into(),
+            version: "1".into(),
+            sequence: 1,
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            signed_at_us: 0,
+        }
     }
 
     /// A tar archive of hand-made entries: any name bytes, any entry type, a link target.
@@ -360,15 +365,7 @@ mod tests {
             )
         ) {
             let bytes = archive(&entries);
-            let statement = BundleStatement {
-                format: FORMAT.into(),
-                name: "prescreen".into(),
-                version: "1".into(),
-                sequence: 1,
-                sha256: sha256_hex(&bytes),
-                size: bytes.len() as u64,
-                signed_at_us: 0,
-            };
+            let statement = statement_of(&bytes);
             // Staging two levels down, so an entry climbing out of it by one or two levels lands where it
             // is seen (absolute names and links are refused before anything is written).
             let root = tempfile::tempdir().unwrap();
