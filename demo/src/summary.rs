@@ -18,7 +18,7 @@ pub fn line(elapsed: Duration, edge: &EdgeStats, cloud: &CloudStats) -> String {
         }
     };
     let (p50, p99, _, _) = percentiles_ms(&edge.decision_latency_us);
-    format!(
+    let line = format!(
         "{:>5.1}s  frames {:>6} ({:>5.1}/s)  passed {:>6}  forwarded {:>5} ({:>4.1}%)  bytes saved {:>5.1}%  verdicts {:>5}  suspect decisions: cloud {:>5} fallback {:>4}  p50 {:>6.2} ms  p99 {:>6.2} ms  link {}",
         secs,
         frames,
@@ -37,6 +37,40 @@ pub fn line(elapsed: Duration, edge: &EdgeStats, cloud: &CloudStats) -> String {
         } else {
             "DOWN"
         },
+    );
+    let (defects, goods) = (get(&edge.truth_defects), get(&edge.truth_goods));
+    if defects + goods == 0 {
+        return line;
+    }
+    format!(
+        "{line}  vs synthetic truth: escapes {}/{defects} false rejects {}/{goods}",
+        get(&edge.truth_escapes),
+        get(&edge.truth_false_rejects),
+    )
+}
+
+/// Escapes and false rejects against the ground truth the synthetic cameras know, for the report.
+fn against_truth(edge: &EdgeStats) -> String {
+    let (defects, goods) = (get(&edge.truth_defects), get(&edge.truth_goods));
+    if defects + goods == 0 {
+        return "against ground truth     unknown (the cameras do not know which frames are defective)\n".into();
+    }
+    let (escapes, false_rejects) = (get(&edge.truth_escapes), get(&edge.truth_false_rejects));
+    let pct = |n: u64, d: u64| {
+        if d == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / d as f64
+        }
+    };
+    format!(
+        "against ground truth     escapes {escapes} of {defects} defective frames ({:.1}%) decided pass; \
+         false rejects {false_rejects} of {goods} good frames ({:.1}%) decided reject\n\
+         {:25}(the synthetic cameras know which frames carry a defect; quarantined frames are held, not \
+         counted; a real camera has no such truth)\n",
+        pct(escapes, defects),
+        pct(false_rejects, goods),
+        ""
     )
 }
 
@@ -70,7 +104,8 @@ pub fn report(
          decision latency         p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms over {n} suspects (capture → line decision)\n\
          reconciliations          {} late verdicts, {} disagreements\n\
          audit samples            {} prescreen misses found by the cloud\n\
-         unreadable frames        {}\n",
+         unreadable frames        {}\n\
+         {}",
         elapsed.as_secs_f64(),
         frames as f64 / elapsed.as_secs_f64().max(0.001),
         get(&edge.frames_dropped),
@@ -93,5 +128,6 @@ pub fn report(
         get(&edge.disagreements),
         get(&edge.audit_misses),
         get(&edge.frames_unreadable),
+        against_truth(edge),
     )
 }

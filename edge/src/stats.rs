@@ -52,6 +52,14 @@ pub struct EdgeStats {
     pub disagreements: AtomicU64,
     /// Audit samples the cloud found defective (prescreen misses).
     pub audit_misses: AtomicU64,
+    /// Line decisions on frames whose ground truth is known (synthetic cameras) and is a defect.
+    pub truth_defects: AtomicU64,
+    /// Line decisions on frames whose ground truth is known and is good.
+    pub truth_goods: AtomicU64,
+    /// Escapes against ground truth: defective frames decided `pass`.
+    pub truth_escapes: AtomicU64,
+    /// False rejects against ground truth: good frames decided `reject`.
+    pub truth_false_rejects: AtomicU64,
     /// Records evicted from the outbox to stay within budget.
     pub evictions: AtomicU64,
     /// Frames the broker refused (a PUBACK refusal, or larger than its maximum packet size): decided
@@ -123,6 +131,10 @@ impl Default for EdgeStats {
             reconciliations: AtomicU64::new(0),
             disagreements: AtomicU64::new(0),
             audit_misses: AtomicU64::new(0),
+            truth_defects: AtomicU64::new(0),
+            truth_goods: AtomicU64::new(0),
+            truth_escapes: AtomicU64::new(0),
+            truth_false_rejects: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             frames_refused: AtomicU64::new(0),
             publishes_refused: AtomicU64::new(0),

@@ -101,6 +101,8 @@ pub struct Scored {
     pub path: PathBuf,
     /// Ground truth.
     pub truth: String,
+    /// The surface, when the set names it.
+    pub surface: Option<String>,
     /// Encoded size: what forwarding the frame costs.
     pub bytes: u64,
     /// The prescreen's defect score.
@@ -172,6 +174,7 @@ fn score_one(tiers: &Tiers, sample: &Sample) -> Result<Scored, CascadeError> {
     Ok(Scored {
         path: sample.path.clone(),
         truth: sample.label.clone(),
+        surface: sample.surface.clone(),
         bytes,
         edge_score: edge.defect_score,
         cloud,

@@ -1,5 +1,5 @@
-//! Labeled image folders: `labels.csv` (a header with `file` and `label` columns; other columns are ignored)
-//! or, without a CSV, one subfolder per label (`good/`, `scratch/`, ...) holding `.jpg`, `.jpeg` or `.png` files.
+//! Labeled image folders: `labels.csv` (a header with `file` and `label` columns, and optionally `surface`,
+//! which `eval` reports by; other columns are ignored) or, without a CSV, one subfolder per label (`good/`, `scratch/`, ...) holding `.jpg`, `.jpeg` or `.png` files.
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -50,6 +50,8 @@ pub struct Sample {
     pub path: PathBuf,
     /// Ground-truth label.
     pub label: String,
+    /// The surface the frame shows, when the CSV has a `surface` column.
+    pub surface: Option<String>,
 }
 
 /// Reads the labeled images of `dir`: from `labels` if given, else `dir/labels.csv` if it exists, else from
@@ -83,6 +85,7 @@ fn from_csv(dir: &Path, csv: &Path) -> Result<Vec<Sample>, DatasetError> {
     };
     let columns: Vec<&str> = header.split(',').map(str::trim).collect();
     let col = |name: &str| columns.iter().position(|c| *c == name);
+    let surface_col = col("surface");
     let (Some(file_col), Some(label_col)) = (col("file"), col("label")) else {
         return Err(DatasetError::Header {
             path: csv.to_path_buf(),
@@ -114,6 +117,10 @@ fn from_csv(dir: &Path, csv: &Path) -> Result<Vec<Sample>, DatasetError> {
         out.push(Sample {
             path,
             label: (*label).to_string(),
+            surface: surface_col
+                .and_then(|c| fields.get(c))
+                .filter(|s| !s.is_empty())
+                .map(|s| (*s).to_string()),
         });
     }
     Ok(out)
@@ -148,6 +155,7 @@ fn from_folders(dir: &Path) -> Result<Vec<Sample>, DatasetError> {
             out.push(Sample {
                 path,
                 label: label.clone(),
+                surface: None,
             });
         }
     }
@@ -171,6 +179,7 @@ mod tests {
         let s = load(dir.path(), None).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].label, "dent");
+        assert_eq!(s[1].surface.as_deref(), Some("brick"));
         assert_eq!(s[1].path, dir.path().join("b.jpg"));
     }
 

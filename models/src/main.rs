@@ -1,11 +1,11 @@
-//! `tierline-models`: evaluate the cascade on labeled images, calibrate the edge threshold, and sign model
-//! bundles for rollout.
+//! `tierline-models`: evaluate the cascade on labeled images, calibrate the edge threshold, fit an anomaly
+//! prescreen on good frames, and sign model bundles for rollout.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use tierline_models::{bundle, calibrate, cascade, dataset, report};
+use tierline_models::{bundle, calibrate, cascade, dataset, fit, report};
 
 #[derive(Parser)]
 #[command(name = "tierline-models", version, about)]
@@ -38,6 +38,40 @@ enum Command {
         /// Report only; leave the manifest as it is.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build an anomaly prescreen for a surface from a folder of good frames only (PaDiM statistics over a
+    /// trunk's features), calibrated to a target false-alarm rate on good frames kept out of the fit.
+    Fit {
+        /// Folder of good frames (its labels.csv's `good` rows when it has one).
+        frames: PathBuf,
+        /// Manifest of the model whose convolutional trunk gives the features; its input settings and
+        /// tiling carry over.
+        #[arg(long, default_value = "models/prescreen-2.toml")]
+        trunk: PathBuf,
+        /// Trunk tensor to take features from (repeatable; default: the layer the trunk's head pools).
+        #[arg(long = "layer")]
+        layers: Vec<String>,
+        /// Model name (files `<NAME>-<VERSION>.onnx`, `<NAME>.toml`, `golden-<NAME>/`).
+        #[arg(long)]
+        name: String,
+        /// Model version.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Share of good frames the prescreen may flag.
+        #[arg(long, default_value_t = 0.02)]
+        target_false_alarms: f64,
+        /// Share of the good frames kept out of the fit to set and check the threshold.
+        #[arg(long, default_value_t = 0.3)]
+        holdout: f64,
+        /// Covariance regularization (times the mean variance) added to each location's diagonal.
+        #[arg(long, default_value_t = 0.01)]
+        ridge: f64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -115,7 +149,7 @@ fn eval(set: &SetArgs, edge_threshold: Option<f32>, json: bool) -> anyhow::Resul
     let (tiers, scored) = score(set)?;
     let cloud = tiers.cloud.manifest();
     let threshold = edge_threshold.unwrap_or(tiers.edge.manifest().output.threshold);
-    let r = report::compute(
+    let r = report::compute_by_surface(
         &scored,
         threshold,
         cloud.output.threshold,
@@ -169,6 +203,37 @@ fn calibrate_cmd(set: &SetArgs, target: f64, dry_run: bool, json: bool) -> anyho
     Ok(())
 }
 
+fn fit_cmd(o: &fit::FitOptions, json: bool) -> anyhow::Result<()> {
+    let r = fit::fit(o, &mut |line| eprintln!("{line}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "wrote {} and {}: {} features ({}) on a {}×{} map per tile, fitted on {} good frames ({} tiles) in {:.1} s",
+            r.manifest.display(),
+            r.model.display(),
+            r.channels,
+            r.layers.join(", "),
+            r.map[0],
+            r.map[1],
+            r.fit_frames,
+            r.fit_tiles,
+            r.seconds
+        );
+        println!(
+            "threshold: raw distance {:.4}; the runtime flags {}/{} held-out good frames = {:.2} % (target {:.2} %, \
+             Wilson 95 % upper bound {:.2} %)",
+            r.raw_threshold,
+            r.holdout_flagged,
+            r.holdout_frames,
+            100.0 * r.holdout_false_alarms,
+            100.0 * r.target_false_alarms,
+            100.0 * r.holdout_false_alarms_upper_95
+        );
+    }
+    Ok(())
+}
+
 /// Writes the threshold, then loads the manifest as the runtime would and checks its golden samples; puts the
 /// old manifest back if they fail.
 fn write_checked(manifest: &Path, threshold: f32) -> anyhow::Result<()> {
@@ -204,6 +269,31 @@ fn main() -> std::process::ExitCode {
             dry_run,
             json,
         } => calibrate_cmd(set, *target_recall, *dry_run, *json),
+        Command::Fit {
+            frames,
+            trunk,
+            layers,
+            name,
+            version,
+            out,
+            target_false_alarms,
+            holdout,
+            ridge,
+            json,
+        } => fit_cmd(
+            &fit::FitOptions {
+                frames: frames.clone(),
+                trunk: trunk.clone(),
+                layers: layers.clone(),
+                name: name.clone(),
+                version: version.clone(),
+                out: out.clone(),
+                target_false_alarms: *target_false_alarms,
+                holdout: *holdout,
+                ridge: *ridge,
+            },
+            *json,
+        ),
         Command::Keygen { key } => bundle::keygen(key),
         Command::Sign {
             manifest,

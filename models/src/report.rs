@@ -55,6 +55,31 @@ pub struct ClassReport {
     pub cascade_passed: f64,
 }
 
+/// Numbers for the frames of one surface (sets whose labels name surfaces).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SurfaceReport {
+    /// Surface name.
+    pub surface: String,
+    /// Frames of this surface.
+    pub frames: usize,
+    /// Of them, defective (ground truth).
+    pub defective_frames: usize,
+    /// Share of frames forwarded (weighted like the totals).
+    pub forwarded_frames: f64,
+    /// Defective frames the cloud flags that the edge forwards.
+    pub edge_recall_vs_cloud_on_defects: Rate,
+    /// Good frames the cloud model flags.
+    pub cloud_false_alarms: Rate,
+    /// Defective frames that end as a pass.
+    pub escapes: Rate,
+    /// Good frames that end as a reject.
+    pub false_rejects: Rate,
+    /// Cascade minus cloud-only class accuracy, in points.
+    pub accuracy_delta_points: f64,
+    /// Per ground-truth class.
+    pub classes: Vec<ClassReport>,
+}
+
 /// Everything `eval` reports.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -66,6 +91,8 @@ pub struct Report {
     pub sample_prevalence: f64,
     /// Prevalence the rates are weighted to (`None`: as given).
     pub target_prevalence: Option<f64>,
+    /// The good class (the one ground-truth label that is not a defect).
+    pub good_label: String,
     /// Edge threshold used.
     pub edge_threshold: f32,
     /// Cloud threshold (from its manifest).
@@ -82,6 +109,8 @@ pub struct Report {
     pub escapes: Rate,
     /// False rejects: good frames (ground truth) that end as a reject (forwarded and flagged by the cloud).
     pub false_rejects: Rate,
+    /// Good frames (ground truth) the cloud model flags: its false alarms, cloud-only.
+    pub cloud_false_alarms: Rate,
     /// Cloud-only: frames whose label is right.
     pub cloud_accuracy: f64,
     /// Cloud-only: frames whose good/defective call is right.
@@ -98,6 +127,8 @@ pub struct Report {
     pub forwarded_bytes: f64,
     /// Per ground-truth class, in the cloud model's class order.
     pub classes: Vec<ClassReport>,
+    /// Per surface, in name order (empty when the set names no surfaces).
+    pub surfaces: Vec<SurfaceReport>,
 }
 
 /// Computes the report for `frames` at `edge_threshold`. `good` is the good class label, `classes` the cloud
@@ -193,6 +224,7 @@ pub fn compute(
         defective_frames: defective,
         sample_prevalence,
         target_prevalence,
+        good_label: good.to_string(),
         edge_threshold,
         cloud_threshold,
         edge_recall_vs_truth: rate(&|f| f.truth != good, &forwarded),
@@ -203,6 +235,7 @@ pub fn compute(
         ),
         escapes: rate(&|f| f.truth != good, &|f| !rejected(f)),
         false_rejects: rate(&|f| f.truth == good, &rejected),
+        cloud_false_alarms: rate(&|f| f.truth == good, &|f| f.cloud.defective),
         cloud_accuracy,
         cloud_binary_accuracy: rate(&all, &|f| f.cloud.defective == (f.truth != good)).rate,
         cascade_accuracy,
@@ -222,7 +255,61 @@ pub fn compute(
             .filter(|c| frames.iter().any(|f| &f.truth == *c))
             .map(per_class)
             .collect(),
+        surfaces: Vec::new(),
     }
+}
+
+/// [`compute`], with a [`SurfaceReport`] for each surface the frames name. Per-surface rates are weighted
+/// to the same prevalence as the totals.
+pub fn compute_by_surface(
+    frames: &[Scored],
+    edge_threshold: f32,
+    cloud_threshold: f32,
+    good: &str,
+    classes: &[String],
+    target_prevalence: Option<f64>,
+) -> Report {
+    let mut report = compute(
+        frames,
+        edge_threshold,
+        cloud_threshold,
+        good,
+        classes,
+        target_prevalence,
+    );
+    let names: std::collections::BTreeSet<&str> =
+        frames.iter().filter_map(|f| f.surface.as_deref()).collect();
+    report.surfaces = names
+        .into_iter()
+        .map(|name| {
+            let of: Vec<Scored> = frames
+                .iter()
+                .filter(|f| f.surface.as_deref() == Some(name))
+                .cloned()
+                .collect();
+            let r = compute(
+                &of,
+                edge_threshold,
+                cloud_threshold,
+                good,
+                classes,
+                target_prevalence,
+            );
+            SurfaceReport {
+                surface: name.to_string(),
+                frames: r.frames,
+                defective_frames: r.defective_frames,
+                forwarded_frames: r.forwarded_frames,
+                edge_recall_vs_cloud_on_defects: r.edge_recall_vs_cloud_on_defects,
+                cloud_false_alarms: r.cloud_false_alarms,
+                escapes: r.escapes,
+                false_rejects: r.false_rejects,
+                accuracy_delta_points: r.accuracy_delta_points,
+                classes: r.classes,
+            }
+        })
+        .collect();
+    report
 }
 
 fn pct(x: f64) -> String {
@@ -292,6 +379,10 @@ impl Report {
             rate_line(&self.false_rejects)
         );
         s += &format!(
+            "cloud false alarms (goods)   {}\n",
+            rate_line(&self.cloud_false_alarms)
+        );
+        s += &format!(
             "forwarded                    {} of frames, {} of bytes (saved {})\n",
             pct(self.forwarded_frames),
             pct(self.forwarded_bytes),
@@ -324,6 +415,31 @@ impl Report {
                 pct(c.cascade_passed)
             );
         }
+        if !self.surfaces.is_empty() {
+            s += &format!(
+                "\n{:<10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}  cloud recall per defect class\n",
+                "surface", "frames", "defective", "forwarded", "edge/cloud", "escapes", "false rej"
+            );
+            for r in &self.surfaces {
+                let recall: Vec<String> = r
+                    .classes
+                    .iter()
+                    .filter(|c| c.label != self.good_label)
+                    .map(|c| format!("{} {}", c.label, pct(c.cloud_flagged)))
+                    .collect();
+                s += &format!(
+                    "{:<10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}  {}\n",
+                    r.surface,
+                    r.frames,
+                    r.defective_frames,
+                    pct(r.forwarded_frames),
+                    pct(r.edge_recall_vs_cloud_on_defects.rate),
+                    pct(r.escapes.rate),
+                    pct(r.false_rejects.rate),
+                    recall.join(", ")
+                );
+            }
+        }
         s
     }
 }
@@ -337,6 +453,7 @@ mod tests {
         Scored {
             path: "x".into(),
             truth: truth.into(),
+            surface: None,
             bytes,
             edge_score: edge,
             cloud: Score {
@@ -405,6 +522,41 @@ mod tests {
         assert!((r.forwarded_frames - (0.98 * 0.5 + 0.02)).abs() < 1e-12);
         let good = r.classes.iter().find(|c| c.label == "good").unwrap();
         assert!((good.edge_forwarded - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn surfaces_are_reported_apart() {
+        let on = |surface: &str, mut f: Scored| {
+            f.surface = Some(surface.into());
+            f
+        };
+        let frames = vec![
+            on("cast", frame("spot", 0.9, "spot", 100)),
+            on("cast", frame("good", 0.1, "good", 100)),
+            on("woven", frame("spot", 0.2, "spot", 100)), // the edge misses it: an escape
+            on("woven", frame("good", 0.8, "dent", 100)), // forwarded, flagged: a false reject
+            frame("dent", 0.9, "dent", 100),              // no surface named
+        ];
+        let r = compute_by_surface(&frames, 0.5, 0.5, "good", &classes(), None);
+        assert_eq!(r.frames, 5);
+        let names: Vec<&str> = r.surfaces.iter().map(|s| s.surface.as_str()).collect();
+        assert_eq!(names, ["cast", "woven"]);
+        let (cast, woven) = (&r.surfaces[0], &r.surfaces[1]);
+        assert_eq!((cast.escapes.hits, cast.escapes.total), (0, 1));
+        assert_eq!((woven.escapes.hits, woven.escapes.total), (1, 1));
+        assert_eq!(
+            (woven.false_rejects.hits, woven.false_rejects.total),
+            (1, 1)
+        );
+        assert_eq!(
+            (
+                woven.cloud_false_alarms.hits,
+                woven.cloud_false_alarms.total
+            ),
+            (1, 1)
+        );
+        assert_eq!((r.escapes.hits, r.escapes.total), (1, 3));
+        assert!(r.table().contains("woven"));
     }
 
     #[test]

@@ -383,3 +383,144 @@ fn a_model_failing_its_golden_samples_is_not_signed() {
     assert!(err.contains("fails its golden samples"), "{err}");
     assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none());
 }
+
+/// Writes `n` synthetic 640×480 frames of the cast surface into `dir` (good ones when `defective` is false,
+/// each with one defect otherwise), starting at stream index `from`; returns their truths.
+fn cast_frames(dir: &Path, n: usize, seed: u64, defective: bool) -> Vec<String> {
+    use tierline_edge::synth::{Surface, render};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut truths = Vec::new();
+    let mut i = 0;
+    while truths.len() < n {
+        let f = render(seed, i, 640, 480, if defective { 1.0 } else { 0.0 });
+        i += 1;
+        if f.surface != Surface::Cast {
+            continue;
+        }
+        std::fs::write(dir.join(format!("f-{i:05}.jpg")), f.to_jpeg(90).unwrap()).unwrap();
+        truths.push(f.truth.as_str().to_string());
+    }
+    truths
+}
+
+/// Share of the JPEG frames in `dir` the runner flags.
+fn flagged_share(runner: &ModelRunner, dir: &Path) -> f64 {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    let flagged = files
+        .iter()
+        .filter(|f| {
+            let img = Bytes::from(std::fs::read(f).unwrap());
+            runner.score_blocking(img).unwrap().defective
+        })
+        .count();
+    flagged as f64 / files.len() as f64
+}
+
+#[test]
+fn fit_builds_an_anomaly_prescreen_from_good_frames_that_finds_defects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    cast_frames(&good, 60, 7, false);
+    let out = tmp.path().join("out");
+    let trunk = models().join("prescreen-2.toml");
+    let (code, stdout, err) = run(&[
+        "fit",
+        path(&good),
+        "--trunk",
+        path(&trunk),
+        "--name",
+        "anomaly-cast",
+        "--out",
+        path(&out),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["holdout_frames"], 18, "{report}");
+    assert_eq!(report["fit_frames"], 42, "{report}");
+
+    // The written manifest, loaded as the runtime loads it: an anomaly model with its golden frames.
+    let manifest = Manifest::load(&out.join("anomaly-cast.toml")).unwrap();
+    assert_eq!(
+        manifest.output.kind,
+        tierline_shared::manifest::OutputKind::Anomaly
+    );
+    assert!(manifest.tiling.is_some(), "the trunk's tiling carries over");
+    let runner = ModelRunner::start(manifest, RunnerConfig::default()).unwrap();
+    runner.check_golden_blocking().unwrap();
+
+    // Frames it never saw, of the same surface (another stream): few good ones flagged, most defective ones.
+    let fresh_good = tmp.path().join("fresh-good");
+    let fresh_bad = tmp.path().join("fresh-bad");
+    cast_frames(&fresh_good, 40, 8, false);
+    let truths = cast_frames(&fresh_bad, 40, 9, true);
+    assert!(truths.iter().all(|t| t != "good"));
+    let (fa, recall) = (
+        flagged_share(&runner, &fresh_good),
+        flagged_share(&runner, &fresh_bad),
+    );
+    eprintln!("fresh good frames flagged {fa:.3}, fresh defective frames flagged {recall:.3}");
+    assert!(fa <= 0.15, "flags {fa} of unseen good frames");
+    assert!(
+        recall >= fa + 0.4,
+        "flags {recall} of defective frames against {fa} of good ones"
+    );
+}
+
+#[test]
+fn fit_refuses_too_few_frames_corrupt_frames_and_unknown_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trunk = models().join("prescreen-2.toml");
+    let few = tmp.path().join("few");
+    cast_frames(&few, 3, 7, false);
+    let (code, _, err) = run(&["fit", path(&few), "--trunk", path(&trunk), "--name", "a"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("holds 3 good frames") && err.contains("at least"),
+        "{err}"
+    );
+
+    let corrupt = tmp.path().join("corrupt");
+    cast_frames(&corrupt, 25, 7, false);
+    std::fs::write(corrupt.join("f-00000-broken.jpg"), b"\xff\xd8 not a jpeg").unwrap();
+    let out = tmp.path().join("out");
+    let (code, _, err) = run(&[
+        "fit",
+        path(&corrupt),
+        "--trunk",
+        path(&trunk),
+        "--name",
+        "a",
+        "--out",
+        path(&out),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("f-00000-broken.jpg") && err.contains("remove it"),
+        "{err}"
+    );
+    assert!(
+        !out.join("a.toml").exists(),
+        "nothing is written for a failed fit"
+    );
+
+    let (code, _, err) = run(&[
+        "fit",
+        path(&corrupt),
+        "--trunk",
+        path(&trunk),
+        "--name",
+        "a",
+        "--layer",
+        "nope",
+        "--out",
+        path(&out),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("\"nope\"") && err.contains("relu"), "{err}");
+}

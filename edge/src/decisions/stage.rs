@@ -174,9 +174,29 @@ async fn futures_next(q: &mut DelayQueue<u64>) -> Option<delay_queue::Expired<u6
 fn account(stats: &EdgeStats, e: &Event) {
     match e {
         Event::Decision {
-            source, latency_us, ..
+            source,
+            latency_us,
+            truth,
+            action,
+            ..
         } => {
             stats::inc(&stats.decisions);
+            // Against the ground truth a synthetic camera knows; a quarantined frame is held, not passed.
+            match *truth {
+                Some("good") => {
+                    stats::inc(&stats.truth_goods);
+                    if *action == Action::Reject {
+                        stats::inc(&stats.truth_false_rejects);
+                    }
+                }
+                Some(_) => {
+                    stats::inc(&stats.truth_defects);
+                    if *action == Action::Pass {
+                        stats::inc(&stats.truth_escapes);
+                    }
+                }
+                None => {}
+            }
             match source {
                 Source::Cloud => {
                     stats::inc(&stats.decisions_cloud);
@@ -204,5 +224,50 @@ fn account(stats: &EdgeStats, e: &Event) {
                 stats::inc(&stats.audit_misses);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(truth: Option<&'static str>, action: Action) -> Event {
+        Event::Decision {
+            seq: 1,
+            frame_id: "f".into(),
+            camera_id: "c".into(),
+            action,
+            source: Source::Edge,
+            provisional: false,
+            edge_score: 0.0,
+            cloud_label: None,
+            truth,
+            latency_us: 0,
+            capture_time_us: 0,
+            provenance: Default::default(),
+            detail: None,
+            regions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn escapes_and_false_rejects_follow_the_ground_truth() {
+        let stats = EdgeStats::default();
+        for (truth, action) in [
+            (Some("good"), Action::Pass),
+            (Some("good"), Action::Reject),     // a false reject
+            (Some("good"), Action::Quarantine), // held: neither
+            (Some("scratch"), Action::Pass),    // an escape
+            (Some("scratch"), Action::Reject),
+            (Some("dent"), Action::Quarantine), // held, not passed
+            (None, Action::Pass),               // no truth: not counted
+        ] {
+            account(&stats, &decision(truth, action));
+        }
+        assert_eq!(stats::get(&stats.decisions), 7);
+        assert_eq!(stats::get(&stats.truth_goods), 3);
+        assert_eq!(stats::get(&stats.truth_defects), 3);
+        assert_eq!(stats::get(&stats.truth_false_rejects), 1);
+        assert_eq!(stats::get(&stats.truth_escapes), 1);
     }
 }
