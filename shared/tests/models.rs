@@ -191,3 +191,29 @@ fn wrong_input_name_in_manifest_is_named() {
         .unwrap();
     assert!(err.to_string().contains("pixels"), "{err}");
 }
+
+#[test]
+fn every_committed_manifest_loads_and_passes_its_golden_samples() {
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(models())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "Cargo.toml"))
+        .collect();
+    manifests.sort();
+    let names: Vec<String> = manifests
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["full-2.toml", "prescreen-2.toml", "anomaly-woven.toml"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    for path in manifests {
+        let m = Manifest::load(&path).unwrap();
+        let runner = ModelRunner::start(m, RunnerConfig::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        runner
+            .check_golden_blocking()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
