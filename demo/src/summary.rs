@@ -66,8 +66,8 @@ fn against_truth(edge: &EdgeStats) -> String {
     format!(
         "against ground truth     escapes {escapes} of {defects} defective frames ({:.1}%) decided pass; \
          false rejects {false_rejects} of {goods} good frames ({:.1}%) decided reject\n\
-         {:25}(the synthetic cameras know which frames carry a defect; quarantined frames are held, not \
-         counted; a real camera has no such truth)\n",
+         {:25}(the synthetic cameras know which frames carry a defect; a quarantined frame is held, so it \
+         is neither an escape nor a false reject; a real camera has no such truth)\n",
         pct(escapes, defects),
         pct(false_rejects, goods),
         ""

@@ -259,8 +259,9 @@ pub fn compute(
     }
 }
 
-/// [`compute`], with a [`SurfaceReport`] for each surface the frames name. Per-surface rates are weighted
-/// to the same prevalence as the totals.
+/// [`compute`], with a [`SurfaceReport`] for each surface the frames name (frames without a surface count in
+/// the totals only). A surface's rates are weighted to the same prevalence as the totals when it has both
+/// good and defective frames, and taken as they are otherwise.
 pub fn compute_by_surface(
     frames: &[Scored],
     edge_threshold: f32,
@@ -417,8 +418,15 @@ impl Report {
         }
         if !self.surfaces.is_empty() {
             s += &format!(
-                "\n{:<10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}  cloud recall per defect class\n",
-                "surface", "frames", "defective", "forwarded", "edge/cloud", "escapes", "false rej"
+                "\n{:<10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}  cloud recall per defect class\n",
+                "surface",
+                "frames",
+                "defective",
+                "forwarded",
+                "edge/cloud",
+                "escapes",
+                "false rej",
+                "cloud FA"
             );
             for r in &self.surfaces {
                 let recall: Vec<String> = r
@@ -428,7 +436,7 @@ impl Report {
                     .map(|c| format!("{} {}", c.label, pct(c.cloud_flagged)))
                     .collect();
                 s += &format!(
-                    "{:<10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}  {}\n",
+                    "{:<10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}  {}\n",
                     r.surface,
                     r.frames,
                     r.defective_frames,
@@ -436,6 +444,7 @@ impl Report {
                     pct(r.edge_recall_vs_cloud_on_defects.rate),
                     pct(r.escapes.rate),
                     pct(r.false_rejects.rate),
+                    pct(r.cloud_false_alarms.rate),
                     recall.join(", ")
                 );
             }

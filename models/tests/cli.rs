@@ -523,4 +523,35 @@ fn fit_refuses_too_few_frames_corrupt_frames_and_unknown_layers() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("\"nope\"") && err.contains("relu"), "{err}");
+
+    // A version that would name a file outside --out, and a name that would overwrite the trunk.
+    let (code, _, err) = run(&[
+        "fit",
+        path(&corrupt),
+        "--trunk",
+        path(&trunk),
+        "--name",
+        "a",
+        "--version",
+        "../../x",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--version"), "{err}");
+    let (code, _, err) = run(&[
+        "fit",
+        path(&corrupt),
+        "--trunk",
+        path(&trunk),
+        "--name",
+        "prescreen-2",
+        "--out",
+        path(&models()),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("overwrite the trunk"), "{err}");
+    // Nothing was left behind in --out by the failed fits.
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -206,7 +206,10 @@ fn every_committed_manifest_loads_and_passes_its_golden_samples() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     for want in ["full-2.toml", "prescreen-2.toml", "anomaly-woven.toml"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
     for path in manifests {
         let m = Manifest::load(&path).unwrap();

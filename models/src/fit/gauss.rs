@@ -36,10 +36,11 @@ impl Accumulator {
         }
     }
 
-    /// Adds one tile's features, laid out `[channels][locations]` (NCHW without N).
+    /// Adds one tile's features, laid out `[channels][locations]` (NCHW without N). Panics if the slice is
+    /// not `channels × locations` long (the caller checks the trunk's output shape).
     pub fn add(&mut self, features: &[f32]) {
         let (c, l) = (self.channels, self.locations);
-        debug_assert_eq!(features.len(), c * l);
+        assert_eq!(features.len(), c * l, "one tile's features");
         let mut x = vec![0.0f64; c];
         for loc in 0..l {
             for (ch, v) in x.iter_mut().enumerate() {
@@ -66,13 +67,17 @@ impl Accumulator {
         self.count
     }
 
-    /// Means and inverse covariances. Each covariance gets `ridge` times its mean variance (at least
+    /// Means and inverse covariances (one-pass sums in f64: enough for post-ReLU features, whose means are
+    /// not far above their spread). Each covariance gets `ridge` times its mean variance (at least
     /// 1e-6) added to its diagonal, as PaDiM adds 0.01·I, so channels that never vary on good tiles
     /// stay invertible.
     pub fn finish(&self, ridge: f64) -> Result<Fitted, String> {
         let (c, l) = (self.channels, self.locations);
         if self.count < 2 {
-            return Err(format!("{} tiles are too few to fit", self.count));
+            return Err(format!(
+                "{} tiles are too few to fit; give more frames or lower --holdout",
+                self.count
+            ));
         }
         let n = self.count as f64;
         let mut mean = Vec::with_capacity(l * c);
@@ -96,8 +101,9 @@ impl Accumulator {
             for i in 0..c {
                 cov[i * c + i] += eps;
             }
-            let inv = invert_spd(&cov, c)
-                .ok_or_else(|| format!("the covariance at feature location {loc} is singular"))?;
+            let inv = invert_spd(&cov, c).ok_or_else(|| {
+                format!("the covariance at feature location {loc} is singular; raise --ridge")
+            })?;
             mean.extend(mu.iter().map(|v| *v as f32));
             precision.extend(inv.iter().map(|v| *v as f32));
         }

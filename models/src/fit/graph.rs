@@ -17,17 +17,29 @@ pub const SCORE: &str = "score";
 /// Output name of the anomaly model's map.
 pub const MAP: &str = "anomaly_map";
 
-/// A trunk checked for `fit`: a plain ONNX model with one image input.
+/// A trunk checked for `fit`: a plain ONNX model with one image input, opset 13 or later.
 pub struct Trunk {
+    /// The model without its graph.
     model: Model,
+    graph: proto::Graph,
     input: String,
 }
 
 impl Trunk {
     /// Checks the decoded trunk model.
-    pub fn new(model: Model) -> Result<Self, String> {
+    pub fn new(mut model: Model) -> Result<Self, String> {
         proto::check_plain(&model)?;
-        let g = model.graph.as_ref().ok_or("the model has no graph")?;
+        let g = model.graph.take().ok_or("the model has no graph")?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
+            .map_or(0, |o| o.version);
+        if opset < 13 {
+            return Err(format!(
+                "it uses ONNX opset {opset}; fit needs opset 13 or later (re-export the trunk)"
+            ));
+        }
         let init: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs: Vec<&ValueInfo> = g
             .input
@@ -40,8 +52,10 @@ impl Trunk {
                 inputs.len()
             ));
         };
+        let input = input.name.clone();
         Ok(Self {
-            input: input.name.clone(),
+            input,
+            graph: g,
             model,
         })
     }
@@ -71,13 +85,12 @@ impl Trunk {
         self.model
             .opset_import
             .iter()
-            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
             .map_or(0, |o| o.version)
     }
 
     fn graph(&self) -> &proto::Graph {
-        // `new` checked that there is one.
-        self.model.graph.as_ref().map_or(&EMPTY_GRAPH, |g| g)
+        &self.graph
     }
 
     /// The trunk cut at `layers`: only the nodes and weights they need, one output per layer.
@@ -147,16 +160,6 @@ impl Trunk {
         })
     }
 }
-
-static EMPTY_GRAPH: proto::Graph = proto::Graph {
-    node: Vec::new(),
-    name: String::new(),
-    initializer: Vec::new(),
-    sparse_initializer: Vec::new(),
-    doc_string: String::new(),
-    input: Vec::new(),
-    output: Vec::new(),
-};
 
 /// A layer's output shape per tile: channels, height, width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +239,7 @@ pub fn features_model(
     factors: &[usize],
 ) -> Result<Model, String> {
     let mut m = trunk.cut(layers)?;
-    let g = m.graph.as_mut().ok_or("no graph")?;
+    let g = m.graph.as_mut().ok_or("the cut trunk has no graph")?;
     let out = combine_nodes(layers, factors, &mut g.node);
     g.output = vec![ValueInfo {
         name: out,
@@ -266,16 +269,14 @@ pub fn anomaly_model(
     );
     let l = h * w;
     if fitted.channels != shape.channels || fitted.locations != (l as usize) {
-        return Err("the statistics do not match the feature shape".into());
-    }
-    let opset = trunk.opset();
-    if opset < 13 {
         return Err(format!(
-            "the trunk uses ONNX opset {opset}; fit needs opset 13 or later (re-export the trunk)"
+            "the statistics ({} channels, {} locations) do not match the features ({} channels, {h}×{w})",
+            fitted.channels, fitted.locations, shape.channels
         ));
     }
+    let opset = trunk.opset();
     let mut m = trunk.cut(layers)?;
-    let g = m.graph.as_mut().ok_or("no graph")?;
+    let g = m.graph.as_mut().ok_or("the cut trunk has no graph")?;
     let feat = combine_nodes(layers, factors, &mut g.node);
     g.initializer.extend([
         proto::int64_tensor("padim_shape_ncl", &[0, c, l]),

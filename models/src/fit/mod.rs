@@ -152,11 +152,16 @@ fn held_out(i: usize, share: f64) -> bool {
     ((i + 1) as f64 * share).floor() > (i as f64 * share).floor()
 }
 
-/// A session on `model` with one thread, as the runtime's runners use.
-fn session(model: &proto::Model) -> anyhow::Result<Session> {
+/// A session on `model` with one thread, as the runtime's runners use; `what` and `trunk` name it in errors.
+fn session(model: &proto::Model, what: &str, trunk: &Path) -> anyhow::Result<Session> {
     let env = tierline_shared::onnx::environment()?;
     let bytes = model.encode_to_vec();
-    let refused = |e: String| anyhow::anyhow!("ONNX Runtime refused the built graph: {e}");
+    let refused = |e: String| {
+        anyhow::anyhow!(
+            "ONNX Runtime refused {what} built from trunk {}: {e}",
+            trunk.display()
+        )
+    };
     Session::builder(&env)
         .map_err(|e| refused(e.to_string()))?
         .with_intra_threads(1)
@@ -167,7 +172,8 @@ fn session(model: &proto::Model) -> anyhow::Result<Session> {
         .map_err(|e| refused(e.to_string()))
 }
 
-/// Runs `session` on one frame's rows; returns each output as (shape, values).
+/// Feeds frames through sessions as the runtime preprocesses them for the trunk (decode, tiles, resize,
+/// normalization).
 struct Runner {
     manifest: Manifest,
     pre: Preprocessor,
@@ -191,6 +197,7 @@ impl Runner {
         })
     }
 
+    /// Runs `session` on one frame's rows; returns each named output as (shape, values).
     fn run(
         &mut self,
         session: &mut Session,
@@ -212,8 +219,13 @@ impl Runner {
             Layout::Nchw => [n, i.channels as usize, i.height as usize, i.width as usize],
             Layout::Nhwc => [n, i.height as usize, i.width as usize, i.channels as usize],
         };
-        let t = TensorRef::from_array_view((shape, &self.rows[..]))?;
-        let out = session.run(ort::inputs![i.name.as_str() => t])?;
+        let failed = |e: ort::Error| {
+            anyhow::anyhow!("ONNX Runtime failed on frame {}: {e}", frame.display())
+        };
+        let t = TensorRef::from_array_view((shape, &self.rows[..])).map_err(failed)?;
+        let out = session
+            .run(ort::inputs![i.name.as_str() => t])
+            .map_err(failed)?;
         outputs
             .iter()
             .map(|name| {
@@ -253,7 +265,44 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
             o.name
         );
     }
+    if o.version.is_empty()
+        || o.version.starts_with('.')
+        || !o
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        anyhow::bail!(
+            "--version {:?} must be letters, digits, '.', '-' or '_' (it names the model file)",
+            o.version
+        );
+    }
+    if !(o.ridge.is_finite() && o.ridge >= 0.0) {
+        anyhow::bail!("--ridge is {}; it must be a finite number ≥ 0", o.ridge);
+    }
     let frames = good_frames(&o.frames)?;
+    let held = (0..frames.len())
+        .filter(|i| held_out(*i, o.holdout))
+        .count();
+    if held == 0 || frames.len() - held < MIN_FRAMES / 2 {
+        anyhow::bail!(
+            "--holdout {} of {} frames keeps {held} out of the fit and {} in it; give more frames or change \
+             --holdout so that both sides have frames",
+            o.holdout,
+            frames.len(),
+            frames.len() - held
+        );
+    }
+    let manifest_path = o.out.join(format!("{}.toml", o.name));
+    if let (Ok(a), Ok(b)) = (manifest_path.canonicalize(), o.trunk.canonicalize())
+        && a == b
+    {
+        anyhow::bail!(
+            "--name {} would overwrite the trunk's manifest {}; choose another name or --out",
+            o.name,
+            o.trunk.display()
+        );
+    }
     let trunk_manifest = Manifest::load(&o.trunk)?;
     let trunk_bytes = trunk_manifest.read_verified_model()?;
     let trunk = proto::decode(&trunk_bytes)
@@ -278,8 +327,9 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
     let mut runner = Runner::new(trunk_manifest.clone())?;
 
     // The layers' shapes, from the first frame.
-    let cut = trunk.cut(&layers).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut probe = session(&cut)?;
+    let trunk_err = |e: String| anyhow::anyhow!("trunk {}: {e}", o.trunk.display());
+    let cut = trunk.cut(&layers).map_err(trunk_err)?;
+    let mut probe = session(&cut, "the cut trunk", &o.trunk)?;
     let names: Vec<&str> = layers.iter().map(String::as_str).collect();
     let shapes = runner
         .run(&mut probe, &frames[0], &names)?
@@ -297,8 +347,21 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     drop(probe);
-    let (shape, factors) = graph::combined_shape(&shapes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (shape, factors) = graph::combined_shape(&shapes).map_err(trunk_err)?;
     let locations = shape.height * shape.width;
+    // The sums take channels² × locations f64 values; the model stores them again as f32.
+    let statistics_bytes = shape.channels * shape.channels * locations * 8;
+    if statistics_bytes > 1 << 30 {
+        anyhow::bail!(
+            "layers {} give {} channels on a {}×{} map: {} MB of statistics; choose a deeper layer (smaller map) \
+             or fewer layers",
+            layers.join(", "),
+            shape.channels,
+            shape.height,
+            shape.width,
+            statistics_bytes >> 20
+        );
+    }
 
     // Fit.
     let (fit_set, holdout): (Vec<&PathBuf>, Vec<&PathBuf>) = {
@@ -312,9 +375,8 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
         }
         split
     };
-    let features =
-        graph::features_model(&trunk, &layers, &factors).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut fs = session(&features)?;
+    let features = graph::features_model(&trunk, &layers, &factors).map_err(trunk_err)?;
+    let mut fs = session(&features, "the feature graph", &o.trunk)?;
     let feature_output = features
         .graph
         .as_ref()
@@ -325,7 +387,24 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
     let per_tile = shape.channels * locations;
     for (k, f) in fit_set.iter().enumerate() {
         let out = runner.run(&mut fs, f, &[&feature_output])?;
-        let (_, values) = &out[0];
+        let (dims, values) = &out[0];
+        if values.len() % per_tile != 0 || values.is_empty() {
+            anyhow::bail!(
+                "trunk {} gave features of shape {dims:?} for {}; expected [tiles, {}, {}, {}]",
+                o.trunk.display(),
+                f.display(),
+                shape.channels,
+                shape.height,
+                shape.width
+            );
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "trunk {} gave non-finite features for {}; check the trunk model",
+                o.trunk.display(),
+                f.display()
+            );
+        }
         for tile in values.chunks_exact(per_tile) {
             acc.add(tile);
         }
@@ -346,61 +425,80 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
             |n| n.to_string_lossy().into_owned()
         )
     );
-    let model = graph::anomaly_model(&trunk, &layers, &factors, shape, &fitted, &doc)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model =
+        graph::anomaly_model(&trunk, &layers, &factors, shape, &fitted, &doc).map_err(trunk_err)?;
 
     // Threshold from the holdout frames: the worst tile decides, as in the runtime.
-    let mut ms = session(&model)?;
+    let mut ms = session(&model, "the anomaly graph", &o.trunk)?;
     let mut raw: Vec<(f32, &PathBuf)> = Vec::with_capacity(holdout.len());
     for f in &holdout {
         let out = runner.run(&mut ms, f, &[graph::SCORE])?;
         let worst = out[0].1.iter().copied().fold(f32::MIN, f32::max);
+        if !worst.is_finite() {
+            anyhow::bail!(
+                "the anomaly score of {} is not finite; raise --ridge",
+                f.display()
+            );
+        }
         raw.push((worst, f));
     }
     drop(ms);
     raw.sort_by(|a, b| b.0.total_cmp(&a.0));
     let allowed = (o.target_false_alarms * raw.len() as f64).floor() as usize;
+    // Frames at or above the threshold are flagged: it lies above the (allowed + 1)-th highest score, and
+    // halfway to the next one up when there is room.
     let raw_threshold = match (raw.get(allowed.wrapping_sub(1)), raw.get(allowed)) {
-        (Some(above), Some(below)) => 0.5 * (above.0 + below.0),
-        (None, Some(top)) => top.0 * 1.0001 + f32::EPSILON,
+        (Some(above), Some(below)) if above.0 > below.0.next_up() => 0.5 * (above.0 + below.0),
+        (_, Some(below)) => below.0.next_up(),
         _ => anyhow::bail!("no holdout frames; raise --holdout or give more frames"),
     };
-    let lowest = raw.last().map_or(0.0, |r| r.0);
-    let highest = raw.first().map_or(1.0, |r| r.0);
+    let lowest = raw.last().map_or(0.0, |r| r.0).min(raw_threshold);
+    // anomalib's normalization needs max > min.
+    let highest = raw
+        .first()
+        .map_or(raw_threshold, |r| r.0)
+        .max(raw_threshold)
+        .max(lowest + 1e-3);
 
-    // Files.
+    // Files, staged in a folder beside their place and moved there once the runtime accepts them.
     std::fs::create_dir_all(&o.out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", o.out.display()))?;
+    let stage = tempfile::Builder::new()
+        .prefix(&format!(".fit-{}-", o.name))
+        .tempdir_in(&o.out)
+        .map_err(|e| anyhow::anyhow!("cannot create a folder in {}: {e}", o.out.display()))?;
     let model_file = format!("{}-{}.onnx", o.name, o.version);
-    let model_path = o.out.join(&model_file);
     let bytes = model.encode_to_vec();
-    write(&model_path, &bytes)?;
+    write(&stage.path().join(&model_file), &bytes)?;
     let golden_dir = format!("golden-{}", o.name);
-    std::fs::create_dir_all(o.out.join(&golden_dir))
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", o.out.join(&golden_dir).display()))?;
+    std::fs::create_dir_all(stage.path().join(&golden_dir)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create {}: {e}",
+            stage.path().join(&golden_dir).display()
+        )
+    })?;
     // The two most typical holdout frames are the golden goods.
     let mut goldens = Vec::new();
     for (k, (_, f)) in raw.iter().rev().take(2).enumerate() {
         let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("jpg");
         let rel = format!("{golden_dir}/good-{k}.{ext}");
-        std::fs::copy(f, o.out.join(&rel))
+        std::fs::copy(f, stage.path().join(&rel))
             .map_err(|e| anyhow::anyhow!("cannot copy {} to {rel}: {e}", f.display()))?;
         goldens.push(rel);
     }
-    let manifest_path = o.out.join(format!("{}.toml", o.name));
+    let staged_manifest = stage.path().join(format!("{}.toml", o.name));
     let text = manifest_text(
         o,
-        &o.trunk,
         &model_file,
         &tierline_shared::bundle::archive::sha256_hex(&bytes),
         &doc,
         (lowest, highest.max(raw_threshold), raw_threshold),
         &goldens,
     )?;
-    write(&manifest_path, text.as_bytes())?;
+    write(&staged_manifest, text.as_bytes())?;
 
     // The runtime's view: load, check the goldens, and count the holdout frames it flags.
-    let m = Manifest::load(&manifest_path)?;
+    let m = Manifest::load(&staged_manifest)?;
     let rt = tierline_shared::runner::ModelRunner::start(m, Default::default())?;
     rt.check_golden_blocking()?;
     let mut flagged = 0;
@@ -411,8 +509,23 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
             flagged += 1;
         }
     }
+    drop(rt);
     let n = raw.len();
     let rate = flagged as f64 / n as f64;
+    let model_path = o.out.join(&model_file);
+    let golden_path = o.out.join(&golden_dir);
+    let moved = (|| -> std::io::Result<()> {
+        if golden_path.exists() {
+            std::fs::remove_dir_all(&golden_path)?;
+        }
+        std::fs::rename(stage.path().join(&golden_dir), &golden_path)?;
+        std::fs::rename(stage.path().join(&model_file), &model_path)?;
+        // The manifest last: it names the other two.
+        std::fs::rename(&staged_manifest, &manifest_path)
+    })();
+    moved.map_err(|e| {
+        anyhow::anyhow!("cannot move the fitted model into {}: {e}", o.out.display())
+    })?;
     Ok(FitReport {
         manifest: manifest_path,
         model: model_path,
@@ -440,13 +553,13 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// normalization puts the raw threshold at 0.5, and the golden frames.
 fn manifest_text(
     o: &FitOptions,
-    trunk: &Path,
     file: &str,
     sha256: &str,
     description: &str,
     (min, max, threshold): (f32, f32, f32),
     goldens: &[String],
 ) -> anyhow::Result<String> {
+    let trunk = &o.trunk;
     let trunk_text = std::fs::read_to_string(trunk)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", trunk.display()))?;
     let trunk_doc: toml_edit::DocumentMut = trunk_text
@@ -463,17 +576,26 @@ fn manifest_text(
             doc[table] = t.clone();
         }
     }
-    let output = format!(
-        "[output]\nname = \"{}\"\nmap = \"{}\"\nkind = \"anomaly\"\nclasses = [\"anomaly\"]\nthreshold = 0.5\n\
-         normalization = {{ min = {min:?}, max = {max:?}, image_threshold = {threshold:?} }}\n",
-        graph::SCORE,
-        graph::MAP
-    );
-    let mut text = doc.to_string();
-    text += "\n";
-    text += &output;
+    let mut output = toml_edit::Table::new();
+    output["name"] = toml_edit::value(graph::SCORE);
+    output["map"] = toml_edit::value(graph::MAP);
+    output["kind"] = toml_edit::value("anomaly");
+    output["classes"] = toml_edit::value(toml_edit::Array::from_iter(["anomaly"]));
+    output["threshold"] = toml_edit::value(0.5);
+    let mut norm = toml_edit::InlineTable::new();
+    norm.insert("min", f64::from(min).into());
+    norm.insert("max", f64::from(max).into());
+    norm.insert("image_threshold", f64::from(threshold).into());
+    output["normalization"] = toml_edit::value(norm);
+    doc["output"] = toml_edit::Item::Table(output);
+    let mut golden = toml_edit::ArrayOfTables::new();
     for g in goldens {
-        text += &format!("\n[[golden]]\nfile = \"{g}\"\nexpect = \"good\"\n");
+        let mut t = toml_edit::Table::new();
+        t["file"] = toml_edit::value(g.as_str());
+        t["expect"] = toml_edit::value("good");
+        golden.push(t);
     }
+    doc["golden"] = toml_edit::Item::ArrayOfTables(golden);
+    let text = doc.to_string();
     Ok(text)
 }

@@ -1,7 +1,10 @@
 //! The part of the ONNX protobuf schema (`onnx/onnx.proto`, IR version 8) that `fit` reads and writes: a
 //! model, its graph, nodes with attributes, dense tensors and typed inputs and outputs. Field numbers are
-//! ONNX's; fields not listed here (functions, sparse tensors, training info, quantization notes) are dropped
-//! when a model is decoded, so a trunk that needs them is refused (see [`check_plain`]).
+//! ONNX's. Fields `fit` never looks into are kept as encoded bytes, so they survive a decode and re-encode
+//! (a string or number written explicitly at its default, such as an empty node domain, is re-encoded as
+//! absent, which ONNX reads the same; attribute values keep their presence, where it matters);
+//! what the cut trunk cannot carry over (model functions, sparse or external weights, control-flow
+//! subgraphs) is refused by [`check_plain`].
 
 use prost::Message;
 
@@ -9,8 +12,6 @@ use prost::Message;
 pub const FLOAT: i32 = 1;
 /// `TensorProto.DataType.INT64`.
 pub const INT64: i32 = 7;
-/// `AttributeProto.AttributeType.FLOAT`.
-pub const ATTR_FLOAT: i32 = 1;
 /// `AttributeProto.AttributeType.INT`.
 pub const ATTR_INT: i32 = 2;
 /// `AttributeProto.AttributeType.INTS`.
@@ -31,6 +32,9 @@ pub struct Model {
     /// Producer version.
     #[prost(string, tag = "3")]
     pub producer_version: String,
+    /// Model domain.
+    #[prost(string, tag = "4")]
+    pub domain: String,
     /// Model version.
     #[prost(int64, tag = "5")]
     pub model_version: i64,
@@ -43,6 +47,9 @@ pub struct Model {
     /// Key/value metadata.
     #[prost(message, repeated, tag = "14")]
     pub metadata_props: Vec<StringPair>,
+    /// Training information, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "20")]
+    pub training_info: Vec<Vec<u8>>,
     /// Model-local functions (refused in a trunk).
     #[prost(bytes = "vec", repeated, tag = "25")]
     pub functions: Vec<Vec<u8>>,
@@ -51,9 +58,9 @@ pub struct Model {
 /// `OperatorSetIdProto`.
 #[derive(Clone, PartialEq, Message)]
 pub struct OpsetId {
-    /// Domain ("" is the default ONNX domain).
-    #[prost(string, tag = "1")]
-    pub domain: String,
+    /// Domain (empty or absent: the default ONNX domain; exporters write it even when empty).
+    #[prost(string, optional, tag = "1")]
+    pub domain: Option<String>,
     /// Version.
     #[prost(int64, tag = "2")]
     pub version: i64,
@@ -94,6 +101,15 @@ pub struct Graph {
     /// Graph outputs.
     #[prost(message, repeated, tag = "12")]
     pub output: Vec<ValueInfo>,
+    /// Intermediate value types, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "13")]
+    pub value_info: Vec<Vec<u8>>,
+    /// Quantization notes, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "14")]
+    pub quantization_annotation: Vec<Vec<u8>>,
+    /// Metadata, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "16")]
+    pub metadata_props: Vec<Vec<u8>>,
 }
 
 /// `NodeProto`.
@@ -117,55 +133,92 @@ pub struct Node {
     /// Attributes.
     #[prost(message, repeated, tag = "5")]
     pub attribute: Vec<Attribute>,
+    /// Free text.
+    #[prost(string, tag = "6")]
+    pub doc_string: String,
 }
 
-/// `AttributeProto` (the scalar, list and tensor forms).
+/// `AttributeProto`. ONNX is proto2: a scalar attribute's value is present even when it is zero, so the
+/// scalars are optional here (prost would drop a plain zero). Forms `fit` never builds are kept as encoded.
 #[derive(Clone, PartialEq, Message)]
 pub struct Attribute {
     /// Name.
     #[prost(string, tag = "1")]
     pub name: String,
+    /// Reference to a function attribute.
+    #[prost(string, optional, tag = "21")]
+    pub ref_attr_name: Option<String>,
+    /// Free text.
+    #[prost(string, optional, tag = "13")]
+    pub doc_string: Option<String>,
     /// `AttributeType`.
-    #[prost(int32, tag = "20")]
-    pub r#type: i32,
+    #[prost(int32, optional, tag = "20")]
+    pub r#type: Option<i32>,
     /// FLOAT.
-    #[prost(float, tag = "2")]
-    pub f: f32,
+    #[prost(float, optional, tag = "2")]
+    pub f: Option<f32>,
     /// INT.
-    #[prost(int64, tag = "3")]
-    pub i: i64,
+    #[prost(int64, optional, tag = "3")]
+    pub i: Option<i64>,
     /// STRING.
-    #[prost(bytes = "vec", tag = "4")]
-    pub s: Vec<u8>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub s: Option<Vec<u8>>,
     /// TENSOR.
     #[prost(message, optional, tag = "5")]
     pub t: Option<Tensor>,
-    /// FLOATS.
-    #[prost(float, repeated, tag = "7")]
-    pub floats: Vec<f32>,
-    /// INTS.
-    #[prost(int64, repeated, tag = "8")]
-    pub ints: Vec<i64>,
     /// GRAPH (refused in a trunk: control flow).
     #[prost(bytes = "vec", optional, tag = "6")]
     pub g: Option<Vec<u8>>,
+    /// SPARSE_TENSOR, kept as encoded.
+    #[prost(bytes = "vec", optional, tag = "22")]
+    pub sparse_tensor: Option<Vec<u8>>,
+    /// TYPE_PROTO, kept as encoded.
+    #[prost(bytes = "vec", optional, tag = "14")]
+    pub tp: Option<Vec<u8>>,
+    /// FLOATS.
+    #[prost(float, repeated, packed = "false", tag = "7")]
+    pub floats: Vec<f32>,
+    /// INTS.
+    #[prost(int64, repeated, packed = "false", tag = "8")]
+    pub ints: Vec<i64>,
+    /// STRINGS.
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    pub strings: Vec<Vec<u8>>,
+    /// TENSORS, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "10")]
+    pub tensors: Vec<Vec<u8>>,
+    /// GRAPHS (refused in a trunk: control flow).
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    pub graphs: Vec<Vec<u8>>,
+    /// SPARSE_TENSORS, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "23")]
+    pub sparse_tensors: Vec<Vec<u8>>,
+    /// TYPE_PROTOS, kept as encoded.
+    #[prost(bytes = "vec", repeated, tag = "15")]
+    pub type_protos: Vec<Vec<u8>>,
 }
 
 /// `TensorProto` (dense, stored inside the model).
 #[derive(Clone, PartialEq, Message)]
 pub struct Tensor {
     /// Shape.
-    #[prost(int64, repeated, tag = "1")]
+    #[prost(int64, repeated, packed = "false", tag = "1")]
     pub dims: Vec<i64>,
     /// Element type.
     #[prost(int32, tag = "2")]
     pub data_type: i32,
+    /// Segment of a chunked tensor, kept as encoded.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub segment: Option<Vec<u8>>,
     /// FLOAT values (when not in `raw_data`).
     #[prost(float, repeated, tag = "4")]
     pub float_data: Vec<f32>,
     /// INT32-backed values.
     #[prost(int32, repeated, tag = "5")]
     pub int32_data: Vec<i32>,
+    /// STRING values.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub string_data: Vec<Vec<u8>>,
     /// INT64 values.
     #[prost(int64, repeated, tag = "7")]
     pub int64_data: Vec<i64>,
@@ -178,6 +231,12 @@ pub struct Tensor {
     /// DOUBLE values.
     #[prost(double, repeated, tag = "10")]
     pub double_data: Vec<f64>,
+    /// UINT32 and UINT64 values.
+    #[prost(uint64, repeated, tag = "11")]
+    pub uint64_data: Vec<u64>,
+    /// Free text.
+    #[prost(string, tag = "12")]
+    pub doc_string: String,
     /// External data locations (refused in a trunk).
     #[prost(message, repeated, tag = "13")]
     pub external_data: Vec<StringPair>,
@@ -260,11 +319,11 @@ pub fn check_plain(m: &Model) -> Result<(), String> {
             t.name
         ));
     }
-    if let Some(n) = g
-        .node
-        .iter()
-        .find(|n| n.attribute.iter().any(|a| a.g.is_some()))
-    {
+    if let Some(n) = g.node.iter().find(|n| {
+        n.attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    }) {
         return Err(format!(
             "node {:?} ({}) holds a subgraph",
             n.name, n.op_type
@@ -311,7 +370,7 @@ pub fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<Attribute>) 
 pub fn ints(name: &str, values: &[i64]) -> Attribute {
     Attribute {
         name: name.to_string(),
-        r#type: ATTR_INTS,
+        r#type: Some(ATTR_INTS),
         ints: values.to_vec(),
         ..Default::default()
     }
@@ -321,8 +380,8 @@ pub fn ints(name: &str, values: &[i64]) -> Attribute {
 pub fn int(name: &str, value: i64) -> Attribute {
     Attribute {
         name: name.to_string(),
-        r#type: ATTR_INT,
-        i: value,
+        r#type: Some(ATTR_INT),
+        i: Some(value),
         ..Default::default()
     }
 }
@@ -345,5 +404,36 @@ pub fn float_value(name: &str, dims: &[i64]) -> ValueInfo {
                 shape: Some(Shape { dim }),
             }),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_attribute_keeps_its_value() {
+        let a = int("keepdims", 0);
+        let back = Attribute::decode(&a.encode_to_vec()[..]).unwrap();
+        assert_eq!(back.i, Some(0));
+        assert_eq!(back.r#type, Some(ATTR_INT));
+    }
+
+    #[test]
+    fn committed_models_reencode_to_the_same_size() {
+        // Same fields, possibly in another order: nothing was dropped or re-packed.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in [
+            "prescreen-2.0.0.onnx",
+            "full-2.0.0.onnx",
+            "anomaly-woven-1.0.0.onnx",
+        ] {
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let m = decode(&bytes).unwrap();
+            check_plain(&m).unwrap();
+            let again = m.encode_to_vec();
+            assert_eq!(again.len(), bytes.len(), "{file}");
+            assert_eq!(decode(&again).unwrap(), m, "{file}");
+        }
     }
 }
