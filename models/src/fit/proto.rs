@@ -424,8 +424,8 @@ mod tests {
         // Same fields, possibly in another order: nothing was dropped or re-packed.
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for file in [
-            "prescreen-2.0.0.onnx",
-            "full-2.0.0.onnx",
+            "prescreen-2.1.0.onnx",
+            "full-2.1.0.onnx",
             "anomaly-woven-1.0.0.onnx",
         ] {
             let bytes = std::fs::read(dir.join(file)).unwrap();
