@@ -476,10 +476,25 @@ fn fit_builds_an_anomaly_prescreen_from_good_frames_that_finds_defects() {
 fn fit_refuses_too_few_frames_corrupt_frames_and_unknown_layers() {
     let tmp = tempfile::tempdir().unwrap();
     let trunk = models().join("prescreen-2.toml");
+    let out = tmp.path().join("out");
+    // `fit <frames> --trunk <trunk> --out <out>` and `extra`; returns the error output of a failed run.
+    let fail = |frames: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            path(frames),
+            "--trunk",
+            path(&trunk),
+            "--out",
+            path(&out),
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{args:?} succeeded");
+        err
+    };
     let few = tmp.path().join("few");
     cast_frames(&few, 3, 7, false);
-    let (code, _, err) = run(&["fit", path(&few), "--trunk", path(&trunk), "--name", "a"]);
-    assert_ne!(code, 0);
+    let err = fail(&few, &["--name", "a"]);
     assert!(
         err.contains("holds 3 good frames") && err.contains("at least"),
         "{err}"
@@ -488,55 +503,23 @@ fn fit_refuses_too_few_frames_corrupt_frames_and_unknown_layers() {
     let corrupt = tmp.path().join("corrupt");
     cast_frames(&corrupt, 25, 7, false);
     std::fs::write(corrupt.join("f-00000-broken.jpg"), b"\xff\xd8 not a jpeg").unwrap();
-    let out = tmp.path().join("out");
-    let (code, _, err) = run(&[
-        "fit",
-        path(&corrupt),
-        "--trunk",
-        path(&trunk),
-        "--name",
-        "a",
-        "--out",
-        path(&out),
-    ]);
-    assert_ne!(code, 0);
+    let err = fail(&corrupt, &["--name", "a"]);
     assert!(
         err.contains("f-00000-broken.jpg") && err.contains("remove it"),
         "{err}"
     );
-    assert!(
-        !out.join("a.toml").exists(),
-        "nothing is written for a failed fit"
-    );
-
-    let (code, _, err) = run(&[
-        "fit",
-        path(&corrupt),
-        "--trunk",
-        path(&trunk),
-        "--name",
-        "a",
-        "--layer",
-        "nope",
-        "--out",
-        path(&out),
-    ]);
-    assert_ne!(code, 0);
+    let err = fail(&corrupt, &["--name", "a", "--layer", "nope"]);
     assert!(err.contains("\"nope\"") && err.contains("relu"), "{err}");
-
-    // A version that would name a file outside --out, and a name that would overwrite the trunk.
-    let (code, _, err) = run(&[
-        "fit",
-        path(&corrupt),
-        "--trunk",
-        path(&trunk),
-        "--name",
-        "a",
-        "--version",
-        "../../x",
-    ]);
-    assert_ne!(code, 0);
+    // A version that would name a file outside --out.
+    let err = fail(&corrupt, &["--name", "a", "--version", "../../x"]);
     assert!(err.contains("--version"), "{err}");
+    // Nothing was left behind in --out by the failed fits.
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A name that would overwrite the trunk's own manifest.
     let (code, _, err) = run(&[
         "fit",
         path(&corrupt),
@@ -549,9 +532,4 @@ fn fit_refuses_too_few_frames_corrupt_frames_and_unknown_layers() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("overwrite the trunk"), "{err}");
-    // Nothing was left behind in --out by the failed fits.
-    let left: Vec<_> = std::fs::read_dir(&out)
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
 }
