@@ -513,6 +513,12 @@ fn fit_refuses_too_few_frames_corrupt_frames_and_unknown_layers() {
     // A version that would name a file outside --out.
     let err = fail(&corrupt, &["--name", "a", "--version", "../../x"]);
     assert!(err.contains("--version"), "{err}");
+    // A fit that is built but fails the runtime's check (a threshold among its typical good frames, so a
+    // golden good frame is flagged) is not moved into --out.
+    let clean = tmp.path().join("clean");
+    cast_frames(&clean, 25, 7, false);
+    let err = fail(&clean, &["--name", "a", "--target-false-alarms", "0.99"]);
+    assert!(err.contains("golden") && err.contains("lower it"), "{err}");
     // Nothing was left behind in --out by the failed fits.
     let left: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())

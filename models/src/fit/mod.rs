@@ -500,7 +500,13 @@ pub fn fit(o: &FitOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fit
     // The runtime's view: load, check the goldens, and count the holdout frames it flags.
     let m = Manifest::load(&staged_manifest)?;
     let rt = tierline_shared::runner::ModelRunner::start(m, Default::default())?;
-    rt.check_golden_blocking()?;
+    rt.check_golden_blocking().map_err(|e| {
+        anyhow::anyhow!(
+            "the fitted model fails its own golden good frames ({e}); with --target-false-alarms {} the \
+             threshold sits among typical good frames: lower it",
+            o.target_false_alarms
+        )
+    })?;
     let mut flagged = 0;
     for (_, f) in &raw {
         let data = std::fs::read(f)
